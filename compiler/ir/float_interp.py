@@ -1,0 +1,104 @@
+"""Float32 interpreter for a float edgec graph (torch, no autograd).
+
+``run_float`` evaluates every node in order and returns every value by name: inputs,
+parameters (``param:<name>``) and all node outputs.  ``wview``/``sgd`` follow the view
+semantics of graph.py so that masked graphs evaluate too.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from edgec.compiler.ir.graph import Graph, Node
+
+
+def _view_index(p: torch.Tensor, attrs) -> tuple:
+    """Advanced index selecting the wview of ``p`` (rows out_idx, dim-1 blocks in_idx)."""
+    out_idx, in_idx = attrs.get("out_idx"), attrs.get("in_idx")
+    in_block = int(attrs.get("in_block") or 1)
+    rows = (torch.arange(p.shape[0]) if out_idx is None
+            else torch.as_tensor(list(out_idx), dtype=torch.long))
+    if p.dim() == 1:
+        if in_idx is not None:
+            raise ValueError("wview of a 1-D parameter cannot select in_idx")
+        return (rows,)
+    if in_idx is None:
+        cols = torch.arange(p.shape[1])
+    else:
+        blocks = torch.as_tensor(list(in_idx), dtype=torch.long)
+        cols = (blocks[:, None] * in_block + torch.arange(in_block)[None, :]).reshape(-1)
+    return (rows[:, None], cols[None, :])
+
+
+def _eval(n: Node, a: list[torch.Tensor]):
+    op, at = n.op, n.attrs
+    if op == "conv":
+        return F.conv2d(a[0], a[1], a[2] if len(a) > 2 else None,
+                        stride=tuple(at["stride"]), padding=tuple(at["pad"]))
+    if op == "linear":
+        return F.linear(a[0], a[1], a[2] if len(a) > 2 else None)
+    if op == "relu":
+        return torch.relu(a[0])
+    if op == "maxpool":
+        return F.max_pool2d(a[0], tuple(at["kernel"]), tuple(at["stride"]), tuple(at["pad"]))
+    if op == "reshape":
+        return a[0].reshape(tuple(at["shape"]))
+    if op == "loss_grad":
+        z, y = a
+        n_ = z.shape[0]
+        onehot = F.one_hot(y.long(), z.shape[1]).to(z.dtype)
+        return (torch.softmax(z, dim=1) - onehot) / n_
+    if op == "conv_eb":
+        return torch.nn.grad.conv2d_input(tuple(at["in_shape"]), a[1], a[0],
+                                          stride=tuple(at["stride"]), padding=tuple(at["pad"]))
+    if op == "conv_wg":
+        dy, x = a
+        wshape = (dy.shape[1], x.shape[1], *at["kernel"])
+        return torch.nn.grad.conv2d_weight(x, wshape, dy, stride=tuple(at["stride"]),
+                                           padding=tuple(at["pad"]))
+    if op == "linear_eb":
+        return a[0] @ a[1]
+    if op == "linear_wg":
+        return a[0].t() @ a[1]
+    if op == "bias_grad":
+        dims = [d for d in range(a[0].dim()) if d != 1]
+        return a[0].sum(dim=dims)
+    if op == "relu_bwd":
+        dy, y = a
+        return torch.where(y > 0, dy, torch.zeros_like(dy))
+    if op == "maxpool_bwd":
+        dy, x = a
+        k, s, p = tuple(at["kernel"]), tuple(at["stride"]), tuple(at["pad"])
+        _, idx = F.max_pool2d(x, k, s, p, return_indices=True)
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            dy, x, list(k), list(s), list(p), [1, 1], False, idx)
+    if op == "wview":
+        return a[0][_view_index(a[0], at)]
+    if op == "sgd":
+        if len(a) != 2:
+            raise ValueError("run_float: sgd on a float graph takes (p, g)")
+        p, g = a
+        out = p.clone()
+        ix = _view_index(p, at)
+        out[ix] = p[ix] - float(at["lr"]) * g.reshape(p[ix].shape)
+        return out
+    raise ValueError(f"run_float: op {op!r} is not a float op")
+
+
+def run_float(graph: Graph, x: torch.Tensor, labels: torch.Tensor,
+              params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Evaluate ``graph`` in float32; returns every value (name -> tensor)."""
+    env: dict[str, torch.Tensor] = {}
+    env[graph.inputs[0]] = torch.as_tensor(x).to(torch.float32)
+    env[graph.inputs[1]] = torch.as_tensor(labels).to(torch.long)
+    for name, p in graph.params.items():
+        if name not in params:
+            raise KeyError(f"run_float: no value for parameter {name!r}")
+        env[p.value] = torch.as_tensor(params[name]).detach().to(torch.float32)
+    with torch.no_grad():
+        for n in graph.nodes:
+            res = _eval(n, [env[i] for i in n.inputs])
+            if len(n.outputs) != 1:
+                raise ValueError(f"run_float: {n.op} with {len(n.outputs)} outputs")
+            env[n.outputs[0]] = res
+    return env

@@ -1,0 +1,169 @@
+"""Graph IR: the training step as a flat SSA list of edgec ops.
+
+One data structure serves every graph-level stage:
+
+* the frontend emits a *float training graph* (dtype ``f32`` everywhere, no ``exp``),
+* the mask pass inserts ``wview`` nodes and compacts activation shapes,
+* the quantize pass assigns fixed-point formats (dtype ``i8``/``i32`` plus a power-of-two
+  exponent ``exp``: value = q * 2**exp) and rounding attributes,
+* the update pass appends ``sgd`` nodes.
+
+The reference interpreter (``compiler/reference.py``) executes the quantized graph; the
+backend lowers it to loop nests and instructions.  The op set is listed in ``OPS`` and
+described in docs/ir.md; every op's attributes are plain Python data (ints, tuples, lists,
+strings) so that the graph prints and compares structurally.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+# op name -> (number of inputs (min, max), number of outputs, required attributes)
+OPS: dict[str, tuple[tuple[int, int], int, tuple[str, ...]]] = {
+    # ---- forward ----
+    # x[N,C,H,W], w[O,C,KH,KW] (, b[O]) -> y[N,O,OH,OW]
+    "conv": ((2, 3), 1, ("stride", "pad")),
+    # x[N,F], w[O,F] (, b[O]) -> y[N,O]
+    "linear": ((2, 3), 1, ()),
+    "relu": ((1, 1), 1, ()),
+    # x[N,C,H,W] -> y; floor mode, -inf padding, dilation 1
+    "maxpool": ((1, 1), 1, ("kernel", "stride", "pad")),
+    # row-major view, e.g. flatten [N,C,H,W] -> [N,C*H*W]
+    "reshape": ((1, 1), 1, ("shape",)),
+    # ---- loss ----
+    # z[N,K], labels[N] -> dz[N,K] = (softmax(z) - onehot(labels)) / N   (mean CE gradient)
+    "loss_grad": ((2, 2), 1, ()),
+    # ---- backward ----
+    # dy[N,O,OH,OW], w[O,C,KH,KW] -> dx[N,C,H,W]   (error back-propagation, EB)
+    "conv_eb": ((2, 2), 1, ("stride", "pad", "in_shape")),
+    # dy[N,O,OH,OW], x[N,C,H,W] -> dw[O,C,KH,KW]   (weight gradient, WG)
+    "conv_wg": ((2, 2), 1, ("stride", "pad", "kernel")),
+    # dy[N,O], w[O,F] -> dx[N,F]
+    "linear_eb": ((2, 2), 1, ()),
+    # dy[N,O], x[N,F] -> dw[O,F]
+    "linear_wg": ((2, 2), 1, ()),
+    # dy[N,O,...] -> db[O]  (sum over every dim but 1)
+    "bias_grad": ((1, 1), 1, ()),
+    # dy, y -> dy where y > 0 else 0   (y is relu's OUTPUT)
+    "relu_bwd": ((2, 2), 1, ()),
+    # dy[N,C,OH,OW], x[N,C,H,W] -> dx[N,C,H,W]  (x is maxpool's INPUT)
+    "maxpool_bwd": ((2, 2), 1, ("kernel", "stride", "pad")),
+    # ---- masks and update (inserted by passes) ----
+    # p (full PyTorch shape) -> compacted view: rows out_idx (dim 0), and along dim 1 the
+    # blocks in_idx of in_block consecutive elements (in_block = H*W for a linear after a
+    # flatten, 1 otherwise).  None = keep all.
+    "wview": ((1, 1), 1, ("out_idx", "in_idx", "in_block")),
+    # p, g -> p'  (float graph);  p8, master, g -> p8', master'  (quantized graph).
+    # The update writes through the same view as the matching wview (attrs copied).
+    "sgd": ((2, 3), (1, 2), ("lr", "out_idx", "in_idx", "in_block")),
+}
+
+
+@dataclass
+class Value:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "f32"          # f32 | i8 | i32
+    exp: int | None = None      # fixed point: real = q * 2**exp
+
+
+@dataclass
+class Node:
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None    # module name from model.named_modules(), e.g. "features.3"
+    loc: str | None = None      # "model.py:17" source line the op came from
+
+
+@dataclass
+class Param:
+    name: str                   # as in model.named_parameters(), e.g. "conv1.weight"
+    value: str                  # graph value holding its current (compute) copy
+    shape: tuple[int, ...]
+    module: str                 # owning module name, e.g. "conv1"
+    kind: str                   # "weight" | "bias"
+    trainable: bool = True
+
+
+@dataclass
+class Graph:
+    values: dict[str, Value] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)      # ["x", "labels"]
+    params: dict[str, Param] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # role -> value, e.g. "logits"
+    consts: dict[str, list[int]] = field(default_factory=dict)  # e.g. softmax LUT
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- construction helpers --
+    def add_value(self, name: str, shape, dtype: str = "f32", exp: int | None = None) -> Value:
+        if name in self.values:
+            raise ValueError(f"value {name!r} defined twice")
+        v = Value(name, tuple(int(s) for s in shape), dtype, exp)
+        self.values[name] = v
+        return v
+
+    def fresh(self, base: str) -> str:
+        if base not in self.values:
+            return base
+        i = 1
+        while f"{base}.{i}" in self.values:
+            i += 1
+        return f"{base}.{i}"
+
+    def add_node(self, op: str, inputs, outputs, attrs=None, layer=None, loc=None,
+                 index: int | None = None) -> Node:
+        n = Node(op, list(inputs), list(outputs), dict(attrs or {}), layer, loc)
+        if index is None:
+            self.nodes.append(n)
+        else:
+            self.nodes.insert(index, n)
+        return n
+
+    # -- queries --
+    def producer(self, value: str) -> Node | None:
+        for n in self.nodes:
+            if value in n.outputs:
+                return n
+        return None
+
+    def users(self, value: str) -> list[Node]:
+        return [n for n in self.nodes if value in n.inputs]
+
+    def param_of_value(self, value: str) -> Param | None:
+        for p in self.params.values():
+            if p.value == value:
+                return p
+        return None
+
+    def verify(self) -> None:
+        """Structural checks: known ops, arity, SSA, defined-before-use, attrs present."""
+        defined = set(self.inputs) | {p.value for p in self.params.values()}
+        defined |= {v for v in self.values if v.startswith("master:")}
+        for i, n in enumerate(self.nodes):
+            where = f"node {i} ({n.op}{' in ' + n.layer if n.layer else ''})"
+            if n.op not in OPS:
+                raise ValueError(f"{where}: unknown op")
+            (lo, hi), nout, req = OPS[n.op]
+            if not lo <= len(n.inputs) <= hi:
+                raise ValueError(f"{where}: expects {lo}..{hi} inputs, has {len(n.inputs)}")
+            nmin, nmax = (nout, nout) if isinstance(nout, int) else nout
+            if not nmin <= len(n.outputs) <= nmax:
+                raise ValueError(f"{where}: wrong number of outputs")
+            for a in req:
+                if a not in n.attrs:
+                    raise ValueError(f"{where}: missing attribute {a!r}")
+            for v in n.inputs:
+                if v not in self.values:
+                    raise ValueError(f"{where}: input {v!r} has no value")
+                if v not in defined:
+                    raise ValueError(f"{where}: input {v!r} used before it is defined")
+            for v in n.outputs:
+                if v not in self.values:
+                    raise ValueError(f"{where}: output {v!r} has no value")
+                if v in defined and n.op != "sgd":
+                    raise ValueError(f"{where}: output {v!r} defined twice")
+                defined.add(v)

@@ -1,0 +1,193 @@
+"""The instruction set, as data.  This table is the single source of truth: the encoder,
+decoder, assembler, disassembler, docs/isa.md and the emulator's dispatch all derive from it.
+
+Every instruction is one fixed-width little-endian word of WORD_BYTES bytes.  Fields are
+packed from bit 0 upwards in the order listed: first the common fields (opcode, dep), then
+the instruction's own fields.  Unused high bits must be zero (a word with stray bits is
+malformed and the emulator traps on it).
+
+Machine model (see docs/isa.md for the full text):
+* DDR: a flat little-endian byte array.  prog.bin's data section is loaded at address 0.
+* Three on-chip buffers, addressed in ELEMENTS: IBUF (int8, activations/errors),
+  WBUF (int8, weights), ABUF (int32: accumulators, master weights, biases, labels, LUTs).
+* Three queues: load (LD, LDCH, SEED), compute (MAC and vector ops), store (ST, STCH).
+  The `dep` field carries dependency tokens between neighbouring queues, as in VTA:
+  bit0 pop_prev, bit1 pop_next, bit2 push_prev, bit3 push_next.
+* Tensors in buffers are dense row-major tiles; each instruction names its tile shapes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WORD_BYTES = 64
+WORD_BITS = WORD_BYTES * 8
+
+BUFFERS = ("IBUF", "WBUF", "ABUF")          # buffer id -> name
+BUFFER_DTYPE = {"IBUF": "int8", "WBUF": "int8", "ABUF": "int32"}
+QUEUES = ("load", "compute", "store")
+PATTERNS = ("FP", "EB", "WG")              # MAC training patterns
+ROUND_MODES = ("nearest", "stochastic")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    bits: int
+    signed: bool = False
+    doc: str = ""
+    kind: str = "int"   # int | buf | pattern | round | ddr (a DDR byte address) | dep
+
+
+@dataclass(frozen=True)
+class Instr:
+    name: str
+    opcode: int
+    queue: str
+    fields: tuple[Field, ...]
+    doc: str
+
+    @property
+    def all_fields(self) -> tuple[Field, ...]:
+        return COMMON + self.fields
+
+
+COMMON = (
+    Field("opcode", 8, doc="instruction number"),
+    Field("dep", 4, kind="dep", doc="dependency tokens: bit0 pop_prev, bit1 pop_next, "
+          "bit2 push_prev, bit3 push_next"),
+)
+
+
+def _buf(prefix: str, what: str) -> tuple[Field, Field]:
+    return (Field(f"{prefix}buf", 2, kind="buf", doc=f"buffer of {what} (IBUF, WBUF, ABUF)"),
+            Field(f"{prefix}addr", 20, doc=f"element address of {what} in its buffer"))
+
+
+_DMA = (
+    Field("buf", 2, kind="buf", doc="on-chip buffer (IBUF, WBUF, ABUF)"),
+    Field("baddr", 20, doc="element address of the dense tile in the buffer"),
+    Field("ddr", 32, kind="ddr", doc="DDR byte address of element (0,0,0,0)"),
+    Field("esize", 3, doc="bytes per DDR element: 1 (IBUF/WBUF) or 4 (ABUF)"),
+    Field("n0", 16, doc="extent of dim 0 (outermost)"),
+    Field("n1", 16, doc="extent of dim 1"),
+    Field("n2", 16, doc="extent of dim 2"),
+    Field("n3", 16, doc="extent of dim 3 (innermost)"),
+    Field("s0", 24, doc="DDR stride of dim 0, in elements (0 broadcasts)"),
+    Field("s1", 24, doc="DDR stride of dim 1, in elements"),
+    Field("s2", 24, doc="DDR stride of dim 2, in elements"),
+    Field("s3", 24, doc="DDR stride of dim 3, in elements"),
+)
+_GATHER = (
+    Field("gather", 2, doc="bit0: dim 0 indexed through tab0; bit1: dim 1 through tab1"),
+    Field("tab0", 32, kind="ddr", doc="DDR byte address of the int32 channel index table "
+          "for dim 0"),
+    Field("tab1", 32, kind="ddr", doc="DDR byte address of the int32 channel index table "
+          "for dim 1"),
+)
+_DMA_DOC = ("Element (i0,i1,i2,i3) of the box is buffer element "
+            "baddr + ((i0*n1+i1)*n2+i2)*n3+i3 and DDR bytes "
+            "ddr + esize*(j0*s0 + j1*s1 + i2*s2 + i3*s3)")
+
+_POOL_GEOM = (
+    Field("planes", 32, doc="number of (n, c) planes in the tile"),
+    Field("h", 16, doc="input plane height"),
+    Field("w", 16, doc="input plane width"),
+    Field("kh", 8), Field("kw", 8), Field("sh", 8), Field("sw", 8),
+    Field("ph", 8), Field("pw", 8),
+)
+
+INSTRS: tuple[Instr, ...] = (
+    Instr("END", 0, "compute", (), "Stop the machine."),
+    Instr("SEED", 1, "load", (Field("ddr", 32, kind="ddr", doc="DDR byte address of a uint32"),),
+          "Load the stochastic-rounding seed register from a uint32 in DDR."),
+    Instr("LD", 2, "load", _DMA,
+          "Strided box load DDR -> buffer (4-D). " + _DMA_DOC +
+          " with j0=i0, j1=i1. DDR elements are signed little-endian."),
+    Instr("LDCH", 3, "load", _DMA + _GATHER,
+          "Dynamic channel-bank load: LD whose dim 0 and/or dim 1 index is looked up in an "
+          "int32 channel index table in DDR (j0=tab0[i0] if gather bit0, j1=tab1[i1] if "
+          "bit1), so only kept channels are fetched. " + _DMA_DOC + "."),
+    Instr("ST", 4, "store", _DMA, "Strided box store buffer -> DDR, the inverse of LD."),
+    Instr("STCH", 5, "store", _DMA + _GATHER,
+          "Channel-bank store: the inverse of LDCH (scatters only kept channels)."),
+    Instr("MAC", 6, "compute", (
+        Field("pattern", 2, kind="pattern", doc="FP (forward), EB (error back-prop), "
+              "WG (weight gradient)"),
+        Field("acc", 1, doc="1: add into C; 0: overwrite C"),
+        *_buf("a", "operand A"), *_buf("b", "operand B"),
+        Field("caddr", 20, doc="ABUF element address of the int32 result tile C"),
+        Field("n", 16, doc="batch extent of the tile"),
+        Field("ci", 16, doc="input channels"), Field("co", 16, doc="output channels"),
+        Field("xh", 16, doc="X tile height"), Field("xw", 16, doc="X tile width"),
+        Field("yh", 16, doc="Y tile height"), Field("yw", 16, doc="Y tile width"),
+        Field("kh", 8), Field("kw", 8), Field("sh", 8), Field("sw", 8),
+        Field("ph", 8), Field("pw", 8),
+        Field("xh0", 16, doc="global row of X tile row 0"),
+        Field("xw0", 16, doc="global column of X tile column 0"),
+        Field("yh0", 16, doc="global row of Y tile row 0"),
+        Field("yw0", 16, doc="global column of Y tile column 0"),
+    ), "MAC-array convolution on tiles, int8 x int8 -> int32. X[n,ci,xh,xw] and "
+       "Y[n,co,yh,yw] tiles sit at global offsets (xh0,xw0), (yh0,yw0); global x row = "
+       "y row*sh - ph + kh. FP: A=X, B=W[co,ci,kh,kw], C=Y. EB: A=dY, B=W, C=dX. "
+       "WG: A=dY, B=X, C=dW[co,ci,kh,kw]. Terms whose X element lies outside the X tile "
+       "are zero. Traps if C leaves int32."),
+    Instr("RQ", 7, "compute", (
+        Field("saddr", 20, doc="ABUF element address of the int32 source tile"),
+        *_buf("d", "the int8 result"),
+        Field("n0", 16), Field("n1", 16), Field("n2", 16), Field("n3", 16),
+        Field("shift", 8, signed=True, doc="right shift (negative: left shift)"),
+        Field("mode", 1, kind="round", doc="nearest or stochastic rounding"),
+        Field("relu", 1, doc="1: clamp below at 0 after saturation"),
+        Field("tid", 16, doc="tensor id for the counter-based random bits"),
+        Field("gbase", 32, doc="flat index in the whole tensor of tile element 0"),
+        Field("g0", 32), Field("g1", 32), Field("g2", 32), Field("g3", 32, doc=""),
+    ), "Requantize int32 -> int8: q = sat8(round(v / 2^shift)) (then max(q,0) if relu). "
+       "Stochastic mode adds rand32(seed, tid, idx) >> (32-shift) before the floor, where "
+       "idx = gbase + i0*g0 + i1*g1 + i2*g2 + i3*g3."),
+    Instr("VMASK", 8, "compute", (
+        *_buf("a", "A"), *_buf("b", "B"), *_buf("d", "the result"),
+        Field("count", 32, doc="elements"),
+    ), "D[i] = A[i] if B[i] > 0 else 0 (ReLU: A=B=x; ReLU backward: A=dY, B=Y)."),
+    Instr("MAXP", 9, "compute", (*_buf("s", "the input planes"), *_buf("d", "the output"),
+                                 *_POOL_GEOM),
+          "Max pooling over planes (floor mode, -inf padding)."),
+    Instr("MAXPB", 10, "compute", (*_buf("x", "the pooling input X"),
+                                   *_buf("g", "the output error dY"),
+                                   *_buf("d", "the input error dX"), *_POOL_GEOM),
+          "Max-pool backward: each dY element goes to the first maximum of its window "
+          "(row-major); dX = sat8(sum of what each element receives)."),
+    Instr("RSUM", 11, "compute", (
+        *_buf("s", "the int8 tile [n, c, hw]"),
+        Field("daddr", 20, doc="ABUF element address of the int32 [c] result"),
+        Field("n", 16), Field("c", 16), Field("hw", 32),
+        Field("acc", 1, doc="1: add into the result; 0: overwrite"),
+    ), "Bias gradient: D[c] (+)= sum over n, hw of S[n, c, hw]. Traps if D leaves int32."),
+    Instr("LOSSG", 12, "compute", (
+        *_buf("z", "the int8 logits [n, k]"),
+        Field("laddr", 20, doc="ABUF address of the int32 labels [n]"),
+        Field("lutaddr", 20, doc="ABUF address of the int32 exp table [256]"),
+        *_buf("d", "the int8 logit error [n, k]"),
+        Field("n", 16), Field("k", 16),
+        Field("rmul", 24, doc="round(2^16 / batch)"),
+        Field("shift", 8, doc="right shift of G*rmul"),
+    ), "Softmax cross-entropy gradient in integers (docs/numerics.md): "
+       "P = floor(LUT[max-z] * 2^15 / sum), G = P - 2^15*onehot, "
+       "D = sat8(round_nearest(G*rmul / 2^shift))."),
+    Instr("SGD", 13, "compute", (
+        Field("maddr", 20, doc="ABUF address of the int32 master tile (updated in place)"),
+        *_buf("g", "the int8 gradient"),
+        *_buf("d", "the compute copy (int8 in IBUF/WBUF, int32 in ABUF)"),
+        Field("count", 32, doc="elements"),
+        Field("lrmul", 32, signed=True, doc="learning rate in master units * 2^16"),
+        Field("cshift", 8, doc="master -> compute copy right shift"),
+        Field("cbits", 8, doc="compute copy width in bits (saturation bound)"),
+    ), "Weight update: M = clamp(M - round(G*lrmul / 2^16), +-bound), "
+       "bound = (2^(cbits-1)-1) << cshift; D = round(M / 2^cshift)."),
+)
+
+BY_NAME: dict[str, Instr] = {i.name: i for i in INSTRS}
+BY_OPCODE: dict[int, Instr] = {i.opcode: i for i in INSTRS}
+
+for _i in INSTRS:
+    assert sum(f.bits for f in _i.all_fields) <= WORD_BITS, _i.name
+    assert len({f.name for f in _i.all_fields}) == len(_i.all_fields), _i.name

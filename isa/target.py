@@ -1,0 +1,74 @@
+"""Target machine description (a TOML file) and its fingerprint."""
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import EdgecError
+
+DEFAULT_TARGET = Path(__file__).with_name("targets") / "default.toml"
+
+_SCHEMA = {
+    ("target", "name"): str,
+    ("mac", "rows"): int, ("mac", "cols"): int,
+    ("buffers", "ibuf"): int, ("buffers", "wbuf"): int, ("buffers", "abuf"): int,
+    ("ddr", "bytes"): int, ("ddr", "bytes_per_cycle"): int, ("ddr", "latency"): int,
+    ("vector", "lanes"): int,
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    mac_rows: int
+    mac_cols: int
+    ibuf: int
+    wbuf: int
+    abuf: int
+    ddr_bytes: int
+    ddr_bytes_per_cycle: int
+    ddr_latency: int
+    vector_lanes: int
+
+    def buffer_size(self, buf: str) -> int:
+        return {"IBUF": self.ibuf, "WBUF": self.wbuf, "ABUF": self.abuf}[buf]
+
+    @property
+    def fingerprint(self) -> bytes:
+        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).digest()[:8]
+
+
+def load_target(path: str | Path | None = None) -> Target:
+    path = Path(path) if path else DEFAULT_TARGET
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise EdgecError(f"{path}: cannot read target file ({e.strerror})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise EdgecError(f"{path}: {e}") from None
+    vals = {}
+    for (sec, key), typ in _SCHEMA.items():
+        v = doc.get(sec, {}).get(key) if isinstance(doc.get(sec), dict) else None
+        if v is None:
+            raise EdgecError(f"{path}: missing [{sec}] {key}")
+        if not isinstance(v, typ) or isinstance(v, bool):
+            raise EdgecError(f"{path}: [{sec}] {key} must be {typ.__name__}, got {v!r}")
+        if typ is int and not 0 < v < 2**40:
+            raise EdgecError(f"{path}: [{sec}] {key} = {v} is out of range")
+        vals[f"{sec}.{key}"] = v
+    for b, lim in (("ibuf", 1 << 20), ("wbuf", 1 << 20), ("abuf", 1 << 20)):
+        if vals[f"buffers.{b}"] > lim:
+            raise EdgecError(f"{path}: [buffers] {b} = {vals['buffers.' + b]} exceeds the "
+                             f"20-bit buffer address space ({lim} elements)")
+    if vals["ddr.bytes"] > 1 << 32:
+        raise EdgecError(f"{path}: [ddr] bytes exceeds the 32-bit address space")
+    return Target(vals["target.name"], vals["mac.rows"], vals["mac.cols"],
+                  vals["buffers.ibuf"], vals["buffers.wbuf"], vals["buffers.abuf"],
+                  vals["ddr.bytes"], vals["ddr.bytes_per_cycle"], vals["ddr.latency"],
+                  vals["vector.lanes"])
