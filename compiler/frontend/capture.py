@@ -18,8 +18,8 @@ Value naming (deterministic):
 """
 from __future__ import annotations
 
-import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from edgec.isa.errors import EdgecError
 from edgec.compiler.ir.graph import Graph, Node, Param
+from edgec.compiler.frontend.load import construction_site
 
 SUPPORTED = "edgec supports Conv2d, Linear, ReLU, MaxPool2d, flatten"
 _META_KEY = "edgec_module"
@@ -41,6 +42,11 @@ _OWNS = {
     torch.nn.MaxPool2d: "maxpool",
     torch.nn.Flatten: "reshape",
 }
+
+# aten ops that only allocate/copy: in an error, the module type names the op better
+_PLUMBING = {"empty", "empty_like", "zeros", "zeros_like", "ones", "full", "bernoulli_",
+             "bernoulli", "copy_", "fill_", "new_empty", "rand", "rand_like", "_to_copy",
+             "expand", "unsqueeze", "squeeze", "mul", "div"}
 
 # aten ops that are the identity on values
 _NOOPS = {"detach", "alias", "clone", "contiguous", "lift_fresh_copy", "_to_copy",
@@ -75,6 +81,7 @@ class _Ctx:
     bases: set[str] = field(default_factory=set)
     param_module: dict[str, str] = field(default_factory=dict)   # param value -> module
     module_types: dict[str, type] = field(default_factory=dict)
+    modules: dict[str, torch.nn.Module] = field(default_factory=dict)
 
 
 def _err(loc: str | None, msg: str) -> EdgecError:
@@ -89,11 +96,11 @@ def _aten_name(target) -> str:
 
 
 def _loc_of(ctx: _Ctx, fxn) -> str | None:
-    st = fxn.meta.get("stack_trace")
-    if not st:
-        return None
+    """model.py:LINE of the innermost model.py frame that produced ``fxn``; for modules
+    whose forward() is not in model.py (nn.Sequential children), the line that
+    constructed the module."""
+    st = fxn.meta.get("stack_trace") or ""
     line = None
-    import re
     for m in re.finditer(r'File "([^"]+)", line (\d+)', st):
         try:
             same = os.path.abspath(m.group(1)) == ctx.model_file
@@ -101,7 +108,21 @@ def _loc_of(ctx: _Ctx, fxn) -> str | None:
             same = False
         if same:
             line = int(m.group(2))      # keep the innermost (last) frame in model.py
-    return f"{ctx.base_name}:{line}" if line is not None else None
+    if line is None:
+        return _module_loc(ctx, _module_of(fxn))
+    return f"{ctx.base_name}:{line}"
+
+
+def _module_loc(ctx: _Ctx, mod: str | None) -> str | None:
+    while mod is not None:
+        m = ctx.modules.get(mod)
+        site = construction_site(m) if m is not None else None
+        if site is not None and site[0] == ctx.model_file:
+            return f"{ctx.base_name}:{site[1]}"
+        if not mod:
+            break
+        mod = mod.rpartition(".")[0]
+    return None
 
 
 def _module_of(fxn) -> str | None:
@@ -172,12 +193,33 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str
     x = example_input.detach().to(torch.float32)
     N = int(x.shape[0])
 
-    # 1. a plain forward first: user errors get a model.py location, output is checked
+    # 1. a plain forward first: user errors get a model.py location, output is checked,
+    #    and the leaf modules actually called are recorded (for trace failures)
+    called: list[str] = []
+    names0 = {id(m): n for n, m in model.named_modules()}
+
+    def record(m, args):
+        if not any(True for _ in m.children()):
+            called.append(names0.get(id(m), ""))
+
+    hooks0 = [m.register_forward_pre_hook(record) for m in model.modules()]
     try:
         with torch.no_grad():
             out = model(x)
     except Exception as e:  # noqa: BLE001
-        raise _user_exc(e, model_file, base_name, "error in forward()") from None
+        err = _user_exc(e, model_file, base_name, "error in forward()")
+        if str(err).startswith(f"{base_name}: ") and called:
+            # the failing frame is not in model.py (nn.Sequential): blame the last module
+            mods = dict(model.named_modules())
+            tmp = _Ctx(Graph(), model_file, base_name, N, modules=mods)
+            where = _module_loc(tmp, called[-1])
+            if where:
+                err = EdgecError(f"{where}{str(err)[len(base_name):]} (in module "
+                                 f"'{called[-1]}')")
+        raise err from None
+    finally:
+        for h in hooks0:
+            h.remove()
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != N \
             or not out.is_floating_point():
         got = (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
@@ -228,6 +270,14 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str
     except EdgecError:
         raise
     except Exception as e:  # noqa: BLE001
+        mods = dict(model.named_modules())
+        for name in called:
+            t = type(mods[name])
+            if t not in _OWNS and t.__module__.startswith("torch.nn"):
+                tmp = _Ctx(Graph(), model_file, base_name, N, modules=mods)
+                where = _module_loc(tmp, name) or base_name
+                raise EdgecError(f"{where}: unsupported op '{t.__name__.lower()}' (layer "
+                                 f"'{name}', {t.__name__}); {SUPPORTED}") from None
         raise _user_exc(e, model_file, base_name, "cannot trace the training step") from None
     finally:
         for h in hooks:
@@ -239,7 +289,9 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str
 
     # 3. normalise
     g = Graph()
-    ctx = _Ctx(g, model_file, base_name, N, module_types=module_types)
+    ctx = _Ctx(g, model_file, base_name, N, module_types=module_types,
+               modules=dict(model.named_modules()))
+    ctx.bases.add("loss")           # reserved for loss.dz
     g.inputs = ["x", "labels"]
     g.add_value("x", tuple(x.shape))
     g.add_value("labels", (N,), dtype="i32")
@@ -286,11 +338,13 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str
     rename: dict[str, str] = {}
     for pname, o in zip(pnames, flat[1:]):
         d = env.get(o) if isinstance(o, torch.fx.Node) else None
+        if d is not None and d.kind == "zero":
+            # parameter not reached by the loss (module unused in forward): frozen
+            g.params[pname].trainable = False
+            g.meta.setdefault("unused_params", []).append(pname)
+            continue
         if d is None or d.kind != "val" or d.name not in ctx.producer:
-            # parameter not reached by the loss (unused module)
-            p = g.params[pname]
-            raise EdgecError(f"{base_name}: parameter '{pname}' does not influence the "
-                             f"logits (is module '{p.module}' used in forward()?)")
+            raise EdgecError(f"internal error: no gradient value for parameter '{pname}'")
         if d.T:
             raise EdgecError(f"internal error: gradient of {pname} is transposed")
         if d.name in rename:
@@ -301,6 +355,7 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str
                              f"{_shape(ctx, d.name)}, parameter {g.params[pname].shape}")
         rename[d.name] = f"grad:{pname}"
         g.outputs[f"grad:{pname}"] = f"grad:{pname}"
+    g.meta.pop("_claimed", None)
     _rename(g, rename)
     _dead_code(g)
     try:
@@ -355,6 +410,16 @@ def _dead_code(g: Graph) -> None:
     g.values = {k: v for k, v in g.values.items() if k in used}
 
 
+def _claim_params(ctx: _Ctx, values: list[str], loc: str | None) -> None:
+    used = ctx.g.meta.setdefault("_claimed", {})
+    for v in values:
+        if v in used:
+            raise EdgecError(f"{loc or ctx.base_name}: parameter '{v[len('param:'):]}' is used "
+                             f"by more than one op (first at {used[v]}); shared weights "
+                             f"(a module called twice) are not supported")
+        used[v] = loc or "?"
+
+
 def _val(env, a, what="operand") -> _D:
     d = env.get(a) if isinstance(a, torch.fx.Node) else None
     if d is None:
@@ -374,7 +439,10 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
         mt = ctx.module_types.get(mod) if mod else None
         extra = f", {mt.__name__}" if mt is not None and mod else ""
         where = loc or ctx.base_name
-        return EdgecError(f"{where}: unsupported op '{name or op}' (layer '{layer}'{extra})"
+        shown = name or op
+        if name is None and mt is not None and op in _PLUMBING:
+            shown = mt.__name__.lower()
+        return EdgecError(f"{where}: unsupported op '{shown}' (layer '{layer}'{extra})"
                           f"{detail}; {SUPPORTED}")
 
     # ---- getitem on tuples ----
@@ -387,6 +455,13 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
             return src
         raise EdgecError("internal error: getitem on a non-tuple")
 
+    # ---- zero gradients of parameters that do not reach the loss ----
+    if op == "zeros_like" and fxn.args and isinstance(fxn.args[0], torch.fx.Node) \
+            and env.get(fxn.args[0]) is not None \
+            and env[fxn.args[0]].name in ctx.param_module and not fxn.users.keys() - {
+                u for u in fxn.users if u.op == "output"}:
+        return _D("zero", env[fxn.args[0]].name)
+
     # ---- no-ops ----
     if op in _NOOPS:
         d = _val(env, args[0])
@@ -396,11 +471,11 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
     if op in ("t", "transpose", "permute", "numpy_T"):
         d = _val(env, args[0])
         if d.kind != "val" or len(_shape(ctx, d.name)) != 2:
-            raise unsupported(op)
+            raise unsupported()
         if op == "transpose" and sorted(int(a) % 2 for a in args[1:3]) != [0, 1]:
-            raise unsupported(op)
+            raise unsupported()
         if op == "permute" and [int(a) % 2 for a in args[1]] != [1, 0]:
-            raise unsupported(op)
+            raise unsupported()
         return _D("val", d.name, not d.T)
 
     # ---- loss chain (inserted by capture, not by the user) ----
@@ -447,6 +522,7 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
             raise unsupported("conv", " with " + ", ".join(detail))
         if wd.name not in ctx.param_module or (bd is not None and bd.name not in ctx.param_module):
             raise unsupported("conv", " with non-parameter weights")
+        _claim_params(ctx, [wd.name] + ([bd.name] if bd is not None else []), loc)
         layer, base = _fwd_layer_base(ctx, fxn, "conv", "conv")
         ins = [xd.name, wd.name] + ([bd.name] if bd is not None else [])
         shape = tuple(fxn.meta["val"].shape)
@@ -511,6 +587,7 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
               and (bd is None or (bd.kind == "val" and bd.name in ctx.param_module)))
         if not ok:
             raise unsupported("matmul", " (only nn.Linear / F.linear with parameters)")
+        _claim_params(ctx, [wd.name] + ([bd.name] if bd is not None else []), loc)
         layer, base = _fwd_layer_base(ctx, fxn, "linear", "linear")
         ins = [xd.name, wd.name] + ([bd.name] if bd is not None else [])
         shape = tuple(fxn.meta["val"].shape)
@@ -520,7 +597,7 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
     if op in ("view", "reshape", "_unsafe_view", "flatten"):
         xd = _val(env, args[0])
         if xd.kind != "val" or xd.T:
-            raise unsupported(op)
+            raise unsupported()
         tgt = tuple(int(s) for s in fxn.meta["val"].shape)
         src = _shape(ctx, xd.name)
         if tgt == src:
@@ -639,4 +716,4 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
                 return _D("val", out)
         raise unsupported("sum")
 
-    raise unsupported(op)
+    raise unsupported()

@@ -11,12 +11,49 @@ import itertools
 import os
 import sys
 import traceback
+import weakref
 
 import torch
 
 from edgec.isa.errors import EdgecError
 
 _counter = itertools.count()
+
+# module object -> (absolute model file, line in it where the module was constructed);
+# filled while a model file executes, used by capture() for ops whose forward() is not
+# written in model.py (children of nn.Sequential, ...)
+_CONSTRUCTED_AT: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, int]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def construction_site(module: torch.nn.Module) -> tuple[str, int] | None:
+    """(model file, line) where ``module`` was constructed by a loaded model file."""
+    try:
+        return _CONSTRUCTED_AT.get(module)
+    except TypeError:
+        return None
+
+
+def _record_constructions(apath: str):
+    """Patch nn.Module.__init__ so that constructions from ``apath`` record their line."""
+    orig = torch.nn.Module.__init__
+
+    def patched(self, *args, **kwargs):
+        orig(self, *args, **kwargs)
+        if self in _CONSTRUCTED_AT:
+            return
+        f = sys._getframe(1)
+        while f is not None:
+            if f.f_code.co_filename == apath:
+                try:
+                    _CONSTRUCTED_AT[self] = (apath, f.f_lineno)
+                except TypeError:
+                    pass
+                break
+            f = f.f_back
+
+    torch.nn.Module.__init__ = patched
+    return orig
 
 
 def _innermost_frame_in(tb, path: str):
@@ -69,6 +106,7 @@ def load_model(path: str) -> tuple[torch.nn.Module, torch.Tensor]:
     spec = importlib.util.spec_from_file_location(modname, apath)
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
+    orig_init = _record_constructions(apath)
     try:
         exec(code, module.__dict__)
     except SystemExit as e:
@@ -80,6 +118,7 @@ def load_model(path: str) -> tuple[torch.nn.Module, torch.Tensor]:
         where = f"{path}:{fs.lineno}" if fs is not None else path
         raise EdgecError(f"{where}: error while executing the model file: {_exc_text(e)}") from None
     finally:
+        torch.nn.Module.__init__ = orig_init
         sys.modules.pop(modname, None)
 
     ns = module.__dict__

@@ -1,0 +1,304 @@
+"""Instruction selection: loop IR + memory plan -> instruction words.
+
+Each nest is walked in its loop order; per output tile the group is
+``loads, MAC..., RQ, ST`` (or the vector-op equivalent).  Parameters are always read and
+written through their mask view with channel-bank DMAs (LDCH/STCH) when a channel index
+table applies, so pruned channels are never touched.  The machine of this version runs
+each queue in program order; dependency tokens are left 0 (in-order semantics).
+"""
+from __future__ import annotations
+
+import itertools
+
+from edgec.isa.encoding import encode
+from edgec.isa.target import Target
+
+from ..ir.graph import Graph
+from ..ir.loops import LoopNest
+from .memory import MemoryPlan, Symbol
+from .tiling import geometry, x_rows, y_rows
+
+IBUF, WBUF, ABUF = 0, 1, 2
+
+
+class Emitter:
+    def __init__(self, g: Graph, mem: MemoryPlan, tg: Target):
+        self.g, self.mem, self.tg = g, mem, tg
+        self.words: list[bytes] = []
+        self.origin: list[str] = []     # per instruction: the layer/op it implements
+        self.where = ""
+
+    def emit(self, name: str, **f) -> None:
+        self.words.append(encode(name, **f))
+        self.origin.append(self.where)
+
+    # ---- DMA helpers ----
+    def box(self, load: bool, buf: int, baddr: int, sym: Symbol, start, ext, full=None):
+        """Dense box of a row-major tensor (shape padded to 4-D with trailing 1s)."""
+        shape = list(full or sym.shape) + [1] * (4 - len(full or sym.shape))
+        start = list(start) + [0] * (4 - len(start))
+        ext = list(ext) + [1] * (4 - len(ext))
+        strides = [1, 1, 1, 1]
+        for d in (2, 1, 0):
+            strides[d] = strides[d + 1] * shape[d + 1]
+        es = 1 if sym.dtype == "i8" else 4
+        off = sum(s * o for s, o in zip(strides, start))
+        self.emit("LD" if load else "ST", buf=buf, baddr=baddr, ddr=sym.addr + es * off,
+                  esize=es, n0=ext[0], n1=ext[1], n2=ext[2], n3=ext[3],
+                  s0=strides[0] if ext[0] > 1 else 0, s1=strides[1] if ext[1] > 1 else 0,
+                  s2=strides[2] if ext[2] > 1 else 0, s3=strides[3] if ext[3] > 1 else 0)
+
+    def view(self, load: bool, buf: int, baddr: int, sym: Symbol, va: dict,
+             r0: int, rt: int, b0: int, bt: int):
+        """Rows [r0, r0+rt) and dim-1 blocks [b0, b0+bt) of a parameter's mask view."""
+        full = sym.shape
+        row = 1
+        for d in full[1:]:
+            row *= d
+        inner = row // full[1] * (va["in_block"] if va["in_idx"] is not None else 1) \
+            if len(full) > 1 else 1
+        es = 1 if sym.dtype == "i8" else 4
+        f = dict(buf=buf, baddr=baddr, esize=es, n0=rt, n1=bt, n2=inner, n3=1,
+                 s0=row, s1=inner, s2=1, s3=0)
+        ddr, gather = sym.addr, 0
+        if va["out_tab"]:
+            gather |= 1
+            f["tab0"] = self.mem.symbols[f"tab:{va['out_tab']}"].addr + 4 * r0
+        else:
+            ddr += es * r0 * row
+        if va["in_tab"] and va["in_idx"] is not None:
+            gather |= 2
+            f["tab1"] = self.mem.symbols[f"tab:{va['in_tab']}"].addr + 4 * b0
+        else:
+            ddr += es * b0 * inner
+        name = ("LD" if load else "ST") + ("CH" if gather else "")
+        if gather:
+            f["gather"] = gather
+        self.emit(name, ddr=ddr, **f)
+
+    def weight_view(self, operand: str) -> tuple[Symbol, dict]:
+        p = self.g.producer(operand)
+        if p is not None and p.op == "wview":
+            return self.mem.of_value[p.inputs[0]], p.attrs
+        return self.mem.of_value[operand], {"out_idx": None, "in_idx": None, "in_block": 1,
+                                           "out_tab": None, "in_tab": None}
+
+
+def _tiles(nest: LoopNest, dims):
+    """Tile starts of `dims` in nest order: yields dicts dim -> (start, size)."""
+    ranges = [[(s, min(nest.tiles[d], nest.dims[d] - s))
+               for s in range(0, nest.dims[d], nest.tiles[d])] for d in dims]
+    for combo in itertools.product(*ranges):
+        yield dict(zip(dims, combo))
+
+
+def _rq_index(full_shape, start, ext) -> dict:
+    shape = list(full_shape) + [1] * (4 - len(full_shape))
+    start = list(start) + [0] * (4 - len(start))
+    strides = [1, 1, 1, 1]
+    for d in (2, 1, 0):
+        strides[d] = strides[d + 1] * shape[d + 1]
+    ext = list(ext) + [1] * (4 - len(ext))
+    return dict(gbase=sum(s * o for s, o in zip(strides, start)),
+                g0=strides[0], g1=strides[1], g2=strides[2], g3=strides[3],
+                n0=ext[0], n1=ext[1], n2=ext[2], n3=ext[3])
+
+
+def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
+    g, mem = em.g, em.mem
+    G = geometry(g, n)
+    kk = G["kh"] * G["kw"]
+    kind = "fp" if n.op in ("conv", "linear") else n.op.split("_")[1]
+    out = mem.of_value[n.outputs[0]]
+    a = n.attrs
+    par = list(nest.order[:3]) if kind != "wg" else list(nest.order[:2])
+    red = [d for d in nest.order if d not in par]
+    geo = dict(kh=G["kh"], kw=G["kw"], sh=G["sh"], sw=G["sw"], ph=G["ph"], pw=G["pw"])
+    x4 = (G["N"], G["C"], G["H"], G["W"])
+    y4 = (G["N"], G["O"], G["OH"], G["OW"])
+    T = nest.tiles
+    if kind == "eb":
+        obase = T["n"] * T["co"] * y_rows(G, T["ih"]) * G["OW"]
+    else:
+        obase = T["n"] * T["ci"] * x_rows(G, T["oh"]) * G["W"]
+    for pt in _tiles(nest, par):
+        for rt_i, rt in enumerate(_tiles(nest, red)):
+            t = {**pt, **rt}
+            n0, nt = t["n"]
+            co0, cot = t["co"]
+            ci0, cit = t["ci"]
+            if kind == "fp":
+                oh0, oht = t["oh"]
+                r0 = max(0, oh0 * G["sh"] - G["ph"])
+                r1 = min(G["H"], (oh0 + oht - 1) * G["sh"] - G["ph"] + G["kh"])
+                xbase = 0
+                if rt_i == 0 and len(n.inputs) == 3:   # bias broadcast into the accumulator
+                    bsym, bva = em.weight_view(n.inputs[2])
+                    _bias_init(em, bsym, bva, co0, cot, nt, oht * G["OW"])
+                em.box(True, IBUF, xbase, mem.of_value[n.inputs[0]], (n0, ci0, r0, 0),
+                       (nt, cit, r1 - r0, G["W"]), x4)
+                wsym, wva = em.weight_view(n.inputs[1])
+                blk = nest.unit.get("ci", 1)
+                em.view(True, WBUF, 0, wsym, wva, co0, cot, ci0 // blk, cit // blk)
+                em.emit("MAC", pattern=0, acc=int(rt_i > 0 or len(n.inputs) == 3),
+                        abuf=IBUF, aaddr=xbase, bbuf=WBUF, baddr=0, caddr=0, n=nt, ci=cit,
+                        co=cot, xh=r1 - r0, xw=G["W"], yh=oht, yw=G["OW"], **geo,
+                        xh0=r0, xw0=0, yh0=oh0, yw0=0)
+            elif kind == "eb":
+                i0, iht = t["ih"]
+                y0 = max(0, -(-(i0 + G["ph"] - G["kh"] + 1) // G["sh"]))
+                y1 = min(G["OH"], (i0 + iht - 1 + G["ph"]) // G["sh"] + 1)
+                if y1 > y0:
+                    em.box(True, IBUF, 0, mem.of_value[n.inputs[0]], (n0, co0, y0, 0),
+                           (nt, cot, y1 - y0, G["OW"]), y4)
+                    wsym, wva = em.weight_view(n.inputs[1])
+                    blk = nest.unit.get("ci", 1)
+                    em.view(True, WBUF, 0, wsym, wva, co0, cot, ci0 // blk, cit // blk)
+                em.emit("MAC", pattern=1, acc=int(rt_i > 0), abuf=IBUF, aaddr=0, bbuf=WBUF,
+                        baddr=0, caddr=0, n=nt, ci=cit, co=cot, xh=iht, xw=G["W"],
+                        yh=max(1, y1 - y0), yw=G["OW"], **geo, xh0=i0, xw0=0,
+                        yh0=y0 if y1 > y0 else G["OH"] + G["kh"] + i0, yw0=0)
+            else:   # wg
+                oh0, oht = t["oh"]
+                r0 = max(0, oh0 * G["sh"] - G["ph"])
+                r1 = min(G["H"], (oh0 + oht - 1) * G["sh"] - G["ph"] + G["kh"])
+                em.box(True, WBUF, 0, mem.of_value[n.inputs[0]], (n0, co0, oh0, 0),
+                       (nt, cot, oht, G["OW"]), y4)
+                em.box(True, IBUF, 0, mem.of_value[n.inputs[1]], (n0, ci0, r0, 0),
+                       (nt, cit, r1 - r0, G["W"]), x4)
+                em.emit("MAC", pattern=2, acc=int(rt_i > 0), abuf=WBUF, aaddr=0, bbuf=IBUF,
+                        baddr=0, caddr=0, n=nt, ci=cit, co=cot, xh=r1 - r0, xw=G["W"],
+                        yh=oht, yw=G["OW"], **geo, xh0=r0, xw0=0, yh0=oh0, yw0=0)
+        # requantize the finished accumulator tile and store it
+        if kind == "fp":
+            oh0, oht = pt["oh"]
+            full, start, ext = y4, (n0, co0, oh0, 0), (nt, cot, oht, G["OW"])
+        elif kind == "eb":
+            i0, iht = pt["ih"]
+            full, start, ext = x4, (n0, ci0, i0, 0), (nt, cit, iht, G["W"])
+        else:
+            full, start, ext = (G["O"], G["C"], kk), (co0, ci0, 0), (cot, cit, kk)
+        idx = _rq_index(full, start, ext)
+        em.emit("RQ", saddr=0, dbuf=IBUF, daddr=obase, shift=a["shift"],
+                mode=int(kind != "fp"), relu=int(bool(a.get("relu"))), tid=a.get("tid", 0),
+                **idx)
+        em.box(False, IBUF, obase, out, start, ext, full)
+
+
+def _bias_init(em: Emitter, bsym: Symbol, bva: dict, co0: int, cot: int, nt: int, hw: int):
+    f = dict(buf=ABUF, baddr=0, esize=4, n0=nt, n1=cot, n2=hw, n3=1, s0=0, s1=1, s2=0, s3=0)
+    if bva["out_tab"]:
+        em.emit("LDCH", ddr=bsym.addr, gather=2,
+                tab1=em.mem.symbols[f"tab:{bva['out_tab']}"].addr + 4 * co0, **f)
+    else:
+        em.emit("LD", ddr=bsym.addr + 4 * co0, **f)
+
+
+def _flat(em: Emitter, load: bool, buf: int, baddr: int, sym: Symbol, e0: int, et: int):
+    """A contiguous run of et elements starting at flat element e0."""
+    es = 1 if sym.dtype == "i8" else 4
+    em.emit("LD" if load else "ST", buf=buf, baddr=baddr, ddr=sym.addr + es * e0, esize=es,
+            n0=1, n1=1, n2=1, n3=et, s3=1)
+
+
+def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
+    g, mem, V = em.g, em.mem, em.g.values
+    out = mem.of_value[n.outputs[0]]
+    a = n.attrs
+    if n.op in ("relu", "relu_bwd"):
+        src_a = mem.of_value[n.inputs[0]]
+        src_b = mem.of_value[n.inputs[-1]]
+        for t in _tiles(nest, ["e"]):
+            e0, et = t["e"]
+            _flat(em, True, IBUF, 0, src_a, e0, et)
+            _flat(em, True, WBUF, 0, src_b, e0, et)
+            em.emit("VMASK", abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, dbuf=IBUF, daddr=et,
+                    count=et)
+            _flat(em, False, IBUF, et, out, e0, et)
+    elif n.op in ("maxpool", "maxpool_bwd"):
+        x = mem.of_value[n.inputs[0] if n.op == "maxpool" else n.inputs[1]]
+        _, _, H, W = x.shape
+        oh, ow = (out.shape[2:] if n.op == "maxpool" else V[n.inputs[0]].shape[2:])
+        geo = dict(h=H, w=W, kh=a["kernel"][0], kw=a["kernel"][1], sh=a["stride"][0],
+                   sw=a["stride"][1], ph=a["pad"][0], pw=a["pad"][1])
+        for t in _tiles(nest, ["p"]):
+            p0, pt = t["p"]
+            em.emit("LD", buf=IBUF, baddr=0, ddr=x.addr + p0 * H * W, esize=1, n0=1, n1=1,
+                    n2=pt, n3=H * W, s2=H * W, s3=1)
+            if n.op == "maxpool":
+                em.emit("MAXP", sbuf=IBUF, saddr=0, dbuf=IBUF, daddr=pt * H * W, planes=pt,
+                        **geo)
+                em.emit("ST", buf=IBUF, baddr=pt * H * W, ddr=out.addr + p0 * oh * ow,
+                        esize=1, n0=1, n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
+            else:
+                dy = mem.of_value[n.inputs[0]]
+                em.emit("LD", buf=WBUF, baddr=0, ddr=dy.addr + p0 * oh * ow, esize=1, n0=1,
+                        n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
+                em.emit("MAXPB", xbuf=IBUF, xaddr=0, gbuf=WBUF, gaddr=0, dbuf=IBUF,
+                        daddr=pt * H * W, planes=pt, **geo)
+                em.emit("ST", buf=IBUF, baddr=pt * H * W, ddr=out.addr + p0 * H * W, esize=1,
+                        n0=1, n1=1, n2=pt, n3=H * W, s2=H * W, s3=1)
+    elif n.op == "bias_grad":
+        dy = mem.of_value[n.inputs[0]]
+        N, C = dy.shape[:2]
+        hw = 1
+        for d in dy.shape[2:]:
+            hw *= d
+        for ct in _tiles(nest, ["c"]):
+            c0, cn = ct["c"]
+            for i, nt_ in enumerate(_tiles(nest, ["n"])):
+                n0, nn = nt_["n"]
+                em.box(True, IBUF, 0, dy, (n0, c0, 0), (nn, cn, hw), (N, C, hw))
+                em.emit("RSUM", sbuf=IBUF, saddr=0, daddr=0, n=nn, c=cn, hw=hw, acc=int(i > 0))
+            em.emit("RQ", saddr=0, dbuf=IBUF, daddr=0, shift=a["shift"], mode=1, relu=0,
+                    tid=a["tid"], **_rq_index((C,), (c0,), (cn,)))
+            em.box(False, IBUF, 0, out, (c0,), (cn,))
+    elif n.op == "loss_grad":
+        z, lab = mem.of_value[n.inputs[0]], mem.of_value[n.inputs[1]]
+        lut = mem.symbols[a["lut"]]
+        N, K = z.shape
+        em.box(True, IBUF, 0, z, (0, 0), (N, K))
+        em.box(True, ABUF, 0, lab, (0,), (N,))
+        em.box(True, ABUF, N, lut, (0,), (256,))
+        em.emit("LOSSG", zbuf=IBUF, zaddr=0, laddr=0, lutaddr=N, dbuf=IBUF, daddr=N * K,
+                n=N, k=K, rmul=a["rmul"], shift=a["shift"])
+        em.box(False, IBUF, N * K, out, (0, 0), (N, K))
+    elif n.op == "sgd":
+        psym = mem.of_value[n.inputs[0]]
+        msym = mem.of_value[n.inputs[1]]
+        grad = mem.of_value[n.inputs[2]]
+        gshape = grad.shape
+        row = 1
+        for d in gshape[1:]:
+            row *= d
+        full = psym.shape
+        inner = 1
+        if len(full) > 1:
+            inner = (row // gshape[1]) * (a["in_block"] if a["in_idx"] is not None else 1)
+        blocks = row // inner
+        wide = psym.dtype == "i32"
+        cbuf, caddr = (ABUF, nest.tiles["r"] * row) if wide else (WBUF, 0)
+        for t in _tiles(nest, ["r"]):
+            r0, rt = t["r"]
+            em.view(True, ABUF, 0, msym, a, r0, rt, 0, blocks)
+            _flat(em, True, IBUF, 0, grad, r0 * row, rt * row)
+            em.emit("SGD", maddr=0, gbuf=IBUF, gaddr=0, dbuf=cbuf, daddr=caddr,
+                    count=rt * row, lrmul=a["lrmul"], cshift=a["cshift"], cbits=a["cbits"])
+            em.view(False, ABUF, 0, msym, a, r0, rt, 0, blocks)
+            em.view(False, cbuf, caddr, psym, a, r0, rt, 0, blocks)
+
+
+def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target) -> Emitter:
+    em = Emitter(g, mem, tg)
+    em.where = "prologue"
+    em.emit("SEED", ddr=mem.symbols["rng_seed"].addr)
+    for nest in nests:
+        n = g.nodes[nest.node]
+        em.where = f"{n.op} {n.layer or ''} {n.loc or ''}".strip()
+        if n.op in ("conv", "linear", "conv_eb", "linear_eb", "conv_wg", "linear_wg"):
+            _mac_nest(em, nest, n)
+        else:
+            _vector_nest(em, nest, n)
+    em.where = "epilogue"
+    em.emit("END")
+    return em

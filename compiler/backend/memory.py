@@ -1,0 +1,104 @@
+"""DDR memory plan: where every tensor of the program lives, and the data section.
+
+Order: rng seed, channel index tables, constants, parameters (compute copies), masters
+(all initialised from the data section), then inputs and every materialised activation,
+error and gradient (zero-initialised).  A reshape aliases its input.  Each tensor starts
+on a 16-byte boundary.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgec.isa.errors import EdgecError
+
+from ..ir.graph import Graph
+
+ALIGN = 16
+_NP = {"i8": "<i1", "i32": "<i4"}
+
+
+@dataclass
+class Symbol:
+    name: str
+    kind: str
+    addr: int
+    shape: tuple[int, ...]
+    dtype: str
+    exp: int | None
+    value: str | None = None     # graph value holding the final content (for verify)
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * (1 if self.dtype == "i8" else 4)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "addr": self.addr,
+                "shape": list(self.shape), "dtype": self.dtype, "exp": self.exp,
+                "value": self.value}
+
+
+@dataclass
+class MemoryPlan:
+    symbols: dict[str, Symbol] = field(default_factory=dict)
+    of_value: dict[str, Symbol] = field(default_factory=dict)   # graph value -> symbol
+    data: bytearray = field(default_factory=bytearray)
+    size: int = 0
+
+    def place(self, name, kind, shape, dtype, exp=None, value=None, init=None) -> Symbol:
+        self.size = -(-self.size // ALIGN) * ALIGN
+        s = Symbol(name, kind, self.size, tuple(shape), dtype, exp, value)
+        self.size += s.nbytes
+        self.symbols[name] = s
+        if init is not None:
+            raw = np.ascontiguousarray(np.asarray(init).astype(_NP[dtype])).tobytes()
+            assert len(raw) == s.nbytes, name
+            self.data.extend(b"\0" * (s.addr - len(self.data)))
+            self.data.extend(raw)
+        return s
+
+
+def plan_memory(g: Graph, seed: int, ddr_limit: int) -> MemoryPlan:
+    m = MemoryPlan()
+    V = g.values
+    m.place("rng_seed", "seed", (1,), "i32", init=np.array([seed], np.uint32).view(np.int32))
+    for layer, kept in sorted(g.meta.get("mask", {}).items()):
+        m.place(f"tab:{layer}", "table", (len(kept),), "i32", init=np.array(kept))
+    for cname, vals in sorted(g.consts.items()):
+        m.place(cname, "const", (len(vals),), "i32", init=np.array(vals))
+    init = g.meta["init"]
+    newval = {n.inputs[i]: n.outputs[i] for n in g.nodes if n.op == "sgd" for i in (0, 1)}
+    for p in g.params.values():
+        for vname in (p.value, f"master:{p.name}"):
+            v = V[vname]
+            sym = m.place(vname if vname.startswith("master:") else f"param:{p.name}",
+                          "master" if vname.startswith("master:") else "param",
+                          v.shape, v.dtype, v.exp, newval.get(vname, vname), init[vname])
+            m.of_value[vname] = sym
+            if vname in newval:
+                m.of_value[newval[vname]] = sym
+    m.of_value["x"] = m.place("in:x", "input", V["x"].shape, "i8", V["x"].exp, "x")
+    m.of_value["labels"] = m.place("in:labels", "input", V["labels"].shape, "i32", 0, "labels")
+    grads = {g.outputs[k]: k[5:] for k in g.outputs if k.startswith("grad:")}
+    for n in g.nodes:
+        if n.op in ("wview", "sgd"):
+            continue
+        out = n.outputs[0]
+        if n.op == "reshape":
+            src = m.of_value[n.inputs[0]]
+            m.of_value[out] = Symbol(src.name, src.kind, src.addr, V[out].shape, src.dtype,
+                                     src.exp, src.value)
+            continue
+        kind = "grad" if out in grads else ("err" if "_bwd" in n.op or n.op.endswith("_eb")
+                                            or n.op == "loss_grad" else "act")
+        name = f"grad:{grads[out]}" if out in grads else out
+        m.of_value[out] = m.place(name, kind, V[out].shape, "i8", V[out].exp, out)
+    if m.size > ddr_limit:
+        raise EdgecError(f"the program needs {m.size} bytes of DDR; the target has "
+                         f"{ddr_limit}")
+    m.size = -(-m.size // ALIGN) * ALIGN
+    return m

@@ -1,0 +1,162 @@
+"""Tile pass: graph -> loop IR.  A fixed, simple choice: start from whole tensors and
+halve the dim with the highest priority until every tile fits its buffer.  Tensors never
+have to fit on chip; only tiles do."""
+from __future__ import annotations
+
+from edgec.isa.errors import EdgecError
+from edgec.isa.target import Target
+
+from ..ir.graph import Graph
+from ..ir.loops import NEST_DIMS, LoopNest
+
+
+def geometry(g: Graph, n) -> dict:
+    """Unified conv view of conv/linear ops: shapes as 4-D NCHW, kernel, stride, pad."""
+    V = g.values
+    a = n.attrs
+    if n.op.startswith("linear"):
+        one = dict(kh=1, kw=1, sh=1, sw=1, ph=0, pw=0, H=1, W=1, OH=1, OW=1)
+        if n.op == "linear":
+            x, w = V[n.inputs[0]].shape, V[n.inputs[1]].shape
+            return dict(one, N=x[0], C=x[1], O=w[0])
+        if n.op == "linear_eb":
+            dy, w = V[n.inputs[0]].shape, V[n.inputs[1]].shape
+            return dict(one, N=dy[0], C=w[1], O=w[0])
+        dy, x = V[n.inputs[0]].shape, V[n.inputs[1]].shape
+        return dict(one, N=dy[0], C=x[1], O=dy[1])
+    (sh, sw), (ph, pw) = a["stride"], a["pad"]
+    if n.op == "conv":
+        (N, C, H, W), (O, _, kh, kw) = V[n.inputs[0]].shape, V[n.inputs[1]].shape
+        _, _, OH, OW = V[n.outputs[0]].shape
+    elif n.op == "conv_eb":
+        (N, O, OH, OW), (_, C, kh, kw) = V[n.inputs[0]].shape, V[n.inputs[1]].shape
+        _, _, H, W = V[n.outputs[0]].shape
+    else:
+        (N, O, OH, OW), (_, C, H, W) = V[n.inputs[0]].shape, V[n.inputs[1]].shape
+        kh, kw = a["kernel"]
+    return dict(N=N, C=C, O=O, H=H, W=W, OH=OH, OW=OW, kh=kh, kw=kw, sh=sh, sw=sw,
+                ph=ph, pw=pw)
+
+
+def x_rows(G: dict, oht: int) -> int:
+    """Input rows an output-row tile of height oht needs."""
+    return min(G["H"], (oht - 1) * G["sh"] + G["kh"])
+
+
+def y_rows(G: dict, iht: int) -> int:
+    """Output rows that can reach an input-row tile of height iht (upper bound)."""
+    return min(G["OH"], -(-(iht + G["kh"] - 1) // G["sh"]))
+
+
+def in_block(g: Graph, n) -> int:
+    """Channels of a linear's input come in blocks (H*W after a masked flatten)."""
+    w = g.producer(n.inputs[1]) if n.op in ("linear", "linear_eb") else None
+    if w is not None and w.op == "wview" and w.attrs["in_idx"] is not None:
+        return w.attrs["in_block"]
+    if n.op == "linear_wg":
+        for m in g.nodes:
+            if m.op == "sgd" and g.outputs.get(f"grad:{g.param_of_value(m.inputs[0]).name}") \
+                    == n.outputs[0] and m.attrs["in_idx"] is not None:
+                return m.attrs["in_block"]
+    return 1
+
+
+def _fits(op: str, G: dict, t: dict, tg: Target) -> bool:
+    kk = G["kh"] * G["kw"]
+    if op in ("conv", "linear"):
+        ib = t["n"] * t["ci"] * x_rows(G, t["oh"]) * G["W"] + t["n"] * t["co"] * t["oh"] * G["OW"]
+        return (ib <= tg.ibuf and t["co"] * t["ci"] * kk <= tg.wbuf
+                and t["n"] * t["co"] * t["oh"] * G["OW"] <= tg.abuf)
+    if op in ("conv_eb", "linear_eb"):
+        ib = t["n"] * t["co"] * y_rows(G, t["ih"]) * G["OW"] + t["n"] * t["ci"] * t["ih"] * G["W"]
+        return (ib <= tg.ibuf and t["co"] * t["ci"] * kk <= tg.wbuf
+                and t["n"] * t["ci"] * t["ih"] * G["W"] <= tg.abuf)
+    # weight gradient
+    ib = t["n"] * t["ci"] * x_rows(G, t["oh"]) * G["W"] + t["co"] * t["ci"] * kk
+    return (ib <= tg.ibuf and t["n"] * t["co"] * t["oh"] * G["OW"] <= tg.wbuf
+            and t["co"] * t["ci"] * kk <= tg.abuf)
+
+
+_PRIORITY = {"conv": ("oh", "n", "ci", "co"), "conv_eb": ("ih", "n", "co", "ci"),
+             "conv_wg": ("oh", "n", "ci", "co")}
+
+
+def _shrink(dims, unit, fits, priority, what) -> dict:
+    t = dict(dims)
+    while not fits(t):
+        for d in priority:
+            u = unit.get(d, 1)
+            if t[d] > u:
+                t[d] = max(u, (t[d] // u + 1) // 2 * u)
+                break
+        else:
+            raise EdgecError(f"{what}: even the smallest tile does not fit the target's "
+                             "buffers; use a target with larger buffers")
+    return t
+
+
+def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
+    nests = []
+    V = g.values
+    for i, n in enumerate(g.nodes):
+        if n.op in ("wview", "reshape"):
+            continue
+        where = f"{n.loc or '?'}: layer {n.layer!r} ({n.op})"
+        par, red = NEST_DIMS[n.op]
+        unit: dict[str, int] = {}
+        if n.op in NEST_DIMS and (n.op.startswith("conv") or n.op.startswith("linear")):
+            G = geometry(g, n)
+            kind = n.op.split("_")[-1] if "_" in n.op else "fp"
+            base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
+            dims = {"n": G["N"], "co": G["O"], "ci": G["C"]}
+            dims["oh" if base != "conv_eb" else "ih"] = G["OH"] if base != "conv_eb" else G["H"]
+            blk = in_block(g, n)
+            if blk > 1:
+                unit["ci"] = blk
+            t = _shrink(dims, unit, lambda t: _fits(base, G, t, tg), _PRIORITY[base], where)
+        elif n.op in ("relu", "relu_bwd"):
+            total = 1
+            for d in V[n.outputs[0]].shape:
+                total *= d
+            dims = {"e": total}
+            t = {"e": min(total, tg.ibuf // 2, tg.wbuf, 65535)}
+        elif n.op in ("maxpool", "maxpool_bwd"):
+            N, C, H, W = V[n.inputs[0] if n.op == "maxpool" else n.inputs[1]].shape
+            oh, ow = (V[n.outputs[0]].shape[2:] if n.op == "maxpool"
+                      else V[n.inputs[0]].shape[2:])
+            dims = {"p": N * C}
+            per = H * W + oh * ow
+            cap = min(tg.ibuf // per if n.op == "maxpool" else tg.ibuf // (2 * H * W),
+                      tg.wbuf // (oh * ow), 65535)
+            if cap < 1:
+                raise EdgecError(f"{where}: one {H}x{W} plane does not fit the buffers")
+            t = {"p": min(N * C, cap)}
+        elif n.op == "bias_grad":
+            s = V[n.inputs[0]].shape
+            hw = 1
+            for d in s[2:]:
+                hw *= d
+            dims = {"c": s[1], "n": s[0]}
+            t = _shrink(dims, {}, lambda t: t["n"] * t["c"] * hw + t["c"] <= tg.ibuf
+                        and t["c"] <= tg.abuf, ("n", "c"), where)
+        elif n.op == "loss_grad":
+            N, K = V[n.inputs[0]].shape
+            if 2 * N * K > tg.ibuf or N + 256 > tg.abuf:
+                raise EdgecError(f"{where}: logits [{N},{K}] do not fit the buffers")
+            dims = t = {"n": N}
+        elif n.op == "sgd":
+            shape = V[n.inputs[2]].shape
+            row = 1
+            for d in shape[1:]:
+                row *= d
+            dims = {"r": shape[0]}
+            cap = min(tg.abuf // (2 * row), tg.ibuf // row, tg.wbuf // row)
+            if cap < 1:
+                raise EdgecError(f"{where}: one row of {row} elements does not fit")
+            t = {"r": min(shape[0], cap)}
+        else:
+            raise EdgecError(f"{where}: no lowering for op {n.op!r}")
+        nest = LoopNest(i, n.op, n.layer, dict(dims), dict(t), par + red, unit)
+        nest.verify()
+        nests.append(nest)
+    return nests

@@ -1,0 +1,151 @@
+"""edgec command line: compile, run, verify, disasm.
+
+Every failure is one message on stderr ("edgec: error: ...") and a non-zero exit; outputs
+are written atomically, so a failed run never leaves a half-written or damaged file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+
+def _atomic_write(path: str, write) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".edgec-", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _progress(quiet: bool):
+    t0 = time.perf_counter()
+
+    def log(stage: str) -> None:
+        if not quiet:
+            print(f"  [{time.perf_counter() - t0:6.2f}s] {stage}", file=sys.stderr)
+    return log
+
+
+def _compile(args, log):
+    from .driver import compile_model
+    return compile_model(args.model, args.mask, args.target, lr=args.lr, seed=args.seed, log=log)
+
+
+def cmd_compile(args) -> int:
+    c = _compile(args, _progress(args.quiet))
+    _atomic_write(args.output, lambda f: f.write(c.blob))
+    print(f"wrote {args.output}: {c.program.n_instr} instructions, {len(c.blob)} bytes, "
+          f"{len(c.nests)} loop nests")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+    from edgec.isa.container import load_program
+    from edgec.isa.errors import EdgecError
+    from edgec.isa.target import load_target
+    from edgec.runtime_emu.host import run_step
+    prog = load_program(args.program)
+    tg = load_target(args.target)
+    try:
+        with np.load(args.input, allow_pickle=False) as z:
+            batch = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise EdgecError(f"{args.input}: cannot read batch ({type(e).__name__}: {e})") from None
+    for k in ("x", "y"):
+        if k not in batch:
+            raise EdgecError(f"{args.input}: missing array {k!r} (needs x float32 and y int64)")
+    out, m = run_step(prog, tg, batch["x"], batch["y"], args.seed)
+    _atomic_write(args.output, lambda f: np.savez(f, **out))
+    c = m.counters
+    print(f"wrote {args.output}: loss {float(out['loss']):.4f}; {c['instructions']} "
+          f"instructions, {c['macs']} MACs, {c['cycles']} cycles, "
+          f"{c['ddr_read_bytes']} DDR bytes read, {c['ddr_write_bytes']} written")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .verify import format_report, verify
+    c = _compile(args, _progress(args.quiet))
+    rep = verify(c, seed=args.seed, batch_seed=args.batch_seed)
+    print(format_report(rep))
+    return 0 if rep.bit_exact else 1
+
+
+def cmd_disasm(args) -> int:
+    from edgec.isa.container import load_program
+    from edgec.isa.disasm import disassemble
+    for line in disassemble(load_program(args.program)):
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="edgec",
+        description="Compile a PyTorch model's fine-tuning step (forward, softmax "
+                    "cross-entropy, backward, SGD) to an 8-bit edge training accelerator, "
+                    "and run it on the bit-exact emulator.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def common(p):
+        p.add_argument("model", help="model.py defining `model` (nn.Module with pretrained "
+                       "weights) and `example_input` (its batch size is compiled in)")
+        p.add_argument("--mask", help="user.mask: kept output channels per Conv2d/Linear "
+                       "layer (default: keep everything)")
+        p.add_argument("--target", help="target TOML file (default: the bundled "
+                       "edge-dpu-16x16)")
+        p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+        p.add_argument("--seed", type=int, default=0,
+                       help="stochastic-rounding seed stored in the program (default 0)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    p = sub.add_parser("compile", help="compile model.py (+ mask) to prog.bin")
+    common(p)
+    p.add_argument("-o", "--output", default="prog.bin", help="output file (default prog.bin)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="execute prog.bin on the emulator for one batch")
+    p.add_argument("program", help="prog.bin")
+    p.add_argument("--input", required=True, help="batch.npz with x (float32) and y (int64)")
+    p.add_argument("-o", "--output", default="out.npz", help="out.npz (default out.npz)")
+    p.add_argument("--target", help="target TOML the program was compiled for")
+    p.add_argument("--seed", type=int, default=None,
+                   help="override the program's stochastic-rounding seed")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="compile, then check emulator == reference bit for "
+                       "bit and fixed-point gradients vs float autograd; exit 0 iff bit-exact")
+    common(p)
+    p.add_argument("--batch-seed", type=int, default=0, help="seed of the random batch")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("disasm", help="print prog.bin's instructions")
+    p.add_argument("program", help="prog.bin")
+    p.set_defaults(func=cmd_disasm)
+    return ap
+
+
+def main(argv=None) -> int:
+    from edgec.isa.errors import EdgecError
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgecError as e:
+        print(f"edgec: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The compile pipeline: model.py + user.mask -> graph passes -> loop IR -> prog.bin."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from edgec.isa.container import Program, write_program
+from edgec.isa.errors import EdgecError
+from edgec.isa.target import Target, load_target
+
+from .backend.codegen import Emitter, generate
+from .backend.memory import MemoryPlan, plan_memory
+from .backend.tiling import tile_graph
+from .frontend.capture import capture
+from .frontend.load import load_model
+from .frontend.maskfile import parse_mask
+from .ir.graph import Graph
+from .ir.loops import LoopNest
+from .passes.mask import MaskPass
+from .passes.quantize import QuantizePass, UpdatePass
+
+
+@dataclass
+class Compiled:
+    graph: Graph
+    nests: list[LoopNest]
+    mem: MemoryPlan
+    emitter: Emitter
+    program: Program
+    blob: bytes
+    target: Target
+    model: torch.nn.Module
+    example_input: torch.Tensor
+    mask: dict[str, list[int]]
+
+
+def mask_layers(model: torch.nn.Module) -> dict[str, int]:
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            out[name] = m.out_channels
+        elif isinstance(m, torch.nn.Linear):
+            out[name] = m.out_features
+    return out
+
+
+def compile_model(model_path: str, mask_path: str | None = None, target: str | None = None,
+                  lr: float = 0.01, seed: int = 0, log=None) -> Compiled:
+    log = log or (lambda msg: None)
+    tg = load_target(target)
+    model, example = load_model(model_path)
+    log("capture")
+    g = capture(model, example, model_path)
+    logits_layer = g.producer(g.outputs["logits"]).layer
+    mask = {}
+    if mask_path:
+        mask = parse_mask(mask_path, mask_layers(model), logits_layer)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for p in (MaskPass(mask), QuantizePass(example, params), UpdatePass(lr)):
+        log(p.name)
+        g = p.apply(g)
+        try:
+            g.verify()
+        except ValueError as e:
+            raise EdgecError(f"internal error after pass {p.name!r}: {e}") from None
+    log("tile")
+    nests = tile_graph(g, tg)
+    log("codegen")
+    mem = plan_memory(g, seed, tg.ddr_bytes)
+    em = generate(g, nests, mem, tg)
+    prog = Program(tg.fingerprint, b"".join(em.words), bytes(mem.data), mem.size,
+                   [s.to_json() for s in mem.symbols.values()], program_meta(g, mem, em, lr))
+    return Compiled(g, nests, mem, em, prog, write_program(prog), tg, model, example, mask)
+
+
+def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
+    params = []
+    for p in g.params.values():
+        sgd = next((n for n in g.nodes if n.op == "sgd" and n.inputs[0] == p.value), None)
+        a = sgd.attrs if sgd else {}
+        params.append({
+            "name": p.name, "shape": list(p.shape), "master": f"master:{p.name}",
+            "param": f"param:{p.name}", "grad": f"grad:{p.name}" if sgd else None,
+            "out_tab": f"tab:{a['out_tab']}" if a.get("out_tab") else None,
+            "in_tab": f"tab:{a['in_tab']}" if a.get("in_tab") and a.get("in_idx") else None,
+            "in_block": a.get("in_block", 1)})
+    logits = mem.of_value[g.outputs["logits"]].name
+    return {"logits": logits, "params": params, "lr": lr,
+            "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
+            "origin": em.origin, "mask": g.meta.get("mask", {})}

@@ -1,0 +1,124 @@
+"""Parse a user.mask file (grammar: mask.lark, next to this file).
+
+``parse_mask`` returns {layer name: sorted, deduplicated kept output channels}; layers not
+listed keep every channel.  Every problem is an :class:`EdgecError` "FILE:LINE:COL: ...".
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from functools import lru_cache
+
+import lark
+
+from edgec.isa.errors import EdgecError
+
+_HUMAN = {
+    "NAME": "a layer name",
+    "INT": "a channel index",
+    "COLON": "':'",
+    "COMMA": "','",
+    "MINUS": "'-'",
+    "_NL": "end of line",
+    "$END": "end of file",
+}
+
+
+@lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mask.lark")
+    with open(path, encoding="utf-8") as f:
+        grammar = f.read()
+    return lark.Lark(grammar, parser="lalr", propagate_positions=True,
+                     maybe_placeholders=False)
+
+
+def _expected(names) -> str:
+    shown = sorted({_HUMAN.get(n, n) for n in names})
+    if not shown:
+        return ""
+    if len(shown) == 1:
+        return f", expected {shown[0]}"
+    return ", expected " + ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+def _tok_text(tok) -> str:
+    if tok.type == "$END":
+        return "end of file"
+    if tok.type == "_NL":
+        return "end of line"
+    return repr(str(tok))
+
+
+def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
+               text: str | None = None) -> dict[str, list[int]]:
+    """Parse ``path`` (or ``text``, reported as ``path``) against ``layers``.
+
+    ``layers`` maps each Conv2d/Linear module name to its number of output channels;
+    ``logits_layer`` is the module producing the logits (it cannot be masked).
+    """
+    if text is None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise EdgecError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise EdgecError(f"{path}: cannot read mask file: {e}") from None
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedToken as e:
+        tok = e.token
+        line, col = e.line, e.column
+        if tok.type == "$END":
+            lines = text.split("\n")
+            line = len(lines)
+            col = len(lines[-1]) + 1
+        raise EdgecError(f"{path}:{line}:{col}: syntax error: unexpected {_tok_text(tok)}"
+                         f"{_expected(e.expected)}") from None
+    except lark.exceptions.UnexpectedCharacters as e:
+        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        raise EdgecError(f"{path}:{e.line}:{e.column}: syntax error: unexpected character "
+                         f"{ch!r}{_expected(e.allowed or ())}") from None
+    except lark.exceptions.UnexpectedEOF as e:
+        lines = text.split("\n")
+        raise EdgecError(f"{path}:{len(lines)}:{len(lines[-1]) + 1}: syntax error: "
+                         f"unexpected end of file{_expected(e.expected)}") from None
+
+    result: dict[str, list[int]] = {}
+    first_line: dict[str, int] = {}
+    for entry in tree.children:
+        name_tok, items = entry.children[0], entry.children[1]
+        name = str(name_tok)
+        where = f"{path}:{name_tok.line}:{name_tok.column}"
+        if name not in layers:
+            close = difflib.get_close_matches(name, list(layers), n=3, cutoff=0.5)
+            hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else
+                    f"; maskable layers (Conv2d/Linear): {', '.join(sorted(layers)) or 'none'}")
+            raise EdgecError(f"{where}: unknown layer {name!r}{hint}")
+        if name in first_line:
+            raise EdgecError(f"{where}: duplicate layer {name!r} (already listed on line "
+                             f"{first_line[name]}); list each layer once")
+        first_line[name] = name_tok.line
+        if logits_layer is not None and name == logits_layer:
+            raise EdgecError(f"{where}: layer {name!r} produces the logits; its outputs "
+                             f"(the classes) cannot be masked")
+        n = layers[name]
+        keep: set[int] = set()
+        for it in items.children:
+            toks = it.children
+            lo, hi = int(toks[0]), int(toks[-1])
+            if it.data == "range" and lo > hi:
+                raise EdgecError(f"{path}:{toks[0].line}:{toks[0].column}: empty range "
+                                 f"{lo}-{hi} (lower bound > upper bound); write {hi}-{lo}")
+            for t in toks:
+                if int(t) >= n:
+                    raise EdgecError(f"{path}:{t.line}:{t.column}: channel index {int(t)} out "
+                                     f"of range for layer {name!r} (it has {n} output "
+                                     f"channels: 0-{n - 1})")
+            keep.update(range(lo, hi + 1))
+        if not keep:
+            raise EdgecError(f"{where}: empty keep list for layer {name!r}; keep at least "
+                             f"one channel (omit the line to keep all)")
+        result[name] = sorted(keep)
+    return result

@@ -1,0 +1,208 @@
+"""Quantize pass and update pass: fixed-point formats, relu fusion, SGD nodes.
+
+Formats follow docs/numerics.md section 6: weights from their own range, everything else
+from one float calibration step of the masked model on ``example_input`` with labels drawn
+from ``torch.Generator().manual_seed(0)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from edgec.isa.errors import EdgecError
+
+from ..ir.float_interp import run_float
+from ..ir.graph import Graph
+
+ACC_MAX = 2**31 - 1
+BIAS_BITS = 24
+
+
+def expo(t: torch.Tensor) -> int:
+    m = float(t.detach().abs().max()) if t.numel() else 0.0
+    if m == 0.0 or not math.isfinite(m):
+        return -7
+    return math.ceil(math.log2(m / 127.0))
+
+
+def rshift_nearest(v: np.ndarray, s: int) -> np.ndarray:
+    v = v.astype(np.int64)
+    return v << -s if s <= 0 else (v + (1 << (s - 1))) >> s
+
+
+def calibration_labels(n: int, k: int) -> torch.Tensor:
+    return torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(0))
+
+
+@dataclass
+class QuantizePass:
+    """Assign dtype/exp to every value, fuse relu into the producing conv/linear,
+    choose shifts and stochastic-rounding tensor ids, compute initial integer data."""
+    name = "quantize"
+    example_input: torch.Tensor = None
+    params: dict = field(default_factory=dict)      # param name -> float tensor
+
+    def apply(self, g: Graph) -> Graph:
+        x = self.example_input.float()
+        N = x.shape[0]
+        K = g.values[g.outputs["logits"]].shape[1]
+        fv = run_float(g, x, calibration_labels(N, K), self.params)
+        V = g.values
+        init: dict[str, np.ndarray] = {}
+        V["x"].dtype, V["x"].exp = "i8", expo(x)
+        V["labels"].dtype, V["labels"].exp = "i32", 0
+        for p in g.params.values():
+            if p.kind == "weight":
+                e = expo(self.params[p.name])
+                V[p.value].dtype, V[p.value].exp = "i8", e
+        tid = 0
+        fused: set[str] = set()
+        for n in list(g.nodes):
+            a, ins, out = n.attrs, n.inputs, n.outputs[0]
+            e = lambda v: V[v].exp  # noqa: E731
+            if n.op == "wview" or id(n) in fused:
+                continue
+            if n.op in ("conv", "linear"):
+                w_exp = V[self._src(g, ins[1])].exp
+                e_acc = e(ins[0]) + w_exp
+                if len(ins) == 3:
+                    bp = g.param_of_value(self._src(g, ins[2]))
+                    V[bp.value].dtype, V[bp.value].exp = "i32", e_acc
+                users = g.users(out)
+                if len(users) == 1 and users[0].op == "relu":
+                    r = users[0]
+                    a["relu"] = True
+                    fused.add(id(r))
+                    g.nodes.remove(r)
+                    del V[out]
+                    out = n.outputs[0] = r.outputs[0]
+                else:
+                    a["relu"] = False
+                self._set(g, n, out, expo(fv[out]), e_acc)
+            elif n.op in ("relu", "maxpool", "reshape", "relu_bwd", "maxpool_bwd"):
+                V[out].dtype, V[out].exp = "i8", e(ins[0])
+            elif n.op == "loss_grad":
+                e_dz = -7 - math.ceil(math.log2(N))
+                a["rmul"] = round(2**16 / N)
+                a["shift"] = 31 + e_dz
+                a["lut"] = "lut:softmax"
+                ez = e(ins[0])
+                g.consts["lut:softmax"] = [int(np.round(2**15 * math.exp(-d * 2.0**ez)))
+                                           for d in range(256)]
+                V[out].dtype, V[out].exp = "i8", e_dz
+            elif n.op in ("conv_eb", "linear_eb", "conv_wg", "linear_wg", "bias_grad"):
+                tid += 1
+                a["tid"] = tid
+                if n.op == "bias_grad":
+                    e_acc = e(ins[0])
+                elif n.op.endswith("_eb"):
+                    e_acc = e(ins[0]) + V[self._src(g, ins[1])].exp
+                else:
+                    e_acc = e(ins[0]) + e(ins[1])
+                self._set(g, n, out, expo(fv[out]), e_acc)
+            else:
+                raise EdgecError(f"quantize: unexpected op {n.op}")
+        for n in g.nodes:          # views take their parameter's format
+            if n.op == "wview":
+                V[n.outputs[0]].dtype = V[n.inputs[0]].dtype
+                V[n.outputs[0]].exp = V[n.inputs[0]].exp
+        # initial integer data: master and compute copies
+        for p in g.params.values():
+            w = self.params[p.name].detach().double().numpy()
+            cshift, cbits = (16, 8) if p.kind == "weight" else (8, BIAS_BITS)
+            if V[p.value].exp is None:      # a bias of an op that was never quantized
+                raise EdgecError(f"parameter {p.name!r} is not used by a conv/linear")
+            e_m = V[p.value].exp - cshift
+            bound = ((1 << (cbits - 1)) - 1) << cshift
+            m = np.clip(np.rint(w * 2.0 ** (-e_m)), -bound, bound).astype(np.int64)
+            g.add_value(f"master:{p.name}", p.shape, "i32", e_m)
+            init[f"master:{p.name}"] = m.astype(np.int32)
+            init[p.value] = rshift_nearest(m, cshift).astype(np.int32 if cbits > 8 else np.int8)
+            V[p.value].dtype = "i8" if cbits == 8 else "i32"
+        g.meta["init"] = init
+        g.meta["calib_exp"] = {"x": V["x"].exp}
+        check_reductions(g)
+        return g
+
+    @staticmethod
+    def _src(g: Graph, v: str) -> str:
+        """The parameter value behind a (possibly viewed) weight operand."""
+        p = g.producer(v)
+        return p.inputs[0] if p is not None and p.op == "wview" else v
+
+    @staticmethod
+    def _set(g: Graph, n, out: str, e_out: int, e_acc: int) -> None:
+        shift = max(-31, min(31, e_out - e_acc))
+        n.attrs["shift"] = shift
+        g.values[out].dtype, g.values[out].exp = "i8", e_acc + shift
+
+
+def check_reductions(g: Graph) -> None:
+    """Prove no int32 partial sum can overflow, whatever the tiling (numerics.md 6)."""
+    V = g.values
+    for n in g.nodes:
+        s = [V[v].shape for v in n.inputs]
+        if n.op in ("conv", "linear"):
+            k = s[1][1] * (s[1][2] * s[1][3] if n.op == "conv" else 1)
+            bound = k * 127 * 127 + (2**(BIAS_BITS - 1) - 1)
+        elif n.op in ("conv_eb", "linear_eb"):
+            if n.op == "conv_eb":
+                kh, kw = s[1][2], s[1][3]
+                sh, sw = n.attrs["stride"]
+                k = s[1][0] * math.ceil(kh / sh) * math.ceil(kw / sw)
+            else:
+                k = s[1][0]
+            bound = k * 127 * 127
+        elif n.op in ("conv_wg", "linear_wg"):
+            k = 1
+            for d in (s[0][0], *s[0][2:]):
+                k *= d
+            bound = k * 127 * 127
+        elif n.op == "bias_grad":
+            k = 1
+            for d in (s[0][0], *s[0][2:]):
+                k *= d
+            bound = k * 127
+        else:
+            continue
+        if bound > ACC_MAX:
+            raise EdgecError(f"{n.loc or '?'}: layer {n.layer!r} ({n.op}): a reduction of "
+                             f"{k} int8 products can overflow the int32 accumulator; "
+                             "reduce the batch or the layer size (splitting reductions is "
+                             "not supported yet)")
+
+
+@dataclass
+class UpdatePass:
+    """Append one SGD node per trainable parameter, writing through its mask view."""
+    name = "update"
+    lr: float = 0.01
+
+    def apply(self, g: Graph) -> Graph:
+        V = g.values
+        for p in g.params.values():
+            if not p.trainable:
+                continue
+            grad = g.outputs[f"grad:{p.name}"]
+            view = next((n for n in g.nodes if n.op == "wview" and n.inputs[0] == p.value),
+                        None)
+            va = view.attrs if view else {"out_idx": None, "in_idx": None, "in_block": 1,
+                                          "out_tab": None, "in_tab": None}
+            master = f"master:{p.name}"
+            cshift, cbits = (16, 8) if p.kind == "weight" else (8, BIAS_BITS)
+            lrmul = int(np.rint(self.lr * 2.0 ** (V[grad].exp - V[master].exp + 16)))
+            if not -2**31 <= lrmul < 2**31:
+                raise EdgecError(f"learning rate {self.lr} is out of range for {p.name!r} "
+                                 f"(lrmul {lrmul} does not fit int32)")
+            newp, newm = f"new:{p.name}", f"newmaster:{p.name}"
+            g.add_value(newp, p.shape, V[p.value].dtype, V[p.value].exp)
+            g.add_value(newm, p.shape, "i32", V[master].exp)
+            g.add_node("sgd", [p.value, master, grad], [newp, newm],
+                       {"lr": self.lr, "lrmul": lrmul, "cshift": cshift, "cbits": cbits,
+                        **{k: va[k] for k in ("out_idx", "in_idx", "in_block", "out_tab",
+                                              "in_tab")}},
+                       layer=p.module, loc=view.loc if view else None)
+        return g

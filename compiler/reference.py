@@ -1,0 +1,445 @@
+"""Reference interpreter: the quantized graph executed as whole torch tensors.
+
+This is the compiler-side implementation of docs/numerics.md.  The emulator
+(``runtime_emu/``, numpy, tiles of instructions) is a second, independent implementation
+of the same text; the two must agree bit for bit.  Nothing here is shared with the
+emulator, and nothing here depends on tiling or execution order.
+
+Entry point::
+
+    run_reference(graph, inputs, seed) -> dict[str, torch.Tensor]
+
+``inputs`` holds ``"x"`` (int8 ``[N,C,H,W]`` or ``[N,F]``), ``"labels"`` (int ``[N]``),
+every parameter's compute copy (``param.value``, full PyTorch shape) and every master copy
+(``"master:<name>"``, full shape).  The result maps EVERY value of the graph (inputs,
+parameters, masters and all node outputs) to an int64 tensor holding the exact integers,
+in the value's shape.
+
+Arithmetic: every integer is held in int64.  Convolutions and matrix products run in
+float64 (exact: every operand is an integer and every partial sum is checked to be below
+2**53 in magnitude) and are converted back to int64.  Every accumulator is checked against
+the int32 range ``[-(2**31-1), 2**31-1]``; leaving it raises ``EdgecError`` naming the node
+(op, layer, source location).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from edgec.compiler.ir.graph import Graph, Node
+from edgec.isa.errors import EdgecError
+
+I32_MAX = 2**31 - 1
+_M32 = 0xFFFFFFFF
+_F64_EXACT = 2**53
+_NEG_INF = -(2**40)          # maxpool padding: below every int8 / int32 value
+
+__all__ = ["run_reference", "rand32", "rshift", "sat", "sat8", "view_index",
+           "conv_acc", "conv_eb_acc", "conv_wg_acc", "maxpool", "maxpool_bwd",
+           "loss_grad", "sgd_update"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def sat(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """``sat_b``: clamp to the symmetric range ``[-(2**(b-1)-1), 2**(b-1)-1]``."""
+    lim = 2 ** (bits - 1) - 1
+    return v.clamp(-lim, lim)
+
+
+def sat8(v: torch.Tensor) -> torch.Tensor:
+    return sat(v, 8)
+
+
+def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
+    """``(a * c) mod 2**32`` for ``a`` in [0, 2**32) (int64) and a 32-bit constant ``c``,
+    without any product exceeding 2**48 (``c`` split into 16-bit halves)."""
+    lo, hi = c & 0xFFFF, (c >> 16) & 0xFFFF
+    return ((a * lo) + (((a * hi) & 0xFFFF) << 16)) & _M32
+
+
+def rand32(seed, tid, idx) -> torch.Tensor:
+    """Counter-based random word of numerics.md section 3, as int64 in [0, 2**32).
+
+    ``seed``, ``tid`` and ``idx`` are ints or int64 tensors (broadcast together); each is
+    taken modulo 2**32 (they are uint32 in the spec)."""
+    seed_t = torch.as_tensor(seed, dtype=torch.int64) & _M32
+    tid_t = torch.as_tensor(tid, dtype=torch.int64) & _M32
+    idx_t = torch.as_tensor(idx, dtype=torch.int64) & _M32
+    h = (_mul32(seed_t, 0x9E3779B1) + _mul32(tid_t, 0x85EBCA77)
+         + _mul32(idx_t, 0xC2B2AE3D)) & _M32
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = _mul32(h, 0x846CA68B)
+    h = h ^ (h >> 16)
+    return h
+
+
+def rshift(v: torch.Tensor, s: int, mode: str, r: torch.Tensor | None = None) -> torch.Tensor:
+    """``rshift(v, s, mode, r)`` of numerics.md section 2 on int64 tensors."""
+    s = int(s)
+    if not -31 <= s <= 31:
+        raise ValueError(f"shift {s} outside [-31, 31]")
+    v = v.to(torch.int64)
+    if s <= 0:
+        return v * (1 << (-s))
+    if mode == "nearest":
+        return (v + (1 << (s - 1))) >> s
+    if mode == "stochastic":
+        if r is None:
+            raise ValueError("stochastic rounding needs the random words r")
+        return (v + (r.to(torch.int64) >> (32 - s))) >> s
+    raise ValueError(f"unknown rounding mode {mode!r}")
+
+
+def _stochastic(acc: torch.Tensor, shift: int, seed: int, tid: int) -> torch.Tensor:
+    """``sat8(rshift(acc, shift, stochastic))`` with ``idx`` = flat row-major index."""
+    idx = torch.arange(acc.numel(), dtype=torch.int64).reshape(acc.shape)
+    r = rand32(seed, tid, idx)
+    return sat8(rshift(acc, shift, "stochastic", r))
+
+
+def _check_i32(acc: torch.Tensor, what: str) -> None:
+    if acc.numel() == 0:
+        return
+    bad = (acc > I32_MAX) | (acc < -I32_MAX)
+    if bool(bad.any()):
+        flat = int(torch.nonzero(bad.reshape(-1))[0, 0])
+        pos = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), acc.shape))
+        val = int(acc.reshape(-1)[flat])
+        raise EdgecError(
+            f"int32 accumulator overflow in {what}: element {list(pos)} = {val} is outside "
+            f"[-(2**31-1), 2**31-1]; the compiler's reduction bound should have split or "
+            f"rescaled this reduction (numerics.md section 6)")
+
+
+def _check_f64(k: int, a: torch.Tensor, b: torch.Tensor) -> None:
+    """float64 products are exact only if every partial sum stays below 2**53."""
+    ma = int(a.abs().max()) if a.numel() else 0
+    mb = int(b.abs().max()) if b.numel() else 0
+    if k * ma * mb >= _F64_EXACT:
+        raise EdgecError(f"reduction of {k} products of magnitude {ma}*{mb} cannot be "
+                         f"computed exactly in float64")
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float64)
+
+
+def _i64(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.int64)        # exact: t holds integers below 2**53
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+# ----------------------------------------------------------------------------- views
+
+def view_index(p: torch.Tensor, out_idx, in_idx, in_block) -> tuple:
+    """Advanced index selecting the view of ``p``: rows ``out_idx`` of dim 0 (None = all),
+    then along dim 1 the blocks ``in_idx`` of ``in_block`` consecutive elements."""
+    rows = (torch.arange(p.shape[0]) if out_idx is None
+            else torch.as_tensor([int(i) for i in out_idx], dtype=torch.long))
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= p.shape[0]):
+        raise ValueError(f"out_idx {list(out_idx)} out of range for dim 0 of size {p.shape[0]}")
+    if p.dim() == 1:
+        if in_idx is not None:
+            raise ValueError("a 1-D parameter cannot be viewed along dim 1 (in_idx given)")
+        return (rows,)
+    if in_idx is None:
+        cols = torch.arange(p.shape[1])
+    else:
+        blk = int(in_block or 1)
+        if p.shape[1] % blk:
+            raise ValueError(f"dim 1 of size {p.shape[1]} is not a multiple of in_block {blk}")
+        nb = p.shape[1] // blk
+        blocks = torch.as_tensor([int(i) for i in in_idx], dtype=torch.long)
+        if blocks.numel() and (int(blocks.min()) < 0 or int(blocks.max()) >= nb):
+            raise ValueError(f"in_idx {list(in_idx)} out of range for {nb} blocks of {blk}")
+        cols = (blocks[:, None] * blk + torch.arange(blk)[None, :]).reshape(-1)
+    return (rows[:, None], cols[None, :])
+
+
+def _view_of(p: torch.Tensor, at) -> tuple:
+    return view_index(p, at.get("out_idx"), at.get("in_idx"), at.get("in_block", 1))
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def conv_acc(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+             stride, pad) -> torch.Tensor:
+    """``acc[n,o,y,x] = b[o] + sum X[n,c,y*sh-ph+kh,x*sw-pw+kw] * W[o,c,kh,kw]`` (int64)."""
+    _check_f64(w.shape[1] * w.shape[2] * w.shape[3], x, w)
+    acc = _i64(F.conv2d(_f64(x), _f64(w), stride=_pair(stride), padding=_pair(pad)))
+    if b is not None:
+        acc = acc + b.to(torch.int64).reshape(1, -1, 1, 1)
+    return acc
+
+
+def conv_eb_acc(dy: torch.Tensor, w: torch.Tensor, stride, pad, in_shape) -> torch.Tensor:
+    """Adjoint of ``conv`` w.r.t. its input: ``acc[n,c,i,j]`` of numerics.md (int64)."""
+    in_shape = tuple(int(s) for s in in_shape)
+    _check_f64(w.shape[0] * w.shape[2] * w.shape[3], dy, w)
+    return _i64(torch.nn.grad.conv2d_input(in_shape, _f64(w), _f64(dy),
+                                           stride=_pair(stride), padding=_pair(pad)))
+
+
+def conv_wg_acc(dy: torch.Tensor, x: torch.Tensor, stride, pad, kernel) -> torch.Tensor:
+    """``acc[o,c,kh,kw] = sum_{n,y,x} dy[n,o,y,x] * X[n,c,y*sh-ph+kh,x*sw-pw+kw]`` (int64)."""
+    kh, kw = _pair(kernel)
+    wshape = (dy.shape[1], x.shape[1], kh, kw)
+    _check_f64(dy.shape[0] * dy.shape[2] * dy.shape[3], dy, x)
+    return _i64(torch.nn.grad.conv2d_weight(_f64(x), wshape, _f64(dy),
+                                            stride=_pair(stride), padding=_pair(pad)))
+
+
+def _windows(x: torch.Tensor, kernel, stride, pad) -> torch.Tensor:
+    """``[N,C,OH,OW,KH*KW]`` windows of ``x`` padded with -infinity (floor mode)."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(pad)
+    xp = F.pad(x.to(torch.int64), (pw, pw, ph, ph), value=_NEG_INF)
+    if xp.shape[2] < kh or xp.shape[3] < kw:
+        raise ValueError(f"pool kernel {(kh, kw)} larger than the padded input "
+                         f"{tuple(xp.shape[2:])}")
+    win = xp.unfold(2, kh, sh).unfold(3, kw, sw)        # [N,C,OH,OW,KH,KW]
+    win = win.reshape(*win.shape[:4], kh * kw)
+    if win.numel() and bool((win.max(dim=-1).values == _NEG_INF).any()):
+        raise ValueError("a pooling window lies entirely in the padding (its max is undefined)")
+    return win
+
+
+def maxpool(x: torch.Tensor, kernel, stride, pad) -> torch.Tensor:
+    """Max over each window's positions inside the input (padding is -infinity)."""
+    return _windows(x, kernel, stride, pad).max(dim=-1).values
+
+
+def maxpool_bwd(dy: torch.Tensor, x: torch.Tensor, kernel, stride, pad) -> torch.Tensor:
+    """Route each dy element to the FIRST (row-major kh, kw) max position of its window;
+    ``sat8`` of the per-position sums."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(pad)
+    win = _windows(x, kernel, stride, pad)               # [N,C,OH,OW,K]
+    N, C, OH, OW, K = win.shape
+    if tuple(dy.shape) != (N, C, OH, OW):
+        raise ValueError(f"dy shape {tuple(dy.shape)} does not match the pool output "
+                         f"{(N, C, OH, OW)}")
+    m = win.max(dim=-1, keepdim=True).values
+    ar = torch.arange(K, dtype=torch.int64)
+    first = torch.where(win == m, ar, K).min(dim=-1).values   # first max, row-major
+    py = torch.arange(OH).reshape(1, 1, OH, 1) * sh + first // kw   # padded coordinates
+    px = torch.arange(OW).reshape(1, 1, 1, OW) * sw + first % kw
+    Hp, Wp = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+    base = (torch.arange(N * C).reshape(N, C, 1, 1)) * (Hp * Wp)
+    flat = (base + py * Wp + px).reshape(-1)
+    dxp = torch.zeros(N * C * Hp * Wp, dtype=torch.int64)
+    dxp.index_add_(0, flat, dy.to(torch.int64).reshape(-1))
+    dxp = dxp.reshape(N, C, Hp, Wp)[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+    return dxp.contiguous()
+
+
+def loss_grad(z: torch.Tensor, labels: torch.Tensor, lut: torch.Tensor, rmul: int,
+              shift: int) -> torch.Tensor:
+    """Integer softmax-minus-onehot of numerics.md section 4 (labels already checked)."""
+    z = z.to(torch.int64)
+    m = z.max(dim=1, keepdim=True).values
+    d = m - z
+    if d.numel() and int(d.max()) >= lut.numel():
+        raise ValueError(f"max - z reaches {int(d.max())}, beyond the {lut.numel()}-entry LUT")
+    E = lut[d]
+    S = E.sum(dim=1, keepdim=True)
+    _check_i32(S, "the softmax denominator S")
+    P = torch.div(E * (1 << 15), S, rounding_mode="floor")
+    onehot = torch.zeros_like(P)
+    onehot[torch.arange(z.shape[0]), labels.to(torch.long)] = 1
+    G = P - (1 << 15) * onehot
+    return sat8(rshift(G * int(rmul), shift, "nearest"))
+
+
+def sgd_update(M: torch.Tensor, G: torch.Tensor, lrmul: int, cshift: int, cbits: int):
+    """``(M', C')`` of numerics.md section 4, elementwise on int64 tensors."""
+    bound = (2 ** (cbits - 1) - 1) << cshift
+    Mn = (M.to(torch.int64) - rshift(G.to(torch.int64) * int(lrmul), 16, "nearest"))
+    Mn = Mn.clamp(-bound, bound)
+    return Mn, rshift(Mn, cshift, "nearest")
+
+
+# ----------------------------------------------------------------------------- interpreter
+
+_RANGE = {"i8": 127, "i32": I32_MAX}
+
+
+def _where(i: int, n: Node) -> str:
+    parts = [f"node {i} '{n.op}'"]
+    if n.layer:
+        parts.append(f"layer {n.layer}")
+    if n.loc:
+        parts.append(n.loc)
+    return parts[0] + (" (" + ", ".join(parts[1:]) + ")" if len(parts) > 1 else "")
+
+
+def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
+    op, at = n.op, n.attrs
+
+    def chk(acc):
+        _check_i32(acc, where)
+        return acc
+
+    if op in ("conv", "linear"):
+        x, w = a[0], a[1]
+        b = a[2] if len(a) > 2 else None
+        if op == "linear":
+            if x.dim() != 2 or w.dim() != 2:
+                raise ValueError(f"linear expects x [N,F] and w [O,F], got "
+                                 f"{tuple(x.shape)} and {tuple(w.shape)}")
+            acc = conv_acc(x[:, :, None, None], w[:, :, None, None], b, 1, 0)[:, :, 0, 0]
+        else:
+            acc = conv_acc(x, w, b, at["stride"], at["pad"])
+        q = sat8(rshift(chk(acc), at["shift"], "nearest"))
+        if at.get("relu", False):
+            q = q.clamp(min=0)
+        return [q]
+    if op == "relu":
+        return [a[0].clamp(min=0)]
+    if op == "maxpool":
+        return [maxpool(a[0], at["kernel"], at["stride"], at["pad"])]
+    if op == "reshape":
+        return [a[0].reshape(tuple(int(s) for s in at["shape"]))]
+    if op == "loss_grad":
+        z, labels = a
+        N, K = z.shape
+        if labels.shape != (N,):
+            raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {(N,)}")
+        bad = (labels < 0) | (labels >= K)
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0, 0])
+            raise EdgecError(f"{where}: label {int(labels[i])} of sample {i} is out of "
+                             f"range [0, {K}); labels must be class indices of the logits")
+        name = at["lut"]
+        if name not in graph.consts:
+            raise ValueError(f"constant {name!r} (the exp LUT) is not in graph.consts")
+        lut = torch.as_tensor([int(v) for v in graph.consts[name]], dtype=torch.int64)
+        return [loss_grad(z, labels, lut, at["rmul"], at["shift"])]
+    if op in ("conv_eb", "conv_wg", "linear_eb", "linear_wg", "bias_grad"):
+        if op == "conv_eb":
+            acc = conv_eb_acc(a[0], a[1], at["stride"], at["pad"], at["in_shape"])
+        elif op == "conv_wg":
+            acc = conv_wg_acc(a[0], a[1], at["stride"], at["pad"], at["kernel"])
+        elif op == "linear_eb":
+            dy, w = a
+            _check_f64(w.shape[0], dy, w)
+            acc = _i64(_f64(dy) @ _f64(w))
+        elif op == "linear_wg":
+            dy, x = a
+            _check_f64(dy.shape[0], dy, x)
+            acc = _i64(_f64(dy).t() @ _f64(x))
+        else:
+            dy = a[0]
+            dims = [d for d in range(dy.dim()) if d != 1]
+            acc = dy.sum(dim=dims) if dims else dy.clone()
+        return [_stochastic(chk(acc), at["shift"], seed, at["tid"])]
+    if op == "relu_bwd":
+        dy, y = a
+        return [torch.where(y > 0, dy, torch.zeros_like(dy))]
+    if op == "maxpool_bwd":
+        dx = maxpool_bwd(a[0], a[1], at["kernel"], at["stride"], at["pad"])
+        return [sat8(chk(dx))]
+    if op == "wview":
+        return [a[0][_view_of(a[0], at)].contiguous()]
+    if op == "sgd":
+        if len(a) != 3 or len(n.outputs) != 2:
+            raise ValueError("a quantized sgd takes (p, master, g) and gives (p_new, master_new)")
+        p, M, g = a
+        if tuple(p.shape) != tuple(M.shape):
+            raise ValueError(f"compute copy {tuple(p.shape)} and master {tuple(M.shape)} "
+                             f"differ in shape")
+        ix = _view_of(M, at)
+        Msel = M[ix]
+        if g.numel() != Msel.numel():
+            raise ValueError(f"gradient of shape {tuple(g.shape)} does not fit the view "
+                             f"of shape {tuple(Msel.shape)}")
+        Mn, Cn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], at["cshift"],
+                            at["cbits"])
+        p_new, M_new = p.clone(), M.clone()
+        p_new[ix] = Cn
+        M_new[ix] = Mn
+        return [p_new, M_new]
+    raise ValueError(f"op {op!r} has no reference semantics")
+
+
+def _take_input(name: str, inputs: dict, graph: Graph) -> torch.Tensor:
+    if name not in inputs:
+        raise EdgecError(f"run_reference: no input tensor for {name!r}")
+    t = torch.as_tensor(inputs[name])
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise EdgecError(f"run_reference: input {name!r} has dtype {t.dtype}; the reference "
+                         f"takes integer tensors (quantize on the host first)")
+    t = t.to(torch.int64)
+    v = graph.values.get(name)
+    if v is not None:
+        if tuple(t.shape) != tuple(v.shape):
+            raise EdgecError(f"run_reference: input {name!r} has shape {tuple(t.shape)}, "
+                             f"the graph expects {tuple(v.shape)}")
+        lim = _RANGE.get(v.dtype)
+        if lim is not None and t.numel() and int(t.abs().max()) > lim:
+            raise EdgecError(f"run_reference: input {name!r} ({v.dtype}) holds "
+                             f"{int(t.abs().max())} in magnitude, outside +-{lim}")
+    return t
+
+
+def run_reference(graph: Graph, inputs: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Execute the quantized ``graph`` per docs/numerics.md.
+
+    ``inputs``: ``"x"``, ``"labels"``, every ``param.value`` and every ``"master:<name>"``
+    (all required); any other graph value that no node produces may be supplied as well.
+    ``seed``: the uint32 ``rng_seed`` of the stochastic rounding.
+    Returns every value of the graph as an int64 tensor of exact integers.
+    Raises ``EdgecError`` (naming node, layer and location) on an int32 accumulator
+    overflow or a label outside ``[0, K)``, and on malformed graphs or inputs."""
+    seed = int(seed)
+    if not 0 <= seed <= _M32:
+        raise EdgecError(f"run_reference: seed {seed} is not a uint32")
+    env: dict[str, torch.Tensor] = {}
+    names = list(graph.inputs)
+    for pname, p in graph.params.items():
+        names.append(p.value)
+        names.append(f"master:{pname}")
+    produced = {o for n in graph.nodes for o in n.outputs}
+    # other un-produced values (e.g. a lone op's operands in a test graph) may be supplied too
+    names += [k for k in inputs if k in graph.values and k not in produced and k not in names]
+    for name in names:
+        env[name] = _take_input(name, inputs, graph)
+    with torch.no_grad():
+        for i, n in enumerate(graph.nodes):
+            where = _where(i, n)
+            try:
+                args = [env[v] for v in n.inputs]
+            except KeyError as e:
+                raise EdgecError(f"{where}: input {e.args[0]!r} is not defined") from None
+            try:
+                outs = _eval(n, args, seed, graph, where)
+            except EdgecError:
+                raise
+            except (KeyError, ValueError, RuntimeError, IndexError, TypeError) as e:
+                what = f"missing attribute {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+                raise EdgecError(f"{where}: {what}") from e
+            if len(outs) != len(n.outputs):
+                raise EdgecError(f"{where}: has {len(n.outputs)} outputs, the op makes "
+                                 f"{len(outs)}")
+            for name, t in zip(n.outputs, outs):
+                t = t.to(torch.int64).contiguous()
+                v = graph.values.get(name)
+                if v is not None:
+                    if tuple(t.shape) != tuple(v.shape):
+                        raise EdgecError(f"{where}: output {name!r} has shape "
+                                         f"{tuple(t.shape)}, the graph declares "
+                                         f"{tuple(v.shape)}")
+                    lim = _RANGE.get(v.dtype)
+                    if lim is not None and t.numel() and int(t.abs().max()) > lim:
+                        raise EdgecError(f"{where}: output {name!r} holds "
+                                         f"{int(t.abs().max())} in magnitude, outside the "
+                                         f"{v.dtype} range +-{lim}")
+                env[name] = t
+    return env

@@ -1,0 +1,123 @@
+"""LD / LDCH / ST / STCH / SEED: DDR <-> on-chip buffer transfers."""
+from __future__ import annotations
+
+import numpy as np
+
+from .state import Trap, buf_name, check_range, nonzero
+
+_ESIZE = {"IBUF": 1, "WBUF": 1, "ABUF": 4}
+_DT = {1: np.dtype("<i1"), 4: np.dtype("<i4")}
+
+
+def _ddr_check(m, lo: int, hi: int, what: str) -> None:
+    if lo < 0 or hi > m.ddr.size:
+        raise Trap(f"{what}: DDR bytes [{lo}, {hi}) outside DDR (size {m.ddr.size})")
+
+
+def _read_table(m, addr: int, n: int, name: str) -> np.ndarray:
+    _ddr_check(m, addr, addr + 4 * n, f"index table {name} ({n} int32 entries)")
+    tab = m.ddr[addr:addr + 4 * n].view("<i4").astype(np.int64)
+    m.read_map[addr:addr + 4 * n] = 1
+    m.counters["ddr_read_bytes"] += 4 * n
+    if tab.size and tab.min() < 0:
+        i = int(np.flatnonzero(tab < 0)[0])
+        raise Trap(f"index table {name} at DDR {addr}: entry {i} is {int(tab[i])} (negative)")
+    return tab
+
+
+def _box(m, f: dict, mnemonic: str, gathered: bool):
+    """Validate a DMA word; return (buf, esize, count, byte addresses [count], table bytes)."""
+    buf = buf_name(f["buf"], "buf")
+    esize = f["esize"]
+    if esize != _ESIZE[buf]:
+        raise Trap(f"esize={esize} but {buf} needs esize {_ESIZE[buf]}")
+    if gathered:
+        if f["gather"] == 0:
+            raise Trap(f"{mnemonic} with gather=0 (use {mnemonic[:-2]} for a plain box)")
+    elif f.get("gather") or f.get("tab0") or f.get("tab1"):   # LD/ST words have no such fields
+        raise Trap(f"{mnemonic} must have gather=0, tab0=0, tab1=0 (got gather={f['gather']}, "
+                   f"tab0={f['tab0']}, tab1={f['tab1']})")
+    nonzero(f, "n0", "n1", "n2", "n3")
+    n0, n1, n2, n3 = f["n0"], f["n1"], f["n2"], f["n3"]
+    count = n0 * n1 * n2 * n3
+    check_range(m, buf, f["baddr"], count, f"{mnemonic} tile [{n0},{n1},{n2},{n3}] at baddr")
+    tab_bytes = 0
+    j0 = np.arange(n0, dtype=np.int64)
+    j1 = np.arange(n1, dtype=np.int64)
+    if gathered and f["gather"] & 1:
+        j0 = _read_table(m, f["tab0"], n0, "tab0")
+        tab_bytes += 4 * n0
+    if gathered and f["gather"] & 2:
+        j1 = _read_table(m, f["tab1"], n1, "tab1")
+        tab_bytes += 4 * n1
+    off = (j0[:, None, None, None] * f["s0"] + j1[None, :, None, None] * f["s1"]
+           + np.arange(n2, dtype=np.int64)[None, None, :, None] * f["s2"]
+           + np.arange(n3, dtype=np.int64)[None, None, None, :] * f["s3"])
+    addr = (f["ddr"] + esize * off).reshape(-1)
+    hi = int(addr.max()) + esize
+    if hi > m.ddr.size:
+        k = int(np.flatnonzero(addr + esize > m.ddr.size)[0])
+        el = np.unravel_index(k, (n0, n1, n2, n3))
+        raise Trap(f"{mnemonic}: element {tuple(int(e) for e in el)} at DDR bytes "
+                   f"[{int(addr[k])}, {int(addr[k]) + esize}) lies outside DDR "
+                   f"(size {m.ddr.size})")
+    return buf, esize, count, addr, tab_bytes
+
+
+def _cycles(m, nbytes: int) -> int:
+    t = m.target
+    return t.ddr_latency + -(-nbytes // t.ddr_bytes_per_cycle)
+
+
+def _load(m, f, mnemonic, gathered):
+    buf, esize, count, addr, tab_bytes = _box(m, f, mnemonic, gathered)
+    bytes_idx = addr[:, None] + np.arange(esize, dtype=np.int64)
+    raw = np.ascontiguousarray(m.ddr[bytes_idx])
+    vals = raw.view(_DT[esize]).reshape(-1)
+    m.read_map[bytes_idx.reshape(-1)] = 1
+    m.bufs[buf][f["baddr"]:f["baddr"] + count] = vals
+    m.counters["ddr_read_bytes"] += count * esize
+    return _cycles(m, count * esize + tab_bytes)
+
+
+def _store(m, f, mnemonic, gathered):
+    buf, esize, count, addr, tab_bytes = _box(m, f, mnemonic, gathered)
+    vals = m.bufs[buf][f["baddr"]:f["baddr"] + count]
+    raw = np.ascontiguousarray(vals.astype(_DT[esize])).view(np.uint8).reshape(-1)
+    dst = (addr[:, None] + np.arange(esize, dtype=np.int64)).reshape(-1)
+    # Several box elements may map to the same DDR byte (stride 0, overlapping strides,
+    # repeated table entries): the LAST one in row-major box order wins, deterministically.
+    rev = dst[::-1]
+    uniq, first_in_rev = np.unique(rev, return_index=True)
+    if uniq.size != dst.size:
+        keep = dst.size - 1 - first_in_rev
+        dst, raw = dst[keep], raw[keep]
+    m.ddr[dst] = raw
+    m.last_writer[dst] = m.pc
+    m.counters["ddr_write_bytes"] += count * esize
+    return _cycles(m, count * esize + tab_bytes)
+
+
+def op_ld(m, f):
+    return _load(m, f, "LD", False)
+
+
+def op_ldch(m, f):
+    return _load(m, f, "LDCH", True)
+
+
+def op_st(m, f):
+    return _store(m, f, "ST", False)
+
+
+def op_stch(m, f):
+    return _store(m, f, "STCH", True)
+
+
+def op_seed(m, f):
+    a = f["ddr"]
+    _ddr_check(m, a, a + 4, "SEED uint32 at ddr")
+    m.seed = int(m.ddr[a:a + 4].view("<u4")[0])
+    m.read_map[a:a + 4] = 1
+    m.counters["ddr_read_bytes"] += 4
+    return 1

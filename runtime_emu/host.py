@@ -1,0 +1,159 @@
+"""Host side: feed a program's inputs through its symbol table, run, collect out.npz."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgec.isa.container import DTYPE_BYTES, Program
+from edgec.isa.errors import EdgecError
+from edgec.isa.target import Target
+
+from .machine import Machine
+
+_NP = {"i8": np.dtype("<i1"), "i32": np.dtype("<i4")}
+# values a host may write: int8 tensors never hold -128 (docs/numerics.md section 1)
+_RANGE = {"i8": (-127, 127), "i32": (-(2**31), 2**31 - 1)}
+
+
+def _sym(program: Program, name: str) -> dict:
+    return program.symbol(name)          # EdgecError naming the symbol if absent
+
+
+def _shape(s: dict) -> tuple[int, ...]:
+    return tuple(int(d) for d in s["shape"])
+
+
+def _span(machine: Machine, s: dict) -> tuple[int, int]:
+    if s["dtype"] not in _NP:
+        raise EdgecError(f"symbol {s['name']!r}: unknown dtype {s['dtype']!r}")
+    n = DTYPE_BYTES[s["dtype"]] * int(np.prod(_shape(s), dtype=np.int64))
+    a = int(s["addr"])
+    if a < 0 or a + n > machine.ddr.size:
+        raise EdgecError(f"symbol {s['name']!r} [{a}, {a + n}) lies outside DDR "
+                         f"({machine.ddr.size} bytes)")
+    return a, n
+
+
+def read_symbol(machine: Machine, name: str) -> np.ndarray:
+    """The symbol's current DDR contents as int8/int32 in its shape (a copy)."""
+    s = _sym(machine.program, name)
+    a, n = _span(machine, s)
+    native = np.int8 if s["dtype"] == "i8" else np.int32
+    return machine.ddr[a:a + n].view(_NP[s["dtype"]]).astype(native).reshape(_shape(s))
+
+
+def write_symbol(machine: Machine, name: str, array) -> None:
+    """Write integer `array` (exactly the symbol's shape, values in its dtype's range)."""
+    s = _sym(machine.program, name)
+    a, n = _span(machine, s)
+    arr = np.asarray(array)
+    if arr.shape != _shape(s):
+        raise EdgecError(f"symbol {name!r} has shape {list(_shape(s))}, got an array of "
+                         f"shape {list(arr.shape)}")
+    if arr.dtype.kind not in "iub":
+        raise EdgecError(f"symbol {name!r} holds integers ({s['dtype']}), got dtype {arr.dtype}")
+    lo, hi = _RANGE[s["dtype"]]
+    v = arr.astype(np.int64)
+    if v.size and (v.min() < lo or v.max() > hi):
+        k = int(np.flatnonzero((v < lo) | (v > hi))[0])
+        el = tuple(int(e) for e in np.unravel_index(k, arr.shape))
+        raise EdgecError(f"symbol {name!r}: element {list(el)} = {int(v.reshape(-1)[k])} is "
+                         f"outside [{lo}, {hi}] ({s['dtype']})")
+    machine.ddr[a:a + n] = v.astype(_NP[s["dtype"]]).reshape(-1).view(np.uint8)
+    machine.last_writer[a:a + n] = -1
+
+
+def quantize_input(x_float, exp: int, shape=None) -> np.ndarray:
+    """q = sat8(round_half_even(x * 2**-exp)) in float64, as int8."""
+    x = np.asarray(x_float)
+    if x.dtype.kind not in "fiub":
+        raise EdgecError(f"input must be a real-valued array, got dtype {x.dtype}")
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise EdgecError(f"input has shape {list(x.shape)}, the program expects "
+                         f"{list(shape)}")
+    x = x.astype(np.float64)
+    if not np.isfinite(x).all():
+        k = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
+        el = tuple(int(e) for e in np.unravel_index(k, x.shape)) if x.ndim else ()
+        raise EdgecError(f"input element {list(el)} is {x.reshape(-1)[k]}: inputs must be "
+                         "finite")
+    q = np.rint(x * np.ldexp(1.0, -int(exp)))        # rint: round half to even
+    return np.clip(q, -127, 127).astype(np.int8)
+
+
+def _scatter_grad(full_shape, g: np.ndarray, rows, cols, in_block: int) -> np.ndarray:
+    full = np.zeros(full_shape, dtype=np.float64)
+    if rows is None and cols is None:
+        return g.reshape(full_shape)
+    r = np.arange(full_shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(full_shape) == 1:
+        if cols is not None:
+            raise EdgecError(f"parameter of shape {list(full_shape)} has an in_tab view")
+        full[r] = g.reshape(len(r))
+        return full
+    if cols is None:
+        c = np.arange(full_shape[1])
+    else:
+        cols = np.asarray(cols, dtype=np.int64)
+        c = (cols[:, None] * in_block + np.arange(in_block)[None, :]).reshape(-1)
+    if (r.size and (r.min() < 0 or r.max() >= full_shape[0])) or \
+            (c.size and (c.min() < 0 or c.max() >= full_shape[1])):
+        raise EdgecError(f"gradient view indices outside the parameter shape {list(full_shape)}")
+    full[r[:, None], c[None, :]] = g.reshape((len(r), len(c)) + tuple(full_shape[2:]))
+    return full
+
+
+def run_step(program: Program, target: Target, x, labels, seed: int | None = None):
+    """One training step on the emulator.  Returns (out dict for out.npz, machine)."""
+    m = Machine(program, target)
+    xs = _sym(program, "in:x")
+    write_symbol(m, "in:x", quantize_input(x, int(xs["exp"]), _shape(xs)))
+    logits_name = program.meta.get("logits")
+    if logits_name is None:
+        raise EdgecError("program meta has no 'logits' entry")
+    ls = _sym(program, logits_name)
+    K = _shape(ls)[-1]
+    lab = np.asarray(labels)
+    if any(s["name"] == "in:labels" for s in program.symbols):
+        lsym = _sym(program, "in:labels")
+        if lab.shape != _shape(lsym):
+            raise EdgecError(f"labels have shape {list(lab.shape)}, the program expects "
+                             f"{list(_shape(lsym))}")
+        if lab.dtype.kind not in "iu":
+            raise EdgecError(f"labels must be integers, got dtype {lab.dtype}")
+        if lab.size and (lab.min() < 0 or lab.max() >= K):
+            k = int(np.flatnonzero((lab < 0) | (lab >= K))[0])
+            raise EdgecError(f"label {k} is {int(lab.reshape(-1)[k])}, outside [0, {K})")
+        write_symbol(m, "in:labels", lab.astype(np.int64))
+    if seed is not None:
+        sd = int(seed)
+        if not 0 <= sd < 2**32:
+            raise EdgecError(f"seed {sd} is not a uint32")
+        write_symbol(m, "rng_seed", np.array([sd], dtype=np.uint32).view(np.int32)
+                     .reshape(_shape(_sym(program, "rng_seed"))))
+    m.run()
+
+    out: dict[str, np.ndarray] = {}
+    z = read_symbol(m, logits_name).astype(np.float64) * 2.0 ** int(ls["exp"])
+    z2 = z.reshape(z.shape[0], -1)
+    mx = z2.max(axis=1, keepdims=True)
+    lse = mx[:, 0] + np.log(np.exp(z2 - mx).sum(axis=1))
+    lab2 = lab.reshape(-1).astype(np.int64)
+    out["loss"] = np.float32(np.mean(lse - z2[np.arange(len(lab2)), lab2]))
+    out["logits"] = z.astype(np.float32)
+    for p in program.meta.get("params", []):
+        name, shape = p["name"], tuple(int(d) for d in p["shape"])
+        ms = _sym(program, p["master"])
+        master = read_symbol(m, p["master"]).astype(np.float64) * 2.0 ** int(ms["exp"])
+        out[f"param/{name}"] = master.reshape(shape).astype(np.float32)
+        if p.get("grad") is None:
+            out[f"grad/{name}"] = np.zeros(shape, dtype=np.float32)
+            continue
+        gs = _sym(program, p["grad"])
+        g = read_symbol(m, p["grad"]).astype(np.float64) * 2.0 ** int(gs["exp"])
+        rows = read_symbol(m, p["out_tab"]).reshape(-1) if p.get("out_tab") else None
+        cols = read_symbol(m, p["in_tab"]).reshape(-1) if p.get("in_tab") else None
+        out[f"grad/{name}"] = _scatter_grad(shape, g, rows, cols,
+                                            int(p.get("in_block", 1) or 1)).astype(np.float32)
+    for s in program.symbols:
+        out[f"sym/{s['name']}"] = read_symbol(m, s["name"])
+    return out, m

@@ -1,0 +1,108 @@
+"""The emulated accelerator: executes a prog.bin Program bit-exactly.
+
+    m = Machine(program, target)    # decodes every word up front
+    counters = m.run()              # until END; TrapError on any fault
+
+State: `ddr` (uint8, program.ddr_size bytes, data section at 0), `bufs` {"IBUF": int8,
+"WBUF": int8, "ABUF": int32}, `seed` (uint32 register, 0 until SEED), `read_map` (uint8
+per DDR byte, 1 once any DMA read it), `last_writer` (int32 per DDR byte: -1 initial
+image / host, else the index of the instruction that last stored it), `counters`.
+Execution is serial in program order; cycles are the serial sum of a simple per-
+instruction cost model (DMA: latency + ceil(bytes / bytes_per_cycle); MAC: array passes;
+vector: 4 + ceil(elements / lanes); SEED/END: 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgec.isa.container import Program
+from edgec.isa.encoding import decode
+from edgec.isa.errors import EdgecError, TrapError
+from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES
+from edgec.isa.target import Target
+
+from .ops import OPS, UNIT
+from .state import Trap
+
+COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "cycles",
+                 "cycles_dma", "cycles_mac", "cycles_vector")
+
+
+class Machine:
+    def __init__(self, program: Program, target: Target):
+        if program.target_fp != target.fingerprint:
+            raise EdgecError(
+                f"program compiled for target fingerprint {bytes(program.target_fp).hex()}, "
+                f"but the emulator runs target {target.name!r} "
+                f"({target.fingerprint.hex()}); recompile with that --target")
+        if len(program.code) % WORD_BYTES:
+            raise EdgecError(f"code section is {len(program.code)} bytes, not a multiple "
+                             f"of the {WORD_BYTES}-byte instruction word")
+        if program.ddr_size > target.ddr_bytes:
+            raise EdgecError(f"program needs {program.ddr_size} DDR bytes, target "
+                             f"{target.name!r} has {target.ddr_bytes}")
+        if len(program.data) > program.ddr_size:
+            raise EdgecError(f"data section ({len(program.data)} bytes) larger than DDR "
+                             f"({program.ddr_size} bytes)")
+        self.program = program
+        self.target = target
+        self.instrs = []
+        code = program.code
+        for i in range(len(code) // WORD_BYTES):
+            word = code[i * WORD_BYTES:(i + 1) * WORD_BYTES]
+            try:
+                self.instrs.append(decode(word, i))
+            except EdgecError as e:
+                ins = BY_OPCODE.get(word[0])
+                raise TrapError(i, ins.name if ins else f"opcode {word[0]}",
+                                f"malformed word: {e}") from None
+        self.ddr = np.zeros(program.ddr_size, dtype=np.uint8)
+        self.ddr[:len(program.data)] = np.frombuffer(program.data, dtype=np.uint8)
+        self.bufs = {"IBUF": np.zeros(target.ibuf, dtype=np.int8),
+                     "WBUF": np.zeros(target.wbuf, dtype=np.int8),
+                     "ABUF": np.zeros(target.abuf, dtype=np.int32)}
+        self.read_map = np.zeros(program.ddr_size, dtype=np.uint8)
+        self.last_writer = np.full(program.ddr_size, -1, dtype=np.int32)
+        self.seed = 0
+        self.pc = 0
+        self.halted = False
+        self.counters = {k: 0 for k in COUNTER_NAMES}
+        self.counters.update({i.name: 0 for i in INSTRS})
+
+    # convenience views
+    @property
+    def ibuf(self) -> np.ndarray:
+        return self.bufs["IBUF"]
+
+    @property
+    def wbuf(self) -> np.ndarray:
+        return self.bufs["WBUF"]
+
+    @property
+    def abuf(self) -> np.ndarray:
+        return self.bufs["ABUF"]
+
+    def step(self) -> None:
+        """Execute the instruction at `pc` (TrapError on a fault, or past the end)."""
+        if self.halted:
+            raise EdgecError("the machine has already stopped (END executed)")
+        if self.pc >= len(self.instrs):
+            raise TrapError(self.pc, "-", f"ran past the last instruction "
+                            f"({len(self.instrs)} instructions) without END")
+        ins, fields = self.instrs[self.pc]
+        try:
+            cyc = OPS[ins.name](self, fields)
+        except Trap as t:
+            raise TrapError(self.pc, ins.name, str(t)) from None
+        c = self.counters
+        c["instructions"] += 1
+        c[ins.name] += 1
+        c["cycles"] += cyc
+        c["cycles_" + UNIT.get(ins.name, "vector")] += cyc
+        self.pc += 1
+
+    def run(self) -> dict:
+        """Run to END; returns the counters.  Straight-line code: at most n_instr steps."""
+        while not self.halted:
+            self.step()
+        return dict(self.counters)

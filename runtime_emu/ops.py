@@ -1,0 +1,26 @@
+"""Dispatch table: mnemonic -> implementation(machine, fields) -> cycles.
+
+Every entry of edgec.isa.table.INSTRS must have an implementation (checked at import).
+"""
+from __future__ import annotations
+
+from edgec.isa.table import INSTRS
+
+from .dma import op_ld, op_ldch, op_seed, op_st, op_stch
+from .mac import op_mac
+from .vector import op_end, op_lossg, op_maxp, op_maxpb, op_rq, op_rsum, op_sgd, op_vmask
+
+OPS = {
+    "END": op_end, "SEED": op_seed,
+    "LD": op_ld, "LDCH": op_ldch, "ST": op_st, "STCH": op_stch,
+    "MAC": op_mac,
+    "RQ": op_rq, "VMASK": op_vmask, "MAXP": op_maxp, "MAXPB": op_maxpb,
+    "RSUM": op_rsum, "LOSSG": op_lossg, "SGD": op_sgd,
+}
+
+_missing = {i.name for i in INSTRS} - set(OPS)
+assert not _missing, f"emulator lacks instructions {_missing}"
+
+# cycle-counter bucket of each instruction
+UNIT = {"LD": "dma", "LDCH": "dma", "ST": "dma", "STCH": "dma", "SEED": "dma",
+        "MAC": "mac", "END": "vector"}

@@ -1,0 +1,206 @@
+"""Vector-unit instructions: RQ, VMASK, MAXP, MAXPB, RSUM, LOSSG, SGD (and END)."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgec.isa.table import ROUND_MODES
+
+from .numerics import INT32_MAX, rshift, sat8
+from .rng import rand32
+from .state import Trap, buf_name, check_range, nonzero, read_buf, vector_cycles, write_buf
+
+
+def op_end(m, f):
+    m.halted = True
+    return 1
+
+
+def op_rq(m, f):
+    nonzero(f, "n0", "n1", "n2", "n3")
+    n0, n1, n2, n3 = f["n0"], f["n1"], f["n2"], f["n3"]
+    count = n0 * n1 * n2 * n3
+    dbuf = buf_name(f["dbuf"], "dbuf")
+    s = f["shift"]
+    if not -31 <= s <= 31:
+        raise Trap(f"field shift={s} outside [-31, 31]")
+    mode = ROUND_MODES[f["mode"]]
+    check_range(m, dbuf, f["daddr"], count, f"RQ result tile [{n0},{n1},{n2},{n3}] at daddr")
+    v = read_buf(m, "ABUF", f["saddr"], count, f"RQ source tile [{n0},{n1},{n2},{n3}] at saddr")
+    v = v.astype(np.int64)
+    r = None
+    if mode == "stochastic" and s > 0:
+        idx = (f["gbase"]
+               + np.arange(n0, dtype=np.int64)[:, None, None, None] * f["g0"]
+               + np.arange(n1, dtype=np.int64)[None, :, None, None] * f["g1"]
+               + np.arange(n2, dtype=np.int64)[None, None, :, None] * f["g2"]
+               + np.arange(n3, dtype=np.int64)[None, None, None, :] * f["g3"])
+        r = rand32(m.seed, f["tid"], idx.reshape(-1))
+    q = sat8(rshift(v, s, mode, r))
+    if f["relu"]:
+        q = np.maximum(q, 0)
+    write_buf(m, dbuf, f["daddr"], q, "RQ result")
+    return vector_cycles(m, count)
+
+
+def op_vmask(m, f):
+    c = f["count"]
+    a, b, d = (buf_name(f[k], k) for k in ("abuf", "bbuf", "dbuf"))
+    check_range(m, d, f["daddr"], c, "VMASK result at daddr")
+    A = read_buf(m, a, f["aaddr"], c, "VMASK operand A at aaddr").astype(np.int64)
+    B = read_buf(m, b, f["baddr"], c, "VMASK operand B at baddr")
+    write_buf(m, d, f["daddr"], np.where(B > 0, A, 0), "VMASK result")
+    return vector_cycles(m, c)
+
+
+def _pool_geom(m, f, mnemonic):
+    nonzero(f, "planes", "h", "w", "kh", "kw", "sh", "sw")
+    P, h, w = f["planes"], f["h"], f["w"]
+    kh, kw, sh, sw, ph, pw = f["kh"], f["kw"], f["sh"], f["sw"], f["ph"], f["pw"]
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise Trap(f"{mnemonic}: kernel {kh}x{kw} larger than the padded plane "
+                   f"{h + 2 * ph}x{w + 2 * pw}")
+    oh = (h + 2 * ph - kh) // sh + 1
+    ow = (w + 2 * pw - kw) // sw + 1
+    return P, h, w, kh, kw, sh, sw, ph, pw, oh, ow
+
+
+def _span(n_o: int, s: int, p: int, k: int, n_i: int):
+    """Output indices whose input position o*s - p + k is inside [0, n_i), as slices."""
+    base = k - p
+    lo = 0 if base >= 0 else (-base + s - 1) // s
+    hi_in = n_i - 1 - base
+    if hi_in < 0:
+        return None
+    hi = min(n_o - 1, hi_in // s)
+    if lo > hi:
+        return None
+    return slice(lo, hi + 1), slice(base + lo * s, base + hi * s + 1, s)
+
+
+def _window_max(X, P, oh, ow, kh, kw, sh, sw, ph, pw, mnemonic):
+    NEG = np.iinfo(np.int64).min
+    M = np.full((P, oh, ow), NEG, dtype=np.int64)
+    rows = [_span(oh, sh, ph, i, X.shape[1]) for i in range(kh)]
+    cols = [_span(ow, sw, pw, j, X.shape[2]) for j in range(kw)]
+    for i in range(kh):
+        if rows[i] is None:
+            continue
+        for j in range(kw):
+            if cols[j] is None:
+                continue
+            (ro, ri), (co, cj) = rows[i], cols[j]
+            np.maximum(M[:, ro, co], X[:, ri, cj], out=M[:, ro, co])
+    if (M == NEG).any():
+        raise Trap(f"{mnemonic}: a pooling window lies entirely in the padding "
+                   f"(kernel {kh}x{kw}, padding {ph},{pw})")
+    return M, rows, cols
+
+
+def op_maxp(m, f):
+    P, h, w, kh, kw, sh, sw, ph, pw, oh, ow = _pool_geom(m, f, "MAXP")
+    s, d = buf_name(f["sbuf"], "sbuf"), buf_name(f["dbuf"], "dbuf")
+    check_range(m, d, f["daddr"], P * oh * ow, f"MAXP output [{P},{oh},{ow}] at daddr")
+    X = read_buf(m, s, f["saddr"], P * h * w, f"MAXP input [{P},{h},{w}] at saddr")
+    X = X.astype(np.int64).reshape(P, h, w)
+    M, _, _ = _window_max(X, P, oh, ow, kh, kw, sh, sw, ph, pw, "MAXP")
+    write_buf(m, d, f["daddr"], M, "MAXP output")
+    return vector_cycles(m, P * oh * ow * kh * kw)
+
+
+def op_maxpb(m, f):
+    P, h, w, kh, kw, sh, sw, ph, pw, oh, ow = _pool_geom(m, f, "MAXPB")
+    xb, gb, db = (buf_name(f[k], k) for k in ("xbuf", "gbuf", "dbuf"))
+    check_range(m, db, f["daddr"], P * h * w, f"MAXPB dX [{P},{h},{w}] at daddr")
+    X = read_buf(m, xb, f["xaddr"], P * h * w, f"MAXPB X [{P},{h},{w}] at xaddr")
+    G = read_buf(m, gb, f["gaddr"], P * oh * ow, f"MAXPB dY [{P},{oh},{ow}] at gaddr")
+    X = X.astype(np.int64).reshape(P, h, w)
+    G = G.astype(np.int64).reshape(P, oh, ow)
+    M, rows, cols = _window_max(X, P, oh, ow, kh, kw, sh, sw, ph, pw, "MAXPB")
+    found = np.zeros((P, oh, ow), dtype=bool)
+    dX = np.zeros((P, h, w), dtype=np.int64)
+    for i in range(kh):                      # row-major over (kh, kw): first max wins
+        if rows[i] is None:
+            continue
+        for j in range(kw):
+            if cols[j] is None:
+                continue
+            (ro, ri), (co, cj) = rows[i], cols[j]
+            hit = (X[:, ri, cj] == M[:, ro, co]) & ~found[:, ro, co]
+            # within one tap distinct windows hit distinct input positions: plain +=
+            dX[:, ri, cj] += np.where(hit, G[:, ro, co], 0)
+            found[:, ro, co] |= hit
+    write_buf(m, db, f["daddr"], sat8(dX), "MAXPB dX")
+    return vector_cycles(m, P * oh * ow * kh * kw)
+
+
+def op_rsum(m, f):
+    nonzero(f, "n", "c", "hw")
+    n, c, hw = f["n"], f["c"], f["hw"]
+    s = buf_name(f["sbuf"], "sbuf")
+    check_range(m, "ABUF", f["daddr"], c, f"RSUM result [{c}] at daddr")
+    S = read_buf(m, s, f["saddr"], n * c * hw, f"RSUM input [{n},{c},{hw}] at saddr")
+    tot = S.astype(np.int64).reshape(n, c, hw).sum(axis=(0, 2))
+    if f["acc"]:
+        tot = tot + m.bufs["ABUF"][f["daddr"]:f["daddr"] + c].astype(np.int64)
+    bad = np.abs(tot) > INT32_MAX
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise Trap(f"accumulator overflow: D[{k}] = {int(tot[k])} leaves int32 "
+                   f"(acc={f['acc']}, ABUF {f['daddr'] + k})")
+    m.bufs["ABUF"][f["daddr"]:f["daddr"] + c] = tot
+    return vector_cycles(m, n * c * hw)
+
+
+def op_lossg(m, f):
+    nonzero(f, "n", "k")
+    n, k = f["n"], f["k"]
+    zb, db = buf_name(f["zbuf"], "zbuf"), buf_name(f["dbuf"], "dbuf")
+    s = f["shift"]
+    if s > 31:
+        raise Trap(f"field shift={s} outside [0, 31]")
+    check_range(m, db, f["daddr"], n * k, f"LOSSG logit error [{n},{k}] at daddr")
+    z = read_buf(m, zb, f["zaddr"], n * k, f"LOSSG logits [{n},{k}] at zaddr")
+    z = z.astype(np.int64).reshape(n, k)
+    lab = read_buf(m, "ABUF", f["laddr"], n, f"LOSSG labels [{n}] at laddr").astype(np.int64)
+    lut = read_buf(m, "ABUF", f["lutaddr"], 256, "LOSSG exp table [256] at lutaddr")
+    lut = lut.astype(np.int64)
+    bad = (lab < 0) | (lab >= k)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise Trap(f"label[{i}] = {int(lab[i])} outside [0, {k}) (ABUF {f['laddr'] + i})")
+    d = z.max(axis=1, keepdims=True) - z
+    if d.max() > 255:
+        raise Trap(f"max - z = {int(d.max())} exceeds the exp table (logits must be int8)")
+    E = lut[d]
+    S = E.sum(axis=1, keepdims=True)
+    if (S <= 0).any():
+        i = int(np.flatnonzero(S.reshape(-1) <= 0)[0])
+        raise Trap(f"softmax denominator of row {i} is {int(S[i, 0])} (<= 0): bad exp table")
+    P = (E << 15) // S
+    onehot = (np.arange(k)[None, :] == lab[:, None]).astype(np.int64)
+    G = P - (onehot << 15)
+    D = sat8(rshift(G * f["rmul"], s, "nearest"))
+    write_buf(m, db, f["daddr"], D, "LOSSG logit error")
+    return vector_cycles(m, n * k)
+
+
+def op_sgd(m, f):
+    c = f["count"]
+    gb, db = buf_name(f["gbuf"], "gbuf"), buf_name(f["dbuf"], "dbuf")
+    cshift, cbits = f["cshift"], f["cbits"]
+    if not 1 <= cbits <= 32:
+        raise Trap(f"field cbits={cbits} outside [1, 32]")
+    if cshift > 31:
+        raise Trap(f"field cshift={cshift} outside [0, 31]")
+    bound = ((1 << (cbits - 1)) - 1) << cshift
+    if bound > INT32_MAX:
+        raise Trap(f"clip bound (2**{cbits - 1}-1) << {cshift} = {bound} does not fit int32")
+    check_range(m, "ABUF", f["maddr"], c, f"SGD master [{c}] at maddr")
+    check_range(m, db, f["daddr"], c, f"SGD compute copy [{c}] at daddr")
+    Mv = m.bufs["ABUF"][f["maddr"]:f["maddr"] + c].astype(np.int64)
+    G = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
+    Mn = np.clip(Mv - rshift(G * np.int64(f["lrmul"]), 16, "nearest"), -bound, bound)
+    C = rshift(Mn, cshift, "nearest")
+    write_buf(m, db, f["daddr"], C, "SGD compute copy")   # checks C fits before any write
+    m.bufs["ABUF"][f["maddr"]:f["maddr"] + c] = Mn
+    return vector_cycles(m, c)
