@@ -50,12 +50,20 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
     log = log or (lambda msg: None)
     tg = load_target(target)
     model, example = load_model(model_path)
+    return compile_module(model, example, model_path, mask_path, tg, lr, seed, log)
+
+
+def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: str,
+                   mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
+                   log=None) -> Compiled:
+    """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict."""
+    log = log or (lambda msg: None)
     log("capture")
     g = capture(model, example, model_path)
     logits_layer = g.producer(g.outputs["logits"]).layer
-    mask = {}
-    if mask_path:
-        mask = parse_mask(mask_path, mask_layers(model), logits_layer)
+    if isinstance(mask, str):
+        mask = parse_mask(mask, mask_layers(model), logits_layer)
+    mask = dict(mask or {})
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     for p in (MaskPass(mask), QuantizePass(example, params), UpdatePass(lr)):
         log(p.name)

@@ -109,7 +109,7 @@ def _check_i32(acc: torch.Tensor, what: str) -> None:
         pos = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), acc.shape))
         val = int(acc.reshape(-1)[flat])
         raise EdgecError(
-            f"int32 accumulator overflow in {what}: element {list(pos)} = {val} is outside "
+            f"{what}: int32 accumulator overflow: element {list(pos)} = {val} is outside "
             f"[-(2**31-1), 2**31-1]; the compiler's reduction bound should have split or "
             f"rescaled this reduction (numerics.md section 6)")
 
@@ -241,7 +241,7 @@ def maxpool_bwd(dy: torch.Tensor, x: torch.Tensor, kernel, stride, pad) -> torch
 
 
 def loss_grad(z: torch.Tensor, labels: torch.Tensor, lut: torch.Tensor, rmul: int,
-              shift: int) -> torch.Tensor:
+              shift: int, where: str = "loss_grad") -> torch.Tensor:
     """Integer softmax-minus-onehot of numerics.md section 4 (labels already checked)."""
     z = z.to(torch.int64)
     m = z.max(dim=1, keepdim=True).values
@@ -250,7 +250,7 @@ def loss_grad(z: torch.Tensor, labels: torch.Tensor, lut: torch.Tensor, rmul: in
         raise ValueError(f"max - z reaches {int(d.max())}, beyond the {lut.numel()}-entry LUT")
     E = lut[d]
     S = E.sum(dim=1, keepdim=True)
-    _check_i32(S, "the softmax denominator S")
+    _check_i32(S, f"{where} (softmax denominator S)")
     P = torch.div(E * (1 << 15), S, rounding_mode="floor")
     onehot = torch.zeros_like(P)
     onehot[torch.arange(z.shape[0]), labels.to(torch.long)] = 1
@@ -258,10 +258,11 @@ def loss_grad(z: torch.Tensor, labels: torch.Tensor, lut: torch.Tensor, rmul: in
     return sat8(rshift(G * int(rmul), shift, "nearest"))
 
 
-def sgd_update(M: torch.Tensor, G: torch.Tensor, lrmul: int, cshift: int, cbits: int):
+def sgd_update(M: torch.Tensor, G: torch.Tensor, lrmul: int, cshift: int, cbits: int,
+               lrshift: int = 16):
     """``(M', C')`` of numerics.md section 4, elementwise on int64 tensors."""
     bound = (2 ** (cbits - 1) - 1) << cshift
-    Mn = (M.to(torch.int64) - rshift(G.to(torch.int64) * int(lrmul), 16, "nearest"))
+    Mn = (M.to(torch.int64) - rshift(G.to(torch.int64) * int(lrmul), lrshift, "nearest"))
     Mn = Mn.clamp(-bound, bound)
     return Mn, rshift(Mn, cshift, "nearest")
 
@@ -321,7 +322,7 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
         if name not in graph.consts:
             raise ValueError(f"constant {name!r} (the exp LUT) is not in graph.consts")
         lut = torch.as_tensor([int(v) for v in graph.consts[name]], dtype=torch.int64)
-        return [loss_grad(z, labels, lut, at["rmul"], at["shift"])]
+        return [loss_grad(z, labels, lut, at["rmul"], at["shift"], where)]
     if op in ("conv_eb", "conv_wg", "linear_eb", "linear_wg", "bias_grad"):
         if op == "conv_eb":
             acc = conv_eb_acc(a[0], a[1], at["stride"], at["pad"], at["in_shape"])
@@ -361,7 +362,7 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
             raise ValueError(f"gradient of shape {tuple(g.shape)} does not fit the view "
                              f"of shape {tuple(Msel.shape)}")
         Mn, Cn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], at["cshift"],
-                            at["cbits"])
+                            at["cbits"], at.get("lrshift", 16))
         p_new, M_new = p.clone(), M.clone()
         p_new[ix] = Cn
         M_new[ix] = Mn
@@ -376,7 +377,7 @@ def _take_input(name: str, inputs: dict, graph: Graph) -> torch.Tensor:
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise EdgecError(f"run_reference: input {name!r} has dtype {t.dtype}; the reference "
                          f"takes integer tensors (quantize on the host first)")
-    t = t.to(torch.int64)
+    t = t.to(torch.int64).clone()          # never alias (or later mutate) the caller's data
     v = graph.values.get(name)
     if v is not None:
         if tuple(t.shape) != tuple(v.shape):

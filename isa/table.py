@@ -178,10 +178,11 @@ INSTRS: tuple[Instr, ...] = (
         *_buf("g", "the int8 gradient"),
         *_buf("d", "the compute copy (int8 in IBUF/WBUF, int32 in ABUF)"),
         Field("count", 32, doc="elements"),
-        Field("lrmul", 32, signed=True, doc="learning rate in master units * 2^16"),
+        Field("lrmul", 32, signed=True, doc="learning rate in master units * 2^lrshift"),
+        Field("lrshift", 8, doc="right shift of G*lrmul (0..31)"),
         Field("cshift", 8, doc="master -> compute copy right shift"),
         Field("cbits", 8, doc="compute copy width in bits (saturation bound)"),
-    ), "Weight update: M = clamp(M - round(G*lrmul / 2^16), +-bound), "
+    ), "Weight update: M = clamp(M - round(G*lrmul / 2^lrshift), +-bound), "
        "bound = (2^(cbits-1)-1) << cshift; D = round(M / 2^cshift)."),
 )
 

@@ -192,6 +192,9 @@ def op_sgd(m, f):
         raise Trap(f"field cbits={cbits} outside [1, 32]")
     if cshift > 31:
         raise Trap(f"field cshift={cshift} outside [0, 31]")
+    lrshift = f["lrshift"]
+    if lrshift > 31:
+        raise Trap(f"field lrshift={lrshift} outside [0, 31]")
     bound = ((1 << (cbits - 1)) - 1) << cshift
     if bound > INT32_MAX:
         raise Trap(f"clip bound (2**{cbits - 1}-1) << {cshift} = {bound} does not fit int32")
@@ -199,7 +202,7 @@ def op_sgd(m, f):
     check_range(m, db, f["daddr"], c, f"SGD compute copy [{c}] at daddr")
     Mv = m.bufs["ABUF"][f["maddr"]:f["maddr"] + c].astype(np.int64)
     G = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
-    Mn = np.clip(Mv - rshift(G * np.int64(f["lrmul"]), 16, "nearest"), -bound, bound)
+    Mn = np.clip(Mv - rshift(G * np.int64(f["lrmul"]), lrshift, "nearest"), -bound, bound)
     C = rshift(Mn, cshift, "nearest")
     write_buf(m, db, f["daddr"], C, "SGD compute copy")   # checks C fits before any write
     m.bufs["ABUF"][f["maddr"]:f["maddr"] + c] = Mn

@@ -48,8 +48,8 @@ def build(instrs, ddr: DDR | None = None, meta=None, target=TARGET, end=True) ->
     return read_program(write_program(p))
 
 
-def run(instrs, ddr: DDR | None = None, **kw) -> Machine:
-    m = Machine(build(instrs, ddr, **kw), TARGET)
+def run(instrs, ddr: DDR | None = None, target=TARGET, **kw) -> Machine:
+    m = Machine(build(instrs, ddr, target=target, **kw), target)
     m.run()
     return m
 

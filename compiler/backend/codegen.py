@@ -16,7 +16,7 @@ from edgec.isa.target import Target
 from ..ir.graph import Graph
 from ..ir.loops import LoopNest
 from .memory import MemoryPlan, Symbol
-from .tiling import geometry, x_rows, y_rows
+from .tiling import geometry, sgd_geometry, x_rows, y_rows
 
 IBUF, WBUF, ABUF = 0, 1, 2
 
@@ -267,25 +267,20 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         psym = mem.of_value[n.inputs[0]]
         msym = mem.of_value[n.inputs[1]]
         grad = mem.of_value[n.inputs[2]]
-        gshape = grad.shape
-        row = 1
-        for d in gshape[1:]:
-            row *= d
-        full = psym.shape
-        inner = 1
-        if len(full) > 1:
-            inner = (row // gshape[1]) * (a["in_block"] if a["in_idx"] is not None else 1)
-        blocks = row // inner
+        rows, blocks, inner = sgd_geometry(g, n)
         wide = psym.dtype == "i32"
-        cbuf, caddr = (ABUF, nest.tiles["r"] * row) if wide else (WBUF, 0)
-        for t in _tiles(nest, ["r"]):
-            r0, rt = t["r"]
-            em.view(True, ABUF, 0, msym, a, r0, rt, 0, blocks)
-            _flat(em, True, IBUF, 0, grad, r0 * row, rt * row)
+        tile = nest.tiles["r"] * nest.tiles["b"] * inner
+        cbuf, caddr = (ABUF, tile) if wide else (WBUF, 0)
+        for t in _tiles(nest, ["r", "b"]):
+            (r0, rt), (b0, bt) = t["r"], t["b"]
+            em.view(True, ABUF, 0, msym, a, r0, rt, b0, bt)
+            em.box(True, IBUF, 0, grad, (r0, b0 * inner), (rt, bt * inner),
+                   (rows, blocks * inner))
             em.emit("SGD", maddr=0, gbuf=IBUF, gaddr=0, dbuf=cbuf, daddr=caddr,
-                    count=rt * row, lrmul=a["lrmul"], cshift=a["cshift"], cbits=a["cbits"])
-            em.view(False, ABUF, 0, msym, a, r0, rt, 0, blocks)
-            em.view(False, cbuf, caddr, psym, a, r0, rt, 0, blocks)
+                    count=rt * bt * inner, lrmul=a["lrmul"], lrshift=a["lrshift"], cshift=a["cshift"],
+                    cbits=a["cbits"])
+            em.view(False, ABUF, 0, msym, a, r0, rt, b0, bt)
+            em.view(False, cbuf, caddr, psym, a, r0, rt, b0, bt)
 
 
 def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target) -> Emitter:

@@ -61,6 +61,19 @@ def in_block(g: Graph, n) -> int:
     return 1
 
 
+def sgd_geometry(g: Graph, n) -> tuple[int, int, int]:
+    """(rows, blocks, elements per block) of the mask view an sgd node updates."""
+    gshape = g.values[n.inputs[2]].shape
+    row = 1
+    for d in gshape[1:]:
+        row *= d
+    inner = 1
+    if len(gshape) > 1:
+        inner = (row // gshape[1]) * (n.attrs["in_block"] if n.attrs["in_idx"] is not None
+                                      else 1)
+    return gshape[0], row // inner, inner
+
+
 def _fits(op: str, G: dict, t: dict, tg: Target) -> bool:
     kk = G["kh"] * G["kw"]
     if op in ("conv", "linear"):
@@ -145,15 +158,11 @@ def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
                 raise EdgecError(f"{where}: logits [{N},{K}] do not fit the buffers")
             dims = t = {"n": N}
         elif n.op == "sgd":
-            shape = V[n.inputs[2]].shape
-            row = 1
-            for d in shape[1:]:
-                row *= d
-            dims = {"r": shape[0]}
-            cap = min(tg.abuf // (2 * row), tg.ibuf // row, tg.wbuf // row)
-            if cap < 1:
-                raise EdgecError(f"{where}: one row of {row} elements does not fit")
-            t = {"r": min(shape[0], cap)}
+            rows, blocks, inner = sgd_geometry(g, n)
+            dims = {"r": rows, "b": blocks}
+            t = _shrink(dims, {}, lambda t: 2 * t["r"] * t["b"] * inner <= tg.abuf
+                        and t["r"] * t["b"] * inner <= min(tg.ibuf, tg.wbuf), ("r", "b"),
+                        where)
         else:
             raise EdgecError(f"{where}: no lowering for op {n.op!r}")
         nest = LoopNest(i, n.op, n.layer, dict(dims), dict(t), par + red, unit)

@@ -23,7 +23,7 @@ NEST_DIMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "maxpool": (("p",), ()),
     "maxpool_bwd": (("p",), ()),
     "loss_grad": (("n",), ()),
-    "sgd": (("r",), ()),
+    "sgd": (("r", "b"), ()),       # rows, dim-1 blocks of the parameter's mask view
 }
 
 

@@ -175,6 +175,15 @@ def check_reductions(g: Graph) -> None:
                              "not supported yet)")
 
 
+def lr_fixed(lr: float, de: int) -> tuple[int | None, int]:
+    """(lrshift, lrmul): lr * 2**de ~= lrmul / 2**lrshift with the most precision in int32."""
+    for sh in range(31, -1, -1):
+        m = int(np.rint(lr * 2.0 ** (de + sh)))
+        if -2**31 <= m < 2**31:
+            return sh, m
+    return None, 0
+
+
 @dataclass
 class UpdatePass:
     """Append one SGD node per trainable parameter, writing through its mask view."""
@@ -193,15 +202,15 @@ class UpdatePass:
                                           "out_tab": None, "in_tab": None}
             master = f"master:{p.name}"
             cshift, cbits = (16, 8) if p.kind == "weight" else (8, BIAS_BITS)
-            lrmul = int(np.rint(self.lr * 2.0 ** (V[grad].exp - V[master].exp + 16)))
-            if not -2**31 <= lrmul < 2**31:
-                raise EdgecError(f"learning rate {self.lr} is out of range for {p.name!r} "
-                                 f"(lrmul {lrmul} does not fit int32)")
+            lrshift, lrmul = lr_fixed(self.lr, V[grad].exp - V[master].exp)
+            if lrshift is None:
+                raise EdgecError(f"learning rate {self.lr} is too large for {p.name!r}: one "
+                                 "gradient step would move the weight by more than its range")
             newp, newm = f"new:{p.name}", f"newmaster:{p.name}"
             g.add_value(newp, p.shape, V[p.value].dtype, V[p.value].exp)
             g.add_value(newm, p.shape, "i32", V[master].exp)
             g.add_node("sgd", [p.value, master, grad], [newp, newm],
-                       {"lr": self.lr, "lrmul": lrmul, "cshift": cshift, "cbits": cbits,
+                       {"lr": self.lr, "lrmul": lrmul, "lrshift": lrshift, "cshift": cshift, "cbits": cbits,
                         **{k: va[k] for k in ("out_idx", "in_idx", "in_block", "out_tab",
                                               "in_tab")}},
                        layer=p.module, loc=view.loc if view else None)

@@ -1,0 +1,41 @@
+"""The ISA table, its encoding and the generated docs."""
+from pathlib import Path
+
+import pytest
+
+from edgec.isa import docgen
+from edgec.isa.encoding import decode, encode
+from edgec.isa.errors import EdgecError
+from edgec.isa.table import INSTRS, WORD_BYTES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_docs_isa_md_is_generated_from_the_table():
+    assert (ROOT / "docs" / "isa.md").read_text() == docgen.render(), \
+        "docs/isa.md is stale: run python -m edgec.isa.docgen > docs/isa.md"
+
+
+@pytest.mark.parametrize("ins", INSTRS, ids=lambda i: i.name)
+def test_every_field_round_trips_at_its_extremes(ins):
+    for pick in (min, max):
+        vals = {}
+        for f in ins.fields:
+            lo, hi = ((-(1 << (f.bits - 1)), (1 << (f.bits - 1)) - 1) if f.signed
+                      else (0, (1 << f.bits) - 1))
+            vals[f.name] = pick(lo, hi)
+        w = encode(ins.name, dep=pick(0, 15), **vals)
+        assert len(w) == WORD_BYTES
+        got, fields = decode(w)
+        assert got is ins and fields == {"dep": pick(0, 15), **vals}
+
+
+def test_encode_rejects_overflowing_and_unknown_fields():
+    with pytest.raises(EdgecError, match="does not fit"):
+        encode("RQ", shift=200)
+    with pytest.raises(EdgecError, match="unknown field"):
+        encode("END", bogus=1)
+    with pytest.raises(EdgecError, match="unknown opcode"):
+        decode(bytes([250]) + bytes(WORD_BYTES - 1))
+    with pytest.raises(EdgecError, match="stray bits"):
+        decode(bytes(WORD_BYTES - 1) + b"\x80")
