@@ -85,7 +85,7 @@ class QuantizePass:
             elif n.op in ("relu", "maxpool", "reshape", "relu_bwd", "maxpool_bwd"):
                 V[out].dtype, V[out].exp = "i8", e(ins[0])
             elif n.op == "loss_grad":
-                e_dz = -7 - math.ceil(math.log2(N))
+                e_dz = expo(torch.tensor(1.0 / N))      # |dz| <= 1/N
                 a["rmul"] = round(2**16 / N)
                 a["shift"] = 31 + e_dz
                 a["lut"] = "lut:softmax"

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from net import digits
+from data import digits
 
 if __name__ == "__main__":
     x, y = digits()

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from net import LeNet, digits
+from data import digits
+from model import LeNet
 
 HERE = Path(__file__).parent
 
