@@ -213,5 +213,6 @@ class UpdatePass:
                        {"lr": self.lr, "lrmul": lrmul, "lrshift": lrshift, "cshift": cshift, "cbits": cbits,
                         **{k: va[k] for k in ("out_idx", "in_idx", "in_block", "out_tab",
                                               "in_tab")}},
-                       layer=p.module, loc=view.loc if view else None)
+                       layer=p.module, loc=next((n.loc for n in g.nodes
+                                                  if p.value in n.inputs), None))
         return g
