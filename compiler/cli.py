@@ -88,6 +88,14 @@ def cmd_disasm(args) -> int:
     return 0
 
 
+def cmd_asm(args) -> int:
+    from .asm import assemble_file
+    blob = assemble_file(args.source)
+    _atomic_write(args.output, lambda f: f.write(blob))
+    print(f"wrote {args.output}: {len(blob)} bytes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="edgec",
@@ -131,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("disasm", help="print prog.bin's instructions")
     p.add_argument("program", help="prog.bin")
     p.set_defaults(func=cmd_disasm)
+
+    p = sub.add_parser("asm", help="assemble edgec assembly (the text `edgec disasm` "
+                       "prints) back into prog.bin, byte for byte")
+    p.add_argument("source", help="assembly file (FILE.s)")
+    p.add_argument("-o", "--output", default="prog.bin", help="output file (default prog.bin)")
+    p.set_defaults(func=cmd_asm)
     return ap
 
 
