@@ -36,7 +36,22 @@ def _progress(quiet: bool):
 
 def _compile(args, log):
     from .driver import compile_model
-    return compile_model(args.model, args.mask, args.target, lr=args.lr, seed=args.seed, log=log)
+    if args.model.endswith((".ir", ".loop")):     # resume from an IR dump (--dump-ir)
+        from edgec.isa.errors import EdgecError
+
+        from .resume import compile_ir
+        if args.mask or args.target or getattr(args, "dump_ir", None):
+            raise EdgecError(f"{args.model}: an IR dump carries its own source, mask and "
+                             "target (its 'source' line); drop --mask/--target/--dump-ir")
+        return compile_ir(args.model, log)
+    return compile_model(args.model, args.mask, args.target, lr=args.lr, seed=args.seed,
+                         log=log, dump_ir=getattr(args, "dump_ir", None))
+
+
+def cmd_ir(args) -> int:
+    from .ir.text import format_ir, read_ir
+    sys.stdout.write(format_ir(read_ir(args.file)))
+    return 0
 
 
 def cmd_compile(args) -> int:
@@ -116,10 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stochastic-rounding seed stored in the program (default 0)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
-    p = sub.add_parser("compile", help="compile model.py (+ mask) to prog.bin")
+    p = sub.add_parser("compile", help="compile model.py (+ mask) to prog.bin; MODEL may "
+                       "also be an IR dump (FILE.ir / FILE.loop) to resume the pipeline from, "
+                       "using the source, lr and seed named in its header")
     common(p)
     p.add_argument("-o", "--output", default="prog.bin", help="output file (default prog.bin)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every stage to DIR "
+                   "(00-capture.ir 01-mask.ir 02-quantize.ir 03-update.ir 04-tile.loop), "
+                   "each checked to read back identically")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("ir", help="parse and check an IR dump (.ir/.loop) and print it "
+                       "in canonical form")
+    p.add_argument("file", help="FILE.ir or FILE.loop written by compile --dump-ir")
+    p.set_defaults(func=cmd_ir)
 
     p = sub.add_parser("run", help="execute prog.bin on the emulator for one batch")
     p.add_argument("program", help="prog.bin")

@@ -46,20 +46,32 @@ def mask_layers(model: torch.nn.Module) -> dict[str, int]:
 
 
 def compile_model(model_path: str, mask_path: str | None = None, target: str | None = None,
-                  lr: float = 0.01, seed: int = 0, log=None) -> Compiled:
+                  lr: float = 0.01, seed: int = 0, log=None,
+                  dump_ir: str | None = None) -> Compiled:
     log = log or (lambda msg: None)
     tg = load_target(target)
     model, example = load_model(model_path)
-    return compile_module(model, example, model_path, mask_path, tg, lr, seed, log)
+    dump = None
+    if dump_ir:     # --dump-ir DIR: one verified text file per stage (compiler/ir/text.py)
+        import os
+
+        from .ir.text import Dumper
+        ab = lambda p: os.path.abspath(p) if p else None  # noqa: E731
+        dump = Dumper(dump_ir, dict(model=ab(model_path), mask=ab(mask_path),
+                                    target=ab(target), lr=float(lr), seed=int(seed)))
+    return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump)
 
 
 def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: str,
                    mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
-                   log=None) -> Compiled:
-    """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict."""
+                   log=None, dump=None) -> Compiled:
+    """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
+    `dump(stage, graph, nests=None)`, if given, sees the IR after every stage."""
     log = log or (lambda msg: None)
+    dump = dump or (lambda *a: None)
     log("capture")
     g = capture(model, example, model_path)
+    dump("capture", g)
     logits_layer = g.producer(g.outputs["logits"]).layer
     if isinstance(mask, str):
         mask = parse_mask(mask, mask_layers(model), logits_layer)
@@ -72,8 +84,16 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
             g.verify()
         except ValueError as e:
             raise EdgecError(f"internal error after pass {p.name!r}: {e}") from None
+        dump(p.name, g)
     log("tile")
     nests = tile_graph(g, tg)
+    dump("tile", g, nests)
+    return emit_program(g, nests, tg, lr, seed, model, example, mask, log)
+
+
+def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: int,
+                 model, example, mask, log) -> Compiled:
+    """The back end after tiling: memory plan, instruction selection, container."""
     log("codegen")
     mem = plan_memory(g, seed, tg.ddr_bytes)
     em = generate(g, nests, mem, tg)

@@ -271,7 +271,7 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         wide = psym.dtype == "i32"
         tile = nest.tiles["r"] * nest.tiles["b"] * inner
         cbuf, caddr = (ABUF, tile) if wide else (WBUF, 0)
-        for t in _tiles(nest, ["r", "b"]):
+        for t in _tiles(nest, list(nest.order)):
             (r0, rt), (b0, bt) = t["r"], t["b"]
             em.view(True, ABUF, 0, msym, a, r0, rt, b0, bt)
             em.box(True, IBUF, 0, grad, (r0, b0 * inner), (rt, bt * inner),

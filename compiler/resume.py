@@ -1,0 +1,167 @@
+"""Resume the pipeline from an IR dump (`edgec compile FILE.ir|FILE.loop`).
+
+A dump names its source (model.py, user.mask, target, lr, seed) in its header.  Resuming
+re-loads model.py for the float parameters (and, before quantize, the calibration input),
+runs the passes that come after the dumped stage, and re-derives the initial integer
+weights (``graph.meta["init"]``) from the float parameters and the formats written in the
+dump, exactly as the quantize pass computes them (a hand-edited exponent is honoured).
+A ``.loop`` dump's tile sizes and loop order are used as written, after checking them
+(LoopNest.verify, extents/units against the graph, tiles against the target's buffers).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from edgec.isa.errors import EdgecError
+from edgec.isa.target import load_target
+
+from .backend.tiling import _fits, geometry, sgd_geometry, tile_graph
+from .frontend.load import load_model
+from .frontend.maskfile import parse_mask
+from .ir.graph import Graph
+from .ir.loops import LoopNest
+from .ir.text import IRFile, read_ir
+from .passes.mask import MaskPass
+from .passes.quantize import BIAS_BITS, QuantizePass, UpdatePass, rshift_nearest
+
+_AFTER = {"capture": ("mask", "quantize", "update"), "mask": ("quantize", "update"),
+          "quantize": ("update",), "update": (), "tile": ()}
+
+
+def derive_init(g: Graph, params: dict) -> dict[str, np.ndarray]:
+    """Initial master and compute copies of every parameter (QuantizePass's rule)."""
+    init = {}
+    V = g.values
+    for p in g.params.values():
+        master = f"master:{p.name}"
+        if master not in V or V[master].exp is None or V[p.value].exp is None:
+            raise EdgecError(f"parameter {p.name!r} has no fixed-point format in the dump")
+        sgd = next((n for n in g.nodes if n.op == "sgd" and n.inputs[0] == p.value), None)
+        cshift, cbits = (16, 8) if p.kind == "weight" else (8, BIAS_BITS)
+        if sgd is not None:
+            cshift, cbits = sgd.attrs.get("cshift", cshift), sgd.attrs.get("cbits", cbits)
+        w = params[p.name].detach().double().numpy()
+        bound = ((1 << (cbits - 1)) - 1) << cshift
+        m = np.clip(np.rint(w * 2.0 ** (-V[master].exp)), -bound, bound).astype(np.int64)
+        init[master] = m.astype(np.int32)
+        init[p.value] = rshift_nearest(m, cshift).astype(np.int32 if cbits > 8 else np.int8)
+    return init
+
+
+def _source_path(f: IRFile, path: str, key: str) -> str | None:
+    p = f.source.get(key)
+    if p is None:
+        return None
+    if not isinstance(p, str):
+        raise EdgecError(f"{path}: source {key}= must be a quoted path or none")
+    if not os.path.exists(p):
+        alt = os.path.join(os.path.dirname(os.path.abspath(path)), p)
+        if not os.path.exists(alt):
+            raise EdgecError(f"{path}: source {key} {p!r} (named in the header) does not "
+                             "exist; fix the path in the 'source' line or dump again")
+        p = alt
+    return p
+
+
+def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> None:
+    """A dumped nest must implement the node it names with the graph's extents and units,
+    and its tiles must fit the target's buffers."""
+    auto = {n.node: n for n in tile_graph(g, tg)}
+
+    def err(k, msg):
+        ln = lines.get(("nest", k))
+        raise EdgecError(f"{path}:{ln[0]}:{ln[1]}: {msg}" if ln else f"{path}: {msg}")
+
+    seen = set()
+    for k, n in enumerate(nests):
+        a = auto.get(n.node)
+        if a is None:
+            err(k, f"node {n.node} ({n.op}) is not materialised as a loop nest")
+        if n.node in seen:
+            err(k, f"node {n.node} has two nests")
+        if seen and n.node < max(seen):
+            err(k, f"nest {n.node} comes after nest {max(seen)}: nests run in the listed "
+                "order, which must be node order")
+        seen.add(n.node)
+        if n.layer != a.layer:
+            err(k, f"nest {n.node}: layer {n.layer!r}, but the node is in {a.layer!r}")
+        if n.dims != a.dims:
+            err(k, f"nest {n.node} ({n.op}): extents {n.dims} do not match the graph "
+                f"{a.dims}; only tile sizes and loop order may be edited")
+        if n.unit != a.unit:
+            err(k, f"nest {n.node} ({n.op}): units {n.unit or 'none'} must be "
+                f"{a.unit or 'none'}")
+        gn, t = g.nodes[n.node], n.tiles
+        if n.op.startswith(("conv", "linear")):
+            kind = n.op.split("_")[-1] if "_" in n.op else "fp"
+            base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
+            ok = _fits(base, geometry(g, gn), t, tg)
+        elif n.op == "bias_grad":
+            hw = int(np.prod(g.values[gn.inputs[0]].shape[2:], dtype=np.int64))
+            ok = t["n"] * t["c"] * hw + t["c"] <= tg.ibuf and t["c"] <= tg.abuf
+        elif n.op == "sgd":
+            inner = sgd_geometry(g, gn)[2]
+            ok = (2 * t["r"] * t["b"] * inner <= tg.abuf
+                  and t["r"] * t["b"] * inner <= min(tg.ibuf, tg.wbuf))
+        else:       # element-wise / pooling / loss: the tile pass takes the largest fit
+            ok = all(t[d] <= a.tiles[d] for d in t)
+        if not ok:
+            err(k, f"nest {n.node} ({n.op}): tiles {t} do not fit the target's buffers "
+                f"(ibuf {tg.ibuf}, wbuf {tg.wbuf}, abuf {tg.abuf})")
+    missing = sorted(set(auto) - seen)
+    if missing:
+        raise EdgecError(f"{path}: no loop nest for node(s) {missing} "
+                         f"({', '.join(auto[i].op for i in missing)})")
+
+
+def compile_ir(path: str, log=None):
+    """Continue the pipeline from a dump; returns a driver.Compiled."""
+    from .driver import emit_program, mask_layers
+    log = log or (lambda msg: None)
+    f = read_ir(path)
+    g, stage = f.graph, f.stage
+    model_path = _source_path(f, path, "model")
+    if model_path is None:
+        raise EdgecError(f"{path}: the header names no source model; cannot resume")
+    lr, seed = f.source.get("lr", 0.01), f.source.get("seed", 0)
+    if not isinstance(lr, (int, float)) or not isinstance(seed, int):
+        raise EdgecError(f"{path}: source lr= must be a number and seed= an integer")
+    tg = load_target(_source_path(f, path, "target"))
+    log("load " + model_path)
+    model, example = load_model(model_path)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for p in g.params.values():
+        if p.name not in params:
+            raise EdgecError(f"{path}: parameter {p.name!r} is not in {model_path}")
+        if tuple(params[p.name].shape) != tuple(p.shape):
+            raise EdgecError(f"{path}: parameter {p.name!r} has shape {list(p.shape)} in "
+                             f"the dump but {list(params[p.name].shape)} in {model_path}")
+    extra = sorted(set(params) - set(g.params))
+    if extra:
+        raise EdgecError(f"{path}: {model_path} has parameters the dump lacks: {extra}")
+    if stage == "capture":
+        mp = _source_path(f, path, "mask")
+        logits_layer = g.producer(g.outputs["logits"]).layer
+        mask = parse_mask(mp, mask_layers(model), logits_layer) if mp else {}
+    else:
+        mask = {k: list(v) for k, v in g.meta.get("mask", {}).items()}
+    passes = {"mask": lambda: MaskPass(mask), "quantize": lambda: QuantizePass(example, params),
+              "update": lambda: UpdatePass(float(lr))}
+    for name in _AFTER[stage]:
+        log(name)
+        g = passes[name]().apply(g)
+        try:
+            g.verify()
+        except ValueError as e:
+            raise EdgecError(f"{path}: after pass {name!r}: {e}") from None
+    if stage in ("quantize", "update", "tile"):
+        g.meta["init"] = derive_init(g, params)
+    if stage == "tile":
+        nests = f.nests
+        check_nests(g, nests, tg, path, f.lines)
+    else:
+        log("tile")
+        nests = tile_graph(g, tg)
+    return emit_program(g, nests, tg, lr, seed, model, example, mask, log)
