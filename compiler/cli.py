@@ -45,7 +45,20 @@ def _compile(args, log):
                              "target (its 'source' line); drop --mask/--target/--dump-ir")
         return compile_ir(args.model, log)
     return compile_model(args.model, args.mask, args.target, lr=args.lr, seed=args.seed,
-                         log=log, dump_ir=getattr(args, "dump_ir", None))
+                         log=log, dump_ir=getattr(args, "dump_ir", None),
+                         calib=getattr(args, "calib", None))
+
+
+def cmd_export_onnx(args) -> int:
+    from .backend.onnx_out import export_forward
+    c = _compile(args, _progress(args.quiet))
+    model = export_forward(c.graph)
+    data = model.SerializeToString()
+    _atomic_write(args.output, lambda f: f.write(data))
+    print(f"wrote {args.output}: quantized forward, {len(model.graph.node)} ONNX nodes, "
+          f"{len(model.graph.output)} int8 outputs; input x is int8 at exponent "
+          f"{c.graph.values['x'].exp}")
+    return 0
 
 
 def cmd_ir(args) -> int:
@@ -130,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0,
                        help="stochastic-rounding seed stored in the program (default 0)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+        p.add_argument("--calib", metavar="FILE.npz", help="MODEL.onnx only: calibration "
+                       "batch (array x, the input's static shape); default: standard normal "
+                       "from torch.Generator().manual_seed(0)")
 
     p = sub.add_parser("compile", help="compile model.py (+ mask) to prog.bin; MODEL may "
                        "also be an IR dump (FILE.ir / FILE.loop) to resume the pipeline from, "
@@ -160,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--batch-seed", type=int, default=0, help="seed of the random batch")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("export-onnx", help="compile, then write the QUANTIZED forward "
+                       "pass as ONNX (int8 input x, every forward int8 activation as an "
+                       "output; onnxruntime reproduces the emulator bit for bit)")
+    common(p)
+    p.add_argument("-o", "--output", default="fwd.onnx", help="output file (default fwd.onnx)")
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("disasm", help="print prog.bin's instructions")
     p.add_argument("program", help="prog.bin")

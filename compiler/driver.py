@@ -47,10 +47,15 @@ def mask_layers(model: torch.nn.Module) -> dict[str, int]:
 
 def compile_model(model_path: str, mask_path: str | None = None, target: str | None = None,
                   lr: float = 0.01, seed: int = 0, log=None,
-                  dump_ir: str | None = None) -> Compiled:
+                  dump_ir: str | None = None, calib: str | None = None) -> Compiled:
     log = log or (lambda msg: None)
     tg = load_target(target)
-    model, example = load_model(model_path)
+    graph = None
+    if str(model_path).lower().endswith(".onnx"):   # float ONNX model: no user code runs
+        from .frontend.onnx_in import load_onnx
+        model, example, graph = load_onnx(model_path, calib)
+    else:
+        model, example = load_model(model_path)
     dump = None
     if dump_ir:     # --dump-ir DIR: one verified text file per stage (compiler/ir/text.py)
         import os
@@ -59,18 +64,20 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
         ab = lambda p: os.path.abspath(p) if p else None  # noqa: E731
         dump = Dumper(dump_ir, dict(model=ab(model_path), mask=ab(mask_path),
                                     target=ab(target), lr=float(lr), seed=int(seed)))
-    return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump)
+    return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
+                          graph=graph)
 
 
 def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: str,
                    mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
-                   log=None, dump=None) -> Compiled:
+                   log=None, dump=None, graph: Graph | None = None) -> Compiled:
     """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
-    `dump(stage, graph, nests=None)`, if given, sees the IR after every stage."""
+    `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
+    `graph`, if given, is the float training graph (ONNX frontend) used instead of capture."""
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
-    g = capture(model, example, model_path)
+    g = graph if graph is not None else capture(model, example, model_path)
     dump("capture", g)
     logits_layer = g.producer(g.outputs["logits"]).layer
     if isinstance(mask, str):

@@ -1,0 +1,168 @@
+"""Export the QUANTIZED forward pass of a compiled step as an ONNX model (oracle 3).
+
+The ONNX graph computes exactly the integer forward of docs/numerics.md section 4 with
+onnxruntime's integer operators, so an outside engine can check the emulator bit for bit:
+
+* input ``x``: the int8 quantized batch, ``q = sat8(round_half_even(x * 2**-e_x))``
+  (``e_x`` is in the model's metadata as ``exp:x``);
+* initializers ``param:<name>``: the int8 weight / int32 bias compute copies
+  (``Compiled.graph.meta["init"]``) in their full PyTorch shape; a mask ``wview`` is a
+  ``Gather`` with constant index tensors (rows on axis 0, kept column blocks on axis 1);
+* conv / linear: ``ConvInteger`` / ``MatMulInteger`` (int8 x int8 -> int32), ``Add`` of the
+  int32 bias, then the requantize shift in int64: for ``s > 0``
+  ``floor((acc + 2**(s-1)) / 2**s)`` is computed as
+  ``(acc + 2**(s-1) + 2**33) / 2**s - 2**(33-s)`` (the offset makes the dividend positive,
+  so ONNX's truncating integer ``Div`` is a floor; exact for |acc| < 2**32); for ``s <= 0``
+  a ``Mul`` by ``2**-s``; then ``Clip`` to ``[-127, 127]`` (``[0, 127]`` with a fused relu)
+  and ``Cast`` to int8;
+* relu: ``Max`` with an int8 zero; maxpool: ``MaxPool`` on int8; reshape: ``Reshape``.
+
+Outputs: every forward value of the graph, under its graph value name, int8; the
+exponent of each is in the metadata (``exp:<value>``: real = q * 2**exp).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgec.isa.errors import EdgecError
+
+from ..ir.graph import Graph
+
+OPSET = 13
+_OFF = 33       # 2**33 > max |acc + 2**(s-1)|, and a multiple of 2**s for s <= 31
+
+
+def forward_nodes(g: Graph):
+    out = []
+    for n in g.nodes:
+        if n.op == "loss_grad":
+            break
+        out.append(n)
+    return out
+
+
+def _view_indices(shape, attrs):
+    rows = attrs.get("out_idx")
+    cols = None
+    if attrs.get("in_idx") is not None:
+        blk = int(attrs.get("in_block") or 1)
+        b = np.asarray(list(attrs["in_idx"]), dtype=np.int64)
+        cols = (b[:, None] * blk + np.arange(blk, dtype=np.int64)[None, :]).reshape(-1)
+    return (None if rows is None else np.asarray(list(rows), dtype=np.int64)), cols
+
+
+def export_forward(g: Graph, name: str = "edgec_forward"):
+    """ONNX ModelProto of the quantized forward of ``g`` (after mask + quantize passes)."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    if "init" not in g.meta:
+        raise EdgecError("export-onnx needs the quantized graph (run the quantize pass)")
+    V = g.values
+    init = g.meta["init"]
+    nodes, inits, outputs, meta = [], [], [], {}
+    counter = [0]
+
+    def tmp(base):
+        counter[0] += 1
+        return f"_{counter[0]}_{base}"
+
+    def const(arr, base):
+        nm = tmp(base)
+        inits.append(nh.from_array(np.asarray(arr), nm))
+        return nm
+
+    def add(op, ins, outs, **attrs):
+        nodes.append(h.make_node(op, ins, outs, name=tmp(op), **attrs))
+
+    have_init = set()
+    for n in forward_nodes(g):
+        for v in n.inputs:
+            if v in init and v not in have_init:
+                inits.append(nh.from_array(np.asarray(init[v]), v))
+                have_init.add(v)
+    onnx_dtype = {"i8": T.INT8, "i32": T.INT32}
+    for n in forward_nodes(g):
+        where = f"{n.loc or '?'}: layer {n.layer!r} ({n.op})"
+        o = n.outputs[0]
+        if n.op == "wview":
+            src = n.inputs[0]
+            rows, cols = _view_indices(V[src].shape, n.attrs)
+            cur = src
+            if rows is not None:
+                nxt = o if cols is None else tmp("rows")
+                add("Gather", [cur, const(rows, "out_idx")], [nxt], axis=0)
+                cur = nxt
+            if cols is not None:
+                add("Gather", [cur, const(cols, "in_idx")], [o], axis=1)
+            if rows is None and cols is None:
+                add("Identity", [cur], [o])
+            continue
+        if n.op in ("conv", "linear"):
+            x, w = n.inputs[0], n.inputs[1]
+            acc = tmp("acc")
+            if n.op == "conv":
+                st, pd = n.attrs["stride"], n.attrs["pad"]
+                add("ConvInteger", [x, w], [acc], strides=list(st),
+                    pads=[pd[0], pd[1], pd[0], pd[1]],
+                    kernel_shape=list(V[w].shape[2:]))
+            else:
+                wt = tmp("wT")
+                add("Transpose", [w], [wt], perm=[1, 0])
+                add("MatMulInteger", [x, wt], [acc])
+            if len(n.inputs) == 3:
+                b = n.inputs[2]
+                if n.op == "conv":
+                    b4 = tmp("bias4")
+                    add("Reshape", [b, const(np.array([1, -1, 1, 1], np.int64), "shape")], [b4])
+                    b = b4
+                acc2 = tmp("accb")
+                add("Add", [acc, b], [acc2])
+                acc = acc2
+            a64 = tmp("acc64")
+            add("Cast", [acc], [a64], to=T.INT64)
+            s = int(n.attrs["shift"])
+            if s > 0:
+                t1, t2, t3 = tmp("rnd"), tmp("div"), tmp("shifted")
+                add("Add", [a64, const(np.int64((1 << (s - 1)) + (1 << _OFF)), "round")], [t1])
+                add("Div", [t1, const(np.int64(1 << s), "pow2")], [t2])
+                add("Sub", [t2, const(np.int64(1 << (_OFF - s)), "offset")], [t3])
+            elif s < 0:
+                t3 = tmp("shifted")
+                add("Mul", [a64, const(np.int64(1 << -s), "pow2")], [t3])
+            else:
+                t3 = a64
+            lo = 0 if n.attrs.get("relu") else -127
+            c = tmp("sat")
+            add("Clip", [t3, const(np.int64(lo), "lo"), const(np.int64(127), "hi")], [c])
+            add("Cast", [c], [o], to=T.INT8)
+        elif n.op == "relu":
+            add("Max", [n.inputs[0], const(np.int8(0), "zero")], [o])
+        elif n.op == "maxpool":
+            k, st, pd = n.attrs["kernel"], n.attrs["stride"], n.attrs["pad"]
+            add("MaxPool", [n.inputs[0]], [o], kernel_shape=list(k), strides=list(st),
+                pads=[pd[0], pd[1], pd[0], pd[1]])
+        elif n.op == "reshape":
+            add("Reshape", [n.inputs[0], const(np.array(V[o].shape, np.int64), "shape")], [o])
+        else:
+            raise EdgecError(f"{where}: op has no ONNX export")
+        if V[o].dtype not in onnx_dtype:
+            raise EdgecError(f"{where}: value {o!r} is {V[o].dtype}, not quantized")
+        outputs.append(h.make_tensor_value_info(o, onnx_dtype[V[o].dtype], list(V[o].shape)))
+        meta[f"exp:{o}"] = str(V[o].exp)
+        if n.loc:
+            nodes[-1].doc_string = f"{n.loc} layer {n.layer}"
+    meta["exp:x"] = str(V["x"].exp)
+    xin = h.make_tensor_value_info("x", T.INT8, list(V["x"].shape))
+    graph = h.make_graph(nodes, name, [xin], outputs, initializer=inits,
+                         doc_string="edgec quantized forward: input x is the int8 batch "
+                                    f"q = sat8(round_half_even(x * 2**{-V['x'].exp})); "
+                                    "outputs are int8 with real = q * 2**exp (metadata)")
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)],
+                         producer_name="edgec")
+    model.ir_version = 8
+    h.set_model_props(model, meta)
+    onnx.checker.check_model(model, full_check=True)
+    return model
