@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p):
         p.add_argument("model", help="model.py defining `model` (nn.Module with pretrained "
-                       "weights) and `example_input` (its batch size is compiled in)")
+                       "weights) and `example_input` (its batch size is compiled in); or a "
+                       "float model.onnx (static input shape; no Python is executed); or a "
+                       "dump FILE.ir / FILE.loop from --dump-ir to resume from")
         p.add_argument("--mask", help="user.mask: kept output channels per Conv2d/Linear "
                        "layer (default: keep everything)")
         p.add_argument("--target", help="target TOML file (default: the bundled "
