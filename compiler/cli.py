@@ -13,8 +13,15 @@ import time
 
 
 def _atomic_write(path: str, write) -> None:
+    """Write via a temporary file in the same folder, then rename: never half a file."""
+    from edgec.isa.errors import EdgecError
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".edgec-", dir=d)
+    if os.path.isdir(path):
+        raise EdgecError(f"{path}: is a directory; give an output file name")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".edgec-", dir=d)
+    except OSError as e:
+        raise EdgecError(f"{path}: cannot write ({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -78,7 +85,7 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     import numpy as np
     from edgec.isa.container import load_program
-    from edgec.isa.errors import EdgecError
+    from edgec.isa.errors import EdgecError, TrapError
     from edgec.isa.target import load_target
     from edgec.runtime_emu.host import run_step
     prog = load_program(args.program)
@@ -91,7 +98,10 @@ def cmd_run(args) -> int:
     for k in ("x", "y"):
         if k not in batch:
             raise EdgecError(f"{args.input}: missing array {k!r} (needs x float32 and y int64)")
-    out, m = run_step(prog, tg, batch["x"], batch["y"], args.seed)
+    try:
+        out, m = run_step(prog, tg, batch["x"], batch["y"], args.seed)
+    except TrapError as e:
+        raise EdgecError(f"{args.program}: {e}") from None
     _atomic_write(args.output, lambda f: np.savez(f, **out))
     c = m.counters
     print(f"wrote {args.output}: loss {float(out['loss']):.4f}; {c['instructions']} "

@@ -93,19 +93,75 @@ def read_program(blob: bytes, path: str = "prog.bin",
             "recompile with --target")
     try:
         doc = json.loads(blob[sym_off:sym_off + sym_len].decode())
-        symbols, meta = doc["symbols"], doc["meta"]
-        for s in symbols:
-            nbytes = DTYPE_BYTES[s["dtype"]]
-            for d in s["shape"]:
-                nbytes *= int(d)
-            if not (0 <= int(s["addr"]) and int(s["addr"]) + nbytes <= ddr_size):
-                bad(f"symbol {s['name']!r} lies outside DDR")
-    except EdgecError:
-        raise
-    except Exception as e:  # malformed JSON or missing keys
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # malformed JSON
         bad(f"malformed symbol table ({type(e).__name__}: {e})")
+    if not (isinstance(doc, dict) and isinstance(doc.get("symbols"), list)
+            and isinstance(doc.get("meta"), dict)):
+        bad("malformed symbol table (expected an object with a 'symbols' list and a "
+            "'meta' object)")
+    symbols, meta = doc["symbols"], doc["meta"]
+    for k, s in enumerate(symbols):
+        _check_symbol(bad, k, s, ddr_size)
+    _check_meta(bad, meta)
     return Program(fp, blob[code_off:data_off], blob[data_off:data_off + data_len],
                    ddr_size, symbols, meta)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_symbol(bad, k: int, s, ddr_size: int) -> None:
+    """Types and bounds of one symbol-table entry (everything a host or disassembler reads)."""
+    if not isinstance(s, dict):
+        bad(f"symbol table entry {k} is not an object")
+    name = s.get("name")
+    if not isinstance(name, str):
+        bad(f"symbol table entry {k} has no string 'name'")
+    what = f"symbol {name!r}"
+    if not isinstance(s.get("kind"), str):
+        bad(f"{what}: 'kind' must be a string")
+    if not isinstance(s.get("dtype"), str) or s["dtype"] not in DTYPE_BYTES:
+        bad(f"{what}: dtype {s.get('dtype')!r} is not one of {', '.join(DTYPE_BYTES)}")
+    shape = s.get("shape")
+    if not (isinstance(shape, list) and len(shape) <= 8
+            and all(_is_int(d) and 0 <= d < 2**32 for d in shape)):
+        bad(f"{what}: shape {shape!r} is not a list of non-negative integers")
+    addr = s.get("addr")
+    if not _is_int(addr):
+        bad(f"{what}: address {addr!r} is not an integer")
+    exp = s.get("exp")
+    if exp is not None and not (_is_int(exp) and -1000 <= exp <= 1000):
+        bad(f"{what}: exponent {exp!r} is not an integer in [-1000, 1000]")
+    nbytes = DTYPE_BYTES[s["dtype"]]
+    for d in shape:
+        nbytes *= d
+    if not (0 <= addr and addr + nbytes <= ddr_size):
+        bad(f"{what} lies outside DDR")
+
+
+def _check_meta(bad, meta: dict) -> None:
+    """Types of the meta entries the host reads (logits, params)."""
+    if "logits" in meta and not isinstance(meta["logits"], str):
+        bad(f"meta 'logits' must be a symbol name, got {meta['logits']!r}")
+    params = meta.get("params", [])
+    if not isinstance(params, list):
+        bad("meta 'params' must be a list")
+    for k, p in enumerate(params):
+        if not (isinstance(p, dict) and isinstance(p.get("name"), str)
+                and isinstance(p.get("master"), str)):
+            bad(f"meta params[{k}] must be an object with string 'name' and 'master'")
+        shape = p.get("shape")
+        if not (isinstance(shape, list) and all(_is_int(d) and 0 <= d < 2**32 for d in shape)):
+            bad(f"meta params[{k}] ({p['name']!r}): shape {shape!r} is not a list of "
+                "non-negative integers")
+        for key in ("grad", "out_tab", "in_tab", "param"):
+            if p.get(key) is not None and not isinstance(p[key], str):
+                bad(f"meta params[{k}] ({p['name']!r}): {key!r} must be a symbol name or null")
+        blk = p.get("in_block", 1)
+        if blk is not None and not (_is_int(blk) and 0 <= blk < 2**32):
+            bad(f"meta params[{k}] ({p['name']!r}): in_block {blk!r} is not a non-negative "
+                "integer")
 
 
 def load_program(path: str, expect_target: bytes | None = None) -> Program:

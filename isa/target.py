@@ -45,9 +45,12 @@ class Target:
 def load_target(path: str | Path | None = None) -> Target:
     path = Path(path) if path else DEFAULT_TARGET
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise EdgecError(f"{path}: cannot read target file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise EdgecError(f"{path}: not a UTF-8 text (TOML) file (byte {e.start}: "
+                         f"{e.reason})") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

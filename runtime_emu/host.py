@@ -22,6 +22,13 @@ def _shape(s: dict) -> tuple[int, ...]:
     return tuple(int(d) for d in s["shape"])
 
 
+def _exp(s: dict) -> int:
+    e = s.get("exp")
+    if isinstance(e, bool) or not isinstance(e, int):
+        raise EdgecError(f"symbol {s['name']!r} has no fixed-point exponent (exp={e!r})")
+    return e
+
+
 def _span(machine: Machine, s: dict) -> tuple[int, int]:
     if s["dtype"] not in _NP:
         raise EdgecError(f"symbol {s['name']!r}: unknown dtype {s['dtype']!r}")
@@ -83,35 +90,73 @@ def quantize_input(x_float, exp: int, shape=None) -> np.ndarray:
 def _scatter_grad(full_shape, g: np.ndarray, rows, cols, in_block: int) -> np.ndarray:
     full = np.zeros(full_shape, dtype=np.float64)
     if rows is None and cols is None:
+        if g.size != int(np.prod(full_shape, dtype=np.int64)):
+            raise EdgecError(f"gradient of {g.size} elements for a parameter of shape "
+                             f"{list(full_shape)}")
         return g.reshape(full_shape)
     r = np.arange(full_shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    if r.size and (r.min() < 0 or r.max() >= full_shape[0]):
+        raise EdgecError(f"gradient view row indices outside the parameter shape "
+                         f"{list(full_shape)}")
     if len(full_shape) == 1:
         if cols is not None:
             raise EdgecError(f"parameter of shape {list(full_shape)} has an in_tab view")
+        if g.size != len(r):
+            raise EdgecError(f"gradient of {g.size} elements for {len(r)} kept rows of a "
+                             f"parameter of shape {list(full_shape)}")
         full[r] = g.reshape(len(r))
         return full
     if cols is None:
         c = np.arange(full_shape[1])
     else:
         cols = np.asarray(cols, dtype=np.int64)
+        if cols.size * in_block > full_shape[1]:
+            raise EdgecError(f"{cols.size} kept input channels of {in_block} features do "
+                             f"not fit a parameter of shape {list(full_shape)}")
         c = (cols[:, None] * in_block + np.arange(in_block)[None, :]).reshape(-1)
     if (r.size and (r.min() < 0 or r.max() >= full_shape[0])) or \
             (c.size and (c.min() < 0 or c.max() >= full_shape[1])):
         raise EdgecError(f"gradient view indices outside the parameter shape {list(full_shape)}")
+    if g.size != len(r) * len(c) * int(np.prod(full_shape[2:], dtype=np.int64)):
+        raise EdgecError(f"gradient of {g.size} elements does not fit {len(r)} rows x "
+                         f"{len(c)} columns of a parameter of shape {list(full_shape)}")
     full[r[:, None], c[None, :]] = g.reshape((len(r), len(c)) + tuple(full_shape[2:]))
     return full
+
+
+def _collect_param(program: Program, m: Machine, p: dict, out: dict) -> None:
+    """out["param/NAME"] and out["grad/NAME"] of one meta params entry."""
+    name, shape = p["name"], tuple(int(d) for d in p["shape"])
+    ms = _sym(program, p["master"])
+    master = read_symbol(m, p["master"]).astype(np.float64) * 2.0 ** _exp(ms)
+    if master.size != int(np.prod(shape, dtype=np.int64)):
+        raise EdgecError(f"master symbol {p['master']!r} has {master.size} elements, the "
+                         f"shape {list(shape)} needs {int(np.prod(shape, dtype=np.int64))}")
+    out[f"param/{name}"] = master.reshape(shape).astype(np.float32)
+    if p.get("grad") is None:
+        out[f"grad/{name}"] = np.zeros(shape, dtype=np.float32)
+        return
+    gs = _sym(program, p["grad"])
+    g = read_symbol(m, p["grad"]).astype(np.float64) * 2.0 ** _exp(gs)
+    rows = read_symbol(m, p["out_tab"]).reshape(-1) if p.get("out_tab") else None
+    cols = read_symbol(m, p["in_tab"]).reshape(-1) if p.get("in_tab") else None
+    full = _scatter_grad(shape, g, rows, cols, int(p.get("in_block", 1) or 1))
+    out[f"grad/{name}"] = full.astype(np.float32)
 
 
 def run_step(program: Program, target: Target, x, labels, seed: int | None = None):
     """One training step on the emulator.  Returns (out dict for out.npz, machine)."""
     m = Machine(program, target)
     xs = _sym(program, "in:x")
-    write_symbol(m, "in:x", quantize_input(x, int(xs["exp"]), _shape(xs)))
+    write_symbol(m, "in:x", quantize_input(x, _exp(xs), _shape(xs)))
     logits_name = program.meta.get("logits")
     if logits_name is None:
         raise EdgecError("program meta has no 'logits' entry")
     ls = _sym(program, logits_name)
-    K = _shape(ls)[-1]
+    if len(_shape(ls)) != 2 or 0 in _shape(ls):
+        raise EdgecError(f"logits symbol {logits_name!r} has shape {list(_shape(ls))}, "
+                         "expected [N, K]")
+    N, K = _shape(ls)
     lab = np.asarray(labels)
     if any(s["name"] == "in:labels" for s in program.symbols):
         lsym = _sym(program, "in:labels")
@@ -124,16 +169,26 @@ def run_step(program: Program, target: Target, x, labels, seed: int | None = Non
             k = int(np.flatnonzero((lab < 0) | (lab >= K))[0])
             raise EdgecError(f"label {k} is {int(lab.reshape(-1)[k])}, outside [0, {K})")
         write_symbol(m, "in:labels", lab.astype(np.int64))
+    if lab.shape != (N,) or lab.dtype.kind not in "iu":
+        raise EdgecError(f"labels must be {N} integers (shape [{N}]), got dtype {lab.dtype} "
+                         f"shape {list(lab.shape)}")
+    if lab.size and (lab.min() < 0 or lab.max() >= K):
+        k = int(np.flatnonzero((lab < 0) | (lab >= K))[0])
+        raise EdgecError(f"label {k} is {int(lab.reshape(-1)[k])}, outside [0, {K})")
     if seed is not None:
         sd = int(seed)
         if not 0 <= sd < 2**32:
             raise EdgecError(f"seed {sd} is not a uint32")
+        ss = _sym(program, "rng_seed")
+        if int(np.prod(_shape(ss), dtype=np.int64)) != 1 or ss["dtype"] != "i32":
+            raise EdgecError(f"symbol 'rng_seed' is {ss['dtype']} {list(_shape(ss))}, "
+                             "expected one i32")
         write_symbol(m, "rng_seed", np.array([sd], dtype=np.uint32).view(np.int32)
-                     .reshape(_shape(_sym(program, "rng_seed"))))
+                     .reshape(_shape(ss)))
     m.run()
 
     out: dict[str, np.ndarray] = {}
-    z = read_symbol(m, logits_name).astype(np.float64) * 2.0 ** int(ls["exp"])
+    z = read_symbol(m, logits_name).astype(np.float64) * 2.0 ** _exp(ls)
     z2 = z.reshape(z.shape[0], -1)
     mx = z2.max(axis=1, keepdims=True)
     lse = mx[:, 0] + np.log(np.exp(z2 - mx).sum(axis=1))
@@ -141,19 +196,10 @@ def run_step(program: Program, target: Target, x, labels, seed: int | None = Non
     out["loss"] = np.float32(np.mean(lse - z2[np.arange(len(lab2)), lab2]))
     out["logits"] = z.astype(np.float32)
     for p in program.meta.get("params", []):
-        name, shape = p["name"], tuple(int(d) for d in p["shape"])
-        ms = _sym(program, p["master"])
-        master = read_symbol(m, p["master"]).astype(np.float64) * 2.0 ** int(ms["exp"])
-        out[f"param/{name}"] = master.reshape(shape).astype(np.float32)
-        if p.get("grad") is None:
-            out[f"grad/{name}"] = np.zeros(shape, dtype=np.float32)
-            continue
-        gs = _sym(program, p["grad"])
-        g = read_symbol(m, p["grad"]).astype(np.float64) * 2.0 ** int(gs["exp"])
-        rows = read_symbol(m, p["out_tab"]).reshape(-1) if p.get("out_tab") else None
-        cols = read_symbol(m, p["in_tab"]).reshape(-1) if p.get("in_tab") else None
-        out[f"grad/{name}"] = _scatter_grad(shape, g, rows, cols,
-                                            int(p.get("in_block", 1) or 1)).astype(np.float32)
+        try:
+            _collect_param(program, m, p, out)
+        except EdgecError as e:
+            raise EdgecError(f"parameter {p['name']!r}: {e}") from None
     for s in program.symbols:
         out[f"sym/{s['name']}"] = read_symbol(m, s["name"])
     return out, m

@@ -56,13 +56,17 @@ class Machine:
                 ins = BY_OPCODE.get(word[0])
                 raise TrapError(i, ins.name if ins else f"opcode {word[0]}",
                                 f"malformed word: {e}") from None
-        self.ddr = np.zeros(program.ddr_size, dtype=np.uint8)
+        try:
+            self.ddr = np.zeros(program.ddr_size, dtype=np.uint8)
+            self.bufs = {"IBUF": np.zeros(target.ibuf, dtype=np.int8),
+                         "WBUF": np.zeros(target.wbuf, dtype=np.int8),
+                         "ABUF": np.zeros(target.abuf, dtype=np.int32)}
+            self.read_map = np.zeros(program.ddr_size, dtype=np.uint8)
+            self.last_writer = np.full(program.ddr_size, -1, dtype=np.int32)
+        except MemoryError:
+            raise EdgecError(f"cannot allocate the emulated memories ({program.ddr_size} DDR "
+                             f"bytes) on this host") from None
         self.ddr[:len(program.data)] = np.frombuffer(program.data, dtype=np.uint8)
-        self.bufs = {"IBUF": np.zeros(target.ibuf, dtype=np.int8),
-                     "WBUF": np.zeros(target.wbuf, dtype=np.int8),
-                     "ABUF": np.zeros(target.abuf, dtype=np.int32)}
-        self.read_map = np.zeros(program.ddr_size, dtype=np.uint8)
-        self.last_writer = np.full(program.ddr_size, -1, dtype=np.int32)
         self.seed = 0
         self.pc = 0
         self.halted = False

@@ -70,7 +70,10 @@ def _innermost_frame_in(tb, path: str):
 
 
 def _exc_text(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
+    try:
+        msg = str(e).strip().splitlines()
+    except Exception:  # noqa: BLE001 - a user exception whose __str__ itself fails
+        msg = []
     first = msg[0] if msg else ""
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 

@@ -50,6 +50,10 @@ def _tok_text(tok) -> str:
     return repr(str(tok))
 
 
+def _short(digits: str) -> str:
+    return digits if len(digits) <= 20 else f"{digits[:8]}...({len(digits)} digits)"
+
+
 def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
                text: str | None = None) -> dict[str, list[int]]:
     """Parse ``path`` (or ``text``, reported as ``path``) against ``layers``.
@@ -107,6 +111,11 @@ def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
         keep: set[int] = set()
         for it in items.children:
             toks = it.children
+            for t in toks:       # int() refuses > 4300 digits: check the size as text first
+                if len(str(t).lstrip("0")) > 18:
+                    raise EdgecError(f"{path}:{t.line}:{t.column}: channel index "
+                                     f"{_short(str(t))} out of range for layer {name!r} (it "
+                                     f"has {n} output channels: 0-{n - 1})")
             lo, hi = int(toks[0]), int(toks[-1])
             if it.data == "range" and lo > hi:
                 raise EdgecError(f"{path}:{toks[0].line}:{toks[0].column}: empty range "

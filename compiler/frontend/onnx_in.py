@@ -233,6 +233,8 @@ def load_onnx(path: str, calib: str | None = None):
                 raise bad(f"asymmetric pads={pads}")
             st = tuple(int(s) for s in at.get("strides", [1, 1]))
             pd = (int(pads[0]), int(pads[1]))
+            if len(st) != 2 or min(st) < 1 or min(pd) < 0:
+                raise bad(f"strides={list(st)}, pads={list(pads)} (strides >= 1, pads >= 0)")
             if w.shape[1] != xs[1]:
                 raise EdgecError(f"{loc}: weight '{wn}' expects {w.shape[1]} input channels, "
                                  f"the input has {xs[1]}")
@@ -323,6 +325,9 @@ def load_onnx(path: str, calib: str | None = None):
                 raise bad(f"asymmetric pads={pads}")
             pd = (int(pads[0]), int(pads[1]))
             st = tuple(int(s) for s in at.get("strides", [1, 1]))
+            if len(st) != 2 or min(st) < 1 or min(k) < 1 or min(pd) < 0:
+                raise bad(f"kernel_shape={list(k)}, strides={list(st)}, pads={list(pads)} "
+                          "(kernel and strides >= 1, pads >= 0)")
             if pd[0] > k[0] // 2 or pd[1] > k[1] // 2:
                 raise bad(f"pads={list(pd)} larger than half the kernel {list(k)}")
             oh = (xs[2] + 2 * pd[0] - k[0]) // st[0] + 1
