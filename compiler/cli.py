@@ -47,13 +47,23 @@ def _compile(args, log):
         from edgec.isa.errors import EdgecError
 
         from .resume import compile_ir
-        if args.mask or args.target or getattr(args, "dump_ir", None):
-            raise EdgecError(f"{args.model}: an IR dump carries its own source, mask and "
-                             "target (its 'source' line); drop --mask/--target/--dump-ir")
+        if (args.mask or args.target or getattr(args, "dump_ir", None)
+                or args.lr is not None or args.seed is not None):
+            raise EdgecError(f"{args.model}: an IR dump carries its own source, mask, target, "
+                             "lr and seed (its 'source' line); drop --mask/--target/--lr/"
+                             "--seed/--dump-ir or edit the dump")
         return compile_ir(args.model, log)
-    return compile_model(args.model, args.mask, args.target, lr=args.lr, seed=args.seed,
+    return compile_model(args.model, args.mask, args.target,
+                         lr=0.01 if args.lr is None else args.lr,
+                         seed=args.seed or 0,
                          log=log, dump_ir=getattr(args, "dump_ir", None),
                          calib=getattr(args, "calib", None))
+
+
+def _program_seed(c) -> int:
+    """The stochastic-rounding seed compiled into the program's data section."""
+    s = c.program.symbol("rng_seed")
+    return int.from_bytes(c.program.data[s["addr"]:s["addr"] + 4], "little")
 
 
 def cmd_export_onnx(args) -> int:
@@ -113,7 +123,8 @@ def cmd_run(args) -> int:
 def cmd_verify(args) -> int:
     from .verify import format_report, verify
     c = _compile(args, _progress(args.quiet))
-    rep = verify(c, seed=args.seed, batch_seed=args.batch_seed)
+    rep = verify(c, seed=_program_seed(c),
+                 batch_seed=args.batch_seed)
     print(format_report(rep))
     return 0 if rep.bit_exact else 1
 
@@ -151,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "layer (default: keep everything)")
         p.add_argument("--target", help="target TOML file (default: the bundled "
                        "edge-dpu-16x16)")
-        p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
-        p.add_argument("--seed", type=int, default=0,
+        p.add_argument("--lr", type=float, default=None,
+                       help="SGD learning rate (default 0.01)")
+        p.add_argument("--seed", type=int, default=None,
                        help="stochastic-rounding seed stored in the program (default 0)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
         p.add_argument("--calib", metavar="FILE.npz", help="MODEL.onnx only: calibration "
