@@ -44,7 +44,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET = ROOT / "examples" / "lenet"
-KINDS = ("prog", "prog-st", "mask", "target", "batch")
+KINDS = ("prog", "prog-st", "mask", "target", "batch", "asm", "ir", "onnx", "model")
+# relative share of each kind in the mix (model.py executes Python: keep it rare)
+WEIGHTS = {"prog": 3, "prog-st": 3, "mask": 2, "target": 2, "batch": 2, "asm": 3, "ir": 3,
+           "onnx": 1, "model": 1}
 OUTCOMES = ("ok", "clean-error", "bad-message", "traceback", "hang", "damaged-output")
 
 
@@ -82,6 +85,27 @@ class Base:
         np.savez(self.batch_path, x=self.x, y=self.y)
         self.out_path = work / "out.npz"
         self.out_bytes = b"previous out.npz: must survive every failed run\n" * 10
+        from edgec.isa.disasm import disassemble
+        self.asm_text = "\n".join(disassemble(self.program)) + "\n"
+        compile_model(str(LENET / "model.py"), str(LENET / "user.mask"),
+                      dump_ir=str(work / "dump"))
+        self.ir = {f.name: f.read_text() for f in sorted((work / "dump").iterdir())}
+        self.onnx = b""
+        try:
+            import torch
+            from edgec.compiler.frontend.load import load_model
+            model, ex = load_model(str(LENET / "model.py"))
+            torch.onnx.export(model, (ex,), str(work / "lenet.onnx"), dynamo=False,
+                              opset_version=13, input_names=["x"], output_names=["logits"])
+            self.onnx = (work / "lenet.onnx").read_bytes()
+            np.savez(work / "calib.npz", x=ex.numpy())
+        except Exception as e:  # noqa: BLE001 - exporter unavailable: onnx cases skipped
+            print(f"no base ONNX ({type(e).__name__}: {e}); onnx cases skipped", file=sys.stderr)
+        self.model_dir = work / "model"
+        self.model_dir.mkdir()
+        for f in ("data.py", "lenet.pt"):
+            (self.model_dir / f).write_bytes((LENET / f).read_bytes())
+        self.model_text = (LENET / "model.py").read_text()
 
 
 # ---------------------------------------------------------------------------- mutators
@@ -433,6 +457,193 @@ def make_batch(rng: random.Random, base: Base, path: Path) -> str:
     return how
 
 
+# ---------------------------------------------------------------------------- text kinds
+
+_TOKENS = ["0", "-1", "1", "2", "255", "65535", str(2**31), str(2**32), str(2**63), str(10**30),
+           "-" + str(2**63), "0x", "0x10", "1.5", "nan", "inf", "{", "}", "[", "]", "(", ")",
+           ",", ":", "=", ";", "#", "%", "@", "\"", "'", ".", ".data", ".symbol", ".meta",
+           ".target", "END", "x", "%x", "i8", "i32", "f32", "<2^-6>", "2^", "\t", " ", "\n",
+           "\x00", "\u00e9", "\ufeff", "nest", "value", "node", "tile", "unit", "source",
+           "edgec", "graph", "loop", "v1", "stage", "null", "true", "{}", "[]", "9" * 400]
+
+
+def _extreme(rng: random.Random, s: str) -> str:
+    return str(rng.choice([0, -1, 1, 2, 7, 8, 15, 16, 31, 32, 63, 64, 127, 128, 255, 256,
+                           65535, 65536, 2**31 - 1, 2**31, 2**32, 2**63, 10**30, -2**31,
+                           -(10**30), int(s) + 1 if len(s) < 30 else 1]))
+
+
+def mutate_lines(rng: random.Random, text: str) -> tuple[str, str]:
+    """Byte/line-level text mutations shared by the assembly, IR and model.py kinds."""
+    notes = []
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        lines = text.split("\n")
+        how = rng.choice(["del", "dup", "swap", "chars", "chars", "trunc", "token", "token",
+                          "number", "number", "number", "empty"])
+        i = rng.randrange(len(lines))
+        if how == "del":
+            del lines[i]
+        elif how == "dup":
+            lines.insert(rng.randrange(len(lines) + 1), lines[i])
+        elif how == "swap":
+            j = rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+        elif how == "empty":
+            lines[i] = ""
+        elif how == "trunc":
+            text = text[:rng.randrange(len(text) + 1)]
+            notes.append("truncate")
+            continue
+        elif how == "chars":
+            s = list(lines[i])
+            for _ in range(rng.choice([1, 1, 2, 4])):
+                k = rng.randrange(len(s) + 1)
+                ch = rng.choice(_TOKENS[:48] + [chr(rng.randrange(32, 127))])[:1]
+                if s and k < len(s) and rng.random() < 0.5:
+                    s[k] = ch if rng.random() < 0.7 else ""
+                else:
+                    s.insert(k, ch)
+            lines[i] = "".join(s)
+        elif how == "token":
+            ln = lines[i]
+            k = rng.randrange(len(ln) + 1)
+            tok = rng.choice(_TOKENS)
+            lines[i] = ln[:k] + rng.choice(["", " "]) + tok + rng.choice(["", " "]) + ln[k:]
+        else:                                   # change numbers to extreme values
+            nums = list(re.finditer(r"-?\d+", lines[i]))
+            if not nums:
+                nums = list(re.finditer(r"-?\d+", text))
+                if not nums:
+                    continue
+                m = rng.choice(nums)
+                text = text[:m.start()] + _extreme(rng, m.group()) + text[m.end():]
+                notes.append("number")
+                continue
+            m = rng.choice(nums)
+            lines[i] = lines[i][:m.start()] + _extreme(rng, m.group()) + lines[i][m.end():]
+        notes.append(f"{how} line {i + 1}")
+        text = "\n".join(lines)
+    return text, ", ".join(notes)
+
+
+def mutate_onnx(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
+    """Byte-level or protobuf-field-level mutation of the base lenet.onnx."""
+    import onnx
+    from onnx import helper as h
+    how = rng.choice(["bytes", "field", "field", "field", "field"])
+    if how == "bytes":
+        b = bytearray(raw)
+        op = rng.choice(["flip", "trunc", "bytes", "splice"])
+        if op == "flip":
+            for _ in range(rng.choice([1, 2, 8])):
+                k = rng.randrange(len(b) * 8)
+                b[k // 8] ^= 1 << (k % 8)
+        elif op == "trunc":
+            b = b[:rng.randrange(len(b))]
+        elif op == "bytes":
+            k = rng.randrange(len(b))
+            b[k:k + 4] = bytes(rng.randrange(256) for _ in range(4))
+        else:
+            a, c = sorted(rng.randrange(len(b)) for _ in range(2))
+            k = rng.randrange(len(b))
+            b[k:k] = b[a:c][:512]
+        return bytes(b), f"bytes {op}"
+    m = onnx.load_from_string(raw)
+    g = m.graph
+    notes = []
+    for _ in range(rng.choice([1, 1, 2])):
+        f = rng.choice(["op", "attr", "attr", "input", "output", "delnode", "dupnode",
+                        "swapnode", "init_dims", "init_raw", "init_type", "delinit", "opset",
+                        "inshape", "intype", "graphout", "domain"])
+        nodes = list(g.node)
+        n = rng.choice(nodes) if nodes else None
+        if f == "op" and n is not None:
+            n.op_type = rng.choice(["Conv", "Relu", "MaxPool", "Gemm", "Flatten", "MatMul",
+                                    "Add", "Sin", "Reshape", "AveragePool", "", "Identity"])
+        elif f == "attr" and n is not None and n.attribute:
+            a = rng.choice(list(n.attribute))
+            if a.ints:
+                a.ints[rng.randrange(len(a.ints))] = rng.choice([0, -1, 2**31, 100, 3, -2**40])
+                if rng.random() < 0.3:
+                    a.ints.append(1)
+            elif a.type == onnx.AttributeProto.INT:
+                a.i = rng.choice([0, -1, 2, 2**40, 5])
+            elif a.type == onnx.AttributeProto.FLOAT:
+                a.f = rng.choice([0.0, -1.0, float("nan"), 1e30])
+            else:
+                n.attribute.remove(a)
+            if rng.random() < 0.2:
+                n.attribute.append(h.make_attribute(rng.choice(["kernel_shape", "foo",
+                                                                "strides", "group"]), 2))
+        elif f == "input" and n is not None and n.input:
+            k = rng.randrange(len(n.input))
+            n.input[k] = rng.choice(["", "nope", "x", g.node[0].output[0]]
+                                    + [o for nn in nodes for o in nn.output][-3:])
+        elif f == "output" and n is not None and n.output:
+            n.output[0] = rng.choice(["x", "", "dup", nodes[0].output[0]])
+        elif f == "delnode" and nodes:
+            g.node.remove(n)
+        elif f == "dupnode" and n is not None:
+            g.node.append(copy.deepcopy(n))
+        elif f == "swapnode" and len(nodes) > 1:
+            i, j = rng.randrange(len(nodes)), rng.randrange(len(nodes))
+            a, b = copy.deepcopy(g.node[i]), copy.deepcopy(g.node[j])
+            g.node[i].CopyFrom(b)
+            g.node[j].CopyFrom(a)
+        elif f in ("init_dims", "init_raw", "init_type", "delinit") and g.initializer:
+            t = rng.choice(list(g.initializer))
+            if f == "init_dims" and t.dims:
+                t.dims[rng.randrange(len(t.dims))] = rng.choice([0, 1, -1, 2**20, 3])
+            elif f == "init_raw":
+                t.raw_data = t.raw_data[:rng.randrange(len(t.raw_data) + 1)] \
+                    if rng.random() < 0.5 else b"\x00\x00\xc0\x7f" * (len(t.raw_data) // 4)
+            elif f == "init_type":
+                t.data_type = rng.choice([0, 2, 6, 7, 10, 11, 99])
+            else:
+                g.initializer.remove(t)
+        elif f == "opset":
+            m.opset_import[0].version = rng.choice([1, 12, 13, 17, 99, -1, 2**40])
+        elif f == "domain" and n is not None:
+            n.domain = rng.choice(["com.microsoft", "x", "ai.onnx"])
+        elif f in ("inshape", "intype") and g.input:
+            tt = g.input[0].type.tensor_type
+            if f == "intype":
+                tt.elem_type = rng.choice([0, 2, 6, 7, 10, 11])
+            elif tt.shape.dim:
+                d = tt.shape.dim[rng.randrange(len(tt.shape.dim))]
+                if rng.random() < 0.3:
+                    d.dim_param = "N"
+                else:
+                    d.dim_value = rng.choice([0, 1, 2, 7, 10**6, 2**40])
+        elif f == "graphout" and g.output:
+            g.output[0].name = rng.choice(["x", "nope", nodes[0].output[0] if nodes else "z"])
+        else:
+            continue
+        notes.append(f)
+    return m.SerializeToString(), "field " + ",".join(notes)
+
+
+def _cli(base: Base, argv: list[str], out: Path, desc: str, repro, suffix, located):
+    """cli.main with an existing output that must survive a failed run."""
+    from edgec.compiler import cli
+    out.write_bytes(base.out_bytes)
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    msg = err.getvalue()
+    if rc != 0:
+        if out.read_bytes() != base.out_bytes:
+            return "damaged-output", f"{desc}: rc={rc}", repro, suffix
+        if "Traceback" in msg or not msg.startswith("edgec: error: "):
+            return "traceback", f"{desc}: {msg[-800:]}", repro, suffix
+        if rc != 1 or not located(msg):
+            return "bad-message", f"{desc}: rc={rc} {msg[:500]}", repro, suffix
+        return "clean-error", desc, None, suffix
+    if [f for f in os.listdir(out.parent) if f.startswith(".edgec-")]:
+        return "damaged-output", f"{desc}: temp files left", repro, suffix
+    return "ok", desc, None, suffix
+
+
 # ---------------------------------------------------------------------------- runners
 
 def _located(msg: str, *prefixes: str) -> bool:
@@ -521,6 +732,70 @@ def case(i: int, kind: str, rng: random.Random, base: Base, work: Path):
             if leftovers:
                 return "damaged-output", f"{desc}: temp files left {leftovers}", repro, suffix
             return "ok", desc, None, suffix
+        elif kind == "asm":
+            from edgec.compiler.asm import assemble
+            text, desc = mutate_lines(rng, base.asm_text)
+            repro, suffix = text.encode("utf-8", "surrogatepass"), ".s"
+            if rng.random() < 0.1:              # through the CLI, with an existing output
+                src = work / "case.s"
+                src.write_text(text, encoding="utf-8", errors="surrogatepass")
+                return _cli(base, ["asm", str(src), "-o", str(work / "asm.bin")],
+                            work / "asm.bin", desc, repro, suffix,
+                            lambda m: re.search(re.escape(str(src)) + r":\d+:\d+: ", m))
+            try:
+                assemble(text, "case.s")
+            except EdgecError as e:
+                if not re.match(r"case\.s:\d+:\d+: ", str(e)):
+                    return "bad-message", f"{desc}: {e}", repro, suffix
+                raise
+        elif kind == "ir":
+            from edgec.compiler.ir.text import check_ir, parse_ir
+            name = rng.choice(sorted(base.ir))
+            text, desc = mutate_lines(rng, base.ir[name])
+            desc = f"{name}: {desc}"
+            suffix = name[name.rindex("."):]
+            repro = text.encode("utf-8", "surrogatepass")
+            fname = "case" + suffix
+            if rng.random() < 0.04:             # resume the pipeline through the CLI
+                src = work / fname
+                src.write_text(text, encoding="utf-8", errors="surrogatepass")
+                return _cli(base, ["compile", str(src), "-q", "-o", str(work / "ir.bin")],
+                            work / "ir.bin", desc, repro, suffix,
+                            lambda m: str(src) + ":" in m)
+            try:
+                f = parse_ir(text, fname)
+                check_ir(f, fname)
+            except EdgecError as e:
+                if not re.match(re.escape(fname) + r":\d+:\d+: ", str(e)):
+                    return "bad-message", f"{desc}: {e}", repro, suffix
+                raise
+        elif kind == "onnx":
+            if not base.onnx:
+                return "ok", "no base ONNX", None, suffix
+            from edgec.compiler.frontend.onnx_in import load_onnx
+            raw, desc = mutate_onnx(rng, base.onnx)
+            repro, suffix = raw, ".onnx"
+            src = work / "case.onnx"
+            src.write_bytes(raw)
+            if rng.random() < 0.1:              # whole compile through the CLI
+                return _cli(base, ["compile", str(src), "-q", "--calib",
+                                   str(work / "calib.npz"), "-o", str(work / "onnx.bin")],
+                            work / "onnx.bin", desc, repro, suffix,
+                            lambda m: "case.onnx:" in m)
+            located = ("case.onnx:",)
+            load_onnx(str(src), str(work / "calib.npz"))
+        elif kind == "model":
+            text, desc = mutate_lines(rng, base.model_text)
+            repro, suffix = text.encode("utf-8", "surrogatepass"), ".py"
+            src = base.model_dir / "model.py"
+            src.write_text(text, encoding="utf-8", errors="surrogatepass")
+            t0 = time.perf_counter()
+            res = _cli(base, ["compile", str(src), "-q", "-o", str(base.model_dir / "p.bin")],
+                       base.model_dir / "p.bin", desc, repro, suffix,
+                       lambda m: re.match(r"edgec: error: (\S*/)?model\.py:", m))
+            if res[0] == "clean-error" and time.perf_counter() - t0 >= base.time_limit * 0.95:
+                return "hang", desc + " (interrupted inside model.py)", repro, suffix
+            return res
         return "ok", desc, None, suffix
     except Hang:
         return "hang", desc, repro, suffix
@@ -553,7 +828,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     base = Base(work)
     t_setup = time.perf_counter() - t0
+    base.time_limit = args.time_limit
     signal.signal(signal.SIGALRM, _alarm)
+    sched = [k for k in KINDS if k in kinds for _ in range(WEIGHTS[k])]
     counts: dict[str, Counter] = defaultdict(Counter)
     findings = []
     slowest = (0.0, None)
@@ -561,7 +838,7 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     for i in ids:
         rng = random.Random(args.seed * 10**9 + i)
-        kind = kinds[i % len(kinds)]
+        kind = sched[i % len(sched)]
         tc = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, args.time_limit)
         try:

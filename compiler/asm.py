@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
+import struct
 from functools import lru_cache
 
 import lark
@@ -109,6 +111,7 @@ class _Asm:
         self.code: list[bytes] = []
         self.chunks: list[tuple[int, bytes, object]] = []   # (addr, bytes, token)
         self.symbols: list[dict] = []
+        self.sym_toks: list = []                          # .symbol tokens, in order
         self.once: dict[str, object] = {}                 # directive -> (value, token)
 
     def at(self, tok) -> str:
@@ -217,6 +220,7 @@ class _Asm:
             if k not in v:
                 self.err(node.children[0], f".symbol entry lacks key {k!r}")
         self.symbols.append(v)
+        self.sym_toks.append(node.children[0])
 
     def meta(self, node):
         v = self._json(node)
@@ -245,9 +249,33 @@ class _Asm:
         meta = self.once.get("meta", ({}, None))[0]
         p = Program(self.once["target"][0], b"".join(self.code), bytes(image),
                     self.once["ddr_size"][0], self.symbols, meta)
-        blob = write_program(p)
-        read_program(blob, self.path)     # the container's own checks (symbols inside DDR...)
+        try:
+            blob = write_program(p)
+            read_program(blob, self.path)  # the container's own checks (symbols inside DDR...)
+        except (EdgecError, ValueError, OverflowError, struct.error) as e:
+            msg = str(e)
+            if msg.startswith(self.path + ": "):
+                msg = msg[len(self.path) + 2:]
+            raise EdgecError(f"{self._where(msg, line, col)}: {msg}") from None
         return blob
+
+    def _where(self, msg: str, line: int, col: int) -> str:
+        """The directive a container-level complaint is about (else the end of the file)."""
+        tok = None
+        m = re.match(r"symbol (?:table entry (\d+)|'((?:[^'\\]|\\.)*)')", msg)
+        if m and m.group(1) is not None and int(m.group(1)) < len(self.sym_toks):
+            tok = self.sym_toks[int(m.group(1))]
+        elif m and m.group(2) is not None:
+            tok = next((t for s, t in zip(self.symbols, self.sym_toks)
+                        if repr(s.get("name")) == f"'{m.group(2)}'"), None)
+        elif msg.startswith("meta"):
+            tok = self.once.get("meta", (None, None))[1]
+        elif "DDR" in msg or "data section" in msg:
+            tok = self.once["ddr_size"][1]
+        elif "fingerprint" in msg:
+            tok = self.once["target"][1]
+        return self.at(tok) if tok is not None and hasattr(tok, "line") else \
+            f"{self.path}:{line}:{col}"
 
 
 def assemble(text: str, path: str = "<asm>") -> bytes:

@@ -151,7 +151,11 @@ def compile_ir(path: str, log=None):
               "update": lambda: UpdatePass(float(lr))}
     for name in _AFTER[stage]:
         log(name)
-        g = passes[name]().apply(g)
+        try:
+            g = passes[name]().apply(g)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise EdgecError(f"{path}: pass {name!r} cannot run on this dump "
+                             f"({type(e).__name__}: {e})") from None
         try:
             g.verify()
         except ValueError as e:
@@ -163,5 +167,13 @@ def compile_ir(path: str, log=None):
         check_nests(g, nests, tg, path, f.lines)
     else:
         log("tile")
-        nests = tile_graph(g, tg)
-    return emit_program(g, nests, tg, lr, seed, model, example, mask, log)
+        try:
+            nests = tile_graph(g, tg)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise EdgecError(f"{path}: cannot tile this dump ({type(e).__name__}: {e})") \
+                from None
+    try:
+        return emit_program(g, nests, tg, lr, seed, model, example, mask, log)
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise EdgecError(f"{path}: cannot generate code for this dump "
+                         f"({type(e).__name__}: {e})") from None

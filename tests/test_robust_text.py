@@ -232,3 +232,102 @@ def test_cli_bad_mask_and_target_exit_1(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and str(t) in err and "Traceback" not in err, err
     assert not (tmp_path / "p.bin").exists()
+
+
+# ---------------------------------------------------------------- assembly, IR dumps, ONNX
+
+FAST = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow,
+                                       HealthCheck.function_scoped_fixture])
+TOKENS = st.sampled_from(["0", "-1", "255", str(2**31), str(2**63), str(10**30), "{", "}",
+                          "[", "]", ",", ":", "=", "%", "@", "\"", ".data", ".symbol", "END",
+                          "\0", "\u00e9", "\n", " ", "nest", "tile", "value", "9" * 300])
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory):
+    """lenet compiled once: its assembly text and its five IR dumps."""
+    from edgec.compiler.driver import compile_model
+    from edgec.isa.disasm import disassemble
+    lenet = ROOT / "examples" / "lenet"
+    d = tmp_path_factory.mktemp("dump")
+    c = compile_model(str(lenet / "model.py"), str(lenet / "user.mask"), dump_ir=str(d))
+    texts = {f.name: f.read_text() for f in sorted(d.iterdir())}
+    texts["prog.s"] = "\n".join(disassemble(c.program)) + "\n"
+    return texts
+
+
+def _mutate(data, text: str) -> str:
+    lines = text.split("\n")
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(lines) - 1))
+        op = data.draw(st.sampled_from(["del", "dup", "swap", "token", "number", "trunc"]))
+        if op == "del" and len(lines) > 1:
+            del lines[i]
+        elif op == "dup":
+            lines.insert(i, lines[i])
+        elif op == "swap":
+            j = data.draw(st.integers(0, len(lines) - 1))
+            lines[i], lines[j] = lines[j], lines[i]
+        elif op == "token":
+            k = data.draw(st.integers(0, len(lines[i])))
+            lines[i] = lines[i][:k] + data.draw(TOKENS) + lines[i][k:]
+        elif op == "number":
+            big = data.draw(st.sampled_from(["0", "-1", str(2**32), str(2**63), str(10**30)]))
+            lines[i] = re.sub(r"\d+", big, lines[i], count=1)
+        else:
+            lines[i] = lines[i][:data.draw(st.integers(0, len(lines[i])))]
+    return "\n".join(lines)
+
+
+def _located(fn, text: str, name: str):
+    try:
+        return fn(text)
+    except EdgecError as e:
+        assert re.match(re.escape(name) + r":\d+:\d+: \S", str(e)), str(e)
+        return e
+
+
+@settings(FAST, max_examples=25)
+@given(data=st.data())
+def test_mutated_assembly(dumps, data):
+    from edgec.compiler.asm import assemble
+    _located(lambda t: assemble(t, "prog.s"), _mutate(data, dumps["prog.s"]), "prog.s")
+
+
+@FAST
+@given(data=st.data())
+def test_mutated_ir_dump(dumps, data):
+    from edgec.compiler.ir.text import check_ir, parse_ir
+    name = data.draw(st.sampled_from([n for n in sorted(dumps) if n != "prog.s"]))
+    _located(lambda t: check_ir(parse_ir(t, name), name), _mutate(data, dumps[name]), name)
+
+
+def test_asm_container_errors_are_located(dumps):
+    from edgec.compiler.asm import assemble
+    text = re.sub(r"(\"addr\":)\d+", r"\g<1>4294967295", dumps["prog.s"], count=1)
+    e = _located(lambda t: assemble(t, "prog.s"), text, "prog.s")
+    assert isinstance(e, EdgecError) and "outside DDR" in str(e)
+
+
+def test_ir_undeclared_param_is_located(dumps):
+    from edgec.compiler.ir.text import check_ir, parse_ir
+    name = "02-quantize.ir"
+    text = dumps[name].replace("%param:conv1.bias", "%param:conv9.bias", 1)
+    e = _located(lambda t: check_ir(parse_ir(t, name), name), text, name)
+    assert isinstance(e, EdgecError) and "not declared" in str(e)
+
+
+def test_onnx_bad_initializer_is_clean(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from edgec.compiler.frontend.onnx_in import load_onnx
+    w = T(name="w", data_type=T.FLOAT, dims=[3, 4], raw_data=b"\0" * 20)  # 20 bytes, not 48
+    g = h.make_graph([h.make_node("Gemm", ["x", "w"], ["y"], transB=1)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [2, 4])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [2, 3])], initializer=[w])
+    p = tmp_path / "m.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]), str(p))
+    with pytest.raises(EdgecError, match=r"m\.onnx:.*\bw\b"):
+        load_onnx(str(p))

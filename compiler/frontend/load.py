@@ -11,6 +11,7 @@ import itertools
 import os
 import sys
 import traceback
+import warnings
 import weakref
 
 import torch
@@ -96,7 +97,9 @@ def load_model(path: str) -> tuple[torch.nn.Module, torch.Tensor]:
         raise EdgecError(f"{path}: cannot read file: {e.strerror or e}") from None
 
     try:
-        code = compile(source, apath, "exec")
+        with warnings.catch_warnings():     # e.g. SyntaxWarning: not edgec's diagnostics
+            warnings.simplefilter("ignore")
+            code = compile(source, apath, "exec")
     except SyntaxError as e:
         line = e.lineno or 1
         col = e.offset or 1
@@ -111,7 +114,9 @@ def load_model(path: str) -> tuple[torch.nn.Module, torch.Tensor]:
     sys.modules[modname] = module
     orig_init = _record_constructions(apath)
     try:
-        exec(code, module.__dict__)
+        with warnings.catch_warnings():  # the user's warnings are not edgec's diagnostics
+            warnings.simplefilter("ignore")
+            exec(code, module.__dict__)
     except SystemExit as e:
         raise EdgecError(f"{path}: the model file called exit({e.code})") from None
     except BaseException as e:  # noqa: BLE001 - user code may raise anything

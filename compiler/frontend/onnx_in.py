@@ -95,7 +95,13 @@ def load_onnx(path: str, calib: str | None = None):
         raise EdgecError(f"{path}: invalid ONNX model: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
     G = m.graph
-    inits = {t.name: nh.to_array(t) for t in G.initializer}
+    inits = {}
+    for t in G.initializer:
+        try:
+            inits[t.name] = nh.to_array(t)
+        except Exception as e:  # noqa: BLE001 - bad dims / data type / raw data length
+            raise EdgecError(f"{base}:initializer {t.name!r}: unreadable tensor "
+                             f"({type(e).__name__}: {e})") from None
     for n in G.node:       # Constant nodes: treat as initializers
         if n.op_type == "Constant":
             for a in n.attribute:

@@ -302,7 +302,9 @@ def parse_ir(text: str, filename: str = "<ir>") -> IRFile:
                          f"{text[e.pos_in_stream]!r}; expected "
                          f"{_expected(e.allowed)}") from None
     except lark.exceptions.UnexpectedEOF as e:
-        raise EdgecError(f"{filename}: unexpected end of file; expected "
+        line = text.count("\n") + 1
+        col = len(text) - (text.rfind("\n") + 1) + 1
+        raise EdgecError(f"{filename}:{line}:{col}: unexpected end of file; expected "
                          f"{_expected(e.expected)}") from None
     try:
         return _build(tree, kind)
@@ -314,7 +316,9 @@ def parse_ir(text: str, filename: str = "<ir>") -> IRFile:
         if isinstance(o, _Err):
             where = f"{filename}:{o.line}:{o.col}" if o.line else filename
             raise EdgecError(f"{where}: {o.msg}") from None
-        raise
+        m = getattr(e.obj, "meta", None)
+        where = f"{filename}:{m.line}:{m.column}" if m is not None and not m.empty else filename
+        raise EdgecError(f"{where}: bad {e.rule}: {type(o).__name__}: {o}") from None
 
 
 def _build(tree, kind: str) -> IRFile:
@@ -344,6 +348,7 @@ def _build(tree, kind: str) -> IRFile:
             if g.inputs:
                 raise _Err(meta, "a second 'input' statement")
             g.inputs = [_refname(x) for x in c]
+            lines[("input",)] = (meta.line, meta.column)
         elif d == "value_stmt":
             add_value(c[0], _refname(c[0]), c[1])
         elif d == "param_stmt":
@@ -353,12 +358,14 @@ def _build(tree, kind: str) -> IRFile:
             if name in g.params:
                 raise _Err(meta, f"parameter {name!r} declared twice")
             g.params[name] = Param(name, _refname(ref), shape, module, pkind, frozen is None)
+            lines[("param", name)] = (meta.line, meta.column)
         elif d == "const_stmt":
             if not isinstance(c[1], list) or not all(isinstance(x, int) for x in c[1]):
                 raise _Err(meta, f"const {c[0]!r}: expected a list of integers")
             g.consts[c[0]] = c[1]
         elif d == "output_stmt":
             g.outputs[c[0]] = _refname(c[1])
+            lines[("output", c[0])] = (meta.line, meta.column)
         elif d == "meta_stmt":
             if c[0] == "init":
                 raise _Err(meta, "meta init is not part of the text form (it is re-derived "
@@ -424,14 +431,14 @@ def check_ir(f: IRFile, filename: str = "<ir>") -> None:
 
     for p in g.params.values():
         if p.value not in g.values:
-            raise EdgecError(f"{filename}: parameter {p.name!r}: value %{p.value} is not "
+            raise EdgecError(f"{at(('param', p.name))}: parameter {p.name!r}: value %{p.value} is not "
                              "declared")
     for k, v in g.outputs.items():
         if v not in g.values:
-            raise EdgecError(f"{filename}: output {k!r}: value %{v} is not declared")
+            raise EdgecError(f"{at(('output', k))}: output {k!r}: value %{v} is not declared")
     for v in g.inputs:
         if v not in g.values:
-            raise EdgecError(f"{filename}: input %{v} is not declared (add a value line)")
+            raise EdgecError(f"{at(('input',))}: input %{v} is not declared (add a value line)")
     try:
         g.verify()
     except ValueError as e:
