@@ -56,7 +56,9 @@ class MemoryPlan:
         self.symbols[name] = s
         if init is not None:
             raw = np.ascontiguousarray(np.asarray(init).astype(_NP[dtype])).tobytes()
-            assert len(raw) == s.nbytes, name
+            if len(raw) != s.nbytes:
+                raise EdgecError(f"tensor {name!r}: its shape {list(shape)} ({dtype}) does "
+                                 f"not match its initial data ({len(raw)} bytes)")
             self.data.extend(b"\0" * (s.addr - len(self.data)))
             self.data.extend(raw)
         return s
