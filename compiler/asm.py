@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 import struct
-from functools import lru_cache
 
 import lark
 
@@ -20,6 +18,8 @@ from edgec.isa.container import Program, read_program, write_program
 from edgec.isa.disasm import FIELD_SPELLINGS
 from edgec.isa.encoding import encode
 from edgec.isa.errors import EdgecError
+
+from .grammars import lalr_parser
 from edgec.isa.table import BY_NAME, WORD_BYTES
 
 _HUMAN = {
@@ -28,13 +28,8 @@ _HUMAN = {
 }
 
 
-@lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "asm.lark")
-    with open(path, encoding="utf-8") as f:
-        grammar = f.read()
-    return lark.Lark(grammar, parser="lalr", propagate_positions=True,
-                     maybe_placeholders=False)
+    return lalr_parser(__file__, "asm.lark")
 
 
 def _human(name: str) -> str:

@@ -6,12 +6,12 @@ listed keep every channel.  Every problem is an :class:`EdgecError` "FILE:LINE:C
 from __future__ import annotations
 
 import difflib
-import os
-from functools import lru_cache
 
 import lark
 
 from edgec.isa.errors import EdgecError
+
+from ..grammars import lalr_parser
 
 _HUMAN = {
     "NAME": "a layer name",
@@ -24,13 +24,8 @@ _HUMAN = {
 }
 
 
-@lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mask.lark")
-    with open(path, encoding="utf-8") as f:
-        grammar = f.read()
-    return lark.Lark(grammar, parser="lalr", propagate_positions=True,
-                     maybe_placeholders=False)
+    return lalr_parser(__file__, "mask.lark")
 
 
 def _expected(names) -> str:

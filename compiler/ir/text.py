@@ -21,6 +21,8 @@ import lark
 
 from edgec.isa.errors import EdgecError
 
+from ..grammars import lalr_parser
+
 from .graph import OPS, Graph, Node, Param, Value
 from .loops import LoopNest
 
@@ -172,13 +174,8 @@ def print_loop(g: Graph, nests: list[LoopNest], source: dict) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _parser(kind: str) -> lark.Lark:
-    here = os.path.dirname(os.path.abspath(__file__))
-    with open(os.path.join(here, "graph.lark"), encoding="utf-8") as f:
-        text = f.read()
-    if kind == "loop":
-        with open(os.path.join(here, "loop.lark"), encoding="utf-8") as f:
-            text += "\n" + f.read()
-    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    files = ("graph.lark", "loop.lark") if kind == "loop" else ("graph.lark",)
+    return lalr_parser(__file__, *files, placeholders=True)
 
 
 _TOKEN_NAMES = {"VALREF": "a value (%name)", "NAME": "a name", "INT": "an integer",
