@@ -69,7 +69,7 @@ class Base:
         self.blob = c.blob
         self.program = c.program
         self.target = load_target()
-        self.layers = mask_layers(c.model)
+        self.layers = mask_layers(c.model)[0]
         self.logits_layer = c.graph.producer(c.graph.outputs["logits"]).layer
         self.mask_text = (LENET / "user.mask").read_text()
         self.toml_text = Path(DEFAULT_TARGET).read_text()

@@ -48,16 +48,33 @@ def _compile(args, log):
 
         from .resume import compile_ir
         if (args.mask or args.target or getattr(args, "dump_ir", None)
-                or args.lr is not None or args.seed is not None):
+                or args.lr is not None or args.seed is not None
+                or args.train or args.freeze or args.bias_only):
             raise EdgecError(f"{args.model}: an IR dump carries its own source, mask, target, "
-                             "lr and seed (its 'source' line); drop --mask/--target/--lr/"
-                             "--seed/--dump-ir or edit the dump")
+                             "lr and seed (its 'source' line) and its frozen parameters; drop "
+                             "--mask/--target/--lr/--seed/--dump-ir/--train/--freeze/"
+                             "--bias-only or edit the dump")
         return compile_ir(args.model, log)
     return compile_model(args.model, args.mask, args.target,
                          lr=0.01 if args.lr is None else args.lr,
                          seed=args.seed or 0,
                          log=log, dump_ir=getattr(args, "dump_ir", None),
-                         calib=getattr(args, "calib", None))
+                         calib=getattr(args, "calib", None), train=args.train or (),
+                         freeze=args.freeze or (), bias_only=args.bias_only)
+
+
+def _pruned_summary(c) -> str | None:
+    """What partial fine-tuning removed from the backward pass (None if nothing)."""
+    pr = c.graph.meta.get("pruned") or {}
+    saved, full = pr.get("saved"), pr.get("full")
+    if not saved:
+        return None
+    trainable = sum(p.trainable for p in c.graph.params.values())
+    pct = lambda k: 100.0 * saved[k] / max(1, full[k])  # noqa: E731
+    return (f"partial fine-tuning ({trainable} trainable parameters): the backward pass "
+            f"lost {pr['ops']} ops; saved {saved['macs']:,} MACs ({pct('macs'):.1f}%), "
+            f"{saved['ddr_bytes']:,} DDR bytes ({pct('ddr_bytes'):.1f}%), "
+            f"{saved['instructions']:,} instructions ({pct('instructions'):.1f}%)")
 
 
 def _program_seed(c) -> int:
@@ -89,6 +106,9 @@ def cmd_compile(args) -> int:
     _atomic_write(args.output, lambda f: f.write(c.blob))
     print(f"wrote {args.output}: {c.program.n_instr} instructions, {len(c.blob)} bytes, "
           f"{len(c.nests)} loop nests")
+    pruned = _pruned_summary(c)
+    if pruned:
+        print(pruned)
     return 0
 
 
@@ -126,6 +146,9 @@ def cmd_verify(args) -> int:
     rep = verify(c, seed=_program_seed(c),
                  batch_seed=args.batch_seed)
     print(format_report(rep))
+    pruned = _pruned_summary(c)
+    if pruned:
+        print(pruned)
     return 0 if rep.bit_exact else 1
 
 
@@ -167,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=None,
                        help="stochastic-rounding seed stored in the program (default 0)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+        p.add_argument("--train", action="append", metavar="PATTERN", help="train only the "
+                       "parameters whose name matches this glob (repeatable), e.g. "
+                       "'layer4.*'; the others are frozen")
+        p.add_argument("--freeze", action="append", metavar="PATTERN", help="freeze the "
+                       "parameters matching this glob (repeatable; applied after --train)")
+        p.add_argument("--bias-only", action="store_true", help="train only biases and "
+                       "BatchNorm weights (combines with --train/--freeze)")
         p.add_argument("--calib", metavar="FILE.npz", help="MODEL.onnx only: calibration "
                        "batch (array x, the input's static shape); default: standard normal "
                        "from torch.Generator().manual_seed(0)")
@@ -177,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("-o", "--output", default="prog.bin", help="output file (default prog.bin)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every stage to DIR "
-                   "(00-capture.ir 01-mask.ir 02-quantize.ir 03-update.ir 04-tile.loop), "
+                   "(00-capture.ir 01-prune.ir 02-mask.ir 03-quantize.ir 04-update.ir "
+                   "05-tile.loop), "
                    "each checked to read back identically")
     p.set_defaults(func=cmd_compile)
 

@@ -1,6 +1,7 @@
 """The compile pipeline: model.py + user.mask -> graph passes -> loop IR -> prog.bin."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -11,13 +12,15 @@ from edgec.isa.target import Target, load_target
 
 from .backend.codegen import Emitter, generate
 from .backend.memory import MemoryPlan, plan_memory
+from .backend.stats import static_counts
 from .backend.tiling import tile_graph
-from .frontend.capture import capture
+from .frontend.capture import capture, const_values
 from .frontend.load import load_model
 from .frontend.maskfile import parse_mask
 from .ir.graph import Graph
 from .ir.loops import LoopNest
 from .passes.mask import MaskPass
+from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
 
 
@@ -35,19 +38,24 @@ class Compiled:
     mask: dict[str, list[int]]
 
 
-def mask_layers(model: torch.nn.Module) -> dict[str, int]:
-    out = {}
+def mask_layers(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, str]]:
+    """(maskable layer -> output channels, refused layer -> why it cannot be masked)."""
+    out, refuse = {}, {}
     for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Conv2d):
+        if isinstance(m, torch.nn.Conv2d) and m.groups > 1:
+            refuse[name] = (f"it is a grouped convolution (groups={m.groups}); its channels "
+                            "follow its input: mask the layer that feeds it")
+        elif isinstance(m, torch.nn.Conv2d):
             out[name] = m.out_channels
         elif isinstance(m, torch.nn.Linear):
             out[name] = m.out_features
-    return out
+    return out, refuse
 
 
 def compile_model(model_path: str, mask_path: str | None = None, target: str | None = None,
                   lr: float = 0.01, seed: int = 0, log=None,
-                  dump_ir: str | None = None, calib: str | None = None) -> Compiled:
+                  dump_ir: str | None = None, calib: str | None = None,
+                  train=(), freeze=(), bias_only: bool = False) -> Compiled:
     log = log or (lambda msg: None)
     tg = load_target(target)
     graph = None
@@ -64,27 +72,66 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
         ab = lambda p: os.path.abspath(p) if p else None  # noqa: E731
         dump = Dumper(dump_ir, dict(model=ab(model_path), mask=ab(mask_path),
                                     target=ab(target), lr=float(lr), seed=int(seed)))
+    frozen = frozen_params(model, train, freeze, bias_only)
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
-                          graph=graph)
+                          graph=graph, frozen=frozen)
+
+
+def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) -> set[str]:
+    """Names of the parameters --train/--freeze/--bias-only leave frozen."""
+    names = [k for k, _ in model.named_parameters()]
+    if not (train or freeze or bias_only):
+        return set()
+    bn = {f"{m}.weight" for m, mod in model.named_modules()
+          if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)}
+    return set(names) - select_trainable(names, tuple(train), tuple(freeze), bias_only, bn)
+
+
+def make_passes(mask, example, params, lr) -> list:
+    """The graph passes after capture, in order (names as in the IR dumps)."""
+    return [PrunePass(), MaskPass(mask), QuantizePass(example, params), UpdatePass(lr)]
+
+
+PIPELINE = ("prune", "mask", "quantize", "update")
 
 
 def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: str,
                    mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
-                   log=None, dump=None, graph: Graph | None = None) -> Compiled:
+                   log=None, dump=None, graph: Graph | None = None, frozen=()) -> Compiled:
     """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
     `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
-    `graph`, if given, is the float training graph (ONNX frontend) used instead of capture."""
+    `graph`, if given, is the float training graph (ONNX frontend) used instead of capture.
+    `frozen`: parameter names that get no gradient and no update."""
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
-    g = graph if graph is not None else capture(model, example, model_path)
+    g = graph if graph is not None else capture(model, example, model_path, frozen=frozen)
+    for name in frozen:
+        g.params[name].trainable = False
+    full = copy.deepcopy(g) if frozen else None
     dump("capture", g)
     logits_layer = g.producer(g.outputs["logits"]).layer
     if isinstance(mask, str):
-        mask = parse_mask(mask, mask_layers(model), logits_layer)
+        layers, refuse = mask_layers(model)
+        mask = parse_mask(mask, layers, logits_layer, refuse=refuse)
     mask = dict(mask or {})
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    for p in (MaskPass(mask), QuantizePass(example, params), UpdatePass(lr)):
+    params.update(const_values(g, model))
+    c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump)
+    if full is not None and g.meta["pruned"]["ops"]:
+        log("backward without --train/--freeze (for the comparison)")
+        for p in full.params.values():
+            p.trainable = not p.is_const and p.name not in full.meta.get("unused_params", [])
+        ref = _backend(full, mask, example, params, lr, seed, tg, model, lambda m: None,
+                       lambda *a: None)
+        a, b = static_counts(ref.emitter.words), static_counts(c.emitter.words)
+        c.graph.meta["pruned"]["saved"] = {k: a[k] - b[k] for k in a}
+        c.graph.meta["pruned"]["full"] = a
+    return c
+
+
+def _backend(g: Graph, mask, example, params, lr, seed, tg, model, log, dump) -> Compiled:
+    for p in make_passes(mask, example, params, lr):
         log(p.name)
         g = p.apply(g)
         try:
@@ -112,6 +159,8 @@ def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: i
 def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
     params = []
     for p in g.params.values():
+        if not p.trainable:
+            continue
         sgd = next((n for n in g.nodes if n.op == "sgd" and n.inputs[0] == p.value), None)
         a = sgd.attrs if sgd else {}
         params.append({

@@ -36,7 +36,7 @@ _NEG_INF = -(2**40)          # maxpool padding: below every int8 / int32 value
 
 __all__ = ["run_reference", "rand32", "rshift", "sat", "sat8", "view_index",
            "conv_acc", "conv_eb_acc", "conv_wg_acc", "maxpool", "maxpool_bwd",
-           "loss_grad", "sgd_update"]
+           "loss_grad", "sgd_update", "clamp"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -171,31 +171,64 @@ def _view_of(p: torch.Tensor, at) -> tuple:
 
 # ----------------------------------------------------------------------------- kernels
 
+def _groups(g) -> int:
+    g = int(1 if g is None else g)
+    if g < 1:
+        raise ValueError(f"groups {g} must be >= 1")
+    return g
+
+
 def conv_acc(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-             stride, pad) -> torch.Tensor:
-    """``acc[n,o,y,x] = b[o] + sum X[n,c,y*sh-ph+kh,x*sw-pw+kw] * W[o,c,kh,kw]`` (int64)."""
-    _check_f64(w.shape[1] * w.shape[2] * w.shape[3], x, w)
-    acc = _i64(F.conv2d(_f64(x), _f64(w), stride=_pair(stride), padding=_pair(pad)))
+             stride, pad, groups: int = 1) -> torch.Tensor:
+    """``acc[n,o,y,x] = b[o] + sum_{c,kh,kw} X[n,g(o)*C/G+c,y*sh-ph+kh,x*sw-pw+kw]
+    * W[o,c,kh,kw]`` (int64); ``W`` is ``[O, C/G, KH, KW]``, ``g(o) = o // (O/G)``."""
+    G = _groups(groups)
+    C, O = x.shape[1], w.shape[0]
+    if C % G or O % G or w.shape[1] * G != C:
+        raise ValueError(f"conv with groups={G}: input has {C} channels and the weight is "
+                         f"{tuple(w.shape)}; expected [O, C/groups, KH, KW] with C and O "
+                         f"divisible by groups")
+    if b is not None and tuple(b.shape) != (O,):
+        raise ValueError(f"bias of shape {tuple(b.shape)} does not match {O} output channels")
+    _check_f64(w.shape[1] * w.shape[2] * w.shape[3], x, w)          # (C/G)*KH*KW products
+    acc = _i64(F.conv2d(_f64(x), _f64(w), stride=_pair(stride), padding=_pair(pad),
+                        groups=G))
     if b is not None:
         acc = acc + b.to(torch.int64).reshape(1, -1, 1, 1)
     return acc
 
 
-def conv_eb_acc(dy: torch.Tensor, w: torch.Tensor, stride, pad, in_shape) -> torch.Tensor:
-    """Adjoint of ``conv`` w.r.t. its input: ``acc[n,c,i,j]`` of numerics.md (int64)."""
+def conv_eb_acc(dy: torch.Tensor, w: torch.Tensor, stride, pad, in_shape,
+                groups: int = 1) -> torch.Tensor:
+    """Adjoint of ``conv`` w.r.t. its input: ``acc[n, g*C/G+c, i, j]`` of numerics.md (int64)."""
+    G = _groups(groups)
     in_shape = tuple(int(s) for s in in_shape)
-    _check_f64(w.shape[0] * w.shape[2] * w.shape[3], dy, w)
-    return _i64(torch.nn.grad.conv2d_input(in_shape, _f64(w), _f64(dy),
-                                           stride=_pair(stride), padding=_pair(pad)))
+    O, C = w.shape[0], in_shape[1]
+    if C % G or O % G or w.shape[1] * G != C or dy.shape[1] != O:
+        raise ValueError(f"conv_eb with groups={G}: in_shape {in_shape}, weight "
+                         f"{tuple(w.shape)} and dy {tuple(dy.shape)} do not fit "
+                         f"(weight [O, C/groups, KH, KW], dy [N, O, OH, OW])")
+    (sh, sw), (kh, kw) = _pair(stride), (w.shape[2], w.shape[3])
+    k = (O // G) * (-(-kh // sh)) * (-(-kw // sw))     # (O/G)*ceil(KH/sh)*ceil(KW/sw)
+    _check_f64(k, dy, w)
+    return _i64(torch.nn.grad.conv2d_input(in_shape, _f64(w), _f64(dy), stride=(sh, sw),
+                                           padding=_pair(pad), groups=G))
 
 
-def conv_wg_acc(dy: torch.Tensor, x: torch.Tensor, stride, pad, kernel) -> torch.Tensor:
-    """``acc[o,c,kh,kw] = sum_{n,y,x} dy[n,o,y,x] * X[n,c,y*sh-ph+kh,x*sw-pw+kw]`` (int64)."""
+def conv_wg_acc(dy: torch.Tensor, x: torch.Tensor, stride, pad, kernel,
+                groups: int = 1) -> torch.Tensor:
+    """``acc[o,c,kh,kw] = sum_{n,y,x} dy[n,o,y,x] * X[n,g(o)*C/G+c,y*sh-ph+kh,x*sw-pw+kw]``
+    (int64), shape ``[O, C/G, KH, KW]``."""
+    G = _groups(groups)
     kh, kw = _pair(kernel)
-    wshape = (dy.shape[1], x.shape[1], kh, kw)
+    O, C = dy.shape[1], x.shape[1]
+    if C % G or O % G:
+        raise ValueError(f"conv_wg with groups={G}: {C} input and {O} output channels are "
+                         f"not both divisible by groups")
+    wshape = (O, C // G, kh, kw)
     _check_f64(dy.shape[0] * dy.shape[2] * dy.shape[3], dy, x)
-    return _i64(torch.nn.grad.conv2d_weight(_f64(x), wshape, _f64(dy),
-                                            stride=_pair(stride), padding=_pair(pad)))
+    return _i64(torch.nn.grad.conv2d_weight(_f64(x), wshape, _f64(dy), stride=_pair(stride),
+                                            padding=_pair(pad), groups=G))
 
 
 def _windows(x: torch.Tensor, kernel, stride, pad) -> torch.Tensor:
@@ -267,6 +300,44 @@ def sgd_update(M: torch.Tensor, G: torch.Tensor, lrmul: int, cshift: int, cbits:
     return Mn, rshift(Mn, cshift, "nearest")
 
 
+def clamp(q: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``clamp(q, lo, hi) = min(max(q, lo), hi)`` of numerics.md section 4."""
+    return q.clamp(int(lo), int(hi))
+
+
+def _int_pair(v, what: str) -> tuple[int, int]:
+    try:
+        lo, hi = v
+    except (TypeError, ValueError):
+        raise ValueError(f"attribute {what} = {v!r} is not a pair (lo, hi)") from None
+    for b in (lo, hi):
+        if isinstance(b, bool) or int(b) != b:
+            raise ValueError(f"attribute {what} = {v!r} must hold integers")
+    return int(lo), int(hi)
+
+
+def _clamp_attr(at: dict, key: str, default) -> tuple[int, int]:
+    """The op's ``clamp = (lo, hi)`` (``default`` when absent; None: required), checked
+    against ``-127 <= lo <= hi <= 127``."""
+    if key not in at or at[key] is None:
+        if default is None:
+            raise KeyError(key)
+        return default
+    lo, hi = _int_pair(at[key], key)
+    if not -127 <= lo <= hi <= 127:
+        raise ValueError(f"attribute {key} = {(lo, hi)} violates -127 <= lo <= hi <= 127")
+    return lo, hi
+
+
+def _pass_range(at: dict, default) -> tuple[int, int]:
+    """``pass_range = (lo, hi)`` of relu_bwd / hardtanh_bwd: dy passes where lo < y < hi."""
+    if "pass_range" not in at or at["pass_range"] is None:
+        if default is None:
+            raise KeyError("pass_range")
+        return default
+    return _int_pair(at["pass_range"], "pass_range")
+
+
 # ----------------------------------------------------------------------------- interpreter
 
 _RANGE = {"i8": 127, "i32": I32_MAX}
@@ -289,6 +360,9 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
         return acc
 
     if op in ("conv", "linear"):
+        if "relu" in at:
+            raise ValueError("attribute 'relu' is no longer supported: a fused activation is "
+                             "the attribute clamp = (lo, hi) (numerics.md section 4)")
         x, w = a[0], a[1]
         b = a[2] if len(a) > 2 else None
         if op == "linear":
@@ -297,13 +371,29 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
                                  f"{tuple(x.shape)} and {tuple(w.shape)}")
             acc = conv_acc(x[:, :, None, None], w[:, :, None, None], b, 1, 0)[:, :, 0, 0]
         else:
-            acc = conv_acc(x, w, b, at["stride"], at["pad"])
+            acc = conv_acc(x, w, b, at["stride"], at["pad"], at.get("groups", 1))
         q = sat8(rshift(chk(acc), at["shift"], "nearest"))
-        if at.get("relu", False):
-            q = q.clamp(min=0)
-        return [q]
-    if op == "relu":
-        return [a[0].clamp(min=0)]
+        return [clamp(q, *_clamp_attr(at, "clamp", (-127, 127)))]
+    if op in ("relu", "hardtanh"):
+        # standalone activation on int8: q = clamp(x, lo, hi), same exponent
+        bounds = _clamp_attr(at, "clamp", (0, 127) if op == "relu" else None)
+        return [clamp(a[0], *bounds)]
+    if op == "add":
+        x, y = a
+        if tuple(x.shape) != tuple(y.shape):
+            raise ValueError(f"add operands differ in shape: {tuple(x.shape)} and "
+                             f"{tuple(y.shape)}")
+        sa, sb = int(at["sa"]), int(at["sb"])
+        for nm, sv in (("sa", sa), ("sb", sb)):
+            if not 0 <= sv <= 31:
+                raise ValueError(f"add: {nm} = {sv} outside [0, 31]")
+        v = x.to(torch.int64) * (1 << sa) + y.to(torch.int64) * (1 << sb)
+        lo, hi = _clamp_attr(at, "clamp", (-127, 127))
+        if at["grad"]:
+            q = _stochastic(v, at["shift"], seed, at["tid"])
+        else:
+            q = sat8(rshift(v, at["shift"], "nearest"))
+        return [clamp(q, lo, hi)]
     if op == "maxpool":
         return [maxpool(a[0], at["kernel"], at["stride"], at["pad"])]
     if op == "reshape":
@@ -325,9 +415,11 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
         return [loss_grad(z, labels, lut, at["rmul"], at["shift"], where)]
     if op in ("conv_eb", "conv_wg", "linear_eb", "linear_wg", "bias_grad"):
         if op == "conv_eb":
-            acc = conv_eb_acc(a[0], a[1], at["stride"], at["pad"], at["in_shape"])
+            acc = conv_eb_acc(a[0], a[1], at["stride"], at["pad"], at["in_shape"],
+                              at.get("groups", 1))
         elif op == "conv_wg":
-            acc = conv_wg_acc(a[0], a[1], at["stride"], at["pad"], at["kernel"])
+            acc = conv_wg_acc(a[0], a[1], at["stride"], at["pad"], at["kernel"],
+                              at.get("groups", 1))
         elif op == "linear_eb":
             dy, w = a
             _check_f64(w.shape[0], dy, w)
@@ -341,9 +433,13 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
             dims = [d for d in range(dy.dim()) if d != 1]
             acc = dy.sum(dim=dims) if dims else dy.clone()
         return [_stochastic(chk(acc), at["shift"], seed, at["tid"])]
-    if op == "relu_bwd":
+    if op in ("relu_bwd", "hardtanh_bwd"):
         dy, y = a
-        return [torch.where(y > 0, dy, torch.zeros_like(dy))]
+        if tuple(dy.shape) != tuple(y.shape):
+            raise ValueError(f"{op}: dy {tuple(dy.shape)} and y {tuple(y.shape)} differ in "
+                             f"shape")
+        lo, hi = _pass_range(at, (0, 128) if op == "relu_bwd" else None)
+        return [torch.where((y > lo) & (y < hi), dy, torch.zeros_like(dy))]
     if op == "maxpool_bwd":
         dx = maxpool_bwd(a[0], a[1], at["kernel"], at["stride"], at["pad"])
         return [sat8(chk(dx))]

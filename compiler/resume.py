@@ -18,36 +18,14 @@ from edgec.isa.errors import EdgecError
 from edgec.isa.target import load_target
 
 from .backend.tiling import _fits, geometry, sgd_geometry, tile_graph
+from .frontend.capture import const_values
 from .frontend.load import load_model
 from .frontend.maskfile import parse_mask
 from .ir.graph import Graph
 from .ir.loops import LoopNest
 from .ir.text import IRFile, read_ir
-from .passes.mask import MaskPass
-from .passes.quantize import BIAS_BITS, QuantizePass, UpdatePass, rshift_nearest
+from .passes.quantize import initial_data
 
-_AFTER = {"capture": ("mask", "quantize", "update"), "mask": ("quantize", "update"),
-          "quantize": ("update",), "update": (), "tile": ()}
-
-
-def derive_init(g: Graph, params: dict) -> dict[str, np.ndarray]:
-    """Initial master and compute copies of every parameter (QuantizePass's rule)."""
-    init = {}
-    V = g.values
-    for p in g.params.values():
-        master = f"master:{p.name}"
-        if master not in V or V[master].exp is None or V[p.value].exp is None:
-            raise EdgecError(f"parameter {p.name!r} has no fixed-point format in the dump")
-        sgd = next((n for n in g.nodes if n.op == "sgd" and n.inputs[0] == p.value), None)
-        cshift, cbits = (16, 8) if p.kind == "weight" else (8, BIAS_BITS)
-        if sgd is not None:
-            cshift, cbits = sgd.attrs.get("cshift", cshift), sgd.attrs.get("cbits", cbits)
-        w = params[p.name].detach().double().numpy()
-        bound = ((1 << (cbits - 1)) - 1) << cshift
-        m = np.clip(np.rint(w * 2.0 ** (-V[master].exp)), -bound, bound).astype(np.int64)
-        init[master] = m.astype(np.int32)
-        init[p.value] = rshift_nearest(m, cshift).astype(np.int32 if cbits > 8 else np.int8)
-    return init
 
 
 def _source_path(f: IRFile, path: str, key: str) -> str | None:
@@ -118,7 +96,7 @@ def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> 
 
 def compile_ir(path: str, log=None):
     """Continue the pipeline from a dump; returns a driver.Compiled."""
-    from .driver import emit_program, mask_layers
+    from .driver import PIPELINE, emit_program, make_passes, mask_layers
     log = log or (lambda msg: None)
     f = read_ir(path)
     g, stage = f.graph, f.stage
@@ -133,6 +111,8 @@ def compile_ir(path: str, log=None):
     model, example = load_model(model_path)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     for p in g.params.values():
+        if p.is_const:
+            continue
         if p.name not in params:
             raise EdgecError(f"{path}: parameter {p.name!r} is not in {model_path}")
         if tuple(params[p.name].shape) != tuple(p.shape):
@@ -141,18 +121,27 @@ def compile_ir(path: str, log=None):
     extra = sorted(set(params) - set(g.params))
     if extra:
         raise EdgecError(f"{path}: {model_path} has parameters the dump lacks: {extra}")
+    try:
+        params.update(const_values(g, model))
+    except (AttributeError, TypeError, ValueError) as e:
+        raise EdgecError(f"{path}: cannot derive the frozen constants from {model_path} "
+                         f"({e})") from None
     if stage == "capture":
         mp = _source_path(f, path, "mask")
         logits_layer = g.producer(g.outputs["logits"]).layer
-        mask = parse_mask(mp, mask_layers(model), logits_layer) if mp else {}
+        layers, refuse = mask_layers(model)
+        mask = parse_mask(mp, layers, logits_layer, refuse=refuse) if mp else {}
     else:
         mask = {k: list(v) for k, v in g.meta.get("mask", {}).items()}
-    passes = {"mask": lambda: MaskPass(mask), "quantize": lambda: QuantizePass(example, params),
-              "update": lambda: UpdatePass(float(lr))}
-    for name in _AFTER[stage]:
+    stages = ("capture",) + PIPELINE
+    todo = PIPELINE[stages.index(stage):] if stage in stages else ()
+    for pas in make_passes(mask, example, params, float(lr)):
+        name = pas.name
+        if name not in todo:
+            continue
         log(name)
         try:
-            g = passes[name]().apply(g)
+            g = pas.apply(g)
         except (KeyError, ValueError, TypeError, IndexError) as e:
             raise EdgecError(f"{path}: pass {name!r} cannot run on this dump "
                              f"({type(e).__name__}: {e})") from None
@@ -161,7 +150,10 @@ def compile_ir(path: str, log=None):
         except ValueError as e:
             raise EdgecError(f"{path}: after pass {name!r}: {e}") from None
     if stage in ("quantize", "update", "tile"):
-        g.meta["init"] = derive_init(g, params)
+        try:
+            g.meta["init"] = initial_data(g, params)
+        except EdgecError as e:
+            raise EdgecError(f"{path}: {e}") from None
     if stage == "tile":
         nests = f.nests
         check_nests(g, nests, tg, path, f.lines)

@@ -20,7 +20,7 @@ from edgec.isa.target import load_target
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "examples", "lenet", "model.py")
 MASK = os.path.join(ROOT, "examples", "lenet", "user.mask")
-FILES = ["00-capture.ir", "01-mask.ir", "02-quantize.ir", "03-update.ir", "04-tile.loop"]
+FILES = ["00-capture.ir", "01-prune.ir", "02-mask.ir", "03-quantize.ir", "04-update.ir", "05-tile.loop"]
 
 
 @pytest.fixture(scope="module")
@@ -68,28 +68,28 @@ def test_round_trip_structural(dumped, name):
 
 def test_dump_shows_formats_views_and_locations(dumped):
     d, _, _ = dumped
-    q = open(os.path.join(d, "02-quantize.ir")).read()
+    q = open(os.path.join(d, "03-quantize.ir")).read()
     assert re.search(r"%x: i8<2\^-?\d+>\[16,1,8,8\]", q)
     assert 'in_idx=[0..3, 6, 8..11], in_block=4, out_tab="fc1", in_tab="conv2"' in q
     assert re.search(r'@conv1 at "model.py:\d+"', q)
     assert 'source model="' in q and "lr=0.01 seed=0" in q
     assert "f32[" in open(os.path.join(d, "00-capture.ir")).read()
-    loop = open(os.path.join(d, "04-tile.loop")).read()
+    loop = open(os.path.join(d, "05-tile.loop")).read()
     assert re.search(r"^nest \d+ conv @conv1 \{n: 16 tile \d+, co: 6 tile 6", loop, re.M)
 
 
 def test_resume_reproduces_program(dumped):
     d, seen, c = dumped
-    r = compile_ir(os.path.join(d, "02-quantize.ir"))
+    r = compile_ir(os.path.join(d, "03-quantize.ir"))
     assert r.blob == c.blob
     for k, v in c.graph.meta["init"].items():      # re-derived initial weights
         assert np.array_equal(r.graph.meta["init"][k], v) and r.graph.meta["init"][k].dtype == v.dtype
-    assert compile_ir(os.path.join(d, "04-tile.loop")).blob == c.blob
+    assert compile_ir(os.path.join(d, "05-tile.loop")).blob == c.blob
 
 
 def test_hand_edited_tile_is_honoured_and_bit_exact(dumped, tmp_path):
     d, _, c = dumped
-    text = open(os.path.join(d, "04-tile.loop")).read()
+    text = open(os.path.join(d, "05-tile.loop")).read()
     m = re.search(r"^nest (\d+) conv @conv1 \{(.*)\}$", text, re.M)
     co = int(re.search(r"co: (\d+) tile (\d+)", m.group(2)).group(2))
     line = m.group(0)
@@ -120,8 +120,8 @@ def _err(tmp_path, name, text, capsys, cmd="ir"):
 
 def test_malformed_inputs_give_located_errors(dumped, tmp_path, capsys):
     d, _, _ = dumped
-    upd = open(os.path.join(d, "03-update.ir")).read()
-    loop = open(os.path.join(d, "04-tile.loop")).read()
+    upd = open(os.path.join(d, "04-update.ir")).read()
+    loop = open(os.path.join(d, "05-tile.loop")).read()
     ln = lambda t, s: t[:t.index(s)].count("\n") + 1  # noqa: E731
 
     e = _err(tmp_path, "a.ir", upd.replace("= maxpool %relu.out {", "= maxpool %relu.out, {"),

@@ -312,7 +312,7 @@ def test_asm_container_errors_are_located(dumps):
 
 def test_ir_undeclared_param_is_located(dumps):
     from edgec.compiler.ir.text import check_ir, parse_ir
-    name = "02-quantize.ir"
+    name = "03-quantize.ir"
     text = dumps[name].replace("%param:conv1.bias", "%param:conv9.bias", 1)
     e = _located(lambda t: check_ir(parse_ir(t, name), name), text, name)
     assert isinstance(e, EdgecError) and "not declared" in str(e)

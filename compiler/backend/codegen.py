@@ -16,7 +16,7 @@ from edgec.isa.target import Target
 from ..ir.graph import Graph
 from ..ir.loops import LoopNest
 from .memory import MemoryPlan, Symbol
-from .tiling import geometry, sgd_geometry, x_rows, y_rows
+from .tiling import geometry, sgd_geometry, tile_words
 
 IBUF, WBUF, ABUF = 0, 1, 2
 
@@ -108,80 +108,80 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
     g, mem = em.g, em.mem
     G = geometry(g, n)
     kk = G["kh"] * G["kw"]
+    Cg, Og = G["C"] // G["G"], G["O"] // G["G"]
     kind = "fp" if n.op in ("conv", "linear") else n.op.split("_")[1]
     out = mem.of_value[n.outputs[0]]
     a = n.attrs
-    par = list(nest.order[:3]) if kind != "wg" else list(nest.order[:2])
+    par = list(nest.order[:-1]) if kind != "wg" else list(nest.order[:-2])
     red = [d for d in nest.order if d not in par]
     geo = dict(kh=G["kh"], kw=G["kw"], sh=G["sh"], sw=G["sw"], ph=G["ph"], pw=G["pw"])
     x4 = (G["N"], G["C"], G["H"], G["W"])
     y4 = (G["N"], G["O"], G["OH"], G["OW"])
-    T = nest.tiles
-    if kind == "eb":
-        obase = T["n"] * T["co"] * y_rows(G, T["ih"]) * G["OW"]
-    else:
-        obase = T["n"] * T["ci"] * x_rows(G, T["oh"]) * G["W"]
+    # the int8 result tile is staged in IBUF after the tile's input operand
+    words = tile_words({"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind], G, nest.tiles)
+    obase = words["ibuf"] - words["abuf"]       # (the result has as many elements as C)
+    blk = nest.unit.get("ci", 1)
     for pt in _tiles(nest, par):
         for rt_i, rt in enumerate(_tiles(nest, red)):
             t = {**pt, **rt}
             n0, nt = t["n"]
+            g0, gt = t["g"]
             co0, cot = t["co"]
             ci0, cit = t["ci"]
+            # with several groups in a tile (gt > 1), co/ci tiles are whole groups
+            xc0, xct = g0 * Cg + ci0, gt * cit          # input channels of the tile
+            yc0, yct = g0 * Og + co0, gt * cot          # output channels (= weight rows)
+            mac = dict(n=nt, ci=cit, co=cot, g=gt, xw=G["W"], yw=G["OW"], **geo, xw0=0, yw0=0,
+                       caddr=0, acc=int(rt_i > 0))
             if kind == "fp":
                 oh0, oht = t["oh"]
                 r0 = max(0, oh0 * G["sh"] - G["ph"])
                 r1 = min(G["H"], (oh0 + oht - 1) * G["sh"] - G["ph"] + G["kh"])
-                xbase = 0
                 if rt_i == 0 and len(n.inputs) == 3:   # bias broadcast into the accumulator
                     bsym, bva = em.weight_view(n.inputs[2])
-                    _bias_init(em, bsym, bva, co0, cot, nt, oht * G["OW"])
-                em.box(True, IBUF, xbase, mem.of_value[n.inputs[0]], (n0, ci0, r0, 0),
-                       (nt, cit, r1 - r0, G["W"]), x4)
+                    _bias_init(em, bsym, bva, yc0, yct, nt, oht * G["OW"])
+                em.box(True, IBUF, 0, mem.of_value[n.inputs[0]], (n0, xc0, r0, 0),
+                       (nt, xct, r1 - r0, G["W"]), x4)
                 wsym, wva = em.weight_view(n.inputs[1])
-                blk = nest.unit.get("ci", 1)
-                em.view(True, WBUF, 0, wsym, wva, co0, cot, ci0 // blk, cit // blk)
-                em.emit("MAC", pattern=0, acc=int(rt_i > 0 or len(n.inputs) == 3),
-                        abuf=IBUF, aaddr=xbase, bbuf=WBUF, baddr=0, caddr=0, n=nt, ci=cit,
-                        co=cot, xh=r1 - r0, xw=G["W"], yh=oht, yw=G["OW"], **geo,
-                        xh0=r0, xw0=0, yh0=oh0, yw0=0)
+                em.view(True, WBUF, 0, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
+                em.emit("MAC", pattern=0, abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0,
+                        xh=r1 - r0, yh=oht, xh0=r0, yh0=oh0,
+                        **dict(mac, acc=int(rt_i > 0 or len(n.inputs) == 3)))
             elif kind == "eb":
                 i0, iht = t["ih"]
                 y0 = max(0, -(-(i0 + G["ph"] - G["kh"] + 1) // G["sh"]))
                 y1 = min(G["OH"], (i0 + iht - 1 + G["ph"]) // G["sh"] + 1)
                 if y1 > y0:
-                    em.box(True, IBUF, 0, mem.of_value[n.inputs[0]], (n0, co0, y0, 0),
-                           (nt, cot, y1 - y0, G["OW"]), y4)
+                    em.box(True, IBUF, 0, mem.of_value[n.inputs[0]], (n0, yc0, y0, 0),
+                           (nt, yct, y1 - y0, G["OW"]), y4)
                     wsym, wva = em.weight_view(n.inputs[1])
-                    blk = nest.unit.get("ci", 1)
-                    em.view(True, WBUF, 0, wsym, wva, co0, cot, ci0 // blk, cit // blk)
-                em.emit("MAC", pattern=1, acc=int(rt_i > 0), abuf=IBUF, aaddr=0, bbuf=WBUF,
-                        baddr=0, caddr=0, n=nt, ci=cit, co=cot, xh=iht, xw=G["W"],
-                        yh=max(1, y1 - y0), yw=G["OW"], **geo, xh0=i0, xw0=0,
-                        yh0=y0 if y1 > y0 else G["OH"] + G["kh"] + i0, yw0=0)
+                    em.view(True, WBUF, 0, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
+                em.emit("MAC", pattern=1, abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0,
+                        xh=iht, yh=max(1, y1 - y0), xh0=i0,
+                        yh0=y0 if y1 > y0 else G["OH"] + G["kh"] + i0, **mac)
             else:   # wg
                 oh0, oht = t["oh"]
                 r0 = max(0, oh0 * G["sh"] - G["ph"])
                 r1 = min(G["H"], (oh0 + oht - 1) * G["sh"] - G["ph"] + G["kh"])
-                em.box(True, WBUF, 0, mem.of_value[n.inputs[0]], (n0, co0, oh0, 0),
-                       (nt, cot, oht, G["OW"]), y4)
-                em.box(True, IBUF, 0, mem.of_value[n.inputs[1]], (n0, ci0, r0, 0),
-                       (nt, cit, r1 - r0, G["W"]), x4)
-                em.emit("MAC", pattern=2, acc=int(rt_i > 0), abuf=WBUF, aaddr=0, bbuf=IBUF,
-                        baddr=0, caddr=0, n=nt, ci=cit, co=cot, xh=r1 - r0, xw=G["W"],
-                        yh=oht, yw=G["OW"], **geo, xh0=r0, xw0=0, yh0=oh0, yw0=0)
+                em.box(True, WBUF, 0, mem.of_value[n.inputs[0]], (n0, yc0, oh0, 0),
+                       (nt, yct, oht, G["OW"]), y4)
+                em.box(True, IBUF, 0, mem.of_value[n.inputs[1]], (n0, xc0, r0, 0),
+                       (nt, xct, r1 - r0, G["W"]), x4)
+                em.emit("MAC", pattern=2, abuf=WBUF, aaddr=0, bbuf=IBUF, baddr=0,
+                        xh=r1 - r0, yh=oht, xh0=r0, yh0=oh0, **mac)
         # requantize the finished accumulator tile and store it
         if kind == "fp":
             oh0, oht = pt["oh"]
-            full, start, ext = y4, (n0, co0, oh0, 0), (nt, cot, oht, G["OW"])
+            full, start, ext = y4, (n0, yc0, oh0, 0), (nt, yct, oht, G["OW"])
         elif kind == "eb":
             i0, iht = pt["ih"]
-            full, start, ext = x4, (n0, ci0, i0, 0), (nt, cit, iht, G["W"])
+            full, start, ext = x4, (n0, xc0, i0, 0), (nt, xct, iht, G["W"])
         else:
-            full, start, ext = (G["O"], G["C"], kk), (co0, ci0, 0), (cot, cit, kk)
+            full, start, ext = (G["O"], Cg, kk), (yc0, ci0, 0), (yct, cit, kk)
         idx = _rq_index(full, start, ext)
+        lo, hi = a.get("clamp", (-127, 127))
         em.emit("RQ", saddr=0, dbuf=IBUF, daddr=obase, shift=a["shift"],
-                mode=int(kind != "fp"), relu=int(bool(a.get("relu"))), tid=a.get("tid", 0),
-                **idx)
+                mode=int(kind != "fp"), lo=lo, hi=hi, tid=a.get("tid", 0), **idx)
         em.box(False, IBUF, obase, out, start, ext, full)
 
 
@@ -205,15 +205,25 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
     g, mem, V = em.g, em.mem, em.g.values
     out = mem.of_value[n.outputs[0]]
     a = n.attrs
-    if n.op in ("relu", "relu_bwd"):
+    if n.op in ("relu", "hardtanh", "add", "relu_bwd", "hardtanh_bwd"):
         src_a = mem.of_value[n.inputs[0]]
         src_b = mem.of_value[n.inputs[-1]]
+        two = len(n.inputs) == 2
         for t in _tiles(nest, ["e"]):
             e0, et = t["e"]
             _flat(em, True, IBUF, 0, src_a, e0, et)
-            _flat(em, True, WBUF, 0, src_b, e0, et)
-            em.emit("VMASK", abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, dbuf=IBUF, daddr=et,
-                    count=et)
+            if two:
+                _flat(em, True, WBUF, 0, src_b, e0, et)
+            if n.op.endswith("_bwd"):
+                lo, hi = a["pass_range"]
+                em.emit("VMASK", abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, dbuf=IBUF, daddr=et,
+                        count=et, lo=lo, hi=hi)
+            else:
+                lo, hi = a["clamp"]
+                em.emit("VADD", abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, dbuf=IBUF, daddr=et,
+                        count=et, nb=int(two), sa=a.get("sa", 0), sb=a.get("sb", 0),
+                        shift=a.get("shift", 0), mode=int(bool(a.get("grad"))),
+                        tid=a.get("tid", 0), gbase=e0, lo=lo, hi=hi)
             _flat(em, False, IBUF, et, out, e0, et)
     elif n.op in ("maxpool", "maxpool_bwd"):
         x = mem.of_value[n.inputs[0] if n.op == "maxpool" else n.inputs[1]]
@@ -250,8 +260,8 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
                 n0, nn = nt_["n"]
                 em.box(True, IBUF, 0, dy, (n0, c0, 0), (nn, cn, hw), (N, C, hw))
                 em.emit("RSUM", sbuf=IBUF, saddr=0, daddr=0, n=nn, c=cn, hw=hw, acc=int(i > 0))
-            em.emit("RQ", saddr=0, dbuf=IBUF, daddr=0, shift=a["shift"], mode=1, relu=0,
-                    tid=a["tid"], **_rq_index((C,), (c0,), (cn,)))
+            em.emit("RQ", saddr=0, dbuf=IBUF, daddr=0, shift=a["shift"], mode=1, lo=-127,
+                    hi=127, tid=a["tid"], **_rq_index((C,), (c0,), (cn,)))
             em.box(False, IBUF, 0, out, (c0,), (cn,))
     elif n.op == "loss_grad":
         z, lab = mem.of_value[n.inputs[0]], mem.of_value[n.inputs[1]]

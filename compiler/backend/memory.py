@@ -76,6 +76,8 @@ def plan_memory(g: Graph, seed: int, ddr_limit: int) -> MemoryPlan:
     newval = {n.inputs[i]: n.outputs[i] for n in g.nodes if n.op == "sgd" for i in (0, 1)}
     for p in g.params.values():
         for vname in (p.value, f"master:{p.name}"):
+            if vname not in init:         # frozen: no master copy
+                continue
             v = V[vname]
             sym = m.place(vname if vname.startswith("master:") else f"param:{p.name}",
                           "master" if vname.startswith("master:") else "param",
@@ -96,7 +98,8 @@ def plan_memory(g: Graph, seed: int, ddr_limit: int) -> MemoryPlan:
                                      src.exp, src.value)
             continue
         kind = "grad" if out in grads else ("err" if "_bwd" in n.op or n.op.endswith("_eb")
-                                            or n.op == "loss_grad" else "act")
+                                            or n.op == "loss_grad" or n.attrs.get("grad")
+                                            else "act")
         name = f"grad:{grads[out]}" if out in grads else out
         m.of_value[out] = m.place(name, kind, V[out].shape, "i8", V[out].exp, out)
     if m.size > ddr_limit:

@@ -13,9 +13,11 @@ onnxruntime's integer operators, so an outside engine can check the emulator bit
   ``floor((acc + 2**(s-1)) / 2**s)`` is computed as
   ``(acc + 2**(s-1) + 2**33) / 2**s - 2**(33-s)`` (the offset makes the dividend positive,
   so ONNX's truncating integer ``Div`` is a floor; exact for |acc| < 2**32); for ``s <= 0``
-  a ``Mul`` by ``2**-s``; then ``Clip`` to ``[-127, 127]`` (``[0, 127]`` with a fused relu)
-  and ``Cast`` to int8;
-* relu: ``Max`` with an int8 zero; maxpool: ``MaxPool`` on int8; reshape: ``Reshape``.
+  a ``Mul`` by ``2**-s``; then ``Clip`` to the op's ``clamp`` bounds and ``Cast`` to int8
+  (grouped/depthwise convs: ``ConvInteger`` with ``group``);
+* add: both operands cast to int64 and aligned by ``Mul 2**sa``/``2**sb``, ``Add``, then
+  the same requantize; relu/hardtanh: ``Clip`` on int8; maxpool: ``MaxPool`` on int8;
+  reshape: ``Reshape``.
 
 Outputs: every forward value of the graph, under its graph value name, int8; the
 exponent of each is in the metadata (``exp:<value>``: real = q * 2**exp).
@@ -77,6 +79,22 @@ def export_forward(g: Graph, name: str = "edgec_forward"):
     def add(op, ins, outs, **attrs):
         nodes.append(h.make_node(op, ins, outs, name=tmp(op), **attrs))
 
+    def requant(a64: str, s: int, clamp, o: str) -> None:
+        """int64 accumulator -> int8: rshift nearest (floor via offset Div), clip, cast."""
+        if s > 0:
+            t1, t2, t3 = tmp("rnd"), tmp("div"), tmp("shifted")
+            add("Add", [a64, const(np.int64((1 << (s - 1)) + (1 << _OFF)), "round")], [t1])
+            add("Div", [t1, const(np.int64(1 << s), "pow2")], [t2])
+            add("Sub", [t2, const(np.int64(1 << (_OFF - s)), "offset")], [t3])
+        elif s < 0:
+            t3 = tmp("shifted")
+            add("Mul", [a64, const(np.int64(1 << -s), "pow2")], [t3])
+        else:
+            t3 = a64
+        c = tmp("sat")
+        add("Clip", [t3, const(np.int64(clamp[0]), "lo"), const(np.int64(clamp[1]), "hi")], [c])
+        add("Cast", [c], [o], to=T.INT8)
+
     have_init = set()
     for n in forward_nodes(g):
         for v in n.inputs:
@@ -107,7 +125,7 @@ def export_forward(g: Graph, name: str = "edgec_forward"):
                 st, pd = n.attrs["stride"], n.attrs["pad"]
                 add("ConvInteger", [x, w], [acc], strides=list(st),
                     pads=[pd[0], pd[1], pd[0], pd[1]],
-                    kernel_shape=list(V[w].shape[2:]))
+                    kernel_shape=list(V[w].shape[2:]), group=int(n.attrs.get("groups", 1)))
             else:
                 wt = tmp("wT")
                 add("Transpose", [w], [wt], perm=[1, 0])
@@ -123,23 +141,23 @@ def export_forward(g: Graph, name: str = "edgec_forward"):
                 acc = acc2
             a64 = tmp("acc64")
             add("Cast", [acc], [a64], to=T.INT64)
-            s = int(n.attrs["shift"])
-            if s > 0:
-                t1, t2, t3 = tmp("rnd"), tmp("div"), tmp("shifted")
-                add("Add", [a64, const(np.int64((1 << (s - 1)) + (1 << _OFF)), "round")], [t1])
-                add("Div", [t1, const(np.int64(1 << s), "pow2")], [t2])
-                add("Sub", [t2, const(np.int64(1 << (_OFF - s)), "offset")], [t3])
-            elif s < 0:
-                t3 = tmp("shifted")
-                add("Mul", [a64, const(np.int64(1 << -s), "pow2")], [t3])
-            else:
-                t3 = a64
-            lo = 0 if n.attrs.get("relu") else -127
-            c = tmp("sat")
-            add("Clip", [t3, const(np.int64(lo), "lo"), const(np.int64(127), "hi")], [c])
-            add("Cast", [c], [o], to=T.INT8)
-        elif n.op == "relu":
-            add("Max", [n.inputs[0], const(np.int8(0), "zero")], [o])
+            requant(a64, int(n.attrs["shift"]), n.attrs.get("clamp", (-127, 127)), o)
+        elif n.op == "add":
+            terms = []
+            for v, sh in ((n.inputs[0], n.attrs["sa"]), (n.inputs[1], n.attrs["sb"])):
+                t64 = tmp("add64")
+                add("Cast", [v], [t64], to=T.INT64)
+                if sh:
+                    t2 = tmp("aligned")
+                    add("Mul", [t64, const(np.int64(1 << sh), "pow2")], [t2])
+                    t64 = t2
+                terms.append(t64)
+            acc = tmp("sum")
+            add("Add", terms, [acc])
+            requant(acc, int(n.attrs["shift"]), n.attrs["clamp"], o)
+        elif n.op in ("relu", "hardtanh"):
+            lo, hi = n.attrs["clamp"]
+            add("Clip", [n.inputs[0], const(np.int8(lo), "lo"), const(np.int8(hi), "hi")], [o])
         elif n.op == "maxpool":
             k, st, pd = n.attrs["kernel"], n.attrs["stride"], n.attrs["pad"]
             add("MaxPool", [n.inputs[0]], [o], kernel_shape=list(k), strides=list(st),

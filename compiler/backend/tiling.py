@@ -15,7 +15,7 @@ def geometry(g: Graph, n) -> dict:
     V = g.values
     a = n.attrs
     if n.op.startswith("linear"):
-        one = dict(kh=1, kw=1, sh=1, sw=1, ph=0, pw=0, H=1, W=1, OH=1, OW=1)
+        one = dict(kh=1, kw=1, sh=1, sw=1, ph=0, pw=0, H=1, W=1, OH=1, OW=1, G=1)
         if n.op == "linear":
             x, w = V[n.inputs[0]].shape, V[n.inputs[1]].shape
             return dict(one, N=x[0], C=x[1], O=w[0])
@@ -29,13 +29,13 @@ def geometry(g: Graph, n) -> dict:
         (N, C, H, W), (O, _, kh, kw) = V[n.inputs[0]].shape, V[n.inputs[1]].shape
         _, _, OH, OW = V[n.outputs[0]].shape
     elif n.op == "conv_eb":
-        (N, O, OH, OW), (_, C, kh, kw) = V[n.inputs[0]].shape, V[n.inputs[1]].shape
-        _, _, H, W = V[n.outputs[0]].shape
+        (N, O, OH, OW), (_, _, kh, kw) = V[n.inputs[0]].shape, V[n.inputs[1]].shape
+        _, C, H, W = V[n.outputs[0]].shape
     else:
         (N, O, OH, OW), (_, C, H, W) = V[n.inputs[0]].shape, V[n.inputs[1]].shape
         kh, kw = a["kernel"]
     return dict(N=N, C=C, O=O, H=H, W=W, OH=OH, OW=OW, kh=kh, kw=kw, sh=sh, sw=sw,
-                ph=ph, pw=pw)
+                ph=ph, pw=pw, G=int(a.get("groups", 1)))
 
 
 def x_rows(G: dict, oht: int) -> int:
@@ -74,24 +74,33 @@ def sgd_geometry(g: Graph, n) -> tuple[int, int, int]:
     return gshape[0], row // inner, inner
 
 
-def _fits(op: str, G: dict, t: dict, tg: Target) -> bool:
+def tile_words(op: str, G: dict, t: dict) -> dict[str, int]:
+    """Buffer elements one tile of a MAC nest occupies: IBUF, WBUF, ABUF (op = conv,
+    conv_eb or conv_wg; linear ops use the same shapes).  ``t`` holds the tile sizes;
+    ``ci``/``co`` are per group and ``g`` groups share the tile."""
     kk = G["kh"] * G["kw"]
-    if op in ("conv", "linear"):
-        ib = t["n"] * t["ci"] * x_rows(G, t["oh"]) * G["W"] + t["n"] * t["co"] * t["oh"] * G["OW"]
-        return (ib <= tg.ibuf and t["co"] * t["ci"] * kk <= tg.wbuf
-                and t["n"] * t["co"] * t["oh"] * G["OW"] <= tg.abuf)
-    if op in ("conv_eb", "linear_eb"):
-        ib = t["n"] * t["co"] * y_rows(G, t["ih"]) * G["OW"] + t["n"] * t["ci"] * t["ih"] * G["W"]
-        return (ib <= tg.ibuf and t["co"] * t["ci"] * kk <= tg.wbuf
-                and t["n"] * t["ci"] * t["ih"] * G["W"] <= tg.abuf)
-    # weight gradient
-    ib = t["n"] * t["ci"] * x_rows(G, t["oh"]) * G["W"] + t["co"] * t["ci"] * kk
-    return (ib <= tg.ibuf and t["n"] * t["co"] * t["oh"] * G["OW"] <= tg.wbuf
-            and t["co"] * t["ci"] * kk <= tg.abuf)
+    gi, go = t["g"] * t["ci"], t["g"] * t["co"]         # channels of all groups in the tile
+    w = go * t["ci"] * kk                                  # weights [g*co, ci, kh, kw]
+    if op == "conv":
+        out = t["n"] * go * t["oh"] * G["OW"]
+        return {"ibuf": t["n"] * gi * x_rows(G, t["oh"]) * G["W"] + out, "wbuf": w,
+                "abuf": out}
+    if op == "conv_eb":
+        out = t["n"] * gi * t["ih"] * G["W"]
+        return {"ibuf": t["n"] * go * y_rows(G, t["ih"]) * G["OW"] + out, "wbuf": w,
+                "abuf": out}
+    return {"ibuf": t["n"] * gi * x_rows(G, t["oh"]) * G["W"] + w,
+            "wbuf": t["n"] * go * t["oh"] * G["OW"], "abuf": w}
 
 
-_PRIORITY = {"conv": ("oh", "n", "ci", "co"), "conv_eb": ("ih", "n", "co", "ci"),
-             "conv_wg": ("oh", "n", "ci", "co")}
+def _fits(op: str, G: dict, t: dict, tg: Target) -> bool:
+    u = tile_words(op, G, t)
+    return u["ibuf"] <= tg.ibuf and u["wbuf"] <= tg.wbuf and u["abuf"] <= tg.abuf
+
+
+# g shrinks before ci/co: a tile of several groups always holds their whole channels
+_PRIORITY = {"conv": ("oh", "n", "g", "ci", "co"), "conv_eb": ("ih", "n", "g", "co", "ci"),
+             "conv_wg": ("oh", "n", "g", "ci", "co")}
 
 
 def _shrink(dims, unit, fits, priority, what) -> dict:
@@ -121,13 +130,13 @@ def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
             G = geometry(g, n)
             kind = n.op.split("_")[-1] if "_" in n.op else "fp"
             base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
-            dims = {"n": G["N"], "co": G["O"], "ci": G["C"]}
+            dims = {"n": G["N"], "g": G["G"], "co": G["O"] // G["G"], "ci": G["C"] // G["G"]}
             dims["oh" if base != "conv_eb" else "ih"] = G["OH"] if base != "conv_eb" else G["H"]
             blk = in_block(g, n)
             if blk > 1:
                 unit["ci"] = blk
             t = _shrink(dims, unit, lambda t: _fits(base, G, t, tg), _PRIORITY[base], where)
-        elif n.op in ("relu", "relu_bwd"):
+        elif n.op in ("relu", "relu_bwd", "hardtanh", "hardtanh_bwd", "add"):
             total = 1
             for d in V[n.outputs[0]].shape:
                 total *= d

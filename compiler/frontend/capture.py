@@ -31,7 +31,9 @@ from edgec.isa.errors import EdgecError
 from edgec.compiler.ir.graph import Graph, Node, Param
 from edgec.compiler.frontend.load import construction_site
 
-SUPPORTED = "edgec supports Conv2d, Linear, ReLU, MaxPool2d, flatten"
+SUPPORTED = ("edgec supports Conv2d (incl. grouped/depthwise), Linear, BatchNorm2d, ReLU, "
+             "ReLU6/Hardtanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, residual add, "
+             "Dropout/Identity, flatten")
 _META_KEY = "edgec_module"
 
 # leaf module type -> the edgec op it owns (its name becomes the value base)
@@ -41,6 +43,11 @@ _OWNS = {
     torch.nn.ReLU: "relu",
     torch.nn.MaxPool2d: "maxpool",
     torch.nn.Flatten: "reshape",
+    torch.nn.ReLU6: "hardtanh",
+    torch.nn.Hardtanh: "hardtanh",
+    torch.nn.AvgPool2d: "conv",
+    torch.nn.AdaptiveAvgPool2d: "conv",
+    torch.nn.BatchNorm2d: "bn",
 }
 
 # aten ops that only allocate/copy: in an error, the module type names the op better
@@ -82,6 +89,7 @@ class _Ctx:
     param_module: dict[str, str] = field(default_factory=dict)   # param value -> module
     module_types: dict[str, type] = field(default_factory=dict)
     modules: dict[str, torch.nn.Module] = field(default_factory=dict)
+    bn: dict[str, dict] = field(default_factory=dict)      # BatchNorm input -> its record
 
 
 def _err(loc: str | None, msg: str) -> EdgecError:
@@ -180,14 +188,30 @@ def _fwd_of(ctx: _Ctx, dy: str, what: str) -> tuple[Node, _Info]:
     return node, ctx.info[y]
 
 
+def _fwd_by(ctx: _Ctx, what: str, pred) -> tuple[Node, _Info]:
+    """The (last) forward node satisfying ``pred``: backward aten ops are matched to their
+    forward op through the forward operands they take (weights, inputs, outputs)."""
+    for node in reversed(ctx.g.nodes):
+        if pred(node) and ctx.info.get(node.outputs[0]) is not None \
+                and ctx.info[node.outputs[0]].grad_of is None:
+            return node, ctx.info[node.outputs[0]]
+    raise EdgecError(f"internal error: cannot attribute backward op {what}")
+
+
 def _arg(fxn, i: int, name: str, default):
     if len(fxn.args) > i:
         return fxn.args[i]
     return fxn.kwargs.get(name, default)
 
 
-def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str) -> Graph:
-    """Trace one training step of ``model`` and return the float edgec graph."""
+def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str,
+            frozen=()) -> Graph:
+    """Trace one training step of ``model`` and return the float edgec graph.
+
+    The model is put in eval mode (BatchNorm uses its running statistics, Dropout is the
+    identity).  Parameters named in ``frozen`` are marked non-trainable (the prune pass
+    removes their backward work)."""
+    model.eval()
     model_file = os.path.abspath(model_path)
     base_name = os.path.basename(model_path)
     x = example_input.detach().to(torch.float32)
@@ -300,7 +324,8 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str
         mod, _, leaf = pname.rpartition(".")
         kind = "bias" if leaf == "bias" else "weight"
         g.params[pname] = Param(pname, f"param:{pname}", tuple(pt.shape), module=mod,
-                                kind=kind, trainable=bool(pt.requires_grad))
+                                kind=kind, trainable=bool(pt.requires_grad)
+                                and pname not in frozen)
         g.add_value(f"param:{pname}", tuple(pt.shape))
         ctx.param_module[f"param:{pname}"] = mod
     g.meta["num_classes"] = K
@@ -322,6 +347,9 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str
         if fxn.op == "output":
             output_node = fxn
             break
+        if fxn.op == "get_attr":        # a buffer (BatchNorm running statistics)
+            env[fxn] = _D("const")
+            continue
         if fxn.op != "call_function":
             raise EdgecError(f"internal error: unexpected fx node {fxn.op}")
         env[fxn] = _convert(ctx, fxn, env)
@@ -350,14 +378,14 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str
         if d.name in rename:
             raise EdgecError(f"{base_name}: parameter gradients of '{pname}' and "
                              f"'{rename[d.name][5:]}' coincide; shared weights are not supported")
-        if _shape(ctx, d.name) != g.params[pname].shape:
+        if _shape(ctx, d.name) != _shape(ctx, g.params[pname].value):
             raise EdgecError(f"internal error: gradient of {pname} has shape "
                              f"{_shape(ctx, d.name)}, parameter {g.params[pname].shape}")
         rename[d.name] = f"grad:{pname}"
         g.outputs[f"grad:{pname}"] = f"grad:{pname}"
     g.meta.pop("_claimed", None)
     _rename(g, rename)
-    _dead_code(g)
+    g.remove_dead()
     try:
         g.verify()
     except ValueError as e:
@@ -395,19 +423,31 @@ def _rename(g: Graph, m: dict[str, str]) -> None:
     g.outputs = {k: m.get(v, v) for k, v in g.outputs.items()}
 
 
-def _dead_code(g: Graph) -> None:
-    live = set(g.outputs.values())
-    keep = []
-    for n in reversed(g.nodes):
-        if any(o in live for o in n.outputs):
-            keep.append(n)
-            live.update(n.inputs)
-    keep.reverse()
-    g.nodes = keep
-    used = set(live) | set(g.inputs) | {p.value for p in g.params.values()}
-    for n in keep:
-        used.update(n.outputs)
-    g.values = {k: v for k, v in g.values.items() if k in used}
+def _const_param(ctx: _Ctx, name: str, kind: str, module: str, shape) -> str:
+    """A frozen constant (BatchNorm normalisation, average-pool weight) as a parameter;
+    its float value is derived from the model by ``const_values``."""
+    if name in ctx.g.params:
+        raise EdgecError(f"{ctx.base_name}: module '{module}' is called more than once; "
+                         "shared modules are not supported")
+    ctx.g.params[name] = Param(name, f"param:{name}", tuple(shape), module=module, kind=kind,
+                               trainable=False)
+    ctx.g.add_value(f"param:{name}", tuple(shape))
+    return f"param:{name}"
+
+
+def const_values(g: Graph, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Float values of the graph's frozen constants (docs/numerics.md, lowerings)."""
+    out = {}
+    for p in g.params.values():
+        if p.kind == "avg":
+            kh, kw = p.shape[2:]
+            out[p.name] = torch.full(p.shape, 1.0 / (kh * kw), dtype=torch.float64)
+        elif p.kind in ("bn_scale", "bn_shift"):
+            bn = model.get_submodule(p.module)
+            inv = 1.0 / torch.sqrt(bn.running_var.double() + float(bn.eps))
+            v = inv if p.kind == "bn_scale" else -bn.running_mean.double() * inv
+            out[p.name] = v.reshape(p.shape)
+    return out
 
 
 def _claim_params(ctx: _Ctx, values: list[str], loc: str | None) -> None:
@@ -463,6 +503,8 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
         return _D("zero", env[fxn.args[0]].name)
 
     # ---- no-ops ----
+    if op in ("empty", "empty_like") and not fxn.users:   # scratch of batch_norm, unused
+        return _D("none")
     if op in _NOOPS:
         d = _val(env, args[0])
         if op == "_to_copy" and fxn.kwargs.get("dtype") not in (None, torch.float32):
@@ -514,8 +556,6 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
             detail.append("transposed convolution")
         if any(int(d) != 1 for d in dil):
             detail.append(f"dilation={tuple(dil)}")
-        if int(groups) != 1:
-            detail.append(f"groups={groups}")
         if len(stride) != 2 or xd.kind != "val" or len(_shape(ctx, xd.name)) != 4:
             detail.append("only 2-D convolutions on (N, C, H, W)")
         if detail:
@@ -527,8 +567,10 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
         ins = [xd.name, wd.name] + ([bd.name] if bd is not None else [])
         shape = tuple(fxn.meta["val"].shape)
         info = _Info(layer, loc, base)
-        out = _emit(ctx, "conv", ins, f"{base}.out", shape,
-                    {"stride": _pair(stride), "pad": _pair(pad)}, info)
+        attrs = {"stride": _pair(stride), "pad": _pair(pad)}
+        if int(groups) != 1:
+            attrs["groups"] = int(groups)
+        out = _emit(ctx, "conv", ins, f"{base}.out", shape, attrs, info)
         return _D("val", out)
 
     if op in ("relu", "relu_"):
@@ -619,12 +661,215 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
                     _Info(layer, loc, base))
         return _D("val", out)
 
+    # ---- BatchNorm (eval): two depthwise 1x1 convs, see docs/numerics.md ----
+    if op in ("native_batch_norm", "_native_batch_norm_legit_no_training"):
+        if op == "native_batch_norm":
+            xa, wa, ba, training = args[0], args[1], args[2], bool(args[5])
+        else:
+            xa, wa, ba, training = args[0], args[1], args[2], False
+        mod = _module_of(fxn)
+        if training or not isinstance(ctx.modules.get(mod), torch.nn.BatchNorm2d):
+            raise unsupported("batch_norm", " (only nn.BatchNorm2d modules with running "
+                                            "statistics)")
+        xd = _val(env, xa)
+        xs = _shape(ctx, xd.name)
+        if xd.kind != "val" or len(xs) != 4:
+            raise unsupported("batch_norm", " on input that is not (N, C, H, W)")
+        C = xs[1]
+        layer, base = _fwd_layer_base(ctx, fxn, "bn", "bn")
+        info = _Info(layer, loc, base)
+        one = {"stride": (1, 1), "pad": (0, 0), "groups": C}
+        scale = _const_param(ctx, f"{mod}:scale", "bn_scale", mod, (C, 1, 1, 1))
+        shift = _const_param(ctx, f"{mod}:shift", "bn_shift", mod, (C,))
+        out = xhat = _emit(ctx, "conv", [xd.name, scale, shift], f"{base}.xhat", xs, one, info)
+        gamma = beta = None
+        if wa is not None:
+            gamma = _val(env, wa).name
+            beta = _val(env, ba).name if ba is not None else None
+            ps = [gamma] + ([beta] if beta else [])
+            if any(p not in ctx.param_module for p in ps):
+                raise unsupported("batch_norm", " with non-parameter weight/bias")
+            _claim_params(ctx, ps, loc)
+            ctx.g.values[gamma].shape = (C, 1, 1, 1)
+            out = _emit(ctx, "conv", [xhat] + ps, f"{base}.out", xs, one, info)
+        rec = dict(x=xd.name, xhat=xhat, scale=scale, gamma=gamma, beta=beta, info=info,
+                   out=out)
+        ctx.bn[xd.name] = rec
+        return _D("tuple", data=lambda i: _D("val", out) if i == 0 else _D("none"))
+
+    if op == "native_batch_norm_backward":
+        dy, xd = _val(env, args[0]), _val(env, args[1])
+        rec = ctx.bn.get(xd.name)
+        if rec is None:
+            raise EdgecError("internal error: unexpected batch_norm backward")
+        binf = rec["info"]
+        xs = _shape(ctx, xd.name)
+        one = {"stride": (1, 1), "pad": (0, 0), "groups": xs[1]}
+        made: dict[int, _D] = {}
+
+        def pick_bn(i):
+            if i in made:
+                return made[i]
+            if i == 0:
+                d = dy.name
+                if rec["gamma"] is not None:
+                    d = _emit(ctx, "conv_eb", [d, rec["gamma"]], f"{binf.base}.dxhat", xs,
+                              {**one, "in_shape": xs}, _Info(binf.layer, binf.loc, binf.base,
+                                                             grad_of=rec["xhat"]))
+                d = _emit(ctx, "conv_eb", [d, rec["scale"]], f"{binf.base}.dx", xs,
+                          {**one, "in_shape": xs},
+                          _Info(binf.layer, binf.loc, binf.base, grad_of=xd.name))
+            elif i == 1 and rec["gamma"] is not None:
+                d = _emit(ctx, "conv_wg", [dy.name, rec["xhat"]], g.fresh(f"{binf.base}.dw"),
+                          (xs[1], 1, 1, 1), {**one, "kernel": (1, 1)},
+                          _Info(binf.layer, binf.loc, binf.base, grad_of=rec["gamma"]))
+            elif i == 2 and rec["beta"] is not None:
+                d = _emit(ctx, "bias_grad", [dy.name], g.fresh(f"{binf.base}.db"), (xs[1],),
+                          {}, _Info(binf.layer, binf.loc, binf.base, grad_of=rec["beta"]))
+            else:
+                return _D("none")
+            made[i] = _D("val", d)
+            return made[i]
+        return _D("tuple", data=pick_bn)
+
+    # ---- ReLU6 / Hardtanh ----
+    if op in ("hardtanh", "hardtanh_"):
+        xd = _val(env, args[0])
+        if xd.kind != "val" or xd.T:
+            raise unsupported("hardtanh")
+        lo = float(_arg(fxn, 1, "min_val", -1.0))
+        hi = float(_arg(fxn, 2, "max_val", 1.0))
+        layer, base = _fwd_layer_base(ctx, fxn, "hardtanh", "hardtanh")
+        out = _emit(ctx, "hardtanh", [xd.name], f"{base}.out", _shape(ctx, xd.name),
+                    {"lo": lo, "hi": hi}, _Info(layer, loc, base))
+        if op == "hardtanh_":
+            env[args[0]] = _D("val", out)
+        return _D("val", out)
+
+    if op == "hardtanh_backward":
+        dy, xd = _val(env, args[0]), _val(env, args[1])
+        fnode, finf = _fwd_by(ctx, op, lambda n: n.op == "hardtanh"
+                              and xd.name in (n.inputs[0], n.outputs[0]))
+        info = _Info(finf.layer, finf.loc, finf.base, grad_of=fnode.inputs[0])
+        out = _emit(ctx, "hardtanh_bwd", [dy.name, fnode.outputs[0]], f"{finf.base}.dx",
+                    _shape(ctx, fnode.inputs[0]), dict(fnode.attrs), info)
+        return _D("val", out)
+
+    # ---- residual add (forward) and sums of errors (backward) ----
+    if op in ("add", "add_"):
+        ok = (len(args) == 2 and all(isinstance(a, torch.fx.Node) for a in args)
+              and fxn.kwargs.get("alpha", 1) == 1)
+        if not ok:
+            raise unsupported("add", " (only tensor + tensor of the same shape)")
+        a, b = _val(env, args[0]), _val(env, args[1])
+        if a.kind != "val" or b.kind != "val" or a.T or b.T \
+                or _shape(ctx, a.name) != _shape(ctx, b.name):
+            raise unsupported("add", " (only tensor + tensor of the same shape)")
+        if is_grad(a) and is_grad(b):
+            # partial errors of one forward value: take the earliest-produced one
+            order = {n.outputs[0]: i for i, n in enumerate(ctx.g.nodes)}
+            fv = min((ctx.info[a.name].grad_of, ctx.info[b.name].grad_of),
+                     key=lambda v: order.get(v, -1))
+            finf = ctx.info.get(fv)
+            fbase = finf.base if finf is not None else fv
+            info = _Info(finf.layer if finf else "forward", finf.loc if finf else loc, fbase,
+                         grad_of=fv)
+            out = _emit(ctx, "add", [a.name, b.name], g.fresh(f"{fbase}.dsum"),
+                        _shape(ctx, a.name), {"grad": True}, info)
+        elif not is_grad(a) and not is_grad(b):
+            layer, base = _fwd_layer_base(ctx, fxn, "add", "add")
+            out = _emit(ctx, "add", [a.name, b.name], f"{base}.out", _shape(ctx, a.name),
+                        {"grad": False}, _Info(layer, loc, base))
+        else:
+            raise unsupported("add", " (mixing a forward value and an error)")
+        if op == "add_":
+            env[args[0]] = _D("val", out)
+        return _D("val", out)
+
+    # ---- average pooling: depthwise convs with a constant weight ----
+    if op in ("avg_pool2d", "mean", "_adaptive_avg_pool2d"):
+        xd = _val(env, args[0])
+        xs = _shape(ctx, xd.name) if xd.kind == "val" else ()
+        if len(xs) != 4 or xd.T:
+            raise unsupported(op, " on input that is not (N, C, H, W)")
+        N, C, H, W = xs
+        keep4 = True
+        if op == "avg_pool2d":
+            kernel = _pair(_arg(fxn, 1, "kernel_size", None))
+            stride = _arg(fxn, 2, "stride", [])
+            stride = _pair(stride) if stride not in ([], (), None) else kernel
+            pad = _pair(_arg(fxn, 3, "padding", 0))
+            detail = []
+            if bool(_arg(fxn, 4, "ceil_mode", False)):
+                detail.append("ceil_mode=True")
+            if not bool(_arg(fxn, 5, "count_include_pad", True)) and pad != (0, 0):
+                detail.append("count_include_pad=False")
+            if _arg(fxn, 6, "divisor_override", None) is not None:
+                detail.append("divisor_override")
+            if detail:
+                raise unsupported("avgpool", " with " + ", ".join(detail))
+        elif op == "mean":
+            dims = sorted(int(d) % 4 for d in _arg(fxn, 1, "dim", []))
+            if dims != [2, 3] or fxn.kwargs.get("dtype") not in (None, torch.float32):
+                raise unsupported("mean", " (only the mean over H and W of (N, C, H, W))")
+            kernel = stride = (H, W)
+            pad = (0, 0)
+            keep4 = bool(_arg(fxn, 2, "keepdim", False))
+        else:
+            oh, ow = _pair(args[1])
+            if H % oh or W % ow:
+                raise unsupported("adaptive_avg_pool2d", f" from {H}x{W} to {oh}x{ow} "
+                                  "(the input size must be a multiple of the output size)")
+            kernel = stride = (H // oh, W // ow)
+            pad = (0, 0)
+        layer, base = _fwd_layer_base(ctx, fxn, "conv", "avgpool")
+        wv = _const_param(ctx, f"{base}:avg", "avg", layer, (C, 1, *kernel))
+        info = _Info(layer, loc, base)
+        oshape = (N, C, (H + 2 * pad[0] - kernel[0]) // stride[0] + 1,
+                  (W + 2 * pad[1] - kernel[1]) // stride[1] + 1)
+        out = _emit(ctx, "conv", [xd.name, wv], f"{base}.out" if keep4 else f"{base}.pool",
+                    oshape, {"stride": stride, "pad": pad, "groups": C}, info)
+        if not keep4:
+            out = _emit(ctx, "reshape", [out], f"{base}.out", (N, C), {"shape": (N, C)}, info)
+        return _D("val", out)
+
+    def avg_eb(dy: _D, fnode: Node, finf: _Info) -> _D:
+        xs = _shape(ctx, fnode.inputs[0])
+        info = _Info(finf.layer, finf.loc, finf.base, grad_of=fnode.inputs[0])
+        at = {k: fnode.attrs[k] for k in ("stride", "pad", "groups")}
+        return _D("val", _emit(ctx, "conv_eb", [dy.name, fnode.inputs[1]], f"{finf.base}.dx",
+                               xs, {**at, "in_shape": xs}, info))
+
+    def is_avg(n: Node) -> bool:
+        p = ctx.g.param_of_value(n.inputs[1]) if n.op == "conv" else None
+        return p is not None and p.kind == "avg"
+
+    if op in ("avg_pool2d_backward", "_adaptive_avg_pool2d_backward"):
+        dy, xd = _val(env, args[0]), _val(env, args[1])
+        fnode, finf = _fwd_by(ctx, op, lambda n: is_avg(n) and n.inputs[0] == xd.name)
+        return avg_eb(dy, fnode, finf)
+
+    if op == "expand" and is_grad(_val(env, args[0])):     # backward of mean: expand, div
+        dy = _val(env, args[0])
+        fnode, finf = _fwd_of(ctx, dy.name, op)
+        if not is_avg(fnode):
+            raise unsupported("expand")
+        return _D("meanexp", dy.name, data=(fnode, finf))
+
+    if op == "div" and isinstance(args[0], torch.fx.Node) and _val(env, args[0]).kind == "meanexp":
+        d = _val(env, args[0])
+        fnode, finf = d.data
+        kh, kw = ctx.g.values[fnode.inputs[1]].shape[2:]
+        if float(args[1]) != float(kh * kw):
+            raise EdgecError("internal error: unexpected mean backward")
+        return avg_eb(_D("val", d.name), fnode, finf)
+
     # ---- backward ops ----
     if op == "threshold_backward":
         dy, y = _val(env, args[0]), _val(env, args[1])
-        fnode, finf = _fwd_of(ctx, dy.name, op)
-        if fnode.op != "relu" or y.name != fnode.outputs[0] or float(args[2]) != 0.0:
+        if float(args[2]) != 0.0:
             raise EdgecError("internal error: unexpected threshold_backward")
+        fnode, finf = _fwd_by(ctx, op, lambda n: n.op == "relu" and n.outputs[0] == y.name)
         info = _Info(finf.layer, finf.loc, finf.base, grad_of=fnode.inputs[0])
         out = _emit(ctx, "relu_bwd", [dy.name, y.name], f"{finf.base}.dx",
                     _shape(ctx, fnode.inputs[0]), {}, info)
@@ -632,9 +877,7 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
 
     if op == "max_pool2d_with_indices_backward":
         dy, xd = _val(env, args[0]), _val(env, args[1])
-        fnode, finf = _fwd_of(ctx, dy.name, op)
-        if fnode.op != "maxpool" or xd.name != fnode.inputs[0]:
-            raise EdgecError("internal error: unexpected max_pool2d backward")
+        fnode, finf = _fwd_by(ctx, op, lambda n: n.op == "maxpool" and n.inputs[0] == xd.name)
         info = _Info(finf.layer, finf.loc, finf.base, grad_of=fnode.inputs[0])
         out = _emit(ctx, "maxpool_bwd", [dy.name, xd.name], f"{finf.base}.dx",
                     _shape(ctx, xd.name), dict(fnode.attrs), info)
@@ -642,10 +885,10 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
 
     if op == "convolution_backward":
         dy, xd, wd = _val(env, args[0]), _val(env, args[1]), _val(env, args[2])
-        fnode, finf = _fwd_of(ctx, dy.name, op)
-        if fnode.op != "conv" or fnode.inputs[:2] != [xd.name, wd.name]:
-            raise EdgecError("internal error: unexpected convolution_backward")
+        fnode, finf = _fwd_by(ctx, op, lambda n: n.op == "conv"
+                              and n.inputs[:2] == [xd.name, wd.name])
         st, pd = fnode.attrs["stride"], fnode.attrs["pad"]
+        grp = {"groups": fnode.attrs["groups"]} if "groups" in fnode.attrs else {}
         created: dict[int, _D] = {}
 
         def pick(i):
@@ -655,12 +898,12 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
                 xs = _shape(ctx, xd.name)
                 info = _Info(finf.layer, finf.loc, finf.base, grad_of=xd.name)
                 d = _emit(ctx, "conv_eb", [dy.name, wd.name], f"{finf.base}.dx", xs,
-                          {"stride": st, "pad": pd, "in_shape": xs}, info)
+                          {"stride": st, "pad": pd, "in_shape": xs, **grp}, info)
             elif i == 1:
                 ws = _shape(ctx, wd.name)
                 info = _Info(finf.layer, finf.loc, finf.base, grad_of=wd.name)
                 d = _emit(ctx, "conv_wg", [dy.name, xd.name], g.fresh(f"{finf.base}.dw"), ws,
-                          {"stride": st, "pad": pd, "kernel": tuple(ws[2:])}, info)
+                          {"stride": st, "pad": pd, "kernel": tuple(ws[2:]), **grp}, info)
             else:
                 if len(fnode.inputs) < 3:
                     return _D("none")
@@ -675,7 +918,6 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
     if op == "mm":
         a, b = _val(env, args[0]), _val(env, args[1])
         ia = ctx.info.get(a.name)
-        ib = ctx.info.get(b.name)
         # EB: dy[N,O] @ W[O,F]
         if ia is not None and ia.grad_of and not a.T and b.name in ctx.param_module and not b.T:
             fnode, finf = _fwd_of(ctx, a.name, op)

@@ -49,12 +49,21 @@ def _short(digits: str) -> str:
     return digits if len(digits) <= 20 else f"{digits[:8]}...({len(digits)} digits)"
 
 
+class MaskSpec(dict):
+    """{layer: kept channels}, plus ``where[layer]`` = "FILE:LINE:COL" of its line."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.where: dict[str, str] = {}
+
+
 def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
-               text: str | None = None) -> dict[str, list[int]]:
+               text: str | None = None, refuse: dict[str, str] | None = None) -> MaskSpec:
     """Parse ``path`` (or ``text``, reported as ``path``) against ``layers``.
 
     ``layers`` maps each Conv2d/Linear module name to its number of output channels;
-    ``logits_layer`` is the module producing the logits (it cannot be masked).
+    ``logits_layer`` is the module producing the logits (it cannot be masked);
+    ``refuse`` maps modules that exist but cannot be masked to the reason.
     """
     if text is None:
         try:
@@ -84,12 +93,14 @@ def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
         raise EdgecError(f"{path}:{len(lines)}:{len(lines[-1]) + 1}: syntax error: "
                          f"unexpected end of file{_expected(e.expected)}") from None
 
-    result: dict[str, list[int]] = {}
+    result = MaskSpec()
     first_line: dict[str, int] = {}
     for entry in tree.children:
         name_tok, items = entry.children[0], entry.children[1]
         name = str(name_tok)
         where = f"{path}:{name_tok.line}:{name_tok.column}"
+        if refuse and name in refuse:
+            raise EdgecError(f"{where}: layer {name!r} cannot be masked: {refuse[name]}")
         if name not in layers:
             close = difflib.get_close_matches(name, list(layers), n=3, cutoff=0.5)
             hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else
@@ -125,4 +136,5 @@ def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
             raise EdgecError(f"{where}: empty keep list for layer {name!r}; keep at least "
                              f"one channel (omit the line to keep all)")
         result[name] = sorted(keep)
+        result.where[name] = where
     return result

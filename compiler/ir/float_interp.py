@@ -32,13 +32,22 @@ def _view_index(p: torch.Tensor, attrs) -> tuple:
 
 def _eval(n: Node, a: list[torch.Tensor]):
     op, at = n.op, n.attrs
+    grp = int(at.get("groups", 1))
     if op == "conv":
         return F.conv2d(a[0], a[1], a[2] if len(a) > 2 else None,
-                        stride=tuple(at["stride"]), padding=tuple(at["pad"]))
+                        stride=tuple(at["stride"]), padding=tuple(at["pad"]), groups=grp)
     if op == "linear":
         return F.linear(a[0], a[1], a[2] if len(a) > 2 else None)
     if op == "relu":
         return torch.relu(a[0])
+    if op == "hardtanh":
+        return F.hardtanh(a[0], float(at["lo"]), float(at["hi"]))
+    if op == "add":
+        return a[0] + a[1]
+    if op == "hardtanh_bwd":
+        dy, y = a
+        inside = (y > float(at["lo"])) & (y < float(at["hi"]))
+        return torch.where(inside, dy, torch.zeros_like(dy))
     if op == "maxpool":
         return F.max_pool2d(a[0], tuple(at["kernel"]), tuple(at["stride"]), tuple(at["pad"]))
     if op == "reshape":
@@ -50,12 +59,13 @@ def _eval(n: Node, a: list[torch.Tensor]):
         return (torch.softmax(z, dim=1) - onehot) / n_
     if op == "conv_eb":
         return torch.nn.grad.conv2d_input(tuple(at["in_shape"]), a[1], a[0],
-                                          stride=tuple(at["stride"]), padding=tuple(at["pad"]))
+                                          stride=tuple(at["stride"]), padding=tuple(at["pad"]),
+                                          groups=grp)
     if op == "conv_wg":
         dy, x = a
-        wshape = (dy.shape[1], x.shape[1], *at["kernel"])
+        wshape = (dy.shape[1], x.shape[1] // grp, *at["kernel"])
         return torch.nn.grad.conv2d_weight(x, wshape, dy, stride=tuple(at["stride"]),
-                                           padding=tuple(at["pad"]))
+                                           padding=tuple(at["pad"]), groups=grp)
     if op == "linear_eb":
         return a[0] @ a[1]
     if op == "linear_wg":
@@ -94,7 +104,8 @@ def run_float(graph: Graph, x: torch.Tensor, labels: torch.Tensor,
     for name, p in graph.params.items():
         if name not in params:
             raise KeyError(f"run_float: no value for parameter {name!r}")
-        env[p.value] = torch.as_tensor(params[name]).detach().to(torch.float32)
+        env[p.value] = torch.as_tensor(params[name]).detach().to(torch.float32).reshape(
+            graph.values[p.value].shape)
     with torch.no_grad():
         for n in graph.nodes:
             res = _eval(n, [env[i] for i in n.inputs])

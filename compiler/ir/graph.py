@@ -22,11 +22,17 @@ from typing import Any
 # op name -> (number of inputs (min, max), number of outputs, required attributes)
 OPS: dict[str, tuple[tuple[int, int], int, tuple[str, ...]]] = {
     # ---- forward ----
-    # x[N,C,H,W], w[O,C,KH,KW] (, b[O]) -> y[N,O,OH,OW]
+    # x[N,C,H,W], w[O,C/groups,KH,KW] (, b[O]) -> y[N,O,OH,OW]   (attr groups, default 1;
+    # BatchNorm and average pooling are depthwise convs with groups = C)
     "conv": ((2, 3), 1, ("stride", "pad")),
     # x[N,F], w[O,F] (, b[O]) -> y[N,O]
     "linear": ((2, 3), 1, ()),
     "relu": ((1, 1), 1, ()),
+    # x -> clamp(x, lo, hi)   (ReLU6 / Hardtanh; lo, hi are the real bounds)
+    "hardtanh": ((1, 1), 1, ("lo", "hi")),
+    # a, b -> a + b (same shape): residual connections; with grad=true, the sum of two
+    # back-propagated errors of one forward value
+    "add": ((2, 2), 1, ("grad",)),
     # x[N,C,H,W] -> y; floor mode, -inf padding, dilation 1
     "maxpool": ((1, 1), 1, ("kernel", "stride", "pad")),
     # row-major view, e.g. flatten [N,C,H,W] -> [N,C*H*W]
@@ -47,6 +53,8 @@ OPS: dict[str, tuple[tuple[int, int], int, tuple[str, ...]]] = {
     "bias_grad": ((1, 1), 1, ()),
     # dy, y -> dy where y > 0 else 0   (y is relu's OUTPUT)
     "relu_bwd": ((2, 2), 1, ()),
+    # dy, y -> dy where lo < y < hi else 0   (y is hardtanh's OUTPUT)
+    "hardtanh_bwd": ((2, 2), 1, ("lo", "hi")),
     # dy[N,C,OH,OW], x[N,C,H,W] -> dx[N,C,H,W]  (x is maxpool's INPUT)
     "maxpool_bwd": ((2, 2), 1, ("kernel", "stride", "pad")),
     # ---- masks and update (inserted by passes) ----
@@ -84,8 +92,24 @@ class Param:
     value: str                  # graph value holding its current (compute) copy
     shape: tuple[int, ...]
     module: str                 # owning module name, e.g. "conv1"
-    kind: str                   # "weight" | "bias"
+    kind: str                   # one of PARAM_KINDS
     trainable: bool = True
+
+    @property
+    def is_bias(self) -> bool:
+        """Biases (and the BatchNorm shift) live at the accumulator exponent."""
+        return self.kind in ("bias", "bn_shift")
+
+    @property
+    def is_const(self) -> bool:
+        """Frozen constants derived from the model by the frontend, not model parameters."""
+        return self.kind in CONST_KINDS
+
+
+# weight | bias: model parameters;  bn_scale | bn_shift: a BatchNorm's frozen normalisation
+# (1/sqrt(var+eps), -mean/sqrt(var+eps));  avg: an average pool's constant weight
+CONST_KINDS = ("bn_scale", "bn_shift", "avg")
+PARAM_KINDS = ("weight", "bias") + CONST_KINDS
 
 
 @dataclass
@@ -138,6 +162,25 @@ class Graph:
             if p.value == value:
                 return p
         return None
+
+    def remove_dead(self) -> list[Node]:
+        """Drop every node that does not contribute to an output; returns the dropped."""
+        live = set(self.outputs.values())
+        keep, dropped = [], []
+        for n in reversed(self.nodes):
+            if any(o in live for o in n.outputs):
+                keep.append(n)
+                live.update(n.inputs)
+            else:
+                dropped.append(n)
+        keep.reverse()
+        self.nodes = keep
+        used = set(live) | set(self.inputs) | {p.value for p in self.params.values()}
+        for n in keep:
+            used.update(n.outputs)
+        self.values = {k: v for k, v in self.values.items() if k in used}
+        dropped.reverse()
+        return dropped
 
     def verify(self) -> None:
         """Structural checks: known ops, arity, SSA, defined-before-use, attrs present."""

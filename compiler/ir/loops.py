@@ -11,15 +11,19 @@ from dataclasses import dataclass, field
 
 # op -> (parallel dims, reduction dims), in default loop order
 NEST_DIMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "conv": (("n", "co", "oh"), ("ci",)),
-    "linear": (("n", "co", "oh"), ("ci",)),
-    "conv_eb": (("n", "ci", "ih"), ("co",)),
-    "linear_eb": (("n", "ci", "ih"), ("co",)),
-    "conv_wg": (("co", "ci"), ("n", "oh")),
-    "linear_wg": (("co", "ci"), ("n", "oh")),
+    # g: groups; co / ci: output / input channels per group
+    "conv": (("n", "g", "co", "oh"), ("ci",)),
+    "linear": (("n", "g", "co", "oh"), ("ci",)),
+    "conv_eb": (("n", "g", "ci", "ih"), ("co",)),
+    "linear_eb": (("n", "g", "ci", "ih"), ("co",)),
+    "conv_wg": (("g", "co", "ci"), ("n", "oh")),
+    "linear_wg": (("g", "co", "ci"), ("n", "oh")),
     "bias_grad": (("c",), ("n",)),
     "relu": (("e",), ()),
+    "hardtanh": (("e",), ()),
+    "add": (("e",), ()),
     "relu_bwd": (("e",), ()),
+    "hardtanh_bwd": (("e",), ()),
     "maxpool": (("p",), ()),
     "maxpool_bwd": (("p",), ()),
     "loss_grad": (("n",), ()),

@@ -23,10 +23,10 @@ from edgec.isa.errors import EdgecError
 
 from ..grammars import lalr_parser
 
-from .graph import OPS, Graph, Node, Param, Value
+from .graph import OPS, PARAM_KINDS, Graph, Node, Param, Value
 from .loops import LoopNest
 
-STAGES = ("capture", "mask", "quantize", "update", "tile")
+STAGES = ("capture", "prune", "mask", "quantize", "update", "tile")
 SOURCE_KEYS = ("model", "mask", "target", "lr", "seed")
 _NAME = re.compile(r"[A-Za-z_]([A-Za-z0-9_.:]*[A-Za-z0-9_])?\Z")
 _KEYWORDS = {"true", "false", "none", "of", "frozen", "tile", "unit", "at"}
@@ -350,8 +350,9 @@ def _build(tree, kind: str) -> IRFile:
             add_value(c[0], _refname(c[0]), c[1])
         elif d == "param_stmt":
             name, ref, shape, pkind, module, frozen = c
-            if pkind not in ("weight", "bias"):
-                raise _Err(meta, f"parameter kind {pkind!r}: expected weight or bias")
+            if pkind not in PARAM_KINDS:
+                raise _Err(meta, f"parameter kind {pkind!r}: expected one of "
+                                 f"{', '.join(PARAM_KINDS)}")
             if name in g.params:
                 raise _Err(meta, f"parameter {name!r} declared twice")
             g.params[name] = Param(name, _refname(ref), shape, module, pkind, frozen is None)
@@ -514,8 +515,8 @@ class Dumper:
     """Writes one file per pipeline stage into a directory, each verified on write
     (parsed back and compared structurally and textually)."""
 
-    FILES = {"capture": "00-capture.ir", "mask": "01-mask.ir", "quantize": "02-quantize.ir",
-             "update": "03-update.ir", "tile": "04-tile.loop"}
+    FILES = {"capture": "00-capture.ir", "prune": "01-prune.ir", "mask": "02-mask.ir",
+             "quantize": "03-quantize.ir", "update": "04-update.ir", "tile": "05-tile.loop"}
 
     def __init__(self, outdir: str, source: dict):
         self.outdir, self.source = outdir, dict(source)

@@ -6,15 +6,44 @@ kept output channels (rows) and, along dim 1, the kept channels of the layer fee
 gradients then carry only kept channels; shapes are re-inferred.  The table names of the
 view (``out_tab``/``in_tab``: the masked layers whose kept lists they are) become the
 channel index tables of prog.bin.
+
+Channels follow their input through activations, pooling, BatchNorm and depthwise convs
+(their rows are selected by the input's kept list).  A grouped conv with 1 < groups < C
+accepts no mask on its input.  Tensors that meet at a residual add must keep the same
+channels.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edgec.isa.errors import EdgecError
+
 from ..ir.graph import Graph
 from .shapes import infer
 
-_PASSTHROUGH = ("relu", "maxpool", "relu_bwd", "maxpool_bwd", "loss_grad")
+_PASSTHROUGH = ("relu", "maxpool", "relu_bwd", "maxpool_bwd", "loss_grad", "hardtanh",
+                "hardtanh_bwd")
+_NOVIEW = {"out_idx": None, "in_idx": None, "in_block": 1, "out_tab": None, "in_tab": None}
+
+
+def is_depthwise(g: Graph, n) -> bool:
+    """A conv whose every output channel reads only the input channel of the same index
+    (depthwise convs, and the BatchNorm / average-pool lowerings)."""
+    grp = n.attrs.get("groups", 1)
+    if grp == 1:
+        return False
+    w = g.values[n.inputs[1]].shape
+    return w[0] == grp and w[1] == 1
+
+
+def _depthwise_attr(g: Graph, n) -> bool:
+    """conv/conv_eb/conv_wg of a depthwise conv, judged on the uncompacted weight shape
+    (conv_wg: its output, the weight gradient)."""
+    grp = n.attrs.get("groups", 1)
+    if grp == 1:
+        return False
+    w = g.values[n.outputs[0] if n.op == "conv_wg" else n.inputs[1]].shape
+    return w[0] == grp and w[1] == 1
 
 
 @dataclass
@@ -22,29 +51,35 @@ class MaskPass:
     name = "mask"
     mask: dict[str, list[int]] = field(default_factory=dict)
 
+    def _where(self, layer: str | None) -> str:
+        where = getattr(self.mask, "where", {})
+        return f"{where[layer]}: " if layer in where else ""
+
+    def _kept(self, layer: str | None) -> list[int] | None:
+        return None if layer is None else list(self.mask[layer])
+
     def apply(self, g: Graph) -> Graph:
         # keep[v] = (layer whose kept list selects dim 1 of v, or None; block size)
         keep: dict[str, tuple[str | None, int]] = {v: (None, 1) for v in g.inputs}
-        views: dict[tuple[str, str | None], str] = {}   # (param value, in layer) -> view
+        views: dict[tuple, str] = {}
         new_nodes = []
-        fwd_keep: dict[str, tuple[str | None, int]] = {}   # weight -> forward input keep
+        # weight value -> (rows' layer, dim-1 layer, block) its forward op used
+        fwd_view: dict[str, tuple[str | None, str | None, int]] = {}
 
-        def view_of(pval: str, in_layer: str | None, block: int, at_node) -> str:
-            key = (pval, in_layer, block)
+        def view_of(pval: str, out_layer: str | None, in_layer: str | None, block: int,
+                    at_node) -> str:
+            p = g.param_of_value(pval)
+            in_l = in_layer if not p.is_bias else None
+            key = (pval, out_layer, in_l, block if in_l else 1)
             if key in views:
                 return views[key]
-            p = g.param_of_value(pval)
-            out_layer = p.module if p.module in self.mask else None
-            in_l = in_layer if p.kind == "weight" else None
             if out_layer is None and in_l is None:
                 views[key] = pval
                 return pval
             name = g.fresh(f"{pval}.view")
             g.add_value(name, (), g.values[pval].dtype)
-            attrs = {"out_idx": list(self.mask[out_layer]) if out_layer else None,
-                     "in_idx": list(self.mask[in_l]) if in_l else None,
-                     "in_block": block if in_l else 1,
-                     "out_tab": out_layer, "in_tab": in_l}
+            attrs = {"out_idx": self._kept(out_layer), "in_idx": self._kept(in_l),
+                     "in_block": block if in_l else 1, "out_tab": out_layer, "in_tab": in_l}
             n = g.add_node("wview", [pval], [name], attrs, at_node.layer, at_node.loc,
                            index=len(g.nodes))
             g.nodes.pop()
@@ -53,26 +88,57 @@ class MaskPass:
             views[key] = name
             return name
 
+        def channels(v: str) -> int:
+            return g.values[v].shape[1]
+
         for n in g.nodes:
-            if n.op in ("conv", "linear", "conv_eb", "linear_eb"):
-                data = n.inputs[0]
-                if n.op in ("conv", "linear"):
-                    in_layer, block = keep.get(data, (None, 1))
-                else:   # backward: the view the forward op used (same weight, same input)
-                    in_layer, block = fwd_keep[n.inputs[1]]
+            if n.op in ("conv", "linear"):
+                in_layer, block = keep.get(n.inputs[0], (None, 1))
                 w = n.inputs[1]
-                fwd_keep.setdefault(w, (in_layer, block))
-                n.inputs[1] = view_of(w, in_layer, block, n)
+                if is_depthwise(g, n):
+                    if n.layer in self.mask:
+                        raise EdgecError(f"{self._where(n.layer)}layer {n.layer!r} is "
+                                         "depthwise: its channels follow its input")
+                    fwd_view[w] = (in_layer, None, 1)        # rows follow the input
+                elif n.attrs.get("groups", 1) > 1:
+                    if in_layer is not None or n.layer in self.mask:
+                        lay = in_layer if in_layer is not None else n.layer
+                        raise EdgecError(
+                            f"{self._where(lay)}{n.loc or '?'}: layer {n.layer!r} is a grouped "
+                            f"convolution (groups={n.attrs['groups']}); masks on its input "
+                            f"or output are not supported (layer {lay!r} is masked)")
+                    fwd_view[w] = (None, None, 1)
+                else:
+                    fwd_view[w] = (n.layer if n.layer in self.mask else None, in_layer, block)
+                fwd_rows = fwd_view[w][0]
+            if n.op in ("conv", "conv_eb", "conv_wg") and _depthwise_attr(g, n):
+                n.attrs["groups"] = channels(n.inputs[0])     # compacted channel count
+            if n.op in ("conv", "linear", "conv_eb", "linear_eb"):
+                w = n.inputs[1]
+                rows, cols, blk = fwd_view[w]
+                n.inputs[1] = view_of(w, rows, cols, blk, n)
                 if len(n.inputs) == 3:
-                    n.inputs[2] = view_of(n.inputs[2], None, 1, n)
+                    n.inputs[2] = view_of(n.inputs[2], rows, None, 1, n)
             new_nodes.append(n)
             for o in n.outputs:
                 g.values[o].shape = infer(g, n)
             out = n.outputs[0]
             if n.op in ("conv", "linear"):
-                keep[out] = (n.layer if n.layer in self.mask else None, 1)
+                keep[out] = (fwd_rows, 1)
             elif n.op in _PASSTHROUGH:
                 keep[out] = keep.get(n.inputs[0], (None, 1))
+            elif n.op == "add":
+                ka, kb = keep.get(n.inputs[0], (None, 1)), keep.get(n.inputs[1], (None, 1))
+                if self._kept(ka[0]) != self._kept(kb[0]):
+                    names = [k[0] for k in (ka, kb)]
+                    where = self._where(names[0]) or self._where(names[1])
+                    shown = [f"'{k}' keeps {self.mask[k] if k else 'all'}" if k else
+                             "the other keeps all channels" for k in names]
+                    raise EdgecError(
+                        f"{where}{n.loc or '?'}: residual add in layer {n.layer!r}: the "
+                        f"channels that meet there must be masked identically, but "
+                        f"{shown[0]} and {shown[1]}")
+                keep[out] = ka if ka[0] is not None else kb
             elif n.op == "reshape":
                 lay, blk = keep.get(n.inputs[0], (None, 1))
                 src = g.values[n.inputs[0]].shape
@@ -80,12 +146,12 @@ class MaskPass:
                 for d in src[2:]:
                     hw *= d
                 keep[out] = (lay, blk * hw)
-                n.attrs["shape"] = g.values[out].shape
             if n.op == "reshape":
                 n.attrs["shape"] = g.values[out].shape
             elif n.op == "conv_eb":
                 N, _, H, W = n.attrs["in_shape"]
-                n.attrs["in_shape"] = (N, g.values[n.inputs[1]].shape[1], H, W)
+                wshape = g.values[n.inputs[1]].shape
+                n.attrs["in_shape"] = (N, wshape[1] * n.attrs.get("groups", 1), H, W)
                 g.values[out].shape = infer(g, n)
         g.nodes = new_nodes
         g.meta["mask"] = {k: list(v) for k, v in sorted(self.mask.items())}

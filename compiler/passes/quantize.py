@@ -51,39 +51,50 @@ class QuantizePass:
         K = g.values[g.outputs["logits"]].shape[1]
         fv = run_float(g, x, calibration_labels(N, K), self.params)
         V = g.values
-        init: dict[str, np.ndarray] = {}
         V["x"].dtype, V["x"].exp = "i8", expo(x)
         V["labels"].dtype, V["labels"].exp = "i32", 0
         for p in g.params.values():
-            if p.kind == "weight":
-                e = expo(self.params[p.name])
-                V[p.value].dtype, V[p.value].exp = "i8", e
+            if not p.is_bias:
+                V[p.value].dtype, V[p.value].exp = "i8", expo(self.params[p.name])
         tid = 0
-        fused: set[str] = set()
+        fused: set[int] = set()
         for n in list(g.nodes):
             a, ins, out = n.attrs, n.inputs, n.outputs[0]
             e = lambda v: V[v].exp  # noqa: E731
             if n.op == "wview" or id(n) in fused:
                 continue
-            if n.op in ("conv", "linear"):
-                w_exp = V[self._src(g, ins[1])].exp
-                e_acc = e(ins[0]) + w_exp
-                if len(ins) == 3:
-                    bp = g.param_of_value(self._src(g, ins[2]))
-                    V[bp.value].dtype, V[bp.value].exp = "i32", e_acc
-                users = g.users(out)
-                if len(users) == 1 and users[0].op == "relu":
-                    r = users[0]
-                    a["relu"] = True
-                    fused.add(id(r))
-                    g.nodes.remove(r)
-                    del V[out]
-                    out = n.outputs[0] = r.outputs[0]
+            if n.op in ("conv", "linear", "add"):
+                out = self._fuse_activation(g, n, fused)
+                if n.op == "add":
+                    ea, eb = e(ins[0]), e(ins[1])
+                    m = min(ea, eb)
+                    if max(ea, eb) - m > 31:
+                        raise EdgecError(f"{n.loc or '?'}: layer {n.layer!r} (add): operand "
+                                         f"scales 2^{ea} and 2^{eb} are too far apart")
+                    a["sa"], a["sb"] = ea - m, eb - m
+                    if a["grad"]:
+                        tid += 1
+                        a["tid"] = tid
+                    self._set(g, n, out, expo(fv[out]), m)
                 else:
-                    a["relu"] = False
-                self._set(g, n, out, expo(fv[out]), e_acc)
-            elif n.op in ("relu", "maxpool", "reshape", "relu_bwd", "maxpool_bwd"):
+                    w_exp = V[self._src(g, ins[1])].exp
+                    e_acc = e(ins[0]) + w_exp
+                    if len(ins) == 3:
+                        bp = g.param_of_value(self._src(g, ins[2]))
+                        V[bp.value].dtype, V[bp.value].exp = "i32", e_acc
+                    self._set(g, n, out, expo(fv[out]), e_acc)
+                a["clamp"] = clamp_bounds(a.pop("act", None), V[out].exp)
+            elif n.op in ("relu", "hardtanh"):
                 V[out].dtype, V[out].exp = "i8", e(ins[0])
+                a["clamp"] = clamp_bounds(n, e(ins[0]))
+            elif n.op in ("maxpool", "reshape", "maxpool_bwd"):
+                V[out].dtype, V[out].exp = "i8", e(ins[0])
+            elif n.op == "relu_bwd":
+                V[out].dtype, V[out].exp = "i8", e(ins[0])
+                a["pass_range"] = (0, 128)
+            elif n.op == "hardtanh_bwd":
+                V[out].dtype, V[out].exp = "i8", e(ins[0])
+                a["pass_range"] = clamp_bounds(n, e(ins[1]))
             elif n.op == "loss_grad":
                 e_dz = expo(torch.tensor(1.0 / N))      # |dz| <= 1/N
                 a["rmul"] = round(2**16 / N)
@@ -109,23 +120,33 @@ class QuantizePass:
             if n.op == "wview":
                 V[n.outputs[0]].dtype = V[n.inputs[0]].dtype
                 V[n.outputs[0]].exp = V[n.inputs[0]].exp
-        # initial integer data: master and compute copies
         for p in g.params.values():
-            w = self.params[p.name].detach().double().numpy()
-            cshift, cbits = (16, 8) if p.kind == "weight" else (8, BIAS_BITS)
             if V[p.value].exp is None:      # a bias of an op that was never quantized
                 raise EdgecError(f"parameter {p.name!r} is not used by a conv/linear")
-            e_m = V[p.value].exp - cshift
-            bound = ((1 << (cbits - 1)) - 1) << cshift
-            m = np.clip(np.rint(w * 2.0 ** (-e_m)), -bound, bound).astype(np.int64)
-            g.add_value(f"master:{p.name}", p.shape, "i32", e_m)
-            init[f"master:{p.name}"] = m.astype(np.int32)
-            init[p.value] = rshift_nearest(m, cshift).astype(np.int32 if cbits > 8 else np.int8)
-            V[p.value].dtype = "i8" if cbits == 8 else "i32"
-        g.meta["init"] = init
+            if p.trainable:
+                cshift, _ = copy_format(p)
+                g.add_value(f"master:{p.name}", V[p.value].shape, "i32",
+                            V[p.value].exp - cshift)
+            V[p.value].dtype = "i8" if copy_format(p)[1] == 8 else "i32"
+        g.meta["init"] = initial_data(g, self.params)
         g.meta["calib_exp"] = {"x": V["x"].exp}
         check_reductions(g)
         return g
+
+    @staticmethod
+    def _fuse_activation(g: Graph, n, fused: set) -> str:
+        """Fold a sole relu/hardtanh user into ``n`` (attr ``act``); returns n's output."""
+        V = g.values
+        out = n.outputs[0]
+        users = g.users(out)
+        if len(users) == 1 and users[0].op in ("relu", "hardtanh"):
+            r = users[0]
+            n.attrs["act"] = r
+            fused.add(id(r))
+            g.nodes.remove(r)
+            del V[out]
+            out = n.outputs[0] = r.outputs[0]
+        return out
 
     @staticmethod
     def _src(g: Graph, v: str) -> str:
@@ -140,6 +161,43 @@ class QuantizePass:
         g.values[out].dtype, g.values[out].exp = "i8", e_acc + shift
 
 
+def clamp_bounds(act, e: int) -> tuple[int, int]:
+    """Integer (lo, hi) of an activation node (relu/hardtanh, or None) on an output at
+    exponent ``e`` (docs/numerics.md, clamp)."""
+    if act is None:
+        return (-127, 127)
+    if act.op in ("relu", "relu_bwd"):
+        return (0, 127)
+    lo = int(np.rint(float(act.attrs["lo"]) * 2.0 ** -e))
+    hi = int(np.rint(float(act.attrs["hi"]) * 2.0 ** -e))
+    return (max(-127, min(127, lo)), max(-127, min(127, hi)))
+
+
+def copy_format(p) -> tuple[int, int]:
+    """(cshift, cbits) of a parameter: master -> compute copy shift and copy width."""
+    return (8, BIAS_BITS) if p.is_bias else (16, 8)
+
+
+def initial_data(g: Graph, params: dict) -> dict[str, np.ndarray]:
+    """Initial compute copies of every parameter and masters of the trainable ones
+    (docs/numerics.md section 6): M = clamp(rhe(w * 2**-e_master)), C = rshift(M, cshift)."""
+    V = g.values
+    init = {}
+    for p in g.params.values():
+        cshift, cbits = copy_format(p)
+        master = V.get(f"master:{p.name}")
+        if V[p.value].exp is None or (p.trainable and (master is None or master.exp is None)):
+            raise EdgecError(f"parameter {p.name!r} has no fixed-point format")
+        e_m = master.exp if p.trainable else V[p.value].exp - cshift
+        w = params[p.name].detach().double().numpy().reshape(V[p.value].shape)
+        bound = ((1 << (cbits - 1)) - 1) << cshift
+        m = np.clip(np.rint(w * 2.0 ** (-e_m)), -bound, bound).astype(np.int64)
+        if p.trainable:
+            init[f"master:{p.name}"] = m.astype(np.int32)
+        init[p.value] = rshift_nearest(m, cshift).astype(np.int32 if cbits > 8 else np.int8)
+    return init
+
+
 def check_reductions(g: Graph) -> None:
     """Prove no int32 partial sum can overflow, whatever the tiling (numerics.md 6)."""
     V = g.values
@@ -152,7 +210,8 @@ def check_reductions(g: Graph) -> None:
             if n.op == "conv_eb":
                 kh, kw = s[1][2], s[1][3]
                 sh, sw = n.attrs["stride"]
-                k = s[1][0] * math.ceil(kh / sh) * math.ceil(kw / sw)
+                k = (s[1][0] // n.attrs.get("groups", 1)) * math.ceil(kh / sh) \
+                    * math.ceil(kw / sw)
             else:
                 k = s[1][0]
             bound = k * 127 * 127
@@ -201,14 +260,14 @@ class UpdatePass:
             va = view.attrs if view else {"out_idx": None, "in_idx": None, "in_block": 1,
                                           "out_tab": None, "in_tab": None}
             master = f"master:{p.name}"
-            cshift, cbits = (16, 8) if p.kind == "weight" else (8, BIAS_BITS)
+            cshift, cbits = copy_format(p)
             lrshift, lrmul = lr_fixed(self.lr, V[grad].exp - V[master].exp)
             if lrshift is None:
                 raise EdgecError(f"learning rate {self.lr} is too large for {p.name!r}: one "
                                  "gradient step would move the weight by more than its range")
             newp, newm = f"new:{p.name}", f"newmaster:{p.name}"
-            g.add_value(newp, p.shape, V[p.value].dtype, V[p.value].exp)
-            g.add_value(newm, p.shape, "i32", V[master].exp)
+            g.add_value(newp, V[p.value].shape, V[p.value].dtype, V[p.value].exp)
+            g.add_value(newm, V[p.value].shape, "i32", V[master].exp)
             g.add_node("sgd", [p.value, master, grad], [newp, newm],
                        {"lr": self.lr, "lrmul": lrmul, "lrshift": lrshift, "cshift": cshift, "cbits": cbits,
                         **{k: va[k] for k in ("out_idx", "in_idx", "in_block", "out_tab",

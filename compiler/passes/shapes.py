@@ -17,7 +17,7 @@ def infer(g: Graph, n: Node) -> tuple[int, ...]:
                 pool_out(W, KW, a["stride"][1], a["pad"][1]))
     if n.op == "linear":
         return (sh[0][0], sh[1][0])
-    if n.op in ("relu", "relu_bwd", "loss_grad"):
+    if n.op in ("relu", "relu_bwd", "loss_grad", "hardtanh", "hardtanh_bwd", "add"):
         return sh[0]
     if n.op == "maxpool_bwd":
         return sh[1]
@@ -36,9 +36,9 @@ def infer(g: Graph, n: Node) -> tuple[int, ...]:
         return (sh[0][0], total // sh[0][0] // tail, *a["shape"][2:])
     if n.op == "conv_eb":
         N, _, H, W = a["in_shape"]
-        return (N, sh[1][1], H, W)
+        return (N, sh[1][1] * a.get("groups", 1), H, W)
     if n.op == "conv_wg":
-        return (sh[0][1], sh[1][1], *a["kernel"])
+        return (sh[0][1], sh[1][1] // a.get("groups", 1), *a["kernel"])
     if n.op == "linear_eb":
         return (sh[0][0], sh[1][1])
     if n.op == "linear_wg":
