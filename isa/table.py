@@ -96,6 +96,11 @@ _POOL_GEOM = (
     Field("ph", 8), Field("pw", 8),
 )
 
+_CLAMP = (
+    Field("lo", 8, signed=True, doc="clamp: lower bound of the int8 result (-127..hi)"),
+    Field("hi", 8, signed=True, doc="clamp: upper bound of the int8 result (lo..127)"),
+)
+
 INSTRS: tuple[Instr, ...] = (
     Instr("END", 0, "compute", (), "Stop the machine."),
     Instr("SEED", 1, "load", (Field("ddr", 32, kind="ddr", doc="DDR byte address of a uint32"),),
@@ -126,28 +131,39 @@ INSTRS: tuple[Instr, ...] = (
         Field("xw0", 16, doc="global column of X tile column 0"),
         Field("yh0", 16, doc="global row of Y tile row 0"),
         Field("yw0", 16, doc="global column of Y tile column 0"),
-    ), "MAC-array convolution on tiles, int8 x int8 -> int32. X[n,ci,xh,xw] and "
-       "Y[n,co,yh,yw] tiles sit at global offsets (xh0,xw0), (yh0,yw0); global x row = "
-       "y row*sh - ph + kh. FP: A=X, B=W[co,ci,kh,kw], C=Y. EB: A=dY, B=W, C=dX. "
-       "WG: A=dY, B=X, C=dW[co,ci,kh,kw]. Terms whose X element lies outside the X tile "
-       "are zero. Traps if C leaves int32."),
+        Field("g", 16, doc="groups in the tile (>= 1)"),
+    ), "MAC-array (grouped) convolution on tiles, int8 x int8 -> int32. Tiles: "
+       "X[n,g*ci,xh,xw], W[g*co,ci,kh,kw], Y[n,g*co,yh,yw]; group j's output channels "
+       "j*co..j*co+co-1 read only X channels j*ci..j*ci+ci-1 (g=1: ordinary convolution; "
+       "ci=co=1: depthwise). X and Y tiles sit at global offsets (xh0,xw0), (yh0,yw0); "
+       "global x row = y row*sh - ph + kh. "
+       "FP: A=X, B=W, C=Y, Y[n,j*co+o] = sum_{c,kh,kw} X[n,j*ci+c] * W[j*co+o,c,kh,kw]. "
+       "EB: A=dY, B=W, C=dX, dX[n,j*ci+c] = sum_{o,kh,kw} dY[n,j*co+o] * W[j*co+o,c]. "
+       "WG: A=dY, B=X, C=dW, dW[j*co+o,c,kh,kw] = sum_{n,y,x} dY[n,j*co+o] * X[n,j*ci+c]. "
+       "Terms whose X element lies outside the X tile are zero. Traps if C leaves int32. "
+       "Counts n*yh*yw*kh*kw*ci*co*g MACs and g times the cycles of one group."),
     Instr("RQ", 7, "compute", (
         Field("saddr", 20, doc="ABUF element address of the int32 source tile"),
         *_buf("d", "the int8 result"),
         Field("n0", 16), Field("n1", 16), Field("n2", 16), Field("n3", 16),
         Field("shift", 8, signed=True, doc="right shift (negative: left shift)"),
         Field("mode", 1, kind="round", doc="nearest or stochastic rounding"),
-        Field("relu", 1, doc="1: clamp below at 0 after saturation"),
         Field("tid", 16, doc="tensor id for the counter-based random bits"),
         Field("gbase", 32, doc="flat index in the whole tensor of tile element 0"),
         Field("g0", 32), Field("g1", 32), Field("g2", 32), Field("g3", 32, doc=""),
-    ), "Requantize int32 -> int8: q = sat8(round(v / 2^shift)) (then max(q,0) if relu). "
+        *_CLAMP,
+    ), "Requantize int32 -> int8: q = min(max(sat8(rshift(v, shift, mode, r)), lo), hi) "
+       "(lo=-127, hi=127: no activation; lo=0: ReLU). "
        "Stochastic mode adds rand32(seed, tid, idx) >> (32-shift) before the floor, where "
-       "idx = gbase + i0*g0 + i1*g1 + i2*g2 + i3*g3."),
+       "idx = gbase + i0*g0 + i1*g1 + i2*g2 + i3*g3. Traps unless -127 <= lo <= hi <= 127."),
     Instr("VMASK", 8, "compute", (
         *_buf("a", "A"), *_buf("b", "B"), *_buf("d", "the result"),
         Field("count", 32, doc="elements"),
-    ), "D[i] = A[i] if B[i] > 0 else 0 (ReLU: A=B=x; ReLU backward: A=dY, B=Y)."),
+        Field("lo", 16, signed=True, doc="exclusive lower bound on B"),
+        Field("hi", 16, signed=True, doc="exclusive upper bound on B"),
+    ), "Range mask: D[i] = A[i] if lo < B[i] < hi else 0. ReLU backward: A=dY, B=Y, "
+       "lo=0, hi=128 (a saturated 127 still passes); Hardtanh backward: A=dY, B=Y, lo/hi = "
+       "its integer clamp bounds (an output at a bound came from an input at or beyond it)."),
     Instr("MAXP", 9, "compute", (*_buf("s", "the input planes"), *_buf("d", "the output"),
                                  *_POOL_GEOM),
           "Max pooling over planes (floor mode, -inf padding)."),
@@ -184,6 +200,24 @@ INSTRS: tuple[Instr, ...] = (
         Field("cbits", 8, doc="compute copy width in bits (saturation bound)"),
     ), "Weight update: M = clamp(M - round(G*lrmul / 2^lrshift), +-bound), "
        "bound = (2^(cbits-1)-1) << cshift; D = round(M / 2^cshift)."),
+    Instr("VADD", 14, "compute", (
+        *_buf("a", "A (int8)"), *_buf("b", "B (int8)"), *_buf("d", "the int8 result"),
+        Field("count", 32, doc="elements"),
+        Field("nb", 1, doc="1: operand B present; 0: absent (treated as 0, not read)"),
+        Field("sa", 5, doc="left shift of A (alignment)"),
+        Field("sb", 5, doc="left shift of B (alignment)"),
+        Field("shift", 8, signed=True, doc="right shift of the sum (negative: left shift)"),
+        Field("mode", 1, kind="round", doc="nearest or stochastic rounding"),
+        Field("tid", 16, doc="tensor id for the counter-based random bits"),
+        Field("gbase", 32, doc="flat index in the whole tensor of element 0"),
+        *_CLAMP,
+    ), "Elementwise add with power-of-two alignment, rounding, saturation and clamp: "
+       "residual adds (nearest), sums of back-propagated errors (stochastic), standalone "
+       "ReLU/Hardtanh (nb=0, sa=0, shift=0). "
+       "D[i] = min(max(sat8(rshift(A[i]*2^sa + B[i]*2^sb, shift, mode, r)), lo), hi) in "
+       "int64, r = rand32(seed, tid, gbase + i) (drawn only when stochastic and shift > 0). "
+       "A, B, D must be IBUF or WBUF. Traps unless -31 <= shift <= 31 and "
+       "-127 <= lo <= hi <= 127."),
 )
 
 BY_NAME: dict[str, Instr] = {i.name: i for i in INSTRS}

@@ -4,7 +4,8 @@ Geometry (global coordinates): output/error row y (global) and kernel row kh tou
 g = y*sh - ph + kh.  Y tile row r is global row yh0 + r, X tile row r is global row
 xh0 + r; a term whose X element lies outside the X tile contributes 0.  Columns alike.
 
-Every tap (kh, kw) is one dense contraction over whole tiles (BLAS float64 where the
+Grouped convolution (field g): the group axis is split out of the channel axes and every
+tap (kh, kw) is one batched matmul over the groups on whole tiles (BLAS float64 where the
 bound on |sum| stays below 2**53, exact int64 otherwise).
 """
 from __future__ import annotations
@@ -38,76 +39,74 @@ def _tap_span(n_y: int, y0: int, s: int, p: int, k: int, x0: int, n_x: int):
     return slice(r_lo, r_hi + 1), slice(g_lo, g_hi + 1, s)
 
 
+def _cols(T, rx, cx):
+    """[n, g, c, h, w] tile -> its tap window as [g, c, n*h'*w'] (a copy)."""
+    t = T[:, :, :, rx, cx]
+    return t.transpose(1, 2, 0, 3, 4).reshape(t.shape[1], t.shape[2], -1), t.shape
+
+
 def op_mac(m, f):
     if f["pattern"] >= len(PATTERNS):
         raise Trap(f"field pattern={f['pattern']} is not FP/EB/WG")
     pat = PATTERNS[f["pattern"]]
-    nonzero(f, "n", "ci", "co", "xh", "xw", "yh", "yw", "kh", "kw", "sh", "sw")
-    n, ci, co = f["n"], f["ci"], f["co"]
+    nonzero(f, "n", "ci", "co", "xh", "xw", "yh", "yw", "kh", "kw", "sh", "sw", "g")
+    n, ci, co, G = f["n"], f["ci"], f["co"], f["g"]
     xh, xw, yh, yw = f["xh"], f["xw"], f["yh"], f["yw"]
     KH, KW, sh, sw, ph, pw = f["kh"], f["kw"], f["sh"], f["sw"], f["ph"], f["pw"]
     abuf, bbuf = buf_name(f["abuf"], "abuf"), buf_name(f["bbuf"], "bbuf")
     for nm, b in (("abuf", abuf), ("bbuf", bbuf)):
         if b not in INT8_BUFS:
             raise Trap(f"field {nm}={b}: MAC operands must be int8 (IBUF or WBUF)")
-    xs, ys, ws = (n, ci, xh, xw), (n, co, yh, yw), (co, ci, KH, KW)
+    # flat tile shapes (as stored) and grouped views (group axis split out)
+    xs, ys, ws = (n, G * ci, xh, xw), (n, G * co, yh, yw), (G * co, ci, KH, KW)
+    xg, yg, wg = (n, G, ci, xh, xw), (n, G, co, yh, yw), (G, co, ci, KH, KW)
     a_shape, b_shape, c_shape = {"FP": (xs, ws, ys), "EB": (ys, ws, xs),
                                  "WG": (ys, xs, ws)}[pat]
+    a_g, b_g = {"FP": (xg, wg), "EB": (yg, wg), "WG": (yg, xg)}[pat]
     a_n, b_n, c_n = (int(np.prod(s)) for s in (a_shape, b_shape, c_shape))
     check_range(m, "ABUF", f["caddr"], c_n, f"MAC {pat} C tile {list(c_shape)} at caddr")
     A = read_buf(m, abuf, f["aaddr"], a_n, f"MAC {pat} A tile {list(a_shape)} at aaddr")
     B = read_buf(m, bbuf, f["baddr"], b_n, f"MAC {pat} B tile {list(b_shape)} at baddr")
 
-    # Bound on |C| (int8 operands may hold -128): number of products per output * 2**14.
+    # Bound on |C| (int8 operands may hold -128): products per output (one group) * 2**14.
     terms = {"FP": ci * KH * KW, "EB": co * KH * KW, "WG": n * yh * yw}[pat]
     bound = terms * 128 * 128 + (2**31 if f["acc"] else 0)
     dt = np.float64 if bound < _EXACT_F64 else np.int64
-    A = A.astype(dt).reshape(a_shape)
-    B = B.astype(dt).reshape(b_shape)
+    A = A.astype(dt).reshape(a_g)
+    B = B.astype(dt).reshape(b_g)
 
     rows = [_tap_span(yh, f["yh0"], sh, ph, k, f["xh0"], xh) for k in range(KH)]
     cols = [_tap_span(yw, f["yw0"], sw, pw, k, f["xw0"], xw) for k in range(KW)]
+    taps = [(i, j) for i in range(KH) if rows[i] is not None
+            for j in range(KW) if cols[j] is not None]
 
+    # Every tap is one batched matmul over the group axis: [g, p, q] @ [g, q, r].
     if pat == "FP":
         X, W = A, B
-        acc = np.zeros((co, n, yh, yw), dtype=dt)           # transposed to [n,co,..] below
-        for i in range(KH):
-            if rows[i] is None:
-                continue
-            ry, rx = rows[i]
-            for j in range(KW):
-                if cols[j] is None:
-                    continue
-                cy, cx = cols[j]
-                acc[:, :, ry, cy] += np.tensordot(W[:, :, i, j], X[:, :, rx, cx], axes=([1], [1]))
-        res = acc.transpose(1, 0, 2, 3)
+        acc = np.zeros((G, co, n, yh, yw), dtype=dt)        # -> [n, g, co, ..] below
+        for i, j in taps:
+            (ry, rx), (cy, cx) = rows[i], cols[j]
+            x2, (_, _, _, th, tw) = _cols(X, rx, cx)         # [g, ci, n*th*tw]
+            acc[:, :, :, ry, cy] += np.matmul(W[:, :, :, i, j], x2).reshape(G, co, n, th, tw)
+        res = acc.transpose(2, 0, 1, 3, 4)
     elif pat == "EB":
         dY, W = A, B
-        acc = np.zeros((ci, n, xh, xw), dtype=dt)
-        for i in range(KH):
-            if rows[i] is None:
-                continue
-            ry, rx = rows[i]
-            for j in range(KW):
-                if cols[j] is None:
-                    continue
-                cy, cx = cols[j]
-                # distinct (ry, cy) map to distinct (rx, cx) within one tap: no collisions
-                acc[:, :, rx, cx] += np.tensordot(W[:, :, i, j], dY[:, :, ry, cy], axes=([0], [1]))
-        res = acc.transpose(1, 0, 2, 3)
+        acc = np.zeros((G, ci, n, xh, xw), dtype=dt)
+        for i, j in taps:
+            (ry, rx), (cy, cx) = rows[i], cols[j]
+            d2, (_, _, _, th, tw) = _cols(dY, ry, cy)        # [g, co, n*th*tw]
+            # distinct (ry, cy) map to distinct (rx, cx) within one tap: no collisions
+            acc[:, :, :, rx, cx] += np.matmul(W[:, :, :, i, j].transpose(0, 2, 1),
+                                              d2).reshape(G, ci, n, th, tw)
+        res = acc.transpose(2, 0, 1, 3, 4)
     else:  # WG
         dY, X = A, B
-        res = np.zeros((co, ci, KH, KW), dtype=dt)
-        for i in range(KH):
-            if rows[i] is None:
-                continue
-            ry, rx = rows[i]
-            for j in range(KW):
-                if cols[j] is None:
-                    continue
-                cy, cx = cols[j]
-                res[:, :, i, j] = np.tensordot(dY[:, :, ry, cy], X[:, :, rx, cx],
-                                               axes=([0, 2, 3], [0, 2, 3]))
+        res = np.zeros((G, co, ci, KH, KW), dtype=dt)
+        for i, j in taps:
+            (ry, rx), (cy, cx) = rows[i], cols[j]
+            d2, _ = _cols(dY, ry, cy)                        # [g, co, P]
+            x2, _ = _cols(X, rx, cx)                         # [g, ci, P]
+            res[:, :, :, i, j] = np.matmul(d2, x2.transpose(0, 2, 1))
     res = res.astype(np.int64).reshape(-1)
     cbuf = m.bufs["ABUF"]
     c0 = f["caddr"]
@@ -120,7 +119,7 @@ def op_mac(m, f):
         raise Trap(f"accumulator overflow: C{list(el)} = {int(res[k])} leaves int32 "
                    f"[-(2**31-1), 2**31-1] (pattern {pat}, acc={f['acc']}, ABUF {c0 + k})")
     cbuf[c0:c0 + c_n] = res
-    m.counters["macs"] += n * yh * yw * KH * KW * ci * co
+    m.counters["macs"] += n * yh * yw * KH * KW * ci * co * G
     a, b = (ci, co) if pat == "FP" else (co, ci)
     t = m.target
-    return n * yh * yw * KH * KW * -(-a // t.mac_rows) * -(-b // t.mac_cols)
+    return G * n * yh * yw * KH * KW * -(-a // t.mac_rows) * -(-b // t.mac_cols)

@@ -8,14 +8,15 @@ from edgec.isa.table import INSTRS
 
 from .dma import op_ld, op_ldch, op_seed, op_st, op_stch
 from .mac import op_mac
-from .vector import op_end, op_lossg, op_maxp, op_maxpb, op_rq, op_rsum, op_sgd, op_vmask
+from .vector import (op_end, op_lossg, op_maxp, op_maxpb, op_rq, op_rsum, op_sgd, op_vadd,
+                     op_vmask)
 
 OPS = {
     "END": op_end, "SEED": op_seed,
     "LD": op_ld, "LDCH": op_ldch, "ST": op_st, "STCH": op_stch,
     "MAC": op_mac,
     "RQ": op_rq, "VMASK": op_vmask, "MAXP": op_maxp, "MAXPB": op_maxpb,
-    "RSUM": op_rsum, "LOSSG": op_lossg, "SGD": op_sgd,
+    "RSUM": op_rsum, "LOSSG": op_lossg, "SGD": op_sgd, "VADD": op_vadd,
 }
 
 _missing = {i.name for i in INSTRS} - set(OPS)

@@ -1,4 +1,4 @@
-"""Vector-unit instructions: RQ, VMASK, MAXP, MAXPB, RSUM, LOSSG, SGD (and END)."""
+"""Vector-unit instructions: RQ, VMASK, VADD, MAXP, MAXPB, RSUM, LOSSG, SGD (and END)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,8 @@ from edgec.isa.table import ROUND_MODES
 
 from .numerics import INT32_MAX, rshift, sat8
 from .rng import rand32
-from .state import Trap, buf_name, check_range, nonzero, read_buf, vector_cycles, write_buf
+from .state import (INT8_BUFS, Trap, buf_name, check_range, nonzero, read_buf, vector_cycles,
+                    write_buf)
 
 
 def op_end(m, f):
@@ -15,14 +16,28 @@ def op_end(m, f):
     return 1
 
 
+def _clamp_bounds(f, mnemonic):
+    lo, hi = f["lo"], f["hi"]
+    if not -127 <= lo <= hi <= 127:
+        raise Trap(f"{mnemonic} clamp fields lo={lo}, hi={hi}: need "
+                   f"-127 <= lo <= hi <= 127")
+    return lo, hi
+
+
+def _shift(f):
+    s = f["shift"]
+    if not -31 <= s <= 31:
+        raise Trap(f"field shift={s} outside [-31, 31]")
+    return s
+
+
 def op_rq(m, f):
     nonzero(f, "n0", "n1", "n2", "n3")
     n0, n1, n2, n3 = f["n0"], f["n1"], f["n2"], f["n3"]
     count = n0 * n1 * n2 * n3
     dbuf = buf_name(f["dbuf"], "dbuf")
-    s = f["shift"]
-    if not -31 <= s <= 31:
-        raise Trap(f"field shift={s} outside [-31, 31]")
+    s = _shift(f)
+    lo, hi = _clamp_bounds(f, "RQ")
     mode = ROUND_MODES[f["mode"]]
     check_range(m, dbuf, f["daddr"], count, f"RQ result tile [{n0},{n1},{n2},{n3}] at daddr")
     v = read_buf(m, "ABUF", f["saddr"], count, f"RQ source tile [{n0},{n1},{n2},{n3}] at saddr")
@@ -35,9 +50,7 @@ def op_rq(m, f):
                + np.arange(n2, dtype=np.int64)[None, None, :, None] * f["g2"]
                + np.arange(n3, dtype=np.int64)[None, None, None, :] * f["g3"])
         r = rand32(m.seed, f["tid"], idx.reshape(-1))
-    q = sat8(rshift(v, s, mode, r))
-    if f["relu"]:
-        q = np.maximum(q, 0)
+    q = np.clip(sat8(rshift(v, s, mode, r)), lo, hi)
     write_buf(m, dbuf, f["daddr"], q, "RQ result")
     return vector_cycles(m, count)
 
@@ -47,8 +60,38 @@ def op_vmask(m, f):
     a, b, d = (buf_name(f[k], k) for k in ("abuf", "bbuf", "dbuf"))
     check_range(m, d, f["daddr"], c, "VMASK result at daddr")
     A = read_buf(m, a, f["aaddr"], c, "VMASK operand A at aaddr").astype(np.int64)
-    B = read_buf(m, b, f["baddr"], c, "VMASK operand B at baddr")
-    write_buf(m, d, f["daddr"], np.where(B > 0, A, 0), "VMASK result")
+    B = read_buf(m, b, f["baddr"], c, "VMASK operand B at baddr").astype(np.int64)
+    keep = (B > f["lo"]) & (B < f["hi"])
+    write_buf(m, d, f["daddr"], np.where(keep, A, 0), "VMASK result")
+    return vector_cycles(m, c)
+
+
+def op_vadd(m, f):
+    c = f["count"]
+    names = ("abuf", "bbuf", "dbuf") if f["nb"] else ("abuf", "dbuf")
+    bufs = {}
+    for k in names:
+        b = buf_name(f[k], k)
+        if b not in INT8_BUFS:
+            raise Trap(f"field {k}={b}: VADD operands and result must be int8 (IBUF or WBUF)")
+        bufs[k] = b
+    s = _shift(f)
+    lo, hi = _clamp_bounds(f, "VADD")
+    mode = ROUND_MODES[f["mode"]]
+    check_range(m, bufs["dbuf"], f["daddr"], c, "VADD result at daddr")
+    v = read_buf(m, bufs["abuf"], f["aaddr"], c, "VADD operand A at aaddr").astype(np.int64)
+    v = v << np.int64(f["sa"])                          # |v| <= 2**38: no int64 overflow
+    if f["nb"]:
+        B = read_buf(m, bufs["bbuf"], f["baddr"], c, "VADD operand B at baddr")
+        v = v + (B.astype(np.int64) << np.int64(f["sb"]))
+    if s < 0:
+        # v * 2**-s may leave int64; any |v| >= 128 saturates to the same +-127 anyway
+        v = np.clip(v, -128, 128)
+    r = None
+    if mode == "stochastic" and s > 0:
+        r = rand32(m.seed, f["tid"], f["gbase"] + np.arange(c, dtype=np.int64))
+    q = np.clip(sat8(rshift(v, s, mode, r)), lo, hi)
+    write_buf(m, bufs["dbuf"], f["daddr"], q, "VADD result")
     return vector_cycles(m, c)
 
 

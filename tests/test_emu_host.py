@@ -46,8 +46,9 @@ def _program():
             ("LD", ld(IBUF, 0, ax, (N, F, 1, 1), (F, 1, 0, 0))),
             ("LD", ld(WBUF, 0, aw, (K, F, 1, 1), (F, 1, 0, 0))),
             ("MAC", dict(pattern=0, abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, caddr=0, n=N, ci=F,
-                         co=K, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1, sh=1, sw=1)),
-            ("RQ", dict(saddr=0, dbuf=IBUF, daddr=100, n0=1, n1=1, n2=N, n3=K, shift=shift)),
+                         co=K, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1, sh=1, sw=1, g=1)),
+            ("RQ", dict(saddr=0, dbuf=IBUF, daddr=100, n0=1, n1=1, n2=N, n3=K, shift=shift,
+                        lo=-127, hi=127)),
             ("ST", ld(IBUF, 100, az, (1, 1, N, K), (0, 0, K, 1)))]
     return build(prog, d, meta=meta), w, shift
 

@@ -41,7 +41,7 @@ def _box(base, esize, full_shape, tile_off, tile_shape, buf, baddr):
 
 def _mac(pattern, **f):
     d = dict(pattern=("FP", "EB", "WG").index(pattern), acc=0, abuf=IBUF, aaddr=0,
-             bbuf=WBUF, baddr=0, caddr=0, kh=K, kw=K)
+             bbuf=WBUF, baddr=0, caddr=0, kh=K, kw=K, g=1)
     d.update(f)
     return ("MAC", d)
 

@@ -45,7 +45,7 @@ def test_accumulator_overflow_traps_at_the_right_instruction():
     c = d.put(np.array([2**31 - 1 - 64 * 127 * 127 + 1], np.int32), "i32")
     ok = d.put(np.array([2**31 - 1 - 64 * 127 * 127], np.int32), "i32")
     mac = ("MAC", dict(pattern=0, acc=1, abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, caddr=0,
-                       n=1, ci=64, co=1, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1, sh=1, sw=1))
+                       n=1, ci=64, co=1, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1, sh=1, sw=1, g=1))
     load = [("LD", ld(IBUF, 0, x, (1, 1, 1, 64), (0, 0, 0, 1))),
             ("LD", ld(WBUF, 0, x, (1, 1, 1, 64), (0, 0, 0, 1)))]
     m = run(load + [("LD", ld(ABUF, 0, ok, (1, 1, 1, 1), (0, 0, 0, 1), esize=4)), mac], d)
@@ -59,7 +59,8 @@ def test_accumulator_overflow_traps_at_the_right_instruction():
     p = d2.put(np.full(n, 127, np.int8))
     q = d2.put(np.full(n, -127, np.int8))
     wg = ("MAC", dict(pattern=2, acc=0, abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, caddr=0,
-                      n=1, ci=1, co=1, xh=512, xw=512, yh=512, yw=512, kh=1, kw=1, sh=1, sw=1))
+                      n=1, ci=1, co=1, xh=512, xw=512, yh=512, yw=512, kh=1, kw=1, sh=1, sw=1,
+                      g=1))
     big = [("LD", ld(IBUF, 0, p, (1, 1, 512, 512), (0, 0, 512, 1))),
            ("LD", ld(WBUF, 0, q, (1, 1, 512, 512), (0, 0, 512, 1)))]
     t = _trap(big + [wg], d2, target=big_t)
@@ -121,9 +122,11 @@ def test_target_mismatch():
     (("MAC", dict(pattern=3, n=1, ci=1, co=1, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1, sh=1,
                   sw=1)), "pattern=3"),
     (("MAC", dict(pattern=0, abuf=ABUF, n=1, ci=1, co=1, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1,
-                  sh=1, sw=1)), "int8"),
+                  sh=1, sw=1, g=1)), "int8"),
     (("MAC", dict(pattern=0, n=1, ci=1, co=1, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1, sh=0,
-                  sw=1)), "sh=0"),
+                  sw=1, g=1)), "sh=0"),
+    (("MAC", dict(pattern=0, n=1, ci=1, co=1, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1, sh=1,
+                  sw=1, g=0)), "g=0"),
     (("SGD", dict(maddr=0, gbuf=IBUF, dbuf=IBUF, count=1, cshift=16, cbits=0)), "cbits=0"),
     (("MAXP", dict(sbuf=IBUF, dbuf=IBUF, planes=1, h=2, w=2, kh=3, kw=3, sh=1, sw=1)),
      "larger than"),
@@ -152,5 +155,5 @@ def test_write_of_int32_into_int8_buffer_traps():
     a = d.put(np.array([1000], np.int32), "i32")
     t = _trap([("LD", ld(ABUF, 0, a, (1, 1, 1, 1), (0, 0, 0, 1), esize=4)),
                ("VMASK", dict(abuf=ABUF, aaddr=0, bbuf=ABUF, baddr=0, dbuf=IBUF, daddr=0,
-                              count=1))], d)
+                              count=1, lo=-1000, hi=1001))], d)
     assert t.mnemonic == "VMASK" and "1000" in str(t)

@@ -20,10 +20,13 @@ def _load_i8(d, arr, buf, addr=0):
     return ("LD", ld(buf, addr, a, (1, 1, 1, n), (0, 0, 0, 1)))
 
 
-@pytest.mark.parametrize("mode,shift,relu", [(0, 7, 0), (0, 0, 1), (0, -2, 0),
-                                              (1, 9, 0), (1, 3, 1), (1, 31, 0)])
-def test_rq(mode, shift, relu):
-    rng = np.random.default_rng(shift + 100 + 40 * mode + relu)
+@pytest.mark.parametrize("mode,shift,lo,hi", [(0, 7, -127, 127), (0, 0, 0, 127),
+                                              (0, -2, -127, 127), (1, 9, -127, 127),
+                                              (1, 3, 0, 127), (1, 31, -127, 127),
+                                              (0, 4, -20, 35), (1, 5, -3, -3),
+                                              (0, 6, 5, 5), (1, 2, -127, -100)])
+def test_rq(mode, shift, lo, hi):
+    rng = np.random.default_rng(shift + 100 + 40 * mode + lo + 3 * hi + 1000)
     full = (2, 3, 4, 5)
     tile, off = (2, 2, 3, 5), (0, 1, 1, 0)
     v = rng.integers(-2**20, 2**20, tile).astype(np.int32)
@@ -35,7 +38,7 @@ def test_rq(mode, shift, relu):
     sa = d.put(np.array([seed], np.uint32).view(np.int32), "i32")
     prog = [("SEED", dict(ddr=sa)), _load_abuf(d, v, 10),
             ("RQ", dict(saddr=10, dbuf=IBUF, daddr=3, n0=2, n1=2, n2=3, n3=5, shift=shift,
-                        mode=mode, relu=relu, tid=tid, gbase=gbase, g0=g[0], g1=g[1],
+                        mode=mode, lo=lo, hi=hi, tid=tid, gbase=gbase, g0=g[0], g1=g[1],
                         g2=g[2], g3=g[3]))]
     m = run(prog, d)
     got = m.ibuf[3:3 + v.size].reshape(tile)
@@ -43,9 +46,10 @@ def test_rq(mode, shift, relu):
         idx = gbase + sum(a * b for a, b in zip(i, g))
         r = rand32_py(seed, tid, idx)
         q = sat_py(rshift_py(int(v[i]), shift, ("nearest", "stochastic")[mode], r))
-        if relu:
-            q = max(q, 0)
+        q = min(max(q, lo), hi)
         assert got[i] == q, i
+    if (lo, hi) != (-127, 127) and lo != hi:      # the clamp really bit on both sides
+        assert got.min() == lo and got.max() == hi
     assert m.counters["RQ"] == 1
     assert m.counters["cycles_vector"] == 4 + -(-v.size // TARGET.vector_lanes) + 1  # + END
 
@@ -57,13 +61,13 @@ def test_rq_stochastic_independent_of_tiling():
     d = DDR()
     prog = [_load_abuf(d, v, 0),
             ("RQ", dict(saddr=0, dbuf=IBUF, daddr=0, n0=1, n1=1, n2=4, n3=6, shift=6, mode=1,
-                        tid=5, gbase=0, g2=6, g3=1)),
+                        lo=-127, hi=127, tid=5, gbase=0, g2=6, g3=1)),
             ("RQ", dict(saddr=0, dbuf=IBUF, daddr=100, n0=1, n1=1, n2=2, n3=6, shift=6, mode=1,
-                        tid=5, gbase=0, g2=6, g3=1)),
+                        lo=-127, hi=127, tid=5, gbase=0, g2=6, g3=1)),
             ("RQ", dict(saddr=12, dbuf=IBUF, daddr=112, n0=1, n1=1, n2=2, n3=6, shift=6, mode=1,
-                        tid=5, gbase=12, g2=6, g3=1)),
+                        lo=-127, hi=127, tid=5, gbase=12, g2=6, g3=1)),
             ("RQ", dict(saddr=0, dbuf=ABUF, daddr=200, n0=1, n1=1, n2=4, n3=6, shift=6, mode=1,
-                        tid=6, gbase=0, g2=6, g3=1))]
+                        lo=-127, hi=127, tid=6, gbase=0, g2=6, g3=1))]
     m = run(prog, d)
     np.testing.assert_array_equal(m.ibuf[:24], m.ibuf[100:124])
     assert not np.array_equal(m.ibuf[:24], m.abuf[200:224])   # another tid, other bits
@@ -76,9 +80,9 @@ def test_vmask():
     d = DDR()
     m = run([_load_i8(d, a, IBUF, 0), _load_i8(d, b, WBUF, 7),
              ("VMASK", dict(abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=7, dbuf=IBUF, daddr=60,
-                            count=50)),
+                            count=50, lo=0, hi=128)),
              ("VMASK", dict(abuf=IBUF, aaddr=0, bbuf=IBUF, baddr=0, dbuf=IBUF, daddr=120,
-                            count=50))], d)
+                            count=50, lo=0, hi=128))], d)
     assert [int(x) for x in m.ibuf[60:110]] == [int(a[i]) if b[i] > 0 else 0 for i in range(50)]
     assert [int(x) for x in m.ibuf[120:170]] == [max(int(x), 0) for x in a]
 
