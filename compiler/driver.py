@@ -114,7 +114,7 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     if isinstance(mask, str):
         layers, refuse = mask_layers(model)
         mask = parse_mask(mask, layers, logits_layer, refuse=refuse)
-    mask = dict(mask or {})
+    mask = mask if isinstance(mask, dict) and hasattr(mask, "where") else dict(mask or {})
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     params.update(const_values(g, model))
     c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump)

@@ -10,10 +10,11 @@ Entry point::
     run_reference(graph, inputs, seed) -> dict[str, torch.Tensor]
 
 ``inputs`` holds ``"x"`` (int8 ``[N,C,H,W]`` or ``[N,F]``), ``"labels"`` (int ``[N]``),
-every parameter's compute copy (``param.value``, full PyTorch shape) and every master copy
-(``"master:<name>"``, full shape).  The result maps EVERY value of the graph (inputs,
-parameters, masters and all node outputs) to an int64 tensor holding the exact integers,
-in the value's shape.
+every parameter's compute copy (``param.value``, full PyTorch shape) and the master copy
+(``"master:<name>"``, full shape) of every trainable parameter (frozen constants such as a
+BatchNorm's normalisation have no master and no ``sgd`` node).  The result maps EVERY
+value of the graph (inputs, parameters, masters and all node outputs) to an int64 tensor
+holding the exact integers, in the value's shape.
 
 Arithmetic: every integer is held in int64.  Convolutions and matrix products run in
 float64 (exact: every operand is an integer and every partial sum is checked to be below
@@ -489,8 +490,10 @@ def _take_input(name: str, inputs: dict, graph: Graph) -> torch.Tensor:
 def run_reference(graph: Graph, inputs: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """Execute the quantized ``graph`` per docs/numerics.md.
 
-    ``inputs``: ``"x"``, ``"labels"``, every ``param.value`` and every ``"master:<name>"``
-    (all required); any other graph value that no node produces may be supplied as well.
+    ``inputs``: ``"x"``, ``"labels"``, every ``param.value`` and the ``"master:<name>"`` of
+    every parameter whose master the graph declares or uses, i.e. every trainable one (all
+    required; a frozen, non-trainable parameter has no master); any other graph value that
+    no node produces may be supplied as well.
     ``seed``: the uint32 ``rng_seed`` of the stochastic rounding.
     Returns every value of the graph as an int64 tensor of exact integers.
     Raises ``EdgecError`` (naming node, layer and location) on an int32 accumulator
@@ -499,11 +502,19 @@ def run_reference(graph: Graph, inputs: dict[str, torch.Tensor], seed: int) -> d
     if not 0 <= seed <= _M32:
         raise EdgecError(f"run_reference: seed {seed} is not a uint32")
     env: dict[str, torch.Tensor] = {}
-    names = list(graph.inputs)
-    for pname, p in graph.params.items():
-        names.append(p.value)
-        names.append(f"master:{pname}")
     produced = {o for n in graph.nodes for o in n.outputs}
+    consumed = {v for n in graph.nodes for v in n.inputs}
+    names = list(dict.fromkeys(graph.inputs))
+    for pname, p in graph.params.items():
+        if p.value not in names:
+            names.append(p.value)
+        # only trainable parameters have a master (and an sgd node); a frozen constant
+        # (e.g. a BatchNorm's scale/shift, an average pool's weight) has neither.  A
+        # master is required exactly when the graph declares or uses it.
+        master = f"master:{pname}"
+        needed = master in graph.values or master in consumed
+        if needed and master not in produced and master not in names:
+            names.append(master)
     # other un-produced values (e.g. a lone op's operands in a test graph) may be supplied too
     names += [k for k in inputs if k in graph.values and k not in produced and k not in names]
     for name in names:

@@ -67,19 +67,31 @@ def reference_step(c: Compiled, x: torch.Tensor, y: torch.Tensor, seed: int) -> 
 
 
 def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Float32 autograd of the same step on the masked model (pruned outputs forced to 0)."""
+    """Float32 autograd of the same step on the masked model: a pruned channel is zero
+    everywhere downstream, so the outputs of the masked layers AND of the BatchNorm and
+    depthwise modules whose channels follow them are zeroed in the pruned channels."""
     model = copy.deepcopy(c.model).float()
     modules = dict(model.named_modules())
-    for layer, kept in c.mask.items():
-        m = torch.zeros(modules[layer].weight.shape[0])
-        m[kept] = 1.0
+    follow = dict((layer, layer) for layer in c.mask)
+    for n in c.graph.nodes:          # BN / depthwise convs whose rows follow a mask
+        w = c.graph.producer(n.inputs[1]) if n.op == "conv" else None
+        if w is not None and w.op == "wview" and w.attrs.get("out_tab") \
+                and n.layer != w.attrs["out_tab"] and isinstance(
+                    modules.get(n.layer), (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
+            follow[n.layer] = w.attrs["out_tab"]
+    for name, layer in follow.items():
+        mod = modules[name]
+        m = torch.zeros(mod.num_features if isinstance(mod, torch.nn.BatchNorm2d)
+                        else mod.weight.shape[0])
+        m[c.mask[layer]] = 1.0
 
         def hook(_mod, _inp, out, m=m):
             return out * m.view(1, -1, *([1] * (out.dim() - 2)))
-        modules[layer].register_forward_hook(hook)
+        modules[name].register_forward_hook(hook)
     model.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()
+            if p.grad is not None}
 
 
 def cosine_rel(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

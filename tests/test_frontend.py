@@ -205,9 +205,9 @@ def test_conv_eb_attrs(tmp_path):
 
 @pytest.mark.parametrize("layer,op,detail", [
     ("nn.Sigmoid()", "sigmoid", ""),
-    ("nn.AvgPool2d(2)", "avg_pool2d", ""),
-    ("nn.BatchNorm2d(4)", "batchnorm2d", ""),
-    ("nn.Conv2d(4, 4, 3, padding=1, groups=2)", "conv", "groups=2"),
+    ("nn.AvgPool2d(2, ceil_mode=True)", "avgpool", "ceil_mode"),
+    ("nn.InstanceNorm2d(4)", "instancenorm2d", ""),
+    ("nn.ConvTranspose2d(4, 4, 3, padding=1)", "convtranspose2d", ""),
     ("nn.Conv2d(4, 4, 3, padding=2, dilation=2)", "conv", "dilation"),
     ("nn.MaxPool2d(2, ceil_mode=True)", "maxpool", "ceil_mode"),
 ])

@@ -42,7 +42,7 @@ def dumped(tmp_path_factory):
 def test_dump_files_in_pipeline_order(dumped):
     d, seen, _ = dumped
     assert sorted(os.listdir(d)) == FILES
-    assert list(seen) == ["capture", "mask", "quantize", "update", "tile"]
+    assert list(seen) == ["capture", "prune", "mask", "quantize", "update", "tile"]
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -75,7 +75,7 @@ def test_dump_shows_formats_views_and_locations(dumped):
     assert 'source model="' in q and "lr=0.01 seed=0" in q
     assert "f32[" in open(os.path.join(d, "00-capture.ir")).read()
     loop = open(os.path.join(d, "05-tile.loop")).read()
-    assert re.search(r"^nest \d+ conv @conv1 \{n: 16 tile \d+, co: 6 tile 6", loop, re.M)
+    assert re.search(r"^nest \d+ conv @conv1 \{n: 16 tile \d+, g: 1 tile 1, co: 6 tile 6", loop, re.M)
 
 
 def test_resume_reproduces_program(dumped):

@@ -85,12 +85,12 @@ def n_conv_acc(X, W, B, st, pd):
     return out
 
 
-def n_conv(X, W, B, st, pd, shift, relu):
+def n_conv(X, W, B, st, pd, shift, clamp=(-127, 127)):
     acc = n_conv_acc(X, W, B, st, pd)
 
     def f(a):
         q = n_sat(n_rshift(a, shift, "nearest"))
-        return max(q, 0) if relu else q
+        return min(max(q, clamp[0]), clamp[1])
     return [[[[f(a) for a in r] for r in ch] for ch in im] for im in acc]
 
 
@@ -296,11 +296,13 @@ def test_conv_matches_naive(st, pd, k):
     x, w = rint(g, (2, 3, 7, 6)), rint(g, (4, 3, *k))
     b = rint(g, (4,), -5000, 5000)
     for bias in (False, True):
-        for relu in (False, True):
+        for clamp in (None, (-127, 127), (0, 127), (-30, 45), (3, 3)):
             ins = [("x", x, "i8"), ("w", w, "i8")] + ([("b", b, "i32")] if bias else [])
-            exp = n_conv(L(x), L(w), L(b) if bias else None, st, pd, 7, relu)
-            got = run1("conv", ins, shape_of(exp),
-                       {"stride": st, "pad": pd, "shift": 7, "relu": relu})
+            exp = n_conv(L(x), L(w), L(b) if bias else None, st, pd, 7, clamp or (-127, 127))
+            attrs = {"stride": st, "pad": pd, "shift": 7}
+            if clamp is not None:                   # absent: (-127, 127)
+                attrs["clamp"] = clamp
+            got = run1("conv", ins, shape_of(exp), attrs)
             assert L(got) == exp
 
 
@@ -541,10 +543,11 @@ def test_overflow_raises_naming_layer():
     b = torch.tensor([2**31 - 1 - 18 * 127 * 127 + 1])      # one past the int32 range
     with pytest.raises(EdgecError, match=r"conv.*features\.3.*model\.py:7.*overflow"):
         run1("conv", [("x", x, "i8"), ("w", w, "i8"), ("b", b, "i32")], (1, 1, 1, 1),
-             {"stride": (1, 1), "pad": (0, 0), "shift": 8, "relu": False}, layer="features.3")
+             {"stride": (1, 1), "pad": (0, 0), "shift": 8, "clamp": (-127, 127)},
+             layer="features.3")
     b = b - 1                                               # exactly 2**31 - 1: fine
     got = run1("conv", [("x", x, "i8"), ("w", w, "i8"), ("b", b, "i32")], (1, 1, 1, 1),
-               {"stride": (1, 1), "pad": (0, 0), "shift": 25, "relu": False})
+               {"stride": (1, 1), "pad": (0, 0), "shift": 25, "clamp": (-127, 127)})
     assert got.item() == n_rshift(2**31 - 1, 25, "nearest") == 64
     # a backward reduction too
     dy = torch.full((1, 2), 127)
@@ -594,7 +597,7 @@ def build_graph():
     a("wview", ["param:conv1.bias"], ["b1v"], {"out_idx": kept, "in_idx": None, "in_block": 1},
       "conv1", "model.py:5")
     a("conv", ["x", "w1v", "b1v"], ["a1"],
-      {"stride": (1, 1), "pad": (1, 1), "shift": 4, "relu": True}, "conv1", "model.py:5")
+      {"stride": (1, 1), "pad": (1, 1), "shift": 4, "clamp": (0, 127)}, "conv1", "model.py:5")
     a("maxpool", ["a1"], ["p1"], {"kernel": (3, 3), "stride": (2, 2), "pad": (1, 1)},
       "pool", "model.py:6")
     a("reshape", ["p1"], ["f1"], {"shape": (N, 18)}, None, "model.py:7")
@@ -609,7 +612,7 @@ def build_graph():
     a("reshape", ["df1"], ["dp1"], {"shape": (N, 2, 3, 3)}, None, "model.py:7")
     a("maxpool_bwd", ["dp1", "a1"], ["da1"], {"kernel": (3, 3), "stride": (2, 2), "pad": (1, 1)},
       "pool", "model.py:6")
-    a("relu_bwd", ["da1", "a1"], ["dc1"], {}, "conv1", "model.py:5")
+    a("relu_bwd", ["da1", "a1"], ["dc1"], {"pass_range": (0, 128)}, "conv1", "model.py:5")
     a("conv_wg", ["dc1", "x"], ["gw1"], {"stride": (1, 1), "pad": (1, 1), "kernel": (3, 3),
                                           "shift": 6, "tid": 4}, "conv1", "model.py:5")
     a("bias_grad", ["dc1"], ["gb1"], {"shift": 3, "tid": 5}, "conv1", "model.py:5")
@@ -652,7 +655,7 @@ def test_end_to_end_graph():
     # forward against the naive ops
     w1 = L(ins["param:conv1.weight"][kept])
     b1 = L(ins["param:conv1.bias"][kept])
-    a1 = n_conv(L(ins["x"]), w1, b1, (1, 1), (1, 1), 4, True)
+    a1 = n_conv(L(ins["x"]), w1, b1, (1, 1), (1, 1), 4, (0, 127))
     assert L(res["a1"]) == a1
     p1 = n_maxpool(a1, (3, 3), (2, 2), (1, 1))
     assert L(res["p1"]) == p1

@@ -307,7 +307,7 @@ def test_dma_outside_memory_traps(buf, ddr, n, s3, store):
 @given(field=st.sampled_from(["aaddr", "baddr", "caddr"]), addr=st.integers(0, 2**20 - 1))
 def test_mac_outside_buffers_traps(field, addr):
     f = dict(pattern=0, acc=0, abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, caddr=0,
-             n=1, ci=16, co=16, xh=4, xw=4, yh=4, yw=4, kh=1, kw=1, sh=1, sw=1)
+             n=1, ci=16, co=16, xh=4, xw=4, yh=4, yw=4, kh=1, kw=1, sh=1, sw=1, g=1)
     size = {"aaddr": TARGET.ibuf, "baddr": TARGET.wbuf, "caddr": TARGET.abuf}[field]
     tile = {"aaddr": 256, "baddr": 256, "caddr": 256}[field]
     assume(addr + tile > size)
@@ -326,7 +326,7 @@ def test_forged_overflowing_mac_traps_with_its_index():
     assert (k - 1) * per_mac <= 2**31 - 1 < k * per_mac and k == 33
     data = np.full(ci, 127, np.int8).tobytes()
     mac = encode("MAC", pattern=0, acc=1, abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, caddr=0,
-                 n=1, ci=ci, co=1, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1, sh=1, sw=1)
+                 n=1, ci=ci, co=1, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1, sh=1, sw=1, g=1)
     words = [_ld(IBUF, 0, 0, ci), _ld(WBUF, 0, 0, ci)] + [mac] * 40 + [encode("END")]
     blob = write_program(Program(TARGET.fingerprint, b"".join(words), data, 8192))
     m = Machine(read_program(blob, "forged.bin"), TARGET)

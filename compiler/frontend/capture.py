@@ -447,6 +447,9 @@ def const_values(g: Graph, model: torch.nn.Module) -> dict[str, torch.Tensor]:
             inv = 1.0 / torch.sqrt(bn.running_var.double() + float(bn.eps))
             v = inv if p.kind == "bn_scale" else -bn.running_mean.double() * inv
             out[p.name] = v.reshape(p.shape)
+        elif p.kind == "bn_mean":
+            bn = model.get_submodule(p.module)
+            out[p.name] = -bn.running_mean.double().reshape(p.shape)
     return out
 
 
@@ -480,7 +483,10 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
         extra = f", {mt.__name__}" if mt is not None and mod else ""
         where = loc or ctx.base_name
         shown = name or op
-        if name is None and mt is not None and op in _PLUMBING:
+        if mt is not None and mt not in _OWNS and mt.__module__.startswith("torch.nn") \
+                and not any(True for _ in ctx.modules[mod].children()):
+            shown, detail = mt.__name__.lower(), ""    # a torch.nn layer edgec lacks
+        elif name is None and mt is not None and op in _PLUMBING:
             shown = mt.__name__.lower()
         return EdgecError(f"{where}: unsupported op '{shown}' (layer '{layer}'{extra})"
                           f"{detail}; {SUPPORTED}")
@@ -680,8 +686,17 @@ def _convert(ctx: _Ctx, fxn, env) -> _D:
         info = _Info(layer, loc, base)
         one = {"stride": (1, 1), "pad": (0, 0), "groups": C}
         scale = _const_param(ctx, f"{mod}:scale", "bn_scale", mod, (C, 1, 1, 1))
-        shift = _const_param(ctx, f"{mod}:shift", "bn_shift", mod, (C,))
-        out = xhat = _emit(ctx, "conv", [xd.name, scale, shift], f"{base}.xhat", xs, one, info)
+        prod = ctx.producer.get(xd.name)
+        if prod is not None and prod.op == "conv" and len(prod.inputs) == 2 and all(
+                _aten_name(u.target) in ("native_batch_norm", "native_batch_norm_backward")
+                for u in xa.users):
+            # the conv feeding only this BN takes -mean as a frozen bias, so its int8 output
+            # is centred (no precision spent on the mean); the BN then only scales
+            prod.inputs.append(_const_param(ctx, f"{mod}:mean", "bn_mean", mod, (C,)))
+            norm = [xd.name, scale]
+        else:
+            norm = [xd.name, scale, _const_param(ctx, f"{mod}:shift", "bn_shift", mod, (C,))]
+        out = xhat = _emit(ctx, "conv", norm, f"{base}.xhat", xs, one, info)
         gamma = beta = None
         if wa is not None:
             gamma = _val(env, wa).name

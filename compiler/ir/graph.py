@@ -98,7 +98,7 @@ class Param:
     @property
     def is_bias(self) -> bool:
         """Biases (and the BatchNorm shift) live at the accumulator exponent."""
-        return self.kind in ("bias", "bn_shift")
+        return self.kind in ("bias", "bn_shift", "bn_mean")
 
     @property
     def is_const(self) -> bool:
@@ -107,8 +107,9 @@ class Param:
 
 
 # weight | bias: model parameters;  bn_scale | bn_shift: a BatchNorm's frozen normalisation
-# (1/sqrt(var+eps), -mean/sqrt(var+eps));  avg: an average pool's constant weight
-CONST_KINDS = ("bn_scale", "bn_shift", "avg")
+# (1/sqrt(var+eps), -mean/sqrt(var+eps));  bn_mean: -mean as the frozen bias of a bias-free
+# conv feeding the BatchNorm (which then has no shift);  avg: an average pool's weight
+CONST_KINDS = ("bn_scale", "bn_shift", "bn_mean", "avg")
 PARAM_KINDS = ("weight", "bias") + CONST_KINDS
 
 

@@ -46,6 +46,18 @@ def _depthwise_attr(g: Graph, n) -> bool:
     return w[0] == grp and w[1] == 1
 
 
+def ranges(kept: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5" (the mask file's notation)."""
+    out, i = [], 0
+    while i < len(kept):
+        j = i
+        while j + 1 < len(kept) and kept[j + 1] == kept[j] + 1:
+            j += 1
+        out.append(f"{kept[i]}-{kept[j]}" if j > i else f"{kept[i]}")
+        i = j + 1
+    return ", ".join(out)
+
+
 @dataclass
 class MaskPass:
     name = "mask"
@@ -132,10 +144,10 @@ class MaskPass:
                 if self._kept(ka[0]) != self._kept(kb[0]):
                     names = [k[0] for k in (ka, kb)]
                     where = self._where(names[0]) or self._where(names[1])
-                    shown = [f"'{k}' keeps {self.mask[k] if k else 'all'}" if k else
+                    shown = [f"'{k}' keeps {ranges(self.mask[k])}" if k else
                              "the other keeps all channels" for k in names]
                     raise EdgecError(
-                        f"{where}{n.loc or '?'}: residual add in layer {n.layer!r}: the "
+                        f"{where}residual add at {n.loc or '?'} (layer {n.layer!r}): the "
                         f"channels that meet there must be masked identically, but "
                         f"{shown[0]} and {shown[1]}")
                 keep[out] = ka if ka[0] is not None else kb
