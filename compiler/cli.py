@@ -160,6 +160,27 @@ def cmd_disasm(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    import json
+
+    from edgec.isa.container import load_program
+    from edgec.isa.target import load_target
+
+    from .report import format_report, plot_roofline, program_report
+    prog = load_program(args.program)
+    rep = program_report(prog, load_target(args.target))
+    if args.plot:           # before printing anything: a missing matplotlib fails cleanly
+        _atomic_write(args.plot, lambda f: plot_roofline(rep, f))
+    print(format_report(rep))
+    if args.json:
+        data = (json.dumps(rep, indent=1) + "\n").encode()
+        _atomic_write(args.json, lambda f: f.write(data))
+        print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def cmd_asm(args) -> int:
     from .asm import assemble_file
     blob = assemble_file(args.source)
@@ -242,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("disasm", help="print prog.bin's instructions")
     p.add_argument("program", help="prog.bin")
     p.set_defaults(func=cmd_disasm)
+
+    p = sub.add_parser("report", help="per-layer/per-pattern performance summary of "
+                       "prog.bin: MACs, DDR bytes, modeled cycles, MAC-array utilisation, "
+                       "roofline bound; totals for forward, backward and update")
+    p.add_argument("program", help="prog.bin")
+    p.add_argument("--target", help="target TOML the program was compiled for")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="draw a roofline plot (needs "
+                   "matplotlib)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("asm", help="assemble edgec assembly (the text `edgec disasm` "
                        "prints) back into prog.bin, byte for byte")

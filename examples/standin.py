@@ -33,11 +33,15 @@ def synthetic_images(n: int, seed: int, size: int = 32) -> torch.Tensor:
     return (contrast * x + bright).to(torch.float32)
 
 
-def standin(make, calib_batches: int, calib_size: int) -> nn.Module:
-    """``make()`` with deterministic stand-in weights (see the module docstring)."""
+def standin(make, calib_batches: int, calib_size: int, prepare=None) -> nn.Module:
+    """``make()`` with deterministic stand-in weights (see the module docstring);
+    ``prepare(model)``, if given, adjusts the initial weights before calibration."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         m = make()
+    if prepare is not None:
+        with torch.no_grad():
+            prepare(m)
     bns = [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
     for b in bns:
         b.momentum = None                 # cumulative moving average over the batches
@@ -51,6 +55,6 @@ def standin(make, calib_batches: int, calib_size: int) -> nn.Module:
     with torch.no_grad():
         for b in bns:
             b.momentum = 0.1
-            b.weight.copy_(1 + 0.1 * torch.randn(b.num_features, generator=g))
+            b.weight.mul_(1 + 0.1 * torch.randn(b.num_features, generator=g))
             b.bias.copy_(0.1 * torch.randn(b.num_features, generator=g))
     return m.eval()

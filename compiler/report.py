@@ -1,0 +1,350 @@
+"""Per-layer / per-pattern performance report of a program (like Arm Vela's summary).
+
+    rep = program_report(program, target)          # a plain dict (JSON-serialisable)
+    print(format_report(rep))
+    plot_roofline(rep, "roofline.png")             # needs matplotlib
+
+Every instruction is attributed, through the program's ``meta["origin"]`` (one
+"op layer loc" string per instruction, written by codegen), to exactly one group
+(layer, loc, pattern).  Patterns:
+
+    FP      forward ops (conv, linear, relu, hardtanh, pool, add, BatchNorm lowerings, ...)
+    EB      error back-propagation (conv_eb, linear_eb)
+    WG      weight gradients (conv_wg, linear_wg)
+    BWD     other backward ops (bias_grad, relu_bwd, maxpool_bwd, hardtanh_bwd, ...)
+    LOSS    softmax cross-entropy gradient (loss_grad)
+    UPDATE  SGD (sgd)
+    OTHER   prologue / epilogue / instructions without an origin
+
+Phases: forward = FP; backward = EB + WG + BWD + LOSS; update = UPDATE; other = OTHER.
+
+Per group: instructions, MACs (MAC: n*yh*yw*kh*kw*ci*co*g), DDR bytes (LD/LDCH/ST/STCH
+boxes: esize*n0*n1*n2*n3, as compiler/backend/stats.py counts them), index bytes (channel
+index tables read by LDCH/STCH and the SEED word: DDR traffic beyond the boxes), modeled
+cycles (the emulator's serial per-instruction cost model, replicated statically below;
+tests check the totals equal the emulator's counters), MAC-array utilisation
+MACs / (cycles * rows * cols), the roofline bound
+max(MACs / (rows * cols), (DDR bytes + index bytes) / DDR bytes per cycle) and
+cycles / bound.  The bound of a phase or of the whole program is the SUM of its groups'
+bounds (each group is one operator; operators do not overlap in the serial model).
+"""
+from __future__ import annotations
+
+import math
+
+from edgec.isa.container import Program
+from edgec.isa.encoding import decode_all
+from edgec.isa.errors import EdgecError
+from edgec.isa.table import PATTERNS
+from edgec.isa.target import Target
+
+PATTERN_ORDER = ("FP", "EB", "WG", "BWD", "LOSS", "UPDATE", "OTHER")
+PHASE_OF = {"FP": "forward", "EB": "backward", "WG": "backward", "BWD": "backward",
+            "LOSS": "backward", "UPDATE": "update", "OTHER": "other"}
+PHASES = ("forward", "backward", "update", "other", "overall")
+DMA = ("LD", "LDCH", "ST", "STCH")
+_SUMS = ("instructions", "macs", "ddr_bytes", "index_bytes", "cycles", "cycles_mac",
+         "cycles_dma", "cycles_vector", "bound")
+
+
+def pattern_of(op: str) -> str:
+    """The pattern of a graph op named in meta["origin"]."""
+    if op in ("prologue", "epilogue", ""):
+        return "OTHER"
+    if op == "sgd":
+        return "UPDATE"
+    if op == "loss_grad":
+        return "LOSS"
+    if op.endswith("_eb"):
+        return "EB"
+    if op.endswith("_wg"):
+        return "WG"
+    if op.endswith(("_bwd", "_backward", "_grad")):
+        return "BWD"
+    return "FP"
+
+
+def parse_origin(s) -> tuple[str, str, str]:
+    """"op layer loc" -> (op, layer, loc); codegen writes f"{op} {layer or ''} {loc or ''}"
+    stripped, so a missing layer leaves an empty middle field."""
+    if not isinstance(s, str):
+        return "", "", ""
+    parts = s.split(" ")
+    op = parts[0]
+    layer = parts[1] if len(parts) > 1 else ""
+    loc = " ".join(parts[2:]) if len(parts) > 2 else ""
+    return op, layer, loc
+
+
+def instruction_groups(program: Program) -> list[tuple[str, str, str]]:
+    """(layer, loc, pattern) of every instruction, in program order.  Instructions the
+    origin list does not cover (a program without one, e.g. from `edgec asm`) go to the
+    OTHER group of layer "-"."""
+    origin = program.meta.get("origin")
+    if not isinstance(origin, list):
+        origin = []
+    out = []
+    for i in range(program.n_instr):
+        op, layer, loc = parse_origin(origin[i] if i < len(origin) else "")
+        pat = pattern_of(op)
+        if pat == "OTHER":
+            layer = op or "-"
+        out.append((layer or "-", loc, pat))
+    return out
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def instr_cost(name: str, f: dict, tg: Target, index: int = 0) -> dict:
+    """Cycles (and the unit that spends them), MACs, DDR box bytes and index-table bytes
+    of one instruction, with the emulator's cost model (runtime_emu: dma._cycles,
+    mac.op_mac, state.vector_cycles; SEED and END take 1 cycle)."""
+    def bad(msg):
+        raise EdgecError(f"instruction {index} ({name}): {msg}; the emulator would trap")
+    vec = lambda n: 4 + _ceil(int(n), tg.vector_lanes)  # noqa: E731
+    if name in DMA:
+        count = f["n0"] * f["n1"] * f["n2"] * f["n3"]
+        nbytes = f["esize"] * count
+        tab = 0
+        if name in ("LDCH", "STCH"):
+            tab = 4 * f["n0"] * (f["gather"] & 1) + 4 * f["n1"] * ((f["gather"] >> 1) & 1)
+        cyc = tg.ddr_latency + _ceil(nbytes + tab, tg.ddr_bytes_per_cycle)
+        return dict(unit="dma", cycles=cyc, macs=0, ddr_bytes=nbytes, index_bytes=tab)
+    if name == "SEED":
+        return dict(unit="dma", cycles=1, macs=0, ddr_bytes=0, index_bytes=4)
+    if name == "END":
+        return dict(unit="vector", cycles=1, macs=0, ddr_bytes=0, index_bytes=0)
+    if name == "MAC":
+        if f["pattern"] >= len(PATTERNS):
+            bad(f"pattern {f['pattern']} is not FP/EB/WG")
+        g = f["g"]
+        base = f["n"] * f["yh"] * f["yw"] * f["kh"] * f["kw"]
+        macs = base * f["ci"] * f["co"] * g
+        a, b = (f["ci"], f["co"]) if PATTERNS[f["pattern"]] == "FP" else (f["co"], f["ci"])
+        cyc = g * base * _ceil(a, tg.mac_rows) * _ceil(b, tg.mac_cols)
+        return dict(unit="mac", cycles=cyc, macs=macs, ddr_bytes=0, index_bytes=0)
+    if name == "RQ":
+        n = f["n0"] * f["n1"] * f["n2"] * f["n3"]
+    elif name in ("VMASK", "VADD", "SGD"):
+        n = f["count"]
+    elif name in ("MAXP", "MAXPB"):
+        if not (f["sh"] and f["sw"]):
+            bad("pooling stride 0")
+        oh = (f["h"] + 2 * f["ph"] - f["kh"]) // f["sh"] + 1
+        ow = (f["w"] + 2 * f["pw"] - f["kw"]) // f["sw"] + 1
+        n = f["planes"] * max(0, oh) * max(0, ow) * f["kh"] * f["kw"]
+    elif name == "RSUM":
+        n = f["n"] * f["c"] * f["hw"]
+    elif name == "LOSSG":
+        n = f["n"] * f["k"]
+    else:
+        raise EdgecError(f"instruction {index}: no cost model for {name}")
+    return dict(unit="vector", cycles=vec(n), macs=0, ddr_bytes=0, index_bytes=0)
+
+
+def _finish(d: dict, tg: Target) -> dict:
+    """Derived metrics of a summed record (bound already summed or set)."""
+    arr = tg.mac_rows * tg.mac_cols
+    d["utilisation"] = d["macs"] / (d["cycles"] * arr) if d["cycles"] else 0.0
+    d["cycles_over_bound"] = d["cycles"] / d["bound"] if d["bound"] else None
+    return d
+
+
+def _group_bound(d: dict, tg: Target) -> None:
+    comp = d["macs"] / (tg.mac_rows * tg.mac_cols)
+    mem = (d["ddr_bytes"] + d["index_bytes"]) / tg.ddr_bytes_per_cycle
+    d["bound_compute"], d["bound_memory"] = comp, mem
+    d["bound"] = max(comp, mem)
+    d["bound_kind"] = "compute" if comp >= mem and comp > 0 else ("memory" if mem else "-")
+
+
+def program_report(program: Program, target: Target, counters: dict | None = None) -> dict:
+    """The per-(layer, pattern) performance summary of `program` on `target` (a dict that
+    json.dumps accepts).  `counters`, if given (Machine.counters after a run), are
+    recorded under "emulator" with whether they agree with the static totals."""
+    if program.target_fp != target.fingerprint:
+        raise EdgecError(f"program compiled for target fingerprint "
+                         f"{bytes(program.target_fp).hex()}, not target {target.name!r} "
+                         f"({target.fingerprint.hex()}); pass the --target it was "
+                         "compiled for")
+    instrs = decode_all(program.code)
+    keys = instruction_groups(program)
+    origin = program.meta.get("origin") if isinstance(program.meta.get("origin"), list) \
+        else []
+    groups: dict[tuple, dict] = {}
+    mnem: dict[str, int] = {}
+    for i, ((ins, f), key) in enumerate(zip(instrs, keys)):
+        c = instr_cost(ins.name, f, target, i)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = dict(layer=key[0], loc=key[1], pattern=key[2],
+                                   phase=PHASE_OF[key[2]], ops=[], first=i,
+                                   **{k: 0 for k in _SUMS if k != "bound"})
+        op = parse_origin(origin[i] if i < len(origin) else "")[0] or "-"
+        if op not in g["ops"]:
+            g["ops"].append(op)
+        g["instructions"] += 1
+        g["macs"] += c["macs"]
+        g["ddr_bytes"] += c["ddr_bytes"]
+        g["index_bytes"] += c["index_bytes"]
+        g["cycles"] += c["cycles"]
+        g["cycles_" + c["unit"]] += c["cycles"]
+        mnem[ins.name] = mnem.get(ins.name, 0) + 1
+    rows = sorted(groups.values(), key=lambda g: g["first"])
+    for g in rows:
+        _group_bound(g, target)
+        _finish(g, target)
+    totals = {}
+    for ph in PHASES:
+        sel = [g for g in rows if ph == "overall" or g["phase"] == ph]
+        t = {k: sum(g[k] for g in sel) for k in _SUMS}
+        t["groups"] = len(sel)
+        totals[ph] = _finish(t, target)
+    rep = {
+        "target": {"name": target.name, "mac_rows": target.mac_rows,
+                   "mac_cols": target.mac_cols,
+                   "ddr_bytes_per_cycle": target.ddr_bytes_per_cycle,
+                   "ddr_latency": target.ddr_latency, "vector_lanes": target.vector_lanes},
+        "program": {"instructions": program.n_instr, "code_bytes": len(program.code),
+                    "data_bytes": len(program.data), "ddr_size": program.ddr_size,
+                    "batch": program.meta.get("batch"), "mnemonics": mnem},
+        "groups": rows,
+        "totals": totals,
+    }
+    if counters is not None:
+        o = totals["overall"]
+        emu = {k: int(counters[k]) for k in ("instructions", "macs", "cycles",
+                                             "ddr_read_bytes", "ddr_write_bytes")
+               if k in counters}
+        emu["ddr_bytes"] = emu.get("ddr_read_bytes", 0) + emu.get("ddr_write_bytes", 0)
+        emu["agrees"] = (emu.get("cycles") == o["cycles"] and emu.get("macs") == o["macs"]
+                         and emu.get("instructions") == o["instructions"]
+                         and emu["ddr_bytes"] == o["ddr_bytes"] + o["index_bytes"])
+        rep["emulator"] = emu
+    return rep
+
+
+# ---------------------------------------------------------------------------- printing
+
+def _si(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:,.0f}"
+
+
+def _ratio(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def format_report(rep: dict) -> str:
+    t, p, tot = rep["target"], rep["program"], rep["totals"]
+    arr = t["mac_rows"] * t["mac_cols"]
+    o = tot["overall"]
+    lines = [
+        f"Performance summary ({t['name']}: {t['mac_rows']}x{t['mac_cols']} MAC array, "
+        f"DDR {t['ddr_bytes_per_cycle']} B/cycle + {t['ddr_latency']} cycles/transfer, "
+        f"{t['vector_lanes']} vector lanes; serial cost model)",
+        "",
+        f"{'Instructions':<40}{p['instructions']:>16,}",
+        f"{'Batch':<40}{str(p.get('batch') or '-'):>16}",
+        f"{'MACs':<40}{o['macs']:>16,}",
+        f"{'DDR bytes (boxes)':<40}{o['ddr_bytes']:>16,}",
+        f"{'DDR bytes (index tables, seed)':<40}{o['index_bytes']:>16,}",
+        f"{'Cycles':<40}{o['cycles']:>16,}",
+        f"{'  MAC / DMA / vector':<40}{o['cycles_mac']:>16,} / {o['cycles_dma']:,} / "
+        f"{o['cycles_vector']:,}",
+        f"{'MAC array utilisation':<40}{100 * o['utilisation']:>15.2f}%",
+        f"{'Roofline bound (sum over groups)':<40}{_si(o['bound']):>16}",
+        f"{'Cycles / bound':<40}{_ratio(o['cycles_over_bound']):>16}",
+        "",
+    ]
+    hdr = (f"{'Layer':<28} {'Pat':<6} {'Instr':>8} {'MACs':>15} {'DDR bytes':>13} "
+           f"{'Cycles':>13} {'Util%':>6} {'Bound':>12} {'by':<3} {'Cyc/Bnd':>8}")
+    lines += [hdr, "-" * len(hdr)]
+    seen: dict[tuple, int] = {}
+    for g in rep["groups"]:
+        seen[g["layer"], g["pattern"]] = seen.get((g["layer"], g["pattern"]), 0) + 1
+    for g in rep["groups"]:
+        name = g["layer"]
+        if seen[name, g["pattern"]] > 1 and g["loc"]:    # e.g. functional relus: by line
+            name = f"{name}@{g['loc'].rsplit('/', 1)[-1]}"
+        name = name if len(name) <= 28 else "..." + name[-25:]
+        lines.append(f"{name:<28} {g['pattern']:<6} {g['instructions']:>8,} {g['macs']:>15,} "
+                     f"{g['ddr_bytes'] + g['index_bytes']:>13,} {g['cycles']:>13,} "
+                     f"{100 * g['utilisation']:>6.1f} {_si(g['bound']):>12} "
+                     f"{g['bound_kind'][:3]:<3} {_ratio(g['cycles_over_bound']):>8}")
+    lines += ["-" * len(hdr)]
+    for ph in PHASES:
+        d = tot[ph]
+        if ph != "overall" and not d["instructions"]:
+            continue
+        share = 100 * d["cycles"] / o["cycles"] if o["cycles"] else 0.0
+        lines.append(f"{'TOTAL ' + ph:<28} {'':<6} {d['instructions']:>8,} {d['macs']:>15,} "
+                     f"{d['ddr_bytes'] + d['index_bytes']:>13,} {d['cycles']:>13,} "
+                     f"{100 * d['utilisation']:>6.1f} {_si(d['bound']):>12} {'':<3} "
+                     f"{_ratio(d['cycles_over_bound']):>8}  ({share:.1f}% of cycles)")
+    lines.append(f"(Util% = MACs / (cycles x {arr}); Bound = max(MACs / {arr}, DDR bytes / "
+                 f"{t['ddr_bytes_per_cycle']}) cycles; by = compute / memory bound)")
+    emu = rep.get("emulator")
+    if emu:
+        lines.append(f"emulator run: {emu.get('cycles', 0):,} cycles, {emu.get('macs', 0):,} "
+                     f"MACs, {emu['ddr_bytes']:,} DDR bytes: "
+                     + ("agrees with the static model" if emu["agrees"]
+                        else "DISAGREES with the static model"))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- plotting
+
+def plot_roofline(rep: dict, path: str) -> None:
+    """Roofline plot: achieved MACs/cycle against arithmetic intensity (MACs per DDR
+    byte) for every group with MACs, over the roofs of the target."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EdgecError("--plot needs matplotlib, which is not installed "
+                         "(pip install matplotlib)") from None
+    t = rep["target"]
+    peak = t["mac_rows"] * t["mac_cols"]
+    bw = t["ddr_bytes_per_cycle"]
+    colours = {"FP": "tab:blue", "EB": "tab:orange", "WG": "tab:green", "BWD": "tab:red",
+               "LOSS": "tab:purple", "UPDATE": "tab:brown", "OTHER": "tab:gray"}
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    pts = []
+    for g in rep["groups"]:
+        byt = g["ddr_bytes"] + g["index_bytes"]
+        if g["macs"] and byt and g["cycles"]:
+            pts.append((g["macs"] / byt, g["macs"] / g["cycles"], g["pattern"], g["macs"]))
+    lo = min([p[0] for p in pts] + [peak / bw / 10]) / 2
+    hi = max([p[0] for p in pts] + [peak / bw * 10]) * 2
+    xs = [lo * (hi / lo) ** (k / 200) for k in range(201)]
+    ax.plot(xs, [min(peak, bw * x) for x in xs], "k-", lw=1.5,
+            label=f"roof: min({peak} MACs/cycle, {bw} B/cycle x intensity)")
+    mx = max([p[3] for p in pts] + [1])
+    for pat in PATTERN_ORDER:
+        sel = [p for p in pts if p[2] == pat]
+        if sel:
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], c=colours[pat], alpha=0.7,
+                       s=[12 + 200 * math.sqrt(p[3] / mx) for p in sel], label=pat,
+                       edgecolors="none")
+    o = rep["totals"]["overall"]
+    ob = o["ddr_bytes"] + o["index_bytes"]
+    if o["macs"] and ob and o["cycles"]:
+        ax.scatter([o["macs"] / ob], [o["macs"] / o["cycles"]], marker="*", s=250, c="k",
+                   label="whole program")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (MACs per DDR byte)")
+    ax.set_ylabel("achieved MACs per cycle")
+    ax.set_title(f"Roofline on {t['name']} (one point per layer x pattern; size ~ MACs)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, format="png", dpi=120)
+    except OSError as e:
+        raise EdgecError(f"{path}: cannot write the plot ({e.strerror})") from None
+    finally:
+        plt.close(fig)
