@@ -250,3 +250,15 @@ def test_cli_export_onnx(tmp_path, lenet_onnx):
                  "-q"]) == 0
     assert prog.stat().st_size > 0
     assert main(["compile", str(tmp_path / "nope.onnx"), "-q"]) == 1
+
+
+@pytest.mark.parametrize("seed", [0, 2, 3, 8])
+def test_onnx_out_block_models_bit_exact(seed):
+    """Oracle 3 on BN / residual / depthwise / grouped / pooling / ReLU6 compositions:
+    onnxruntime's integer ops reproduce the emulator's int8 forward."""
+    from randblocks import random_block_case
+    model, x, mask = random_block_case(seed)
+    c = compile_module(model, x, "rand.py", mask, load_target(None))
+    ops = {n.op for n in c.graph.nodes}
+    assert "add" in ops and any(n.attrs.get("groups", 1) > 1 for n in c.graph.nodes)
+    _ort_matches_emulator(c)
