@@ -98,15 +98,18 @@ def _fits(op: str, G: dict, t: dict, tg: Target) -> bool:
     return u["ibuf"] <= tg.ibuf and u["wbuf"] <= tg.wbuf and u["abuf"] <= tg.abuf
 
 
-# g shrinks before ci/co: a tile of several groups always holds their whole channels
-_PRIORITY = {"conv": ("oh", "n", "g", "ci", "co"), "conv_eb": ("ih", "n", "g", "co", "ci"),
-             "conv_wg": ("oh", "n", "g", "ci", "co")}
+# g shrinks before ci/co: a tile of several groups always holds their whole channels;
+# ("ci", "co") halves the larger of the two, keeping both wide for the MAC array
+_PRIORITY = {"conv": ("n", "oh", "g", ("ci", "co")), "conv_eb": ("n", "ih", "g", ("co", "ci")),
+             "conv_wg": ("n", "oh", "g", ("ci", "co"))}
 
 
 def _shrink(dims, unit, fits, priority, what) -> dict:
     t = dict(dims)
     while not fits(t):
         for d in priority:
+            if isinstance(d, tuple):      # the larger (in units) of a pair
+                d = max(d, key=lambda k: (t[k] // unit.get(k, 1), -d.index(k)))
             u = unit.get(d, 1)
             if t[d] > u:
                 t[d] = max(u, (t[d] // u + 1) // 2 * u)
