@@ -189,6 +189,30 @@ def cmd_asm(args) -> int:
     return 0
 
 
+def cmd_mask(args) -> int:
+    from edgec.isa.errors import EdgecError
+
+    from .frontend.derive_mask import derive_mask, format_mask
+    from .frontend.load import load_model
+    if not 0 < args.keep <= 1:      # also refuses nan
+        raise EdgecError(f"--keep {args.keep}: must be a fraction in (0, 1], e.g. 0.5")
+    if str(args.model).lower().endswith((".onnx", ".ir", ".loop")):
+        raise EdgecError(f"{args.model}: edgec mask needs a model.py (its weights score the "
+                         "channels)")
+    model, example = load_model(args.model)
+    mask = derive_mask(model, example, args.model, args.keep, args.by, args.global_)
+    header = (f"edgec mask --keep {args.keep:g} --by {args.by}"
+              f"{' --global' if args.global_ else ''}: {args.model}")
+    text = format_mask(mask, header)
+    if args.output:
+        _atomic_write(args.output, lambda f: f.write(text.encode("utf-8")))
+        print(f"wrote {args.output}: {len(mask)} layers masked, "
+              f"{sum(map(len, mask.values()))} channels kept", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="edgec",
@@ -279,6 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="assembly file (FILE.s)")
     p.add_argument("-o", "--output", default="prog.bin", help="output file (default prog.bin)")
     p.set_defaults(func=cmd_asm)
+
+    p = sub.add_parser("mask", help="derive a user.mask from the model's weights: keep the "
+                       "highest-scoring output channels of every maskable layer (residual "
+                       "groups share one list; the logits layer is never masked)")
+    p.add_argument("model", help="model.py defining `model` and `example_input`")
+    p.add_argument("--keep", type=float, required=True, metavar="F",
+                   help="fraction of channels kept, 0 < F <= 1 (per layer ceil(F*C), at "
+                   "least 1)")
+    p.add_argument("--by", choices=("l1", "bn-gamma"), default="l1",
+                   help="channel score: L1 norm of the weight row (default), or |gamma| of "
+                   "the BatchNorm2d right after the layer (network slimming; layers "
+                   "without one fall back to l1)")
+    p.add_argument("--global", dest="global_", action="store_true",
+                   help="one budget over all layers (scores normalised by each layer's "
+                   "mean) instead of F per layer; every layer keeps at least 1 channel")
+    p.add_argument("-o", "--output", help="output mask file (default: print to stdout)")
+    p.set_defaults(func=cmd_mask)
     return ap
 
 
