@@ -1,4 +1,4 @@
-"""edgec command line: compile, run, verify, disasm.
+"""edgec command line: compile, run, finetune, verify, disasm.
 
 Every failure is one message on stderr ("edgec: error: ...") and a non-zero exit; outputs
 are written atomically, so a failed run never leaves a half-written or damaged file.
@@ -140,6 +140,43 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    import torch
+
+    from .finetune import accuracy, check_data, finetune, load_data
+    log = _progress(args.quiet)
+    x, y = load_data(args.data)                    # unreadable / missing arrays: fail early
+    ev = load_data(args.eval) if args.eval else None
+    c = _compile(args, log)
+    shape, k = tuple(c.example_input.shape[1:]), int(c.program.meta["classes"])
+    x, y = check_data(x, y, shape, k, int(c.example_input.shape[0]), args.data)
+    if ev is not None:
+        ex, ey = check_data(ev[0], ev[1], shape, k, 1, args.eval)
+    else:
+        ex, ey = x, y
+    acc0 = accuracy(c.model, ex, ey)
+    masked = {k: v for k, v in (getattr(c, "mask", None) or {}).items()
+              if len(v) < dict(c.model.named_modules())[k].weight.shape[0]}
+    macc0 = accuracy(c.model, ex, ey, mask=masked) if masked else None
+    res = finetune(c, x, y, args.steps, seed=args.seed or 0,
+                   log=(lambda line: None) if args.quiet else
+                   (lambda line: print(f"  {line}", file=sys.stderr)))
+    acc1 = accuracy(c.model, ex, ey, res.state_dict)
+    macc1 = accuracy(c.model, ex, ey, res.state_dict, mask=masked) if masked else None
+    _atomic_write(args.output, lambda f: torch.save(res.state_dict, f))
+    on = args.eval or f"{args.data} (training data)"
+    print(f"{args.steps} steps in {res.seconds:.2f}s ({len(res.params)} trained parameters); "
+          f"mean loss first 10% {res.mean_loss('first'):.4f}, last 10% "
+          f"{res.mean_loss('last'):.4f}")
+    print(f"accuracy on {on} ({len(ey)} rows, float32 PyTorch): before {acc0:.2f}%, "
+          f"after {acc1:.2f}%")
+    if masked:
+        print(f"  with the mask's pruned channels zeroed (as on the device): before "
+              f"{macc0:.2f}%, after {macc1:.2f}%")
+    print(f"wrote {args.output}: tuned state_dict")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from .verify import format_report, verify
     c = _compile(args, _progress(args.quiet))
@@ -261,6 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "in canonical form")
     p.add_argument("file", help="FILE.ir or FILE.loop written by compile --dump-ir")
     p.set_defaults(func=cmd_ir)
+
+    p = sub.add_parser("finetune", help="compile once, then run --steps training steps on "
+                       "the emulator (weights stay in emulator memory) and write the tuned "
+                       "weights as a PyTorch state_dict")
+    common(p)
+    p.add_argument("--data", required=True, metavar="TRAIN.npz", help="x float32 (M, ...) "
+                   "and y int64 (M,); step i uses rows (i*N + j) %% M, j < N (N: the "
+                   "compiled batch)")
+    p.add_argument("--eval", metavar="TEST.npz", help="accuracy before/after on this data "
+                   "(default: the training data)")
+    p.add_argument("--steps", type=int, required=True, help="number of training steps "
+                   "(step i uses stochastic-rounding seed SEED + i)")
+    p.add_argument("-o", "--output", default="tuned.pt", help="tuned state_dict (default "
+                   "tuned.pt)")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("run", help="execute prog.bin on the emulator for one batch")
     p.add_argument("program", help="prog.bin")

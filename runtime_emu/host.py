@@ -144,9 +144,61 @@ def _collect_param(program: Program, m: Machine, p: dict, out: dict) -> None:
     out[f"grad/{name}"] = full.astype(np.float32)
 
 
+def _begin_run(m: Machine) -> None:
+    """Reset everything one run owns, keeping DDR (parameters, masters, all other bytes).
+
+    A fresh Machine differs from this only in its DDR contents: pc, halted, the SEED
+    register, the on-chip buffers, read_map, last_writer and the counters all start over,
+    so `m.counters`/`read_map`/`last_writer` always describe the latest step alone.
+    """
+    m.pc = 0
+    m.halted = False
+    m.seed = 0
+    for b in m.bufs.values():
+        b[...] = 0
+    m.read_map[...] = 0
+    m.last_writer[...] = -1
+    for k in m.counters:
+        m.counters[k] = 0
+
+
+class Session:
+    """One Machine reused across training steps: the weights stay in emulator DDR.
+
+        s = Session(program, target)
+        for i in range(steps):
+            out = s.step(x_i, y_i, seed=seed + i)   # the same out dict as run_step
+
+    Each step starts from the DDR the previous step left (parameters and masters updated
+    in place by its SGD); per-run state is reset (`_begin_run`), so `s.machine.counters`
+    are the latest step's and `s.totals` accumulates them over all steps.
+    """
+
+    def __init__(self, program: Program, target: Target):
+        self.program = program
+        self.machine = Machine(program, target)
+        self.steps = 0
+        self.totals = dict(self.machine.counters)
+
+    def step(self, x, labels, seed: int | None = None) -> dict:
+        """One training step on the kept machine; returns the out dict (see run_step)."""
+        m = self.machine
+        _begin_run(m)
+        out = _step(self.program, m, x, labels, seed)
+        self.steps += 1
+        for k, v in m.counters.items():
+            self.totals[k] += v
+        return out
+
+
 def run_step(program: Program, target: Target, x, labels, seed: int | None = None):
     """One training step on the emulator.  Returns (out dict for out.npz, machine)."""
-    m = Machine(program, target)
+    s = Session(program, target)
+    return s.step(x, labels, seed), s.machine
+
+
+def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
+    """Write x, labels (and the seed) into `m`, run it, collect the out dict."""
     xs = _sym(program, "in:x")
     write_symbol(m, "in:x", quantize_input(x, _exp(xs), _shape(xs)))
     logits_name = program.meta.get("logits")
@@ -202,4 +254,4 @@ def run_step(program: Program, target: Target, x, labels, seed: int | None = Non
             raise EdgecError(f"parameter {p['name']!r}: {e}") from None
     for s in program.symbols:
         out[f"sym/{s['name']}"] = read_symbol(m, s["name"])
-    return out, m
+    return out

@@ -1,0 +1,152 @@
+"""`edgec finetune`: many training steps of one compiled program on the emulator.
+
+The program is compiled once; one emulator Machine (runtime_emu.host.Session) runs every
+step, so parameters and masters stay in emulator DDR between steps, exactly as on the
+device. Step i trains on rows `[(i*N + j) % M for j in range(N)]` of the data (N = the
+compiled batch, M = the number of rows) with stochastic-rounding seed `seed + i`
+(written to the `rng_seed` symbol). Accuracy before/after is measured in float32 PyTorch
+(eval mode) with the model's own weights and with the tuned weights loaded.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from edgec.isa.errors import EdgecError
+
+
+@dataclass
+class FinetuneResult:
+    losses: list[float]                 # per step, the emulator's batch loss
+    params: dict[str, np.ndarray]       # trainable name -> float32 value after the last step
+    state_dict: OrderedDict             # the model's state_dict with `params` substituted
+    totals: dict[str, int] = field(default_factory=dict)   # emulator counters, all steps
+    seconds: float = 0.0                # wall time of the steps
+
+    def mean_loss(self, part: str) -> float:
+        """Mean loss of the first ('first') or last ('last') 10% of steps (at least 1)."""
+        k = max(1, math.ceil(len(self.losses) / 10))
+        seg = self.losses[:k] if part == "first" else self.losses[-k:]
+        return float(np.mean(seg))
+
+
+def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of an npz file (raw; check_data validates them)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise EdgecError(f"{path}: cannot read data ({type(e).__name__}: {e})") from None
+    for k in ("x", "y"):
+        if k not in arrays:
+            raise EdgecError(f"{path}: missing array {k!r} (needs x float32 (M, ...) and "
+                             f"y int64 (M,))")
+    return arrays["x"], arrays["y"]
+
+
+def check_data(x, y, sample_shape, classes: int, min_rows: int, what: str):
+    """Validate x float32 (M, *sample_shape), y integer (M,) in [0, classes), M >= min_rows."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype != np.float32:
+        raise EdgecError(f"{what}: x must be float32, got {x.dtype}")
+    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(sample_shape):
+        raise EdgecError(f"{what}: x has shape {list(x.shape)}, expected "
+                         f"[M, {', '.join(str(d) for d in sample_shape)}]")
+    if y.dtype.kind not in "iu":
+        raise EdgecError(f"{what}: y must be integer labels (int64), got {y.dtype}")
+    if y.shape != (x.shape[0],):
+        raise EdgecError(f"{what}: y has shape {list(y.shape)}, expected [{x.shape[0]}] "
+                         "(one label per row of x)")
+    if x.shape[0] < min_rows:
+        raise EdgecError(f"{what}: {x.shape[0]} rows, at least {min_rows} needed "
+                         f"(the compiled batch)")
+    bad = np.flatnonzero((y < 0) | (y >= classes))
+    if bad.size:
+        raise EdgecError(f"{what}: label y[{int(bad[0])}] = {int(y[bad[0]])} is outside "
+                         f"[0, {classes})")
+    if not np.isfinite(x).all():
+        raise EdgecError(f"{what}: x has non-finite values")
+    return x, y.astype(np.int64)
+
+
+def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, state_dict=None,
+             mask: dict | None = None, chunk: int = 512) -> float:
+    """Top-1 accuracy in percent, float32 PyTorch, eval mode (on a copy of the model).
+
+    With `mask` ({layer: kept output channels}), each masked layer's pruned output
+    channels are multiplied by 0, as on the device (docs/numerics.md section 5).
+    """
+    m = copy.deepcopy(model)
+    if state_dict is not None:
+        m.load_state_dict(state_dict, strict=True)
+    m.eval()
+    mods = dict(m.named_modules())
+    for name, kept in (mask or {}).items():
+        mod = mods[name]
+        n_out = mod.weight.shape[0]
+        keep = torch.zeros(n_out)
+        keep[list(kept)] = 1.0
+        mod.register_forward_hook(
+            lambda _m, _i, out, k=keep: out * k.view(1, -1, *([1] * (out.dim() - 2))))
+    hits = 0
+    with torch.no_grad():
+        for a in range(0, len(x), chunk):
+            z = m(torch.from_numpy(np.ascontiguousarray(x[a:a + chunk])))
+            hits += int((z.argmax(1).numpy() == y[a:a + chunk]).sum())
+    return 100.0 * hits / max(1, len(x))
+
+
+def batch_rows(i: int, n: int, m: int) -> np.ndarray:
+    """Rows of step i: deterministic cycling through the data."""
+    return (i * n + np.arange(n)) % m
+
+
+def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
+             every: int | None = None) -> FinetuneResult:
+    """Run `steps` training steps of compiled.program on one emulator machine.
+
+    log(line) gets one progress line every `every` steps (default steps/20) and after the
+    last one.
+    """
+    from edgec.runtime_emu.host import Session
+    log = log or (lambda line: None)
+    prog = compiled.program
+    n = int(compiled.example_input.shape[0])
+    x, y = check_data(x, y, tuple(compiled.example_input.shape[1:]),
+                      int(prog.meta["classes"]), n, "training data")
+    steps = int(steps)
+    if steps < 1:
+        raise EdgecError(f"--steps must be at least 1, got {steps}")
+    if not (0 <= seed and seed + steps - 1 < 2**32):
+        raise EdgecError(f"seeds {seed}..{seed + steps - 1} are not all uint32")
+    every = every or max(1, steps // 20)
+    sess = Session(prog, compiled.target)
+    losses, out, t0 = [], None, time.perf_counter()
+    for i in range(steps):
+        r = batch_rows(i, n, len(x))
+        out = sess.step(x[r], y[r], seed=seed + i)
+        losses.append(float(out["loss"]))
+        if (i + 1) % every == 0 or i + 1 == steps:
+            log(f"step {i + 1}/{steps}  loss {losses[-1]:.4f}  "
+                f"(mean of last {min(every, i + 1)}: {np.mean(losses[-every:]):.4f})  "
+                f"[{time.perf_counter() - t0:.1f}s]")
+    seconds = time.perf_counter() - t0
+    sd = copy.deepcopy(compiled.model).state_dict()
+    params = {}
+    for p in prog.meta.get("params", []):
+        name = p["name"]
+        if name not in sd:
+            raise EdgecError(f"trained parameter {name!r} is not in the model's state_dict")
+        v = out[f"param/{name}"]
+        if tuple(v.shape) != tuple(sd[name].shape):
+            raise EdgecError(f"parameter {name!r}: emulator shape {list(v.shape)}, model "
+                             f"shape {list(sd[name].shape)}")
+        params[name] = v
+        sd[name] = torch.from_numpy(v.astype(np.float32).copy()).to(sd[name].dtype)
+    return FinetuneResult(losses, params, OrderedDict(sd), dict(sess.totals), seconds)
