@@ -154,26 +154,25 @@ def cmd_finetune(args) -> int:
         ex, ey = check_data(ev[0], ev[1], shape, k, 1, args.eval)
     else:
         ex, ey = x, y
+    from .verify import prune_state_dict
     acc0 = accuracy(c.model, ex, ey)
-    masked = {k: v for k, v in (getattr(c, "mask", None) or {}).items()
-              if len(v) < dict(c.model.named_modules())[k].weight.shape[0]}
-    macc0 = accuracy(c.model, ex, ey, mask=masked) if masked else None
+    pruned = bool(c.mask)
+    pacc0 = accuracy(c.model, ex, ey, prune_state_dict(c, c.model.state_dict())) \
+        if pruned else acc0
     res = finetune(c, x, y, args.steps, seed=args.seed or 0,
                    log=(lambda line: None) if args.quiet else
                    (lambda line: print(f"  {line}", file=sys.stderr)))
     acc1 = accuracy(c.model, ex, ey, res.state_dict)
-    macc1 = accuracy(c.model, ex, ey, res.state_dict, mask=masked) if masked else None
     _atomic_write(args.output, lambda f: torch.save(res.state_dict, f))
     on = args.eval or f"{args.data} (training data)"
     print(f"{args.steps} steps in {res.seconds:.2f}s ({len(res.params)} trained parameters); "
           f"mean loss first 10% {res.mean_loss('first'):.4f}, last 10% "
           f"{res.mean_loss('last'):.4f}")
-    print(f"accuracy on {on} ({len(ey)} rows, float32 PyTorch): before {acc0:.2f}%, "
-          f"after {acc1:.2f}%")
-    if masked:
-        print(f"  with the mask's pruned channels zeroed (as on the device): before "
-              f"{macc0:.2f}%, after {macc1:.2f}%")
-    print(f"wrote {args.output}: tuned state_dict")
+    print(f"accuracy on {on} ({len(ey)} rows, float32 PyTorch): pretrained {acc0:.2f}%"
+          + (f", pruned by the mask {pacc0:.2f}%" if pruned else "")
+          + f", tuned {acc1:.2f}%")
+    print(f"wrote {args.output}: tuned state_dict" + (" (pruned channels zeroed: the "
+                                                      "user's pruned model)" if pruned else ""))
     return 0
 
 

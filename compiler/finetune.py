@@ -20,6 +20,8 @@ import torch
 
 from edgec.isa.errors import EdgecError
 
+from .verify import prune_state_dict
+
 
 @dataclass
 class FinetuneResult:
@@ -76,24 +78,12 @@ def check_data(x, y, sample_shape, classes: int, min_rows: int, what: str):
 
 
 def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, state_dict=None,
-             mask: dict | None = None, chunk: int = 512) -> float:
-    """Top-1 accuracy in percent, float32 PyTorch, eval mode (on a copy of the model).
-
-    With `mask` ({layer: kept output channels}), each masked layer's pruned output
-    channels are multiplied by 0, as on the device (docs/numerics.md section 5).
-    """
+             chunk: int = 512) -> float:
+    """Top-1 accuracy in percent, float32 PyTorch, eval mode (on a copy of the model)."""
     m = copy.deepcopy(model)
     if state_dict is not None:
         m.load_state_dict(state_dict, strict=True)
     m.eval()
-    mods = dict(m.named_modules())
-    for name, kept in (mask or {}).items():
-        mod = mods[name]
-        n_out = mod.weight.shape[0]
-        keep = torch.zeros(n_out)
-        keep[list(kept)] = 1.0
-        mod.register_forward_hook(
-            lambda _m, _i, out, k=keep: out * k.view(1, -1, *([1] * (out.dim() - 2))))
     hits = 0
     with torch.no_grad():
         for a in range(0, len(x), chunk):
@@ -149,4 +139,6 @@ def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
                              f"shape {list(sd[name].shape)}")
         params[name] = v
         sd[name] = torch.from_numpy(v.astype(np.float32).copy()).to(sd[name].dtype)
-    return FinetuneResult(losses, params, OrderedDict(sd), dict(sess.totals), seconds)
+    # the user's pruned model: pruned channels output zero, as on the device
+    sd = prune_state_dict(compiled, OrderedDict(sd))
+    return FinetuneResult(losses, params, sd, dict(sess.totals), seconds)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,24 +67,46 @@ def reference_step(c: Compiled, x: torch.Tensor, y: torch.Tensor, seed: int) -> 
     return run_reference(g, inputs, seed)
 
 
+def pruned_channels(c: Compiled) -> dict[str, list[int]]:
+    """{module: kept output channels} for every module whose output a mask prunes: the
+    masked Conv2d/Linear layers and the BatchNorm / depthwise convs that follow them."""
+    modules = dict(c.model.named_modules())
+    out = {layer: list(kept) for layer, kept in c.mask.items()}
+    for n in c.graph.nodes:          # BN / depthwise convs whose rows follow a mask
+        w = c.graph.producer(n.inputs[1]) if n.op == "conv" else None
+        if w is not None and w.op == "wview" and w.attrs.get("out_tab") \
+                and n.layer != w.attrs["out_tab"] and isinstance(
+                    modules.get(n.layer), (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
+            out[n.layer] = list(c.mask[w.attrs["out_tab"]])
+    return out
+
+
+def prune_state_dict(c: Compiled, state_dict: dict) -> dict:
+    """A copy of ``state_dict`` in which every pruned channel outputs exactly zero (its
+    weight rows, bias, BatchNorm weight and bias set to 0): the user's pruned model, which
+    computes in float what the device computes."""
+    sd = {k: v.clone() for k, v in state_dict.items()}
+    for name, kept in pruned_channels(c).items():
+        for leaf in ("weight", "bias"):
+            t = sd.get(f"{name}.{leaf}" if name else leaf)
+            if t is not None:
+                drop = torch.ones(t.shape[0], dtype=torch.bool)
+                drop[kept] = False
+                t[drop] = 0
+    return OrderedDict(sd)
+
+
 def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Float32 autograd of the same step on the masked model: a pruned channel is zero
     everywhere downstream, so the outputs of the masked layers AND of the BatchNorm and
     depthwise modules whose channels follow them are zeroed in the pruned channels."""
     model = copy.deepcopy(c.model).float()
     modules = dict(model.named_modules())
-    follow = dict((layer, layer) for layer in c.mask)
-    for n in c.graph.nodes:          # BN / depthwise convs whose rows follow a mask
-        w = c.graph.producer(n.inputs[1]) if n.op == "conv" else None
-        if w is not None and w.op == "wview" and w.attrs.get("out_tab") \
-                and n.layer != w.attrs["out_tab"] and isinstance(
-                    modules.get(n.layer), (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
-            follow[n.layer] = w.attrs["out_tab"]
-    for name, layer in follow.items():
+    for name, kept in pruned_channels(c).items():
         mod = modules[name]
         m = torch.zeros(mod.num_features if isinstance(mod, torch.nn.BatchNorm2d)
                         else mod.weight.shape[0])
-        m[c.mask[layer]] = 1.0
+        m[kept] = 1.0
 
         def hook(_mod, _inp, out, m=m):
             return out * m.view(1, -1, *([1] * (out.dim() - 2)))
