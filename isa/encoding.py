@@ -5,25 +5,37 @@ from .errors import EdgecError
 from .table import BY_NAME, BY_OPCODE, WORD_BITS, WORD_BYTES, Instr
 
 
+def _layout(ins: Instr) -> tuple:
+    """(name, bit position, mask, lo, hi, signed, bits) per field, in packing order."""
+    out, pos = [], 0
+    for f in ins.all_fields:
+        lo, hi = ((-(1 << (f.bits - 1)), (1 << (f.bits - 1)) - 1) if f.signed
+                  else (0, (1 << f.bits) - 1))
+        out.append((f.name, pos, (1 << f.bits) - 1, lo, hi, f.signed, f.bits))
+        pos += f.bits
+    return tuple(out)
+
+
+_LAYOUT = {i.name: _layout(i) for i in BY_NAME.values()}
+_KNOWN = {i.name: frozenset(f.name for f in i.all_fields) for i in BY_NAME.values()}
+
+
 def encode(name: str, dep: int = 0, **fields: int) -> bytes:
     """One instruction word.  Unknown or out-of-range fields raise EdgecError."""
     ins = BY_NAME.get(name)
     if ins is None:
         raise EdgecError(f"unknown instruction {name!r}")
     values = dict(fields, opcode=ins.opcode, dep=dep)
-    known = {f.name for f in ins.all_fields}
-    extra = set(values) - known
-    if extra:
+    if not _KNOWN[name].issuperset(values):
+        extra = set(values) - _KNOWN[name]
         raise EdgecError(f"{name}: unknown field(s) {', '.join(sorted(extra))}")
-    word, pos = 0, 0
-    for f in ins.all_fields:
-        v = int(values.get(f.name, 0))
-        lo, hi = (-(1 << (f.bits - 1)), (1 << (f.bits - 1)) - 1) if f.signed else (0, (1 << f.bits) - 1)
+    word = 0
+    for fname, pos, mask, lo, hi, signed, bits in _LAYOUT[name]:
+        v = int(values.get(fname, 0))
         if not lo <= v <= hi:
-            raise EdgecError(f"{name}: field {f.name}={v} does not fit in {f.bits} "
-                             f"{'signed ' if f.signed else ''}bits")
-        word |= (v & ((1 << f.bits) - 1)) << pos
-        pos += f.bits
+            raise EdgecError(f"{name}: field {fname}={v} does not fit in {bits} "
+                             f"{'signed ' if signed else ''}bits")
+        word |= (v & mask) << pos
     return word.to_bytes(WORD_BYTES, "little")
 
 

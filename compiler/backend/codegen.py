@@ -27,6 +27,7 @@ class Emitter:
         self.words: list[bytes] = []
         self.origin: list[str] = []     # per instruction: the layer/op it implements
         self.where = ""
+        self.producer = {o: n for n in g.nodes for o in n.outputs}
 
     def emit(self, name: str, **f) -> None:
         self.words.append(encode(name, **f))
@@ -77,7 +78,7 @@ class Emitter:
         self.emit(name, ddr=ddr, **f)
 
     def weight_view(self, operand: str) -> tuple[Symbol, dict]:
-        p = self.g.producer(operand)
+        p = self.producer.get(operand)
         if p is not None and p.op == "wview":
             return self.mem.of_value[p.inputs[0]], p.attrs
         return self.mem.of_value[operand], {"out_idx": None, "in_idx": None, "in_block": 1,
