@@ -49,7 +49,7 @@ def _compile(args, log):
         from .resume import compile_ir
         if (args.mask or args.target or getattr(args, "dump_ir", None)
                 or args.lr is not None or args.seed is not None
-                or args.train or args.freeze or args.bias_only):
+                or args.train or args.freeze or args.bias_only or args.classes):
             raise EdgecError(f"{args.model}: an IR dump carries its own source, mask, target, "
                              "lr and seed (its 'source' line) and its frozen parameters; drop "
                              "--mask/--target/--lr/--seed/--dump-ir/--train/--freeze/"
@@ -60,7 +60,18 @@ def _compile(args, log):
                          seed=args.seed or 0,
                          log=log, dump_ir=getattr(args, "dump_ir", None),
                          calib=getattr(args, "calib", None), train=args.train or (),
-                         freeze=args.freeze or (), bias_only=args.bias_only)
+                         freeze=args.freeze or (), bias_only=args.bias_only,
+                         classes=_class_list(args.classes))
+
+
+def _class_list(text: str | None):
+    if text is None:
+        return None
+    from edgec.isa.errors import EdgecError
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise EdgecError(f"--classes {text!r}: expected class ids like 0,3,7") from None
 
 
 def _pruned_summary(c) -> str | None:
@@ -148,21 +159,23 @@ def cmd_finetune(args) -> int:
     x, y = load_data(args.data)                    # unreadable / missing arrays: fail early
     ev = load_data(args.eval) if args.eval else None
     c = _compile(args, log)
-    shape, k = tuple(c.example_input.shape[1:]), int(c.program.meta["classes"])
+    shape = tuple(c.example_input.shape[1:])
+    k = c.program.meta.get("class_ids") or int(c.program.meta["classes"])
+    ids = c.program.meta.get("class_ids")
     x, y = check_data(x, y, shape, k, int(c.example_input.shape[0]), args.data)
     if ev is not None:
         ex, ey = check_data(ev[0], ev[1], shape, k, 1, args.eval)
     else:
         ex, ey = x, y
-    from .verify import prune_state_dict
-    acc0 = accuracy(c.model, ex, ey)
-    pruned = bool(c.mask)
-    pacc0 = accuracy(c.model, ex, ey, prune_state_dict(c, c.model.state_dict())) \
-        if pruned else acc0
+    from .verify import prune_state_dict, pruned_channels
+    acc0 = accuracy(c.model, ex, ey, class_ids=ids)
+    pruned = bool(pruned_channels(c))
+    pacc0 = accuracy(c.model, ex, ey, prune_state_dict(c, c.model.state_dict()),
+                     class_ids=ids) if pruned else acc0
     res = finetune(c, x, y, args.steps, seed=args.seed or 0,
                    log=(lambda line: None) if args.quiet else
                    (lambda line: print(f"  {line}", file=sys.stderr)))
-    acc1 = accuracy(c.model, ex, ey, res.state_dict)
+    acc1 = accuracy(c.model, ex, ey, res.state_dict, class_ids=ids)
     _atomic_write(args.output, lambda f: torch.save(res.state_dict, f))
     on = args.eval or f"{args.data} (training data)"
     print(f"{args.steps} steps in {res.seconds:.2f}s ({len(res.params)} trained parameters); "
@@ -278,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "parameters matching this glob (repeatable; applied after --train)")
         p.add_argument("--bias-only", action="store_true", help="train only biases and "
                        "BatchNorm weights (combines with --train/--freeze)")
+        p.add_argument("--classes", metavar="IDS", help="fine-tune for a subset of the "
+                       "classes, e.g. 0,3,7: the classifier computes only their logits; "
+                       "labels stay original class ids and must be among them")
         p.add_argument("--calib", metavar="FILE.npz", help="MODEL.onnx only: calibration "
                        "batch (array x, the input's static shape); default: standard normal "
                        "from torch.Generator().manual_seed(0)")

@@ -55,7 +55,7 @@ def mask_layers(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, str]]
 def compile_model(model_path: str, mask_path: str | None = None, target: str | None = None,
                   lr: float = 0.01, seed: int = 0, log=None,
                   dump_ir: str | None = None, calib: str | None = None,
-                  train=(), freeze=(), bias_only: bool = False) -> Compiled:
+                  train=(), freeze=(), bias_only: bool = False, classes=None) -> Compiled:
     log = log or (lambda msg: None)
     tg = load_target(target)
     graph = None
@@ -74,7 +74,7 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
                                     target=ab(target), lr=float(lr), seed=int(seed)))
     frozen = frozen_params(model, train, freeze, bias_only)
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
-                          graph=graph, frozen=frozen)
+                          graph=graph, frozen=frozen, classes=classes)
 
 
 def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) -> set[str]:
@@ -97,11 +97,14 @@ PIPELINE = ("prune", "mask", "quantize", "update")
 
 def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: str,
                    mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
-                   log=None, dump=None, graph: Graph | None = None, frozen=()) -> Compiled:
+                   log=None, dump=None, graph: Graph | None = None, frozen=(),
+                   classes=None) -> Compiled:
     """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
     `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
     `graph`, if given, is the float training graph (ONNX frontend) used instead of capture.
-    `frozen`: parameter names that get no gradient and no update."""
+    `frozen`: parameter names that get no gradient and no update.
+    `classes`: fine-tune for this subset of the classes only (the logits layer computes
+    only their rows; labels are original class ids, mapped by the host)."""
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
@@ -115,6 +118,15 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
         layers, refuse = mask_layers(model)
         mask = parse_mask(mask, layers, logits_layer, refuse=refuse)
     mask = mask if isinstance(mask, dict) and hasattr(mask, "where") else dict(mask or {})
+    if classes is not None:
+        K = g.values[g.outputs["logits"]].shape[1]
+        ids = sorted(set(int(c) for c in classes))
+        bad = [c for c in ids if not 0 <= c < K]
+        if bad or len(ids) < 2:
+            raise EdgecError(f"--classes {','.join(map(str, classes))}: need at least two "
+                             f"distinct class ids in [0, {K})")
+        mask[logits_layer] = ids          # a row view of the classifier (internal)
+        g.meta["class_ids"] = ids
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     params.update(const_values(g, model))
     c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump)
@@ -172,4 +184,5 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
     logits = mem.of_value[g.outputs["logits"]].name
     return {"logits": logits, "params": params, "lr": lr,
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
-            "origin": em.origin, "mask": g.meta.get("mask", {})}
+            "origin": em.origin, "mask": g.meta.get("mask", {}),
+            **({"class_ids": g.meta["class_ids"]} if "class_ids" in g.meta else {})}

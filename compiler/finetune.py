@@ -52,8 +52,9 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     return arrays["x"], arrays["y"]
 
 
-def check_data(x, y, sample_shape, classes: int, min_rows: int, what: str):
-    """Validate x float32 (M, *sample_shape), y integer (M,) in [0, classes), M >= min_rows."""
+def check_data(x, y, sample_shape, classes, min_rows: int, what: str):
+    """Validate x float32 (M, *sample_shape), y integer (M,) in [0, classes) (or, for a
+    class-subset program, among the class ids ``classes``), M >= min_rows."""
     x, y = np.asarray(x), np.asarray(y)
     if x.dtype != np.float32:
         raise EdgecError(f"{what}: x must be float32, got {x.dtype}")
@@ -68,7 +69,13 @@ def check_data(x, y, sample_shape, classes: int, min_rows: int, what: str):
     if x.shape[0] < min_rows:
         raise EdgecError(f"{what}: {x.shape[0]} rows, at least {min_rows} needed "
                          f"(the compiled batch)")
-    bad = np.flatnonzero((y < 0) | (y >= classes))
+    if isinstance(classes, (list, tuple)):
+        bad = np.flatnonzero(~np.isin(y, np.asarray(classes)))
+        if bad.size:
+            raise EdgecError(f"{what}: label y[{int(bad[0])}] = {int(y[bad[0]])} is not one "
+                             f"of the compiled classes ({', '.join(map(str, classes))})")
+    bad = np.flatnonzero((y < 0) | (y >= (max(classes) + 1 if isinstance(classes, (list, tuple))
+                                          else classes)))
     if bad.size:
         raise EdgecError(f"{what}: label y[{int(bad[0])}] = {int(y[bad[0]])} is outside "
                          f"[0, {classes})")
@@ -78,8 +85,9 @@ def check_data(x, y, sample_shape, classes: int, min_rows: int, what: str):
 
 
 def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, state_dict=None,
-             chunk: int = 512) -> float:
-    """Top-1 accuracy in percent, float32 PyTorch, eval mode (on a copy of the model)."""
+             chunk: int = 512, class_ids=None) -> float:
+    """Top-1 accuracy in percent, float32 PyTorch, eval mode (on a copy of the model);
+    with ``class_ids``, the prediction is the best of those classes only."""
     m = copy.deepcopy(model)
     if state_dict is not None:
         m.load_state_dict(state_dict, strict=True)
@@ -88,7 +96,11 @@ def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, state_dict=No
     with torch.no_grad():
         for a in range(0, len(x), chunk):
             z = m(torch.from_numpy(np.ascontiguousarray(x[a:a + chunk])))
-            hits += int((z.argmax(1).numpy() == y[a:a + chunk]).sum())
+            if class_ids is not None:
+                pred = np.asarray(class_ids)[z[:, list(class_ids)].argmax(1).numpy()]
+            else:
+                pred = z.argmax(1).numpy()
+            hits += int((pred == y[a:a + chunk]).sum())
     return 100.0 * hits / max(1, len(x))
 
 
@@ -109,7 +121,8 @@ def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
     prog = compiled.program
     n = int(compiled.example_input.shape[0])
     x, y = check_data(x, y, tuple(compiled.example_input.shape[1:]),
-                      int(prog.meta["classes"]), n, "training data")
+                      prog.meta.get("class_ids") or int(prog.meta["classes"]), n,
+                      "training data")
     steps = int(steps)
     if steps < 1:
         raise EdgecError(f"--steps must be at least 1, got {steps}")

@@ -52,6 +52,9 @@ def make_batch(c: Compiled, batch_seed: int = 0) -> tuple[torch.Tensor, torch.Te
     x = ex + 0.1 * ex.std() * torch.randn(ex.shape, generator=gen)
     k = c.program.meta["classes"]
     y = torch.randint(0, k, (ex.shape[0],), generator=gen)
+    ids = c.program.meta.get("class_ids")
+    if ids is not None:                  # labels are original class ids
+        y = torch.as_tensor(ids, dtype=torch.long)[y]
     return x, y
 
 
@@ -61,6 +64,9 @@ def quantize_input(x: torch.Tensor, exp: int) -> torch.Tensor:
 
 def reference_step(c: Compiled, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict:
     g = c.graph
+    ids = g.meta.get("class_ids")
+    if ids is not None:                  # original class ids -> subset positions
+        y = torch.as_tensor([ids.index(int(v)) for v in y], dtype=torch.long)
     inputs = {"x": quantize_input(x, g.values["x"].exp), "labels": y.to(torch.int64)}
     for name, arr in g.meta["init"].items():
         inputs[name] = torch.from_numpy(np.asarray(arr, dtype=np.int64))
@@ -71,7 +77,8 @@ def pruned_channels(c: Compiled) -> dict[str, list[int]]:
     """{module: kept output channels} for every module whose output a mask prunes: the
     masked Conv2d/Linear layers and the BatchNorm / depthwise convs that follow them."""
     modules = dict(c.model.named_modules())
-    out = {layer: list(kept) for layer, kept in c.mask.items()}
+    logits_layer = c.graph.producer(c.graph.outputs["logits"]).layer
+    out = {layer: list(kept) for layer, kept in c.mask.items() if layer != logits_layer}
     for n in c.graph.nodes:          # BN / depthwise convs whose rows follow a mask
         w = c.graph.producer(n.inputs[1]) if n.op == "conv" else None
         if w is not None and w.op == "wview" and w.attrs.get("out_tab") \
@@ -79,6 +86,12 @@ def pruned_channels(c: Compiled) -> dict[str, list[int]]:
                     modules.get(n.layer), (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
             out[n.layer] = list(c.mask[w.attrs["out_tab"]])
     return out
+
+
+def subset_logits(c: Compiled, z: torch.Tensor) -> torch.Tensor:
+    """The logits a class-subset program computes: the columns of its classes."""
+    ids = c.graph.meta.get("class_ids")
+    return z if ids is None else z[:, list(ids)]
 
 
 def prune_state_dict(c: Compiled, state_dict: dict) -> dict:
@@ -112,7 +125,10 @@ def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torc
             return out * m.view(1, -1, *([1] * (out.dim() - 2)))
         modules[name].register_forward_hook(hook)
     model.zero_grad()
-    torch.nn.functional.cross_entropy(model(x), y).backward()
+    ids = c.graph.meta.get("class_ids")
+    if ids is not None:
+        y = torch.as_tensor([ids.index(int(v)) for v in y], dtype=torch.long)
+    torch.nn.functional.cross_entropy(subset_logits(c, model(x)), y).backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()
             if p.grad is not None}
 

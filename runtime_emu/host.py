@@ -197,6 +197,19 @@ def run_step(program: Program, target: Target, x, labels, seed: int | None = Non
     return s.step(x, labels, seed), s.machine
 
 
+def _subset_labels(lab: np.ndarray, ids: list[int]) -> np.ndarray:
+    """Original class ids -> positions in the compiled subset ``ids``."""
+    if lab.dtype.kind not in "iu":
+        raise EdgecError(f"labels must be integers, got dtype {lab.dtype}")
+    pos = {c: i for i, c in enumerate(ids)}
+    flat = lab.reshape(-1)
+    for k, v in enumerate(flat):
+        if int(v) not in pos:
+            raise EdgecError(f"label {k} is {int(v)}, not one of the classes the program "
+                             f"was compiled for ({', '.join(map(str, ids))})")
+    return np.array([pos[int(v)] for v in flat], dtype=np.int64).reshape(lab.shape)
+
+
 def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
     """Write x, labels (and the seed) into `m`, run it, collect the out dict."""
     xs = _sym(program, "in:x")
@@ -210,6 +223,9 @@ def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
                          "expected [N, K]")
     N, K = _shape(ls)
     lab = np.asarray(labels)
+    ids = program.meta.get("class_ids")
+    if ids is not None:       # a class-subset program: labels are original class ids
+        lab = _subset_labels(lab, [int(i) for i in ids])
     if any(s["name"] == "in:labels" for s in program.symbols):
         lsym = _sym(program, "in:labels")
         if lab.shape != _shape(lsym):
