@@ -108,10 +108,10 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
-    g = graph if graph is not None else capture(model, example, model_path, frozen=frozen)
+    g = graph if graph is not None else capture(model, example, model_path)
+    full = copy.deepcopy(g) if frozen else None     # everything trainable, for comparison
     for name in frozen:
         g.params[name].trainable = False
-    full = copy.deepcopy(g) if frozen else None
     dump("capture", g)
     logits_layer = g.producer(g.outputs["logits"]).layer
     if isinstance(mask, str):
@@ -132,8 +132,6 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump)
     if full is not None and g.meta["pruned"]["ops"]:
         log("backward without --train/--freeze (for the comparison)")
-        for p in full.params.values():
-            p.trainable = not p.is_const and p.name not in full.meta.get("unused_params", [])
         ref = _backend(full, mask, example, params, lr, seed, tg, model, lambda m: None,
                        lambda *a: None)
         a, b = static_counts(ref.emitter.words), static_counts(c.emitter.words)

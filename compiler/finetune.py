@@ -74,11 +74,11 @@ def check_data(x, y, sample_shape, classes, min_rows: int, what: str):
         if bad.size:
             raise EdgecError(f"{what}: label y[{int(bad[0])}] = {int(y[bad[0]])} is not one "
                              f"of the compiled classes ({', '.join(map(str, classes))})")
-    bad = np.flatnonzero((y < 0) | (y >= (max(classes) + 1 if isinstance(classes, (list, tuple))
-                                          else classes)))
-    if bad.size:
-        raise EdgecError(f"{what}: label y[{int(bad[0])}] = {int(y[bad[0]])} is outside "
-                         f"[0, {classes})")
+    else:
+        bad = np.flatnonzero((y < 0) | (y >= classes))
+        if bad.size:
+            raise EdgecError(f"{what}: label y[{int(bad[0])}] = {int(y[bad[0]])} is outside "
+                             f"[0, {classes})")
     if not np.isfinite(x).all():
         raise EdgecError(f"{what}: x has non-finite values")
     return x, y.astype(np.int64)

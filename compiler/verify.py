@@ -64,9 +64,7 @@ def quantize_input(x: torch.Tensor, exp: int) -> torch.Tensor:
 
 def reference_step(c: Compiled, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict:
     g = c.graph
-    ids = g.meta.get("class_ids")
-    if ids is not None:                  # original class ids -> subset positions
-        y = torch.as_tensor([ids.index(int(v)) for v in y], dtype=torch.long)
+    y = subset_labels(c, y)
     inputs = {"x": quantize_input(x, g.values["x"].exp), "labels": y.to(torch.int64)}
     for name, arr in g.meta["init"].items():
         inputs[name] = torch.from_numpy(np.asarray(arr, dtype=np.int64))
@@ -86,6 +84,13 @@ def pruned_channels(c: Compiled) -> dict[str, list[int]]:
                     modules.get(n.layer), (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
             out[n.layer] = list(c.mask[w.attrs["out_tab"]])
     return out
+
+
+def subset_labels(c: Compiled, y: torch.Tensor) -> torch.Tensor:
+    """Original class ids -> positions in a class-subset program's logits."""
+    ids = c.graph.meta.get("class_ids")
+    return y if ids is None else torch.as_tensor([ids.index(int(v)) for v in y],
+                                                 dtype=torch.long)
 
 
 def subset_logits(c: Compiled, z: torch.Tensor) -> torch.Tensor:
@@ -125,10 +130,7 @@ def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torc
             return out * m.view(1, -1, *([1] * (out.dim() - 2)))
         modules[name].register_forward_hook(hook)
     model.zero_grad()
-    ids = c.graph.meta.get("class_ids")
-    if ids is not None:
-        y = torch.as_tensor([ids.index(int(v)) for v in y], dtype=torch.long)
-    torch.nn.functional.cross_entropy(subset_logits(c, model(x)), y).backward()
+    torch.nn.functional.cross_entropy(subset_logits(c, model(x)), subset_labels(c, y)).backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()
             if p.grad is not None}
 

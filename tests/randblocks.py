@@ -16,16 +16,7 @@ import torch
 import torch.fx
 from torch import nn
 
-
-class Net(nn.Module):
-    def __init__(self, feats, head):
-        super().__init__()
-        self.features = nn.Sequential(*feats)
-        self.head = nn.Sequential(*head)
-
-    def forward(self, x):
-        x = self.features(x)
-        return self.head(torch.flatten(x, 1))
+from randmodels import Net
 
 
 class Residual(nn.Module):

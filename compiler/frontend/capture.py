@@ -204,13 +204,11 @@ def _arg(fxn, i: int, name: str, default):
     return fxn.kwargs.get(name, default)
 
 
-def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str,
-            frozen=()) -> Graph:
+def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str) -> Graph:
     """Trace one training step of ``model`` and return the float edgec graph.
 
     The model is put in eval mode (BatchNorm uses its running statistics, Dropout is the
-    identity).  Parameters named in ``frozen`` are marked non-trainable (the prune pass
-    removes their backward work)."""
+    identity)."""
     model.eval()
     model_file = os.path.abspath(model_path)
     base_name = os.path.basename(model_path)
@@ -324,8 +322,7 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str
         mod, _, leaf = pname.rpartition(".")
         kind = "bias" if leaf == "bias" else "weight"
         g.params[pname] = Param(pname, f"param:{pname}", tuple(pt.shape), module=mod,
-                                kind=kind, trainable=bool(pt.requires_grad)
-                                and pname not in frozen)
+                                kind=kind, trainable=bool(pt.requires_grad))
         g.add_value(f"param:{pname}", tuple(pt.shape))
         ctx.param_module[f"param:{pname}"] = mod
     g.meta["num_classes"] = K

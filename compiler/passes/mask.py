@@ -27,18 +27,9 @@ _NOVIEW = {"out_idx": None, "in_idx": None, "in_block": 1, "out_tab": None, "in_
 
 
 def is_depthwise(g: Graph, n) -> bool:
-    """A conv whose every output channel reads only the input channel of the same index
-    (depthwise convs, and the BatchNorm / average-pool lowerings)."""
-    grp = n.attrs.get("groups", 1)
-    if grp == 1:
-        return False
-    w = g.values[n.inputs[1]].shape
-    return w[0] == grp and w[1] == 1
-
-
-def _depthwise_attr(g: Graph, n) -> bool:
-    """conv/conv_eb/conv_wg of a depthwise conv, judged on the uncompacted weight shape
-    (conv_wg: its output, the weight gradient)."""
+    """conv/conv_eb/conv_wg of a conv whose every output channel reads only the input
+    channel of the same index (depthwise convs, and the BatchNorm / average-pool
+    lowerings); judged on the weight's shape (conv_wg: its output, the weight gradient)."""
     grp = n.attrs.get("groups", 1)
     if grp == 1:
         return False
@@ -123,7 +114,7 @@ class MaskPass:
                 else:
                     fwd_view[w] = (n.layer if n.layer in self.mask else None, in_layer, block)
                 fwd_rows = fwd_view[w][0]
-            if n.op in ("conv", "conv_eb", "conv_wg") and _depthwise_attr(g, n):
+            if n.op in ("conv", "conv_eb", "conv_wg") and is_depthwise(g, n):
                 n.attrs["groups"] = channels(n.inputs[0])     # compacted channel count
             if n.op in ("conv", "linear", "conv_eb", "linear_eb"):
                 w = n.inputs[1]

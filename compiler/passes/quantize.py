@@ -183,7 +183,7 @@ def clamp_bounds(act, e: int) -> tuple[int, int]:
     exponent ``e`` (docs/numerics.md, clamp)."""
     if act is None:
         return (-127, 127)
-    if act.op in ("relu", "relu_bwd"):
+    if act.op == "relu":
         return (0, 127)
     lo = int(np.rint(float(act.attrs["lo"]) * 2.0 ** -e))
     hi = int(np.rint(float(act.attrs["hi"]) * 2.0 ** -e))
