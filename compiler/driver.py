@@ -19,6 +19,7 @@ from .frontend.load import load_model
 from .frontend.maskfile import parse_mask
 from .ir.graph import Graph
 from .ir.loops import LoopNest
+from .passes.adapt_bn import SCALE_HEADROOM, AdaptBNPass
 from .passes.mask import MaskPass
 from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
@@ -55,7 +56,8 @@ def mask_layers(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, str]]
 def compile_model(model_path: str, mask_path: str | None = None, target: str | None = None,
                   lr: float = 0.01, seed: int = 0, log=None,
                   dump_ir: str | None = None, calib: str | None = None,
-                  train=(), freeze=(), bias_only: bool = False, classes=None) -> Compiled:
+                  train=(), freeze=(), bias_only: bool = False, classes=None,
+                  adapt_bn: bool = False) -> Compiled:
     log = log or (lambda msg: None)
     tg = load_target(target)
     graph = None
@@ -72,9 +74,12 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
         ab = lambda p: os.path.abspath(p) if p else None  # noqa: E731
         dump = Dumper(dump_ir, dict(model=ab(model_path), mask=ab(mask_path),
                                     target=ab(target), lr=float(lr), seed=int(seed)))
+    if adapt_bn and (train or freeze or bias_only or classes is not None):
+        raise EdgecError("--adapt-bn compiles a label-free BatchNorm adaptation program; it "
+                         "does not combine with --train/--freeze/--bias-only/--classes")
     frozen = frozen_params(model, train, freeze, bias_only)
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
-                          graph=graph, frozen=frozen, classes=classes)
+                          graph=graph, frozen=frozen, classes=classes, adapt_bn=adapt_bn)
 
 
 def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) -> set[str]:
@@ -87,9 +92,16 @@ def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) 
     return set(names) - select_trainable(names, tuple(train), tuple(freeze), bias_only, bn)
 
 
-def make_passes(mask, example, params, lr) -> list:
-    """The graph passes after capture, in order (names as in the IR dumps)."""
-    return [PrunePass(), MaskPass(mask), QuantizePass(example, params), UpdatePass(lr)]
+def make_passes(mask, example, params, lr, adapt=None) -> list:
+    """The graph passes after capture, in order (names as in the IR dumps).  `adapt`
+    ({BatchNorm module: eps}) makes a BatchNorm adaptation program instead of a training
+    step: its last pass appends bn_adapt nodes instead of sgd nodes."""
+    if adapt is None:
+        return [PrunePass(), MaskPass(mask), QuantizePass(example, params), UpdatePass(lr)]
+    # BN scales get SCALE_HEADROOM spare bits: adapted variances may be smaller
+    room = {f"{bn}:scale": SCALE_HEADROOM for bn in adapt}
+    return [PrunePass(), MaskPass(mask), QuantizePass(example, params, room),
+            AdaptBNPass(adapt)]
 
 
 PIPELINE = ("prune", "mask", "quantize", "update")
@@ -98,18 +110,25 @@ PIPELINE = ("prune", "mask", "quantize", "update")
 def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: str,
                    mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
                    log=None, dump=None, graph: Graph | None = None, frozen=(),
-                   classes=None) -> Compiled:
+                   classes=None, adapt_bn: bool = False) -> Compiled:
     """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
     `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
     `graph`, if given, is the float training graph (ONNX frontend) used instead of capture.
     `frozen`: parameter names that get no gradient and no update.
     `classes`: fine-tune for this subset of the classes only (the logits layer computes
-    only their rows; labels are original class ids, mapped by the host)."""
+    only their rows; labels are original class ids, mapped by the host).
+    `adapt_bn`: compile the BatchNorm adaptation program (forward pass, then every BN's
+    statistics re-estimated from the batch; no labels, no training) instead."""
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
     g = graph if graph is not None else capture(model, example, model_path)
-    full = copy.deepcopy(g) if frozen else None     # everything trainable, for comparison
+    adapt = None
+    if adapt_bn:
+        adapt = {name: float(m.eps) for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+        frozen = set(g.params)
+    full = copy.deepcopy(g) if frozen and not adapt_bn else None   # for the comparison
     for name in frozen:
         g.params[name].trainable = False
     dump("capture", g)
@@ -129,7 +148,7 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
         g.meta["class_ids"] = ids
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     params.update(const_values(g, model))
-    c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump)
+    c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump, adapt)
     if full is not None and g.meta["pruned"]["ops"]:
         log("backward without --train/--freeze (for the comparison)")
         ref = _backend(full, mask, example, params, lr, seed, tg, model, lambda m: None,
@@ -140,8 +159,9 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     return c
 
 
-def _backend(g: Graph, mask, example, params, lr, seed, tg, model, log, dump) -> Compiled:
-    for p in make_passes(mask, example, params, lr):
+def _backend(g: Graph, mask, example, params, lr, seed, tg, model, log, dump,
+             adapt=None) -> Compiled:
+    for p in make_passes(mask, example, params, lr, adapt):
         log(p.name)
         g = p.apply(g)
         try:
@@ -183,4 +203,5 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
     return {"logits": logits, "params": params, "lr": lr,
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
-            **({"class_ids": g.meta["class_ids"]} if "class_ids" in g.meta else {})}
+            **({"class_ids": g.meta["class_ids"]} if "class_ids" in g.meta else {}),
+            **({"adapt_bn": g.meta["adapt_bn"]} if "adapt_bn" in g.meta else {})}

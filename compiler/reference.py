@@ -24,6 +24,8 @@ the int32 range ``[-(2**31-1), 2**31-1]``; leaving it raises ``EdgecError`` nami
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -301,6 +303,41 @@ def sgd_update(M: torch.Tensor, G: torch.Tensor, lrmul: int, cshift: int, cbits:
     return Mn, rshift(Mn, cshift, "nearest")
 
 
+def _round_div(a: int, b: int) -> int:
+    """a / b rounded half up, b > 0 (exact integers)."""
+    q, r = divmod(a, b)
+    return q + (1 if 2 * r >= b else 0)
+
+
+def bn_adapt(x: torch.Tensor, b: torch.Tensor, q: torch.Tensor, at: dict):
+    """BatchNorm adaptation (docs/numerics.md): the statistics of x[N,C,...] per channel
+    give the batch's inverse standard deviation as an int8 scale and its mean as a new
+    bias (mode 0) or BN shift (mode 1); the constants move 2^-m of the way there."""
+    xs = x.transpose(0, 1).reshape(x.shape[1], -1).to(torch.int64)
+    cnt = xs.shape[1]
+    s1s, s2s = xs.sum(1), (xs * xs).sum(1)
+    _check_i32(s1s, "channel sum")
+    _check_i32(s2s, "channel sum of squares")
+    d, p, mom, eps = int(at["d"]), int(at["p"]), int(at["m"]), int(at["eps"])
+
+    def scaled(num: int, den: int, e: int) -> int:        # num * 2^e / den, rounded
+        return _round_div(num * 2**e, den) if e >= 0 else _round_div(num, den * 2**-e)
+
+    nb, nq = b.clone(), q.clone()
+    for k in range(xs.shape[0]):
+        s1, s2 = int(s1s[k]), int(s2s[k])
+        var = s2 * cnt - s1 * s1 + eps              # cnt^2 * (var + eps) in x's units
+        num, den = 4 * cnt * cnt * 2**max(0, 2 * p), var * 2**max(0, -2 * p)
+        qb = 127 if den == 0 else min(127, (math.isqrt(num // den) + 1) // 2)
+        qo, bo = int(q[k]), int(b[k])
+        nq[k] = qo + scaled(qb - qo, 1, -mom)
+        if at["mode"] == 0:
+            nb[k] = bo - scaled(s1, cnt, d - mom)
+        else:
+            nb[k] = bo + scaled(-scaled(s1 * qb, cnt, d) - bo, 1, -mom)
+    return sat(nb, 32), sat8(nq)
+
+
 def clamp(q: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """``clamp(q, lo, hi) = min(max(q, lo), hi)`` of numerics.md section 4."""
     return q.clamp(int(lo), int(hi))
@@ -464,6 +501,14 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
         p_new[ix] = Cn
         M_new[ix] = Mn
         return [p_new, M_new]
+    if op == "bn_adapt":
+        x, b, q = a
+        ib, iq = view_index(b, at.get("out_idx"), None, 1), view_index(q, at.get("out_idx"), None, 1)
+        nb, nq = bn_adapt(x, b[ib], q[iq].reshape(-1), at)
+        b_new, q_new = b.clone(), q.clone()
+        b_new[ib] = nb
+        q_new[iq] = nq.reshape(q_new[iq].shape)
+        return [b_new, q_new]
     raise ValueError(f"op {op!r} has no reference semantics")
 
 

@@ -51,7 +51,7 @@ def pattern_of(op: str) -> str:
     """The pattern of a graph op named in meta["origin"]."""
     if op in ("prologue", "epilogue", ""):
         return "OTHER"
-    if op == "sgd":
+    if op in ("sgd", "bn_adapt"):
         return "UPDATE"
     if op == "loss_grad":
         return "LOSS"
@@ -135,7 +135,9 @@ def instr_cost(name: str, f: dict, tg: Target, index: int = 0) -> dict:
         oh = (f["h"] + 2 * f["ph"] - f["kh"]) // f["sh"] + 1
         ow = (f["w"] + 2 * f["pw"] - f["kw"]) // f["sw"] + 1
         n = f["planes"] * max(0, oh) * max(0, ow) * f["kh"] * f["kw"]
-    elif name == "RSUM":
+    elif name == "BNADAPT":
+        n = 8 * f["c"]
+    elif name in ("RSUM", "CSTAT"):
         n = f["n"] * f["c"] * f["hw"]
     elif name == "LOSSG":
         n = f["n"] * f["k"]

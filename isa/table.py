@@ -218,6 +218,31 @@ INSTRS: tuple[Instr, ...] = (
        "int64, r = rand32(seed, tid, gbase + i) (drawn only when stochastic and shift > 0). "
        "A, B, D must be IBUF or WBUF. Traps unless -31 <= shift <= 31 and "
        "-127 <= lo <= hi <= 127."),
+    Instr("CSTAT", 24, "compute", (
+        *_buf("s", "the int8 tile [n, c, hw]"),
+        Field("daddr", 20, doc="ABUF element address of the int32 [2, c] result"),
+        Field("n", 16), Field("c", 16), Field("hw", 32),
+        Field("acc", 1, doc="1: add into the result; 0: overwrite"),
+    ), "Channel statistics (BatchNorm adaptation): D[0, c] (+)= sum over n, hw of S[n, c, hw], "
+       "D[1, c] (+)= sum of S[n, c, hw]^2. Traps if D leaves int32."),
+    Instr("BNADAPT", 25, "compute", (
+        Field("saddr", 20, doc="ABUF address of the int32 statistics [2, c] (sums, squares)"),
+        Field("baddr", 20, doc="ABUF address of the int32 mean bias or shift [c] (in place)"),
+        *_buf("q", "the int8 scale [c] (in place)"),
+        Field("c", 16, doc="channels"),
+        Field("cnt", 32, doc="elements per channel the statistics summed (n*h*w)"),
+        Field("mode", 1, doc="0: B is the producing conv's bias (mean folded in); "
+              "1: B is the BN shift"),
+        Field("d", 8, signed=True, doc="exponent difference: mode 0 e_x - e_B; "
+              "mode 1 e_x + e_Q - e_B"),
+        Field("p", 8, signed=True, doc="-(e_x + e_Q)"),
+        Field("eps", 32, doc="round(eps * cnt^2 * 2^(-2 e_x))"),
+        Field("m", 4, doc="momentum: constants move 2^-m of the way to the batch values"),
+    ), "BatchNorm statistics update from CSTAT sums (docs/numerics.md, adapt-bn): per "
+       "channel A = S2*cnt - S1^2 + eps, Qb = #{q in 1..127: (2q-1)^2 A 2^max(0,-2p) <= "
+       "4 cnt^2 2^max(0,2p)}, Q += rdiv(Qb - Q, 2^m); mode 0: B -= rdiv(S1 2^d, cnt 2^m); "
+       "mode 1: B += rdiv(-rdiv(S1 Qb 2^d, cnt) - B, 2^m) (negative exponents move to the "
+       "divisor); rdiv(a, b) = floor((2a + b) / 2b). Exact integers; B saturates to int32."),
 )
 
 BY_NAME: dict[str, Instr] = {i.name: i for i in INSTRS}

@@ -270,4 +270,23 @@ def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
             raise EdgecError(f"parameter {p['name']!r}: {e}") from None
     for s in program.symbols:
         out[f"sym/{s['name']}"] = read_symbol(m, s["name"])
+    for b in program.meta.get("adapt_bn", []):
+        mean, var = bn_statistics(program, out, b)
+        out[f"bn/{b['module']}.running_mean"] = mean
+        out[f"bn/{b['module']}.running_var"] = var
     return out
+
+
+def bn_statistics(program: Program, out: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A BatchNorm's running mean and variance (float32, PyTorch's convention) implied by
+    its constants after an adapt-bn run (a meta "adapt_bn" entry): scale s = 1/sqrt(var +
+    eps) and -mean as the conv bias (mode 0) or shift t = -mean * s (mode 1)."""
+    def real(name):
+        sym = _sym(program, f"param:{name}")
+        return out[f"sym/param:{name}"].reshape(-1).astype(np.float64) * 2.0 ** _exp(sym)
+    qs = _sym(program, f"param:{b['q']}")
+    s = np.maximum(real(b["q"]), 0.5 * 2.0 ** _exp(qs))     # a zero scale: the widest var
+    t = real(b["b"])
+    mean = -t if b["mode"] == 0 else -t / s
+    var = np.maximum(1.0 / (s * s) - float(b["eps"]), 0.0)
+    return mean.astype(np.float32), var.astype(np.float32)

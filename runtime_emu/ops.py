@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from edgec.isa.table import INSTRS
 
+from .bnstat import op_bnadapt, op_cstat
 from .dma import op_ld, op_ldch, op_seed, op_st, op_stch
 from .mac import op_mac
 from .vector import (op_end, op_lossg, op_maxp, op_maxpb, op_rq, op_rsum, op_sgd, op_vadd,
@@ -17,6 +18,7 @@ OPS = {
     "MAC": op_mac,
     "RQ": op_rq, "VMASK": op_vmask, "MAXP": op_maxp, "MAXPB": op_maxpb,
     "RSUM": op_rsum, "LOSSG": op_lossg, "SGD": op_sgd, "VADD": op_vadd,
+    "CSTAT": op_cstat, "BNADAPT": op_bnadapt,
 }
 
 _missing = {i.name for i in INSTRS} - set(OPS)

@@ -264,6 +264,28 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
             em.emit("RQ", saddr=0, dbuf=IBUF, daddr=0, shift=a["shift"], mode=1, lo=-127,
                     hi=127, tid=a["tid"], **_rq_index((C,), (c0,), (cn,)))
             em.box(False, IBUF, 0, out, (c0,), (cn,))
+    elif n.op == "bn_adapt":
+        x, bsym, qsym = (mem.of_value[v] for v in n.inputs)
+        N, C = x.shape[:2]
+        hw = 1
+        for d in x.shape[2:]:
+            hw *= d
+        views = [{"out_idx": a["out_idx"], "in_idx": None, "in_block": 1, "out_tab": tab,
+                  "in_tab": None} for tab in (a["b_tab"], a["out_tab"])]
+        for ct in _tiles(nest, ["c"]):
+            c0, cn = ct["c"]
+            for i, nt_ in enumerate(_tiles(nest, ["n"])):
+                n0, nn = nt_["n"]
+                em.box(True, IBUF, 0, x, (n0, c0, 0), (nn, cn, hw), (N, C, hw))
+                em.emit("CSTAT", sbuf=IBUF, saddr=0, daddr=0, n=nn, c=cn, hw=hw,
+                        acc=int(i > 0))
+            for load in (True, False):
+                em.view(load, ABUF, 2 * cn, bsym, views[0], c0, cn, 0, 1)
+                em.view(load, WBUF, 0, qsym, views[1], c0, cn, 0, 1)
+                if load:
+                    em.emit("BNADAPT", saddr=0, baddr=2 * cn, qbuf=WBUF, qaddr=0, c=cn,
+                            cnt=N * hw, mode=a["mode"], d=a["d"], p=a["p"], eps=a["eps"],
+                            m=a["m"])
     elif n.op == "loss_grad":
         z, lab = mem.of_value[n.inputs[0]], mem.of_value[n.inputs[1]]
         lut = mem.symbols[a["lut"]]

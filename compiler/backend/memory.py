@@ -74,6 +74,8 @@ def plan_memory(g: Graph, seed: int, ddr_limit: int) -> MemoryPlan:
         m.place(cname, "const", (len(vals),), "i32", init=np.array(vals))
     init = g.meta["init"]
     newval = {n.inputs[i]: n.outputs[i] for n in g.nodes if n.op == "sgd" for i in (0, 1)}
+    newval.update({n.inputs[i + 1]: n.outputs[i] for n in g.nodes if n.op == "bn_adapt"
+                   for i in (0, 1)})
     for p in g.params.values():
         for vname in (p.value, f"master:{p.name}"):
             if vname not in init:         # frozen: no master copy
@@ -89,7 +91,7 @@ def plan_memory(g: Graph, seed: int, ddr_limit: int) -> MemoryPlan:
     m.of_value["labels"] = m.place("in:labels", "input", V["labels"].shape, "i32", 0, "labels")
     grads = {g.outputs[k]: k[5:] for k in g.outputs if k.startswith("grad:")}
     for n in g.nodes:
-        if n.op in ("wview", "sgd"):
+        if n.op in ("wview", "sgd", "bn_adapt"):
             continue
         out = n.outputs[0]
         if n.op == "reshape":

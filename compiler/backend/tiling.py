@@ -156,14 +156,15 @@ def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
             if cap < 1:
                 raise EdgecError(f"{where}: one {H}x{W} plane does not fit the buffers")
             t = {"p": min(N * C, cap)}
-        elif n.op == "bias_grad":
+        elif n.op in ("bias_grad", "bn_adapt"):
             s = V[n.inputs[0]].shape
             hw = 1
             for d in s[2:]:
                 hw *= d
             dims = {"c": s[1], "n": s[0]}
+            wide = 3 if n.op == "bn_adapt" else 1       # sums, squares, bias in ABUF
             t = _shrink(dims, {}, lambda t: t["n"] * t["c"] * hw + t["c"] <= tg.ibuf
-                        and t["c"] <= tg.abuf, ("n", "c"), where)
+                        and wide * t["c"] <= tg.abuf, ("n", "c"), where)
         elif n.op == "loss_grad":
             N, K = V[n.inputs[0]].shape
             if 2 * N * K > tg.ibuf or N + 256 > tg.abuf:

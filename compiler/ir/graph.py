@@ -65,6 +65,12 @@ OPS: dict[str, tuple[tuple[int, int], int, tuple[str, ...]]] = {
     # p, g -> p'  (float graph);  p8, master, g -> p8', master'  (quantized graph).
     # The update writes through the same view as the matching wview (attrs copied).
     "sgd": ((2, 3), (1, 2), ("lr", "out_idx", "in_idx", "in_block")),
+    # x[N,C,...], b[C], q[C,1,1,1] -> b', q'  (--adapt-bn): BatchNorm constants from the
+    # statistics of the BN input x: b is the producing conv's bias (mode 0, the mean is
+    # folded in) or the BN shift (mode 1), q the int8 scale.  Rows out_idx of b and q
+    # (tables b_tab, out_tab) are written in place.
+    "bn_adapt": ((3, 3), 2, ("mode", "cnt", "d", "p", "eps", "m", "out_idx", "out_tab",
+                             "b_tab")),
 }
 
 

@@ -27,7 +27,8 @@ NEST_DIMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "maxpool": (("p",), ()),
     "maxpool_bwd": (("p",), ()),
     "loss_grad": (("n",), ()),
-    "sgd": (("r", "b"), ()),       # rows, dim-1 blocks of the parameter's mask view
+    "sgd": (("r", "b"), ()),
+    "bn_adapt": (("c",), ("n",)),       # rows, dim-1 blocks of the parameter's mask view
 }
 
 

@@ -61,6 +61,7 @@ class QuantizePass:
     name = "quantize"
     example_input: torch.Tensor = None
     params: dict = field(default_factory=dict)      # param name -> float tensor
+    headroom: dict = field(default_factory=dict)    # param name -> extra exponent bits
 
     def apply(self, g: Graph) -> Graph:
         x = self.example_input.float()
@@ -72,7 +73,8 @@ class QuantizePass:
         V["labels"].dtype, V["labels"].exp = "i32", 0
         for p in g.params.values():
             if not p.is_bias:
-                V[p.value].dtype, V[p.value].exp = "i8", expo(self.params[p.name])
+                V[p.value].dtype = "i8"
+                V[p.value].exp = expo(self.params[p.name]) + self.headroom.get(p.name, 0)
         tid = 0
         fused: set[int] = set()
         for n in list(g.nodes):

@@ -1,0 +1,82 @@
+"""`edgec finetune --adapt-bn`: BatchNorm adaptation on unlabeled user data, on the device.
+
+The adapt-bn program (compile_model(..., adapt_bn=True); compiler/passes/adapt_bn.py) runs
+the forward pass on one batch and moves every BatchNorm's frozen statistics toward that
+batch's (docs/numerics.md, "BatchNorm adaptation").  One emulator Machine runs `steps`
+batches (rows cycle through the data as in finetune), so the constants stay in emulator
+DDR between runs; the adapted running_mean/running_var are read back from them.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edgec.isa.errors import EdgecError
+
+from .finetune import batch_rows
+from .verify import prune_state_dict
+
+
+@dataclass
+class AdaptResult:
+    state_dict: OrderedDict             # the model's, with the adapted BN statistics
+    stats: dict[str, tuple[np.ndarray, np.ndarray]]   # BN module -> (mean, var)
+    seconds: float
+
+
+def load_unlabeled(path: str, sample_shape, min_rows: int) -> np.ndarray:
+    """x float32 (M, *sample_shape) of an npz file; y, if present, is ignored."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise EdgecError(f"{path}: missing array 'x' (float32 (M, ...))")
+            x = z["x"]
+    except EdgecError:
+        raise
+    except Exception as e:
+        raise EdgecError(f"{path}: cannot read data ({type(e).__name__}: {e})") from None
+    if x.dtype != np.float32 or x.ndim < 1 or tuple(x.shape[1:]) != tuple(sample_shape):
+        raise EdgecError(f"{path}: x must be float32 [M, {', '.join(map(str, sample_shape))}]"
+                         f", got {x.dtype} {list(x.shape)}")
+    if x.shape[0] < min_rows:
+        raise EdgecError(f"{path}: {x.shape[0]} rows, at least {min_rows} needed (the "
+                         "compiled batch)")
+    if not np.isfinite(x).all():
+        raise EdgecError(f"{path}: x has non-finite values")
+    return x
+
+
+def adapt_bn(compiled, x: np.ndarray, steps: int, log=None) -> AdaptResult:
+    """Run the adapt-bn program on `steps` batches of x; return the adapted state_dict."""
+    from edgec.runtime_emu.host import Session
+    log = log or (lambda line: None)
+    prog = compiled.program
+    if "adapt_bn" not in prog.meta:
+        raise EdgecError("the program was not compiled with --adapt-bn")
+    if steps < 1:
+        raise EdgecError(f"--steps must be at least 1, got {steps}")
+    n = int(compiled.example_input.shape[0])
+    sess = Session(prog, compiled.target)
+    labels = np.zeros(n, dtype=np.int64)           # the program reads no labels
+    t0, out = time.perf_counter(), None
+    every = max(1, steps // 10)
+    for i in range(steps):
+        out = sess.step(x[batch_rows(i, n, len(x))], labels)
+        if (i + 1) % every == 0 or i + 1 == steps:
+            log(f"batch {i + 1}/{steps} [{time.perf_counter() - t0:.1f}s]")
+    sd = OrderedDict(copy.deepcopy(compiled.model).state_dict())
+    stats = {}
+    for b in prog.meta["adapt_bn"]:
+        mod = b["module"]
+        mean, var = out[f"bn/{mod}.running_mean"], out[f"bn/{mod}.running_var"]
+        for k, v in ((f"{mod}.running_mean", mean), (f"{mod}.running_var", var)):
+            if k not in sd or tuple(sd[k].shape) != v.shape:
+                raise EdgecError(f"BatchNorm statistic {k!r} does not match the model")
+            sd[k] = torch.from_numpy(v.copy()).to(sd[k].dtype)
+        stats[mod] = (mean, var)
+    return AdaptResult(prune_state_dict(compiled, sd), stats, time.perf_counter() - t0)
