@@ -51,6 +51,53 @@ def load_unlabeled(path: str, sample_shape, min_rows: int) -> np.ndarray:
     return x
 
 
+def float_adapted(c, x: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The float32 counterpart of one adapt-bn run on batch x: each BatchNorm's input
+    statistics in the masked model's eval-mode forward (population variance), and the
+    constants moved 2^-m of the way toward them, returned as (running_mean, running_var)."""
+    from .verify import masked_model
+    model = masked_model(c).eval()
+    seen = {}
+    for b in c.program.meta["adapt_bn"]:
+        def hook(_mod, inp, _out, name=b["module"]):
+            t = inp[0].detach().double().transpose(0, 1).reshape(inp[0].shape[1], -1)
+            seen[name] = (t.mean(1), t.var(1, unbiased=False))
+        model.get_submodule(b["module"]).register_forward_hook(hook)
+    with torch.no_grad():
+        model(x.float())
+    node = {n.layer: n for n in c.graph.nodes if n.op == "bn_adapt"}
+    res = {}
+    for b in c.program.meta["adapt_bn"]:
+        bn = c.model.get_submodule(b["module"])
+        mu_b, var_b = seen[b["module"]]
+        mean, var = bn.running_mean.double(), bn.running_var.double()
+        eps, k = float(b["eps"]), 2.0 ** -node[b["module"]].attrs["m"]
+        s, s_b = 1 / torch.sqrt(var + eps), 1 / torch.sqrt(var_b + eps)
+        s_new = s + (s_b - s) * k
+        if b["mode"] == 0:
+            mean_new = mean + (mu_b - mean) * k
+        else:
+            mean_new = -(-mean * s + (-mu_b * s_b + mean * s) * k) / s_new
+        res[b["module"]] = (mean_new.numpy(), (1 / s_new**2 - eps).numpy())
+    return res
+
+
+def adapt_fidelity(c, x: torch.Tensor, out: dict) -> list[tuple[str, float, float]]:
+    """(name, cosine, relative error) of the emulator's adapted running statistics vs
+    float_adapted, over each BatchNorm's kept channels."""
+    from .verify import cosine_rel
+    want = float_adapted(c, x)
+    node = {n.layer: n for n in c.graph.nodes if n.op == "bn_adapt"}
+    rows = []
+    for mod, (mean, var) in want.items():
+        kept = node[mod].attrs["out_idx"]
+        sel = slice(None) if kept is None else list(kept)
+        for stat, w in (("running_mean", mean), ("running_var", var)):
+            got = out[f"bn/{mod}.{stat}"]
+            rows.append((f"{mod}.{stat}", *cosine_rel(got[sel], w[sel])))
+    return rows
+
+
 def adapt_bn(compiled, x: np.ndarray, steps: int, log=None) -> AdaptResult:
     """Run the adapt-bn program on `steps` batches of x; return the adapted state_dict."""
     from edgec.runtime_emu.host import Session

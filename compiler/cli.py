@@ -49,11 +49,12 @@ def _compile(args, log):
         from .resume import compile_ir
         if (args.mask or args.target or getattr(args, "dump_ir", None)
                 or args.lr is not None or args.seed is not None
-                or args.train or args.freeze or args.bias_only or args.classes):
+                or args.train or args.freeze or args.bias_only or args.classes
+                or getattr(args, "adapt_bn", False)):
             raise EdgecError(f"{args.model}: an IR dump carries its own source, mask, target, "
                              "lr and seed (its 'source' line) and its frozen parameters; drop "
                              "--mask/--target/--lr/--seed/--dump-ir/--train/--freeze/"
-                             "--bias-only or edit the dump")
+                             "--bias-only/--adapt-bn or edit the dump")
         return compile_ir(args.model, log)
     return compile_model(args.model, args.mask, args.target,
                          lr=0.01 if args.lr is None else args.lr,
@@ -61,7 +62,8 @@ def _compile(args, log):
                          log=log, dump_ir=getattr(args, "dump_ir", None),
                          calib=getattr(args, "calib", None), train=args.train or (),
                          freeze=args.freeze or (), bias_only=args.bias_only,
-                         classes=_class_list(args.classes))
+                         classes=_class_list(args.classes),
+                         adapt_bn=getattr(args, "adapt_bn", False))
 
 
 def _class_list(text: str | None):
@@ -155,6 +157,8 @@ def cmd_finetune(args) -> int:
     import torch
 
     from .finetune import accuracy, check_data, finetune, load_data
+    if args.adapt_bn:
+        return _finetune_adapt(args)
     log = _progress(args.quiet)
     x, y = load_data(args.data)                    # unreadable / missing arrays: fail early
     ev = load_data(args.eval) if args.eval else None
@@ -186,6 +190,33 @@ def cmd_finetune(args) -> int:
           + f", tuned {acc1:.2f}%")
     print(f"wrote {args.output}: tuned state_dict" + (" (pruned channels zeroed: the "
                                                       "user's pruned model)" if pruned else ""))
+    return 0
+
+
+def _finetune_adapt(args) -> int:
+    """finetune --adapt-bn: --steps adaptation runs on --data's x (labels not needed)."""
+    import torch
+
+    from .adapt import adapt_bn, load_unlabeled
+    from .finetune import accuracy, check_data, load_data
+    from .verify import prune_state_dict
+    log = _progress(args.quiet)
+    ev = load_data(args.eval) if args.eval else None
+    c = _compile(args, log)
+    shape, n = tuple(c.example_input.shape[1:]), int(c.example_input.shape[0])
+    x = load_unlabeled(args.data, shape, n)
+    res = adapt_bn(c, x, args.steps, log=(lambda line: None) if args.quiet else
+                   (lambda line: print(f"  {line}", file=sys.stderr)))
+    _atomic_write(args.output, lambda f: torch.save(res.state_dict, f))
+    print(f"{args.steps} BatchNorm adaptation runs in {res.seconds:.2f}s "
+          f"({len(res.stats)} BatchNorm layers, labels not used)")
+    if ev is not None:
+        ex, ey = check_data(ev[0], ev[1], shape, int(c.program.meta["classes"]), 1, args.eval)
+        acc0 = accuracy(c.model, ex, ey, prune_state_dict(c, c.model.state_dict()))
+        acc1 = accuracy(c.model, ex, ey, res.state_dict)
+        print(f"accuracy on {args.eval} ({len(ey)} rows, float32 PyTorch, the user's pruned "
+              f"model): before {acc0:.2f}%, BN-adapted {acc1:.2f}%")
+    print(f"wrote {args.output}: state_dict with the adapted BatchNorm running statistics")
     return 0
 
 
@@ -294,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--classes", metavar="IDS", help="fine-tune for a subset of the "
                        "classes, e.g. 0,3,7: the classifier computes only their logits; "
                        "labels stay original class ids and must be among them")
+        p.add_argument("--adapt-bn", action="store_true", help="instead of a training "
+                       "step, a label-free BatchNorm adaptation program: the forward pass, "
+                       "then every BatchNorm's frozen statistics move halfway to those of "
+                       "the batch (no loss, no backward, no update)")
         p.add_argument("--calib", metavar="FILE.npz", help="MODEL.onnx only: calibration "
                        "batch (array x, the input's static shape); default: standard normal "
                        "from torch.Generator().manual_seed(0)")
@@ -324,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", metavar="TEST.npz", help="accuracy before/after on this data "
                    "(default: the training data)")
     p.add_argument("--steps", type=int, required=True, help="number of training steps "
-                   "(step i uses stochastic-rounding seed SEED + i)")
+                   "(step i uses stochastic-rounding seed SEED + i); with --adapt-bn, "
+                   "adaptation runs (y in --data is then optional)")
     p.add_argument("-o", "--output", default="tuned.pt", help="tuned state_dict (default "
                    "tuned.pt)")
     p.set_defaults(func=cmd_finetune)

@@ -114,8 +114,8 @@ def prune_state_dict(c: Compiled, state_dict: dict) -> dict:
     return OrderedDict(sd)
 
 
-def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Float32 autograd of the same step on the masked model: a pruned channel is zero
+def masked_model(c: Compiled) -> torch.nn.Module:
+    """A float32 copy of the model computing the masked model: a pruned channel is zero
     everywhere downstream, so the outputs of the masked layers AND of the BatchNorm and
     depthwise modules whose channels follow them are zeroed in the pruned channels."""
     model = copy.deepcopy(c.model).float()
@@ -129,6 +129,12 @@ def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torc
         def hook(_mod, _inp, out, m=m):
             return out * m.view(1, -1, *([1] * (out.dim() - 2)))
         modules[name].register_forward_hook(hook)
+    return model
+
+
+def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Float32 autograd of the same step on the masked model (masked_model)."""
+    model = masked_model(c)
     model.zero_grad()
     torch.nn.functional.cross_entropy(subset_logits(c, model(x)), subset_labels(c, y)).backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()
@@ -163,6 +169,10 @@ def verify(c: Compiled, seed: int = 0, batch_seed: int = 0) -> Report:
             rep.mismatches.append(Mismatch(s["name"], tuple(int(i) for i in idx),
                                            int(r.ravel()[flat]), int(e.ravel()[flat]), w,
                                            origin[w] if 0 <= w < len(origin) else "initial data"))
+    if "adapt_bn" in c.program.meta:          # a BatchNorm adaptation program
+        from .adapt import adapt_fidelity
+        rep.fidelity += adapt_fidelity(c, x, out)
+        return rep
     fg = float_grads(c, x, y)
     for p in c.program.meta["params"]:
         if p["grad"] is None:
@@ -184,8 +194,9 @@ def format_report(rep: Report) -> str:
                          f"emulator {m.emu}; last written by instruction {m.instr} "
                          f"({m.origin})")
     lines.append("")
-    lines.append("fidelity (fixed-point gradient vs float32 autograd, same masked model):")
-    lines.append(f"  {'parameter':<28} {'cosine':>8} {'rel.err':>8}")
+    lines.append("fidelity (fixed point vs float32 PyTorch, same masked model: gradients vs "
+                 "autograd, or adapted BatchNorm statistics vs float batch statistics):")
+    lines.append(f"  {'tensor':<28} {'cosine':>8} {'rel.err':>8}")
     for name, cos, rel in rep.fidelity:
         lines.append(f"  {name:<28} {cos:8.4f} {rel:8.4f}")
     c = rep.counters
