@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgec.isa.container import Program
-from edgec.isa.encoding import decode
+from edgec.isa.encoding import decode, decode_all
 from edgec.isa.errors import EdgecError, TrapError
 from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES
 from edgec.isa.target import Target
@@ -26,6 +26,7 @@ from .state import Trap
 
 COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "cycles",
                  "cycles_dma", "cycles_mac", "cycles_vector")
+_UNIT_COUNTER = {i.name: "cycles_" + UNIT.get(i.name, "vector") for i in INSTRS}
 
 
 class Machine:
@@ -46,16 +47,10 @@ class Machine:
                              f"({program.ddr_size} bytes)")
         self.program = program
         self.target = target
-        self.instrs = []
-        code = program.code
-        for i in range(len(code) // WORD_BYTES):
-            word = code[i * WORD_BYTES:(i + 1) * WORD_BYTES]
-            try:
-                self.instrs.append(decode(word, i))
-            except EdgecError as e:
-                ins = BY_OPCODE.get(word[0])
-                raise TrapError(i, ins.name if ins else f"opcode {word[0]}",
-                                f"malformed word: {e}") from None
+        try:
+            self.instrs = decode_all(program.code)      # [(Instr, fields)], vectorised
+        except EdgecError:
+            self._trap_malformed(program.code)
         try:
             self.ddr = np.zeros(program.ddr_size, dtype=np.uint8)
             self.bufs = {"IBUF": np.zeros(target.ibuf, dtype=np.int8),
@@ -72,6 +67,19 @@ class Machine:
         self.halted = False
         self.counters = {k: 0 for k in COUNTER_NAMES}
         self.counters.update({i.name: 0 for i in INSTRS})
+
+    @staticmethod
+    def _trap_malformed(code: bytes) -> None:
+        """TrapError for the first malformed word of `code` (decode_all found one)."""
+        for i in range(len(code) // WORD_BYTES):
+            word = code[i * WORD_BYTES:(i + 1) * WORD_BYTES]
+            try:
+                decode(word, i)
+            except EdgecError as e:
+                ins = BY_OPCODE.get(word[0])
+                raise TrapError(i, ins.name if ins else f"opcode {word[0]}",
+                                f"malformed word: {e}") from None
+        raise AssertionError("decode_all refused a code section that decode() accepts")
 
     # convenience views
     @property
@@ -98,12 +106,16 @@ class Machine:
             cyc = OPS[ins.name](self, fields)
         except Trap as t:
             raise TrapError(self.pc, ins.name, str(t)) from None
+        self._account(ins, fields, cyc)
+        self.pc += 1
+
+    def _account(self, ins, fields: dict, cyc: int) -> None:
+        """Count one executed instruction costing `cyc` cycles (the only place that does)."""
         c = self.counters
         c["instructions"] += 1
         c[ins.name] += 1
         c["cycles"] += cyc
-        c["cycles_" + UNIT.get(ins.name, "vector")] += cyc
-        self.pc += 1
+        c[_UNIT_COUNTER[ins.name]] += cyc
 
     def run(self) -> dict:
         """Run to END; returns the counters.  Straight-line code: at most n_instr steps."""
