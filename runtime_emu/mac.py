@@ -9,8 +9,9 @@ built once per tile geometry and cached, lays the tap windows of one operand out
 [g, terms, columns] matrix; out-of-tile elements read a zero appended to the operand.
 Tiles whose window matrix would be huge (giant kernels over tiny tiles) run one batched
 matmul per kernel tap on the in-tile slices instead (`_by_taps`), in bounded memory.
-Products are summed in float64 (BLAS) where the bound on |sum| stays below 2**53, so
-every partial sum is an exact integer, and in int64 otherwise.
+Products are summed in float32 (BLAS) where the bound on |sum| stays below 2**24, in
+float64 where it stays below 2**53 -- every partial sum is then an exact integer, in any
+order -- and in int64 otherwise; C is added in float64 (int64), also exactly.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from edgec.isa.table import BUFFERS, PATTERNS
 from .numerics import INT32_MAX
 from .state import INT8_BUFS, Trap, buf_name, check_range, nonzero, read_buf
 
+_EXACT_F32 = 2**24                # sums of integers below these are exact in the float
 _EXACT_F64 = 2**53
 _WINDOW_MAX = 1 << 22             # im2col matrices up to this many entries (else per tap)
 _INDEX_BUDGET = 1 << 25           # entries kept in the cache of im2col gather indices
@@ -64,7 +66,7 @@ def _plan(key: tuple) -> MacPlan | None:
     a_shape, b_shape, c_shape = {"FP": (xs, ws, ys), "EB": (ys, ws, xs),
                                  "WG": (ys, xs, ws)}[pat]
     terms = {"FP": ci * KH * KW, "EB": co * KH * KW, "WG": n * yh * yw}[pat]
-    window = G * KH * KW * (co * n * xh * xw if pat == "EB" else ci * n * yh * yw)
+    window = G * KH * KW * ci * n * (max(xh * xw, yh * yw) if pat == "EB" else yh * yw)
     return MacPlan(pat, a_shape, b_shape, c_shape, *(int(np.prod(s)) for s in
                                                      (a_shape, b_shape, c_shape)),
                    terms, window)
@@ -74,10 +76,11 @@ _INDEX: dict[tuple, np.ndarray] = {}
 
 
 def _window_index(key: tuple, p: MacPlan) -> np.ndarray:
-    """Gather index of the im2col window matrix into the zero-extended operand (cached).
+    """Gather index of the window matrix into a zero-extended array (cached).
 
-    FP, WG: the X window of (group, c, kh, kw) x (image, Y row, Y column), WG transposed;
-    EB: the dY element whose tap lands on (image, X row, X column), if any.
+    FP, WG: the X window of (group, c, kh, kw) x (image, Y row, Y column) in X, WG
+    transposed; EB: for (kh, kw) x (group, c, image, X row, X column), the element of
+    Q[g, (c, kh, kw), (image, Y row, Y column)] = W^T dY whose tap lands there, if any.
     """
     idx = _INDEX.get(key)
     if idx is not None:
@@ -85,20 +88,22 @@ def _window_index(key: tuple, p: MacPlan) -> np.ndarray:
     _, n, ci, co, G, xh, xw, yh, yw, KH, KW, sh, sw, bh, bw = key
     ar = np.arange
 
-    def at(v, *axes):        # v's axes placed at `axes` of the 7-d (g, ., kh, kw, n, ., .)
+    def at(v, *axes):        # v's axes placed at `axes` of a 7-d array
         shape = [1] * 7
         for a, d in zip(axes, v.shape):
             shape[a] = d
         return v.reshape(shape)
-    if p.pat == "EB":        # dims (g, o, kh, kw, n, X row, X column)
+    if p.pat == "EB":        # dims (kh, kw, g, c, n, X row, X column) -> Q[g, c, kh, kw, Y]
         ynum = ar(xh)[None, :] - bh - ar(KH)[:, None]                 # [KH, xh]
         xnum = ar(xw)[None, :] - bw - ar(KW)[:, None]                 # [KW, xw]
         yv = (ynum % sh == 0) & (ynum >= 0) & (ynum < yh * sh)
         xv = (xnum % sw == 0) & (xnum >= 0) & (xnum < yw * sw)
-        flat = ((((at(ar(n), 4) * G + at(ar(G), 0)) * co + at(ar(co), 1)) * yh
-                 + at(ynum // sh, 2, 5)) * yw + at(xnum // sw, 3, 6))
-        valid = at(yv, 2, 5) & at(xv, 3, 6)
-        idx = np.where(valid, flat, p.a_n).reshape(G, co * KH * KW, n * xh * xw)
+        flat = (((((at(ar(G), 2) * ci + at(ar(ci), 3)) * KH + at(ar(KH), 0)) * KW
+                  + at(ar(KW), 1)) * n + at(ar(n), 4)) * yh * yw
+                + at(ynum // sh, 0, 5) * yw + at(xnum // sw, 1, 6))
+        valid = at(yv, 0, 5) & at(xv, 1, 6)
+        idx = np.where(valid, flat, G * ci * KH * KW * n * yh * yw)
+        idx = idx.reshape(KH * KW, G, ci, n * xh * xw)
     else:                    # dims (g, c, kh, kw, n, Y row, Y column)
         r = bh + ar(KH)[:, None] + sh * ar(yh)[None, :]                # [KH, yh]
         q = bw + ar(KW)[:, None] + sw * ar(yw)[None, :]                # [KW, yw]
@@ -133,6 +138,16 @@ def _check(m, f) -> None:
     read_buf(m, bbuf, f["baddr"], p.b_n, f"MAC {pat} B tile {list(p.b_shape)} at baddr")
 
 
+def _dtype(terms: int, acc: int):
+    """The cheapest dtype whose matmul is exact for `terms` int8 products per sum."""
+    bound = terms * 128 * 128            # int8 operands may hold -128
+    if bound < _EXACT_F32:
+        return np.float32                # C, if acc, is added in float64 afterwards
+    if bound + (2**31 if acc else 0) < _EXACT_F64:
+        return np.float64
+    return np.int64
+
+
 def _extended(v: np.ndarray, dt) -> np.ndarray:
     """`v` converted to dt with one zero appended (what out-of-tile taps read)."""
     e = np.zeros(v.size + 1, dtype=dt)
@@ -143,17 +158,21 @@ def _extended(v: np.ndarray, dt) -> np.ndarray:
 def _im2col(key, p: MacPlan, A, B, dt) -> np.ndarray:
     """C (flat, as stored) as one batched matmul on the window matrix."""
     _, n, ci, co, G, xh, xw, yh, yw, KH, KW = key[:11]
-    win = _extended(B if p.pat == "WG" else A, dt)[_window_index(key, p)]
-    if p.pat == "WG":       # dW[g, co, (c, kh, kw)] = dY[g, co, (n, y, x)] @ Xwin^T
+    idx = _window_index(key, p)
+    if p.pat == "FP":       # Y[g, co, (n, y, x)] = W[g, co, (c, kh, kw)] @ Xwin
+        res = np.matmul(B.astype(dt).reshape(G, co, ci * KH * KW), _extended(A, dt)[idx])
+    else:
         dy = A.astype(dt).reshape(n, G * co, yh * yw)
         if n > 1:
             dy = dy.transpose(1, 0, 2)
-        return np.matmul(dy.reshape(G, co, n * yh * yw), win).reshape(-1)
-    if p.pat == "FP":       # Y[g, co, (n, y, x)] = W[g, co, (c, kh, kw)] @ Xwin
-        res = np.matmul(B.astype(dt).reshape(G, co, ci * KH * KW), win)
-    else:                   # dX[g, c, (n, h, w)] = W^T[g, c, (o, kh, kw)] @ dYwin
-        wt = B.astype(dt).reshape(G, co, ci, KH * KW).transpose(0, 2, 1, 3)
-        res = np.matmul(wt.reshape(G, ci, co * KH * KW), win)
+        dy = dy.reshape(G, co, n * yh * yw)
+        if p.pat == "WG":   # dW[g, co, (c, kh, kw)] = dY[g, co, (n, y, x)] @ Xwin^T
+            return np.matmul(dy, _extended(B, dt)[idx]).reshape(-1)
+        # EB: Q[g, (c, kh, kw), (n, y, x)] = W^T @ dY; dX = sum over taps of Q's windows
+        q = np.zeros(G * ci * KH * KW * n * yh * yw + 1, dtype=dt)
+        w = B.astype(dt).reshape(G, co, ci * KH * KW).transpose(0, 2, 1)
+        np.matmul(w, dy, out=q[:-1].reshape(G, ci * KH * KW, n * yh * yw))
+        res = q[idx].sum(axis=0)
     if n > 1:               # [g, o, (n, hw)] -> [n, g, o, hw]
         res = res.reshape(G, res.shape[1], n, -1).transpose(2, 0, 1, 3)
     return res.reshape(-1)
@@ -236,17 +255,18 @@ def op_mac(m, f):
         raise AssertionError("MAC: the fast checks and _check disagree")
     A = m.bufs[BUFFERS[ab]][f["aaddr"]:f["aaddr"] + p.a_n]
     B = m.bufs[BUFFERS[bb]][f["baddr"]:f["baddr"] + p.b_n]
-    # bound on |C| (int8 operands may hold -128): products per output (one group) * 2**14
-    bound = p.terms * 128 * 128 + (2**31 if f["acc"] else 0)
-    dt = np.float64 if bound < _EXACT_F64 else np.int64
+    dt = _dtype(p.terms, f["acc"])
     if p.window <= _WINDOW_MAX:
         res = _im2col(key, p, A, B, dt)
     else:
         res = _by_taps(f, p, A, B, dt)
     cbuf = m.bufs["ABUF"]
-    if f["acc"]:
-        res = res + cbuf[c0:c0 + p.c_n]            # exact: the bound covers the addend
-    if res.max() > INT32_MAX or res.min() < -INT32_MAX:
+    if f["acc"]:                                   # exact: the bound covers the addend
+        res = np.add(res, cbuf[c0:c0 + p.c_n], dtype=np.int64 if dt is np.int64
+                     else np.float64)
+    # |products| <= terms * 2**14: only a sum with C, or a huge tile, can leave int32
+    if (f["acc"] or p.terms * 128 * 128 > INT32_MAX) and (
+            np.maximum.reduce(res) > INT32_MAX or np.minimum.reduce(res) < -INT32_MAX):
         k = int(np.flatnonzero(np.abs(res) > INT32_MAX)[0])
         el = tuple(int(e) for e in np.unravel_index(k, p.c_shape))
         raise Trap(f"accumulator overflow: C{list(el)} = {int(res[k])} leaves int32 "
