@@ -244,6 +244,15 @@ def _by_taps(f, p: MacPlan, A, B, dt) -> np.ndarray:
     return res.reshape(-1)
 
 
+def _fits_int32(res: np.ndarray, p: MacPlan, f, c0: int) -> None:
+    """Trap on the first element of the C tile `res` that leaves int32."""
+    if np.maximum.reduce(res) > INT32_MAX or np.minimum.reduce(res) < -INT32_MAX:
+        k = int(np.flatnonzero(np.abs(res) > INT32_MAX)[0])
+        el = tuple(int(e) for e in np.unravel_index(k, p.c_shape))
+        raise Trap(f"accumulator overflow: C{list(el)} = {int(res[k])} leaves int32 "
+                   f"[-(2**31-1), 2**31-1] (pattern {p.pat}, acc={f['acc']}, ABUF {c0 + k})")
+
+
 def op_mac(m, f):
     key = _key(f)
     p = _plan(key)
@@ -260,18 +269,18 @@ def op_mac(m, f):
         res = _im2col(key, p, A, B, dt)
     else:
         res = _by_taps(f, p, A, B, dt)
-    cbuf = m.bufs["ABUF"]
-    if f["acc"]:                                   # exact: the bound covers the addend
-        res = np.add(res, cbuf[c0:c0 + p.c_n], dtype=np.int64 if dt is np.int64
-                     else np.float64)
-    # |products| <= terms * 2**14: only a sum with C, or a huge tile, can leave int32
-    if (f["acc"] or p.terms * 128 * 128 > INT32_MAX) and (
-            np.maximum.reduce(res) > INT32_MAX or np.minimum.reduce(res) < -INT32_MAX):
-        k = int(np.flatnonzero(np.abs(res) > INT32_MAX)[0])
-        el = tuple(int(e) for e in np.unravel_index(k, p.c_shape))
-        raise Trap(f"accumulator overflow: C{list(el)} = {int(res[k])} leaves int32 "
-                   f"[-(2**31-1), 2**31-1] (pattern {p.pat}, acc={f['acc']}, ABUF {c0 + k})")
-    cbuf[c0:c0 + p.c_n] = res
+    cs = m.bufs["ABUF"][c0:c0 + p.c_n]
+    room = INT32_MAX - p.terms * 128 * 128         # |products| <= terms * 2**14
+    if not f["acc"]:
+        if room < 0:
+            _fits_int32(res, p, f, c0)
+        cs[...] = res
+    elif room >= 0 and np.maximum.reduce(cs) <= room and np.minimum.reduce(cs) >= -room:
+        cs += res.astype(np.int32)                 # exact, and provably inside int32
+    else:
+        res = np.add(res, cs, dtype=np.int64 if dt is np.int64 else np.float64)   # exact
+        _fits_int32(res, p, f, c0)
+        cs[...] = res
     n, ci, co, G = f["n"], f["ci"], f["co"], f["g"]
     yh, yw, KH, KW = f["yh"], f["yw"], f["kh"], f["kw"]
     m.counters["macs"] += n * yh * yw * KH * KW * ci * co * G
