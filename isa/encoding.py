@@ -64,18 +64,18 @@ def decode(word: bytes, index: int | None = None) -> tuple[Instr, dict[str, int]
 
 
 def decode_all(code: bytes) -> list[tuple[Instr, dict[str, int]]]:
-    """decode() of every word of a code section, vectorised over the words of each opcode.
-
-    Returns exactly what [decode(word, i) ...] returns; the first malformed word raises
-    decode()'s EdgecError for it.
-    """
+    """decode() of every word of a code section: the same (Instr, fields) values, but
+    vectorised over the distinct words of each opcode, and identical words share ONE
+    fields dict (treat it as read-only).  The first malformed word raises decode()'s
+    EdgecError for it."""
     if len(code) % WORD_BYTES:
         raise EdgecError(f"code section is {len(code)} bytes, not a multiple of {WORD_BYTES}")
-    n = len(code) // WORD_BYTES
-    lanes = np.frombuffer(code, dtype="<u8").reshape(n, WORD_BYTES // 8)
+    words = [code[i:i + WORD_BYTES] for i in range(0, len(code), WORD_BYTES)]
+    slot: dict[bytes, int] = {}                    # distinct word -> its row
+    rows_of = [slot.setdefault(w, len(slot)) for w in words]
+    lanes = np.frombuffer(b"".join(slot), dtype="<u8").reshape(len(slot), WORD_BYTES // 8)
     opcodes = lanes[:, 0] & np.uint64(0xFF)
-    out: list = [None] * n
-    bad = np.ones(n, dtype=bool)
+    decoded: list = [None] * len(slot)
     for op in np.unique(opcodes).tolist():
         ins = BY_OPCODE.get(op)
         if ins is None:
@@ -102,12 +102,14 @@ def decode_all(code: bytes) -> list[tuple[Instr, dict[str, int]]]:
         if lane < w.shape[1]:                      # bits above the last field must be 0
             ok &= (w[:, lane] >> np.uint64(off)) == 0
             ok &= ~w[:, lane + 1:].any(axis=1)
-        bad[rows] = ~ok
-        for r, vals in zip(rows.tolist(), zip(*cols) if cols else [()] * len(rows)):
-            out[r] = (ins, dict(zip(names, vals)))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        decode(code[i * WORD_BYTES:(i + 1) * WORD_BYTES], i)     # raises its EdgecError
+        for r, vals, good in zip(rows.tolist(), zip(*cols) if cols else [()] * len(rows),
+                                 ok.tolist()):
+            if good:
+                decoded[r] = (ins, dict(zip(names, vals)))
+    out = [decoded[r] for r in rows_of]
+    if None in out:
+        i = out.index(None)
+        decode(words[i], i)                                 # raises its EdgecError
         raise AssertionError(f"decode_all: word {i} flagged malformed but decodes")
     return out
 

@@ -99,16 +99,32 @@ class Machine:
         """Execute the instruction at `pc` (TrapError on a fault, or past the end)."""
         if self.halted:
             raise EdgecError("the machine has already stopped (END executed)")
-        if self.pc >= len(self.instrs):
-            raise TrapError(self.pc, "-", f"ran past the last instruction "
-                            f"({len(self.instrs)} instructions) without END")
-        ins, fields = self.instrs[self.pc]
-        try:
-            cyc = OPS[ins.name](self, fields)
-        except Trap as t:
-            raise TrapError(self.pc, ins.name, str(t)) from None
-        self._account(ins, fields, cyc)
-        self.pc += 1
+        self._execute(1)
+
+    def run(self) -> dict:
+        """Run to END; returns the counters.  Straight-line code: at most n_instr steps."""
+        if not self.halted:
+            with one_blas_thread():           # tile-sized matmuls: threads only cost
+                self._execute(len(self.instrs) + 1)
+        return dict(self.counters)
+
+    def _execute(self, count: int) -> None:
+        """Execute up to `count` instructions from `pc`, stopping after END."""
+        instrs, n, account = self.instrs, len(self.instrs), self._account
+        for _ in range(count):
+            pc = self.pc
+            if pc >= n:
+                raise TrapError(pc, "-", f"ran past the last instruction ({n} "
+                                "instructions) without END")
+            ins, fields = instrs[pc]
+            try:
+                cyc = OPS[ins.name](self, fields)
+            except Trap as t:
+                raise TrapError(pc, ins.name, str(t)) from None
+            account(ins, fields, cyc)
+            self.pc = pc + 1
+            if self.halted:
+                return
 
     def _account(self, ins, fields: dict, cyc: int) -> None:
         """Count one executed instruction costing `cyc` cycles (the only place that does)."""
@@ -118,10 +134,3 @@ class Machine:
         c["cycles"] += cyc
         c[_UNIT_COUNTER[ins.name]] += cyc
 
-    def run(self) -> dict:
-        """Run to END; returns the counters.  Straight-line code: at most n_instr steps."""
-        step = self.step
-        with one_blas_thread():               # tile-sized matmuls: threads only cost
-            while not self.halted:
-                step()
-        return dict(self.counters)
