@@ -1,4 +1,11 @@
-"""LD / LDCH / ST / STCH / SEED: DDR <-> on-chip buffer transfers."""
+"""LD / LDCH / ST / STCH / SEED: DDR <-> on-chip buffer transfers.
+
+A plain LD or ST word that cannot fault moves its box through one strided numpy view of
+DDR (plus one view of read_map / last_writer), its geometry cached per box shape
+(`_box_plan`).  Gathered words (LDCH, STCH), faulting words (the general path finds and
+reports the fault) and stores whose elements overlap in DDR (the last one in row-major
+order wins) take the general path over explicit byte addresses.
+"""
 from __future__ import annotations
 
 from functools import lru_cache

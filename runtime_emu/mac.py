@@ -9,12 +9,16 @@ built once per tile geometry and cached, lays the tap windows of one operand out
 [g, terms, columns] matrix; out-of-tile elements read a zero appended to the operand.
 Tiles whose window matrix would be huge (giant kernels over tiny tiles) run one batched
 matmul per kernel tap on the in-tile slices instead (`_by_taps`), in bounded memory.
-Products are summed in float32 (BLAS) where the bound on |sum| stays below 2**24, in
-float64 where it stays below 2**53 -- every partial sum is then an exact integer, in any
-order -- and in int64 otherwise; C is added in float64 (int64), also exactly.
+EB first forms Q = W^T dY for every tap (one matmul), then sums the taps landing on each
+X element with a second gather.  Products are summed in float32 (BLAS) where the bound on
+|sum| stays below 2**24, in float64 where it stays below 2**53 -- every partial sum is
+then an exact integer, in any order -- and in int64 otherwise.  With acc=1, C is added in
+int32 when its values leave room for the bound, else in float64 (int64) and checked:
+overflow traps exactly as docs/numerics.md says.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from operator import itemgetter
 from typing import NamedTuple
@@ -67,9 +71,8 @@ def _plan(key: tuple) -> MacPlan | None:
                                  "WG": (ys, xs, ws)}[pat]
     terms = {"FP": ci * KH * KW, "EB": co * KH * KW, "WG": n * yh * yw}[pat]
     window = G * KH * KW * ci * n * (max(xh * xw, yh * yw) if pat == "EB" else yh * yw)
-    return MacPlan(pat, a_shape, b_shape, c_shape, *(int(np.prod(s)) for s in
-                                                     (a_shape, b_shape, c_shape)),
-                   terms, window)
+    return MacPlan(pat, a_shape, b_shape, c_shape,
+                   *(math.prod(s) for s in (a_shape, b_shape, c_shape)), terms, window)
 
 
 _INDEX: dict[tuple, np.ndarray] = {}

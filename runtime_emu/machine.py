@@ -9,7 +9,13 @@ per DDR byte, 1 once any DMA read it), `last_writer` (int32 per DDR byte: -1 ini
 image / host, else the index of the instruction that last stored it), `counters`.
 Execution is serial in program order; cycles are the serial sum of a simple per-
 instruction cost model (DMA: latency + ceil(bytes / bytes_per_cycle); MAC: array passes;
-vector: 4 + ceil(elements / lanes); SEED/END: 1).
+vector: 4 + ceil(elements / lanes); SEED/END: 1); `_account` is the one place that
+counts an executed instruction and its cost.
+
+Speed: the code is decoded once, vectorised (isa.encoding.decode_all); every instruction
+runs as numpy on whole tiles (LD/ST through strided views of DDR, MAC as one im2col
+matmul, see mac.py), never element by element; `run` holds numpy's OpenBLAS to one
+thread (blas.py).
 """
 from __future__ import annotations
 
