@@ -6,7 +6,9 @@ Everything is measured in this one run, on this machine:
 
     emu_over_torch         emulator wall time of one training step (runtime_emu.host.run_step,
                            batch 8) / PyTorch's own float32 training step of the same model
-                           (forward, cross-entropy, backward, SGD step; median of several)
+                           (forward, cross-entropy, backward, SGD step; median of several);
+                           the "emulator" entry adds its CPU time and the load average
+                           before it (wall times on a busy host say little alone)
     cycles_over_roofline   modeled cycles of the step / sum of the per-operator roofline
                            bounds max(MACs / array, DDR bytes / bandwidth) (compiler/report.py)
     utilisation_big_convs  MAC-array utilisation MACs / (cycles * rows * cols) over the FP, EB
@@ -130,9 +132,11 @@ def run(quick: bool, torch_runs: int) -> dict:
     x = np.asarray(c.example_input, dtype=np.float32)
     y = np.random.default_rng(0).integers(0, classes, batch)
     log(f"emulating one training step (batch {batch})")
-    t = time.perf_counter()
+    load_before = list(os.getloadavg())
+    t, cpu = time.perf_counter(), time.process_time()
     _out, m = run_step(prog, tg, x, y)
     emu_s = time.perf_counter() - t
+    emu_cpu_s = time.process_time() - cpu
     cnt = m.counters
     log(f"emulator: {emu_s:.1f}s, {cnt['cycles']:,} cycles")
 
@@ -176,6 +180,9 @@ def run(quick: bool, torch_runs: int) -> dict:
                                      "FP+EB+WG instructions (DMA cycles included)",
         },
         "emu_s": emu_s,
+        "emulator": {"wall_s": emu_s, "cpu_s": emu_cpu_s, "instructions": cnt["instructions"],
+                     "us_per_instruction": 1e6 * emu_s / max(1, cnt["instructions"]),
+                     "loadavg_before": load_before},
         "torch_step_s": torch_s,
         "torch_step_runs_s": times,
         "torch_threads": torch.get_num_threads(),

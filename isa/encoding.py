@@ -1,6 +1,8 @@
 """Encode and decode instruction words, derived from isa/table.py."""
 from __future__ import annotations
 
+import numpy as np
+
 from .errors import EdgecError
 from .table import BY_NAME, BY_OPCODE, WORD_BITS, WORD_BYTES, Instr
 
@@ -62,10 +64,54 @@ def decode(word: bytes, index: int | None = None) -> tuple[Instr, dict[str, int]
 
 
 def decode_all(code: bytes) -> list[tuple[Instr, dict[str, int]]]:
+    """decode() of every word of a code section: the same (Instr, fields) values, but
+    vectorised over the distinct words of each opcode, and identical words share ONE
+    fields dict (treat it as read-only).  The first malformed word raises decode()'s
+    EdgecError for it."""
     if len(code) % WORD_BYTES:
         raise EdgecError(f"code section is {len(code)} bytes, not a multiple of {WORD_BYTES}")
-    return [decode(code[i:i + WORD_BYTES], i // WORD_BYTES)
-            for i in range(0, len(code), WORD_BYTES)]
+    words = [code[i:i + WORD_BYTES] for i in range(0, len(code), WORD_BYTES)]
+    slot: dict[bytes, int] = {}                    # distinct word -> its row
+    rows_of = [slot.setdefault(w, len(slot)) for w in words]
+    lanes = np.frombuffer(b"".join(slot), dtype="<u8").reshape(len(slot), WORD_BYTES // 8)
+    opcodes = lanes[:, 0] & np.uint64(0xFF)
+    decoded: list = [None] * len(slot)
+    for op in np.unique(opcodes).tolist():
+        ins = BY_OPCODE.get(op)
+        if ins is None:
+            continue
+        rows = np.flatnonzero(opcodes == op)
+        w = lanes[rows]
+        ok = np.ones(len(rows), dtype=bool)
+        cols, names = [], []
+        end = 0
+        for fname, pos, mask, _lo, _hi, signed, bits in _LAYOUT[ins.name]:
+            end = pos + bits
+            if fname == "opcode":
+                continue
+            lane, off = divmod(pos, 64)
+            v = w[:, lane] >> np.uint64(off)
+            if off + bits > 64:
+                v |= w[:, lane + 1] << np.uint64(64 - off)
+            v = (v & np.uint64(mask)).astype(np.int64)
+            if signed:
+                v -= (v >> (bits - 1)) << bits
+            cols.append(v.tolist())
+            names.append(fname)
+        lane, off = divmod(end, 64)
+        if lane < w.shape[1]:                      # bits above the last field must be 0
+            ok &= (w[:, lane] >> np.uint64(off)) == 0
+            ok &= ~w[:, lane + 1:].any(axis=1)
+        for r, vals, good in zip(rows.tolist(), zip(*cols) if cols else [()] * len(rows),
+                                 ok.tolist()):
+            if good:
+                decoded[r] = (ins, dict(zip(names, vals)))
+    out = [decoded[r] for r in rows_of]
+    if None in out:
+        i = out.index(None)
+        decode(words[i], i)                                 # raises its EdgecError
+        raise AssertionError(f"decode_all: word {i} flagged malformed but decodes")
+    return out
 
 
 assert WORD_BITS == WORD_BYTES * 8

@@ -1,7 +1,20 @@
-"""LD / LDCH / ST / STCH / SEED: DDR <-> on-chip buffer transfers."""
+"""LD / LDCH / ST / STCH / SEED: DDR <-> on-chip buffer transfers.
+
+A plain LD or ST word that cannot fault moves its box through one strided numpy view of
+DDR (plus one view of read_map / last_writer), its geometry cached per box shape
+(`_box_plan`).  Gathered words (LDCH, STCH), faulting words (the general path finds and
+reports the fault) and stores whose elements overlap in DDR (the last one in row-major
+order wins) take the general path over explicit byte addresses.
+"""
 from __future__ import annotations
 
+from functools import lru_cache
+from operator import itemgetter
+from typing import NamedTuple
+
 import numpy as np
+
+from edgec.isa.table import BUFFERS
 
 from .state import Trap, buf_name, check_range, nonzero
 
@@ -98,8 +111,62 @@ def _store(m, f, mnemonic, gathered):
     return _cycles(m, count * esize + tab_bytes)
 
 
+class BoxPlan(NamedTuple):
+    """Static geometry of a plain (ungathered) box, shared by all words with its shape."""
+    count: int                     # elements
+    shape: tuple                   # (n0, n1, n2, n3)
+    strides: tuple                 # DDR byte strides of the elements
+    byte_shape: tuple              # shape + (esize,): every DDR byte of the box
+    byte_strides: tuple
+    writer_strides: tuple          # byte_strides of the int32 last_writer map
+    extent: int                    # bytes from the box's first DDR byte past its last
+    injective: bool                # no two elements share a DDR byte
+
+
+_BOX_KEY = itemgetter("esize", "n0", "n1", "n2", "n3", "s0", "s1", "s2", "s3")
+
+
+@lru_cache(maxsize=4096)
+def _box_plan(key: tuple) -> BoxPlan | None:
+    """None for an empty box (a fault the checking path reports)."""
+    esize, ns, ss = key[0], key[1:5], key[5:9]
+    if 0 in ns or esize == 0:
+        return None
+    strides = tuple(esize * s for s in ss)
+    extent = esize + sum((n - 1) * st for n, st in zip(ns, strides))
+    injective, span = True, esize          # dims by increasing stride: each stride must
+    for st, n in sorted((st, n) for n, st in zip(ns, strides) if n > 1):
+        injective = injective and st >= span       # clear all bytes of the smaller ones
+        span += st * (n - 1)
+    count = ns[0] * ns[1] * ns[2] * ns[3]
+    return BoxPlan(count, ns, strides, ns + (esize,), strides + (1,),
+                   tuple(4 * s for s in strides + (1,)), extent, injective)
+
+
+def _fast_box(m, f):
+    """(plan, buffer name) of a plain box word that cannot fault, else None."""
+    b = f["buf"]
+    if b >= len(BUFFERS):
+        return None
+    buf = BUFFERS[b]
+    p = _box_plan(_BOX_KEY(f))
+    if (p is None or f["esize"] != _ESIZE[buf] or f["baddr"] + p.count > m.bufs[buf].size
+            or f["ddr"] + p.extent > m.ddr.size):
+        return None
+    return p, buf
+
+
 def op_ld(m, f):
-    return _load(m, f, "LD", False)
+    fast = _fast_box(m, f)
+    if fast is None:
+        return _load(m, f, "LD", False)          # the checking path: it traps
+    p, buf = fast
+    a, b, esize = f["ddr"], f["baddr"], f["esize"]
+    m.bufs[buf][b:b + p.count].reshape(p.shape)[...] = np.ndarray(
+        p.shape, _DT[esize], m.ddr, a, p.strides)
+    np.ndarray(p.byte_shape, np.uint8, m.read_map, a, p.byte_strides)[...] = 1
+    m.counters["ddr_read_bytes"] += p.count * esize
+    return _cycles(m, p.count * esize)
 
 
 def op_ldch(m, f):
@@ -107,7 +174,16 @@ def op_ldch(m, f):
 
 
 def op_st(m, f):
-    return _store(m, f, "ST", False)
+    fast = _fast_box(m, f)
+    if fast is None or not fast[0].injective:
+        return _store(m, f, "ST", False)         # traps, or resolves overlapping bytes
+    p, buf = fast
+    a, b, esize = f["ddr"], f["baddr"], f["esize"]
+    np.ndarray(p.shape, _DT[esize], m.ddr, a, p.strides)[...] = \
+        m.bufs[buf][b:b + p.count].reshape(p.shape)
+    np.ndarray(p.byte_shape, np.int32, m.last_writer, 4 * a, p.writer_strides)[...] = m.pc
+    m.counters["ddr_write_bytes"] += p.count * esize
+    return _cycles(m, p.count * esize)
 
 
 def op_stch(m, f):

@@ -177,13 +177,16 @@ class Session:
     def __init__(self, program: Program, target: Target):
         self.program = program
         self.machine = Machine(program, target)
+        self._fresh = True
         self.steps = 0
         self.totals = dict(self.machine.counters)
 
     def step(self, x, labels, seed: int | None = None) -> dict:
         """One training step on the kept machine; returns the out dict (see run_step)."""
         m = self.machine
-        _begin_run(m)
+        if not self._fresh:              # a fresh Machine starts in exactly this state
+            _begin_run(m)
+        self._fresh = False
         out = _step(self.program, m, x, labels, seed)
         self.steps += 1
         for k, v in m.counters.items():

@@ -9,23 +9,31 @@ per DDR byte, 1 once any DMA read it), `last_writer` (int32 per DDR byte: -1 ini
 image / host, else the index of the instruction that last stored it), `counters`.
 Execution is serial in program order; cycles are the serial sum of a simple per-
 instruction cost model (DMA: latency + ceil(bytes / bytes_per_cycle); MAC: array passes;
-vector: 4 + ceil(elements / lanes); SEED/END: 1).
+vector: 4 + ceil(elements / lanes); SEED/END: 1); `_account` is the one place that
+counts an executed instruction and its cost.
+
+Speed: the code is decoded once, vectorised (isa.encoding.decode_all); every instruction
+runs as numpy on whole tiles (LD/ST through strided views of DDR, MAC as one im2col
+matmul, see mac.py), never element by element; `run` holds numpy's OpenBLAS to one
+thread (blas.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from edgec.isa.container import Program
-from edgec.isa.encoding import decode
+from edgec.isa.encoding import decode, decode_all
 from edgec.isa.errors import EdgecError, TrapError
 from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES
 from edgec.isa.target import Target
 
+from .blas import one_blas_thread
 from .ops import OPS, UNIT
 from .state import Trap
 
 COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "cycles",
                  "cycles_dma", "cycles_mac", "cycles_vector")
+_UNIT_COUNTER = {i.name: "cycles_" + UNIT.get(i.name, "vector") for i in INSTRS}
 
 
 class Machine:
@@ -46,16 +54,10 @@ class Machine:
                              f"({program.ddr_size} bytes)")
         self.program = program
         self.target = target
-        self.instrs = []
-        code = program.code
-        for i in range(len(code) // WORD_BYTES):
-            word = code[i * WORD_BYTES:(i + 1) * WORD_BYTES]
-            try:
-                self.instrs.append(decode(word, i))
-            except EdgecError as e:
-                ins = BY_OPCODE.get(word[0])
-                raise TrapError(i, ins.name if ins else f"opcode {word[0]}",
-                                f"malformed word: {e}") from None
+        try:
+            self.instrs = decode_all(program.code)      # [(Instr, fields)], vectorised
+        except EdgecError:
+            self._trap_malformed(program.code)
         try:
             self.ddr = np.zeros(program.ddr_size, dtype=np.uint8)
             self.bufs = {"IBUF": np.zeros(target.ibuf, dtype=np.int8),
@@ -72,6 +74,19 @@ class Machine:
         self.halted = False
         self.counters = {k: 0 for k in COUNTER_NAMES}
         self.counters.update({i.name: 0 for i in INSTRS})
+
+    @staticmethod
+    def _trap_malformed(code: bytes) -> None:
+        """TrapError for the first malformed word of `code` (decode_all found one)."""
+        for i in range(len(code) // WORD_BYTES):
+            word = code[i * WORD_BYTES:(i + 1) * WORD_BYTES]
+            try:
+                decode(word, i)
+            except EdgecError as e:
+                ins = BY_OPCODE.get(word[0])
+                raise TrapError(i, ins.name if ins else f"opcode {word[0]}",
+                                f"malformed word: {e}") from None
+        raise AssertionError("decode_all refused a code section that decode() accepts")
 
     # convenience views
     @property
@@ -90,23 +105,38 @@ class Machine:
         """Execute the instruction at `pc` (TrapError on a fault, or past the end)."""
         if self.halted:
             raise EdgecError("the machine has already stopped (END executed)")
-        if self.pc >= len(self.instrs):
-            raise TrapError(self.pc, "-", f"ran past the last instruction "
-                            f"({len(self.instrs)} instructions) without END")
-        ins, fields = self.instrs[self.pc]
-        try:
-            cyc = OPS[ins.name](self, fields)
-        except Trap as t:
-            raise TrapError(self.pc, ins.name, str(t)) from None
+        self._execute(1)
+
+    def run(self) -> dict:
+        """Run to END; returns the counters.  Straight-line code: at most n_instr steps."""
+        if not self.halted:
+            with one_blas_thread():           # tile-sized matmuls: threads only cost
+                self._execute(len(self.instrs) + 1)
+        return dict(self.counters)
+
+    def _execute(self, count: int) -> None:
+        """Execute up to `count` instructions from `pc`, stopping after END."""
+        instrs, n, account = self.instrs, len(self.instrs), self._account
+        for _ in range(count):
+            pc = self.pc
+            if pc >= n:
+                raise TrapError(pc, "-", f"ran past the last instruction ({n} "
+                                "instructions) without END")
+            ins, fields = instrs[pc]
+            try:
+                cyc = OPS[ins.name](self, fields)
+            except Trap as t:
+                raise TrapError(pc, ins.name, str(t)) from None
+            account(ins, fields, cyc)
+            self.pc = pc + 1
+            if self.halted:
+                return
+
+    def _account(self, ins, fields: dict, cyc: int) -> None:
+        """Count one executed instruction costing `cyc` cycles (the only place that does)."""
         c = self.counters
         c["instructions"] += 1
         c[ins.name] += 1
         c["cycles"] += cyc
-        c["cycles_" + UNIT.get(ins.name, "vector")] += cyc
-        self.pc += 1
+        c[_UNIT_COUNTER[ins.name]] += cyc
 
-    def run(self) -> dict:
-        """Run to END; returns the counters.  Straight-line code: at most n_instr steps."""
-        while not self.halted:
-            self.step()
-        return dict(self.counters)

@@ -9,11 +9,16 @@ INT32_MAX = 2**31 - 1          # accumulators live in [-(2**31-1), 2**31-1]
 def sat(v: np.ndarray, bits: int) -> np.ndarray:
     """sat_b(v) = min(max(v, -(2**(b-1)-1)), 2**(b-1)-1)."""
     hi = (1 << (bits - 1)) - 1
-    return np.clip(v, -hi, hi)
+    return clamp(v, -hi, hi)
 
 
 def sat8(v: np.ndarray) -> np.ndarray:
-    return np.clip(v, -127, 127)
+    return clamp(v, -127, 127)
+
+
+def clamp(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """min(max(v, lo), hi), elementwise (np.clip without its per-call overhead)."""
+    return np.minimum(np.maximum(v, lo), hi)
 
 
 def rshift(v: np.ndarray, s: int, mode: str, r: np.ndarray | None = None) -> np.ndarray:

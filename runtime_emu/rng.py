@@ -1,18 +1,20 @@
 """Counter-based random bits (docs/numerics.md section 3).
 
-All arithmetic is done on uint64 numpy arrays and masked to 32 bits after every step,
-so nothing relies on wrapping signed overflow.
+All arithmetic is done on uint32 numpy arrays, whose multiplications and additions wrap
+modulo 2**32 (unsigned: well defined), exactly the mod 2**32 of numerics.md; nothing
+relies on wrapping signed overflow.
 """
 from __future__ import annotations
 
 import numpy as np
 
-_M32 = np.uint64(0xFFFFFFFF)
-_K_SEED = np.uint64(0x9E3779B1)
-_K_TID = np.uint64(0x85EBCA77)
-_K_IDX = np.uint64(0xC2B2AE3D)
-_K_MIX1 = np.uint64(0x7FEB352D)
-_K_MIX2 = np.uint64(0x846CA68B)
+_M32 = 0xFFFFFFFF
+_K_SEED = 0x9E3779B1
+_K_TID = 0x85EBCA77
+_K_IDX = np.uint32(0xC2B2AE3D)
+_K_MIX1 = np.uint32(0x7FEB352D)
+_K_MIX2 = np.uint32(0x846CA68B)
+_S15, _S16 = np.uint32(15), np.uint32(16)
 
 
 def rand32(seed: int, tid: int, idx) -> np.ndarray:
@@ -25,14 +27,13 @@ def rand32(seed: int, tid: int, idx) -> np.ndarray:
     idx = np.asarray(idx)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"rand32: idx must be integers, got {idx.dtype}")
-    i = (idx.astype(np.int64) & 0xFFFFFFFF).astype(np.uint64)
-    s = np.uint64(int(seed) & 0xFFFFFFFF)
-    t = np.uint64(int(tid) & 0xFFFFFFFF)
-    base = ((s * _K_SEED) & _M32) + ((t * _K_TID) & _M32)          # < 2**33
-    h = (base + ((i * _K_IDX) & _M32)) & _M32
-    h ^= h >> np.uint64(16)
-    h = (h * _K_MIX1) & _M32
-    h ^= h >> np.uint64(15)
-    h = (h * _K_MIX2) & _M32
-    h ^= h >> np.uint64(16)
-    return h.astype(np.uint32)
+    base = np.uint32(((int(seed) & _M32) * _K_SEED + (int(tid) & _M32) * _K_TID) & _M32)
+    h = idx.reshape(-1).astype(np.uint32)           # the low 32 bits (two's complement)
+    h *= _K_IDX
+    h += base
+    h ^= h >> _S16
+    h *= _K_MIX1
+    h ^= h >> _S15
+    h *= _K_MIX2
+    h ^= h >> _S16
+    return h.reshape(idx.shape)

@@ -47,15 +47,14 @@ def read_buf(m, buf: str, addr: int, count: int, what: str) -> np.ndarray:
     return v
 
 
-def write_buf(m, buf: str, addr: int, values: np.ndarray, what: str) -> None:
-    """Store integer `values` (any int dtype) flat at `addr`; values must fit the buffer."""
+def write_buf(m, buf: str, addr: int, values: np.ndarray, what: str,
+              fits: bool = False) -> None:
+    """Store integer `values` (any int dtype) flat at `addr`; values must fit the buffer
+    (checked, unless the caller knows they do: `fits`)."""
     values = np.asarray(values).reshape(-1)
     check_range(m, buf, addr, values.size, what)
-    if buf in INT8_BUFS:
-        lo, hi = -128, 127
-    else:
-        lo, hi = -(2**31), 2**31 - 1
-    if values.size and (values.min() < lo or values.max() > hi):
+    lo, hi = (-128, 127) if buf in INT8_BUFS else (-(2**31), 2**31 - 1)
+    if not fits and values.size and (values.min() < lo or values.max() > hi):
         bad = int(np.flatnonzero((values < lo) | (values > hi))[0])
         raise Trap(f"{what}: value {int(values[bad])} (element {bad}) does not fit the "
                    f"{'int8' if buf in INT8_BUFS else 'int32'} buffer {buf}")

@@ -1,11 +1,13 @@
 """Vector-unit instructions: RQ, VMASK, VADD, MAXP, MAXPB, RSUM, LOSSG, SGD (and END)."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from edgec.isa.table import ROUND_MODES
 
-from .numerics import INT32_MAX, rshift, sat8
+from .numerics import INT32_MAX, clamp, rshift, sat8
 from .rng import rand32
 from .state import (INT8_BUFS, Trap, buf_name, check_range, nonzero, read_buf, vector_cycles,
                     write_buf)
@@ -31,6 +33,17 @@ def _shift(f):
     return s
 
 
+@lru_cache(maxsize=1024)
+def _tile_index(n: tuple, g: tuple) -> np.ndarray:
+    """i0*g0 + i1*g1 + i2*g2 + i3*g3 over the tile [n0, n1, n2, n3], flat."""
+    idx = (np.arange(n[0], dtype=np.int64)[:, None, None, None] * g[0]
+           + np.arange(n[1], dtype=np.int64)[None, :, None, None] * g[1]
+           + np.arange(n[2], dtype=np.int64)[None, None, :, None] * g[2]
+           + np.arange(n[3], dtype=np.int64)[None, None, None, :] * g[3]).reshape(-1)
+    idx.flags.writeable = False
+    return idx
+
+
 def op_rq(m, f):
     nonzero(f, "n0", "n1", "n2", "n3")
     n0, n1, n2, n3 = f["n0"], f["n1"], f["n2"], f["n3"]
@@ -44,14 +57,11 @@ def op_rq(m, f):
     v = v.astype(np.int64)
     r = None
     if mode == "stochastic" and s > 0:
-        idx = (f["gbase"]
-               + np.arange(n0, dtype=np.int64)[:, None, None, None] * f["g0"]
-               + np.arange(n1, dtype=np.int64)[None, :, None, None] * f["g1"]
-               + np.arange(n2, dtype=np.int64)[None, None, :, None] * f["g2"]
-               + np.arange(n3, dtype=np.int64)[None, None, None, :] * f["g3"])
-        r = rand32(m.seed, f["tid"], idx.reshape(-1))
-    q = np.clip(sat8(rshift(v, s, mode, r)), lo, hi)
-    write_buf(m, dbuf, f["daddr"], q, "RQ result")
+        idx = f["gbase"] + _tile_index((n0, n1, n2, n3), (f["g0"], f["g1"], f["g2"], f["g3"]))
+        r = rand32(m.seed, f["tid"], idx)
+    # -127 <= lo <= hi <= 127: clamping to [lo, hi] includes sat8, and the result fits
+    q = clamp(rshift(v, s, mode, r), lo, hi)
+    write_buf(m, dbuf, f["daddr"], q, "RQ result", fits=True)
     return vector_cycles(m, count)
 
 
@@ -86,12 +96,12 @@ def op_vadd(m, f):
         v = v + (B.astype(np.int64) << np.int64(f["sb"]))
     if s < 0:
         # v * 2**-s may leave int64; any |v| >= 128 saturates to the same +-127 anyway
-        v = np.clip(v, -128, 128)
+        v = clamp(v, -128, 128)
     r = None
     if mode == "stochastic" and s > 0:
         r = rand32(m.seed, f["tid"], f["gbase"] + np.arange(c, dtype=np.int64))
-    q = np.clip(sat8(rshift(v, s, mode, r)), lo, hi)
-    write_buf(m, bufs["dbuf"], f["daddr"], q, "VADD result")
+    q = clamp(rshift(v, s, mode, r), lo, hi)           # includes sat8: see op_rq
+    write_buf(m, bufs["dbuf"], f["daddr"], q, "VADD result", fits=True)
     return vector_cycles(m, c)
 
 
@@ -245,7 +255,7 @@ def op_sgd(m, f):
     check_range(m, db, f["daddr"], c, f"SGD compute copy [{c}] at daddr")
     Mv = m.bufs["ABUF"][f["maddr"]:f["maddr"] + c].astype(np.int64)
     G = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
-    Mn = np.clip(Mv - rshift(G * np.int64(f["lrmul"]), lrshift, "nearest"), -bound, bound)
+    Mn = clamp(Mv - rshift(G * np.int64(f["lrmul"]), lrshift, "nearest"), -bound, bound)
     C = rshift(Mn, cshift, "nearest")
     write_buf(m, db, f["daddr"], C, "SGD compute copy")   # checks C fits before any write
     m.bufs["ABUF"][f["maddr"]:f["maddr"] + c] = Mn

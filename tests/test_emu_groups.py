@@ -13,11 +13,16 @@ N, H, Wd, K = 2, 7, 6, 3
 GROUPINGS = [(1, 3, 2), (2, 2, 3), (4, 1, 2), (4, 3, 1), (6, 1, 1)]
 
 
-@pytest.fixture(params=["float64", "int64"])
+@pytest.fixture(params=["float32", "float64", "int64", "float32-by-taps", "int64-by-taps"])
 def exact_path(request, monkeypatch):
-    """Run each test on the BLAS float64 path and on the exact int64 path."""
-    if request.param == "int64":
+    """Run each test on the BLAS float32 and float64 paths and on the exact int64 path,
+    as one im2col matmul and as one matmul per kernel tap (the path of huge windows)."""
+    if not request.param.startswith("float32"):
+        monkeypatch.setattr(emu_mac, "_EXACT_F32", 0)
+    if request.param.startswith("int64"):
         monkeypatch.setattr(emu_mac, "_EXACT_F64", 0)
+    if request.param.endswith("by-taps"):
+        monkeypatch.setattr(emu_mac, "_WINDOW_MAX", 0)
     return request.param
 
 

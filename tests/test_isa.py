@@ -39,3 +39,33 @@ def test_encode_rejects_overflowing_and_unknown_fields():
         decode(bytes([250]) + bytes(WORD_BYTES - 1))
     with pytest.raises(EdgecError, match="stray bits"):
         decode(bytes(WORD_BYTES - 1) + b"\x80")
+
+
+def _random_words(rng, count):
+    words = []
+    for _ in range(count):
+        ins = INSTRS[int(rng.integers(len(INSTRS)))]
+        vals = {}
+        for f in ins.fields:
+            lo, hi = ((-(1 << (f.bits - 1)), (1 << (f.bits - 1)) - 1) if f.signed
+                      else (0, (1 << f.bits) - 1))
+            vals[f.name] = int(rng.choice([lo, hi, int(rng.integers(lo, hi, endpoint=True))]))
+        words.append(encode(ins.name, dep=int(rng.integers(16)), **vals))
+    return words
+
+
+def test_decode_all_equals_decode_word_by_word():
+    import numpy as np
+    from edgec.isa.encoding import decode_all
+    rng = np.random.default_rng(7)
+    words = _random_words(rng, 400)
+    words += words[:50]                                  # repeated words share a dict
+    got = decode_all(b"".join(words))
+    want = [decode(w, i) for i, w in enumerate(words)]
+    assert [(i.name, f) for i, f in got] == [(i.name, f) for i, f in want]
+    assert [list(f) for _, f in got] == [list(f) for _, f in want]      # field order
+    for bad, why in ((bytes([200]) + bytes(WORD_BYTES - 1), "unknown opcode"),
+                     (words[3][:-1] + b"\x80", "stray bits")):
+        code = b"".join(words[:9] + [bad] + words[9:])
+        with pytest.raises(EdgecError, match=f"instruction 9.*{why}|{why}.*instruction 9"):
+            decode_all(code)
