@@ -25,7 +25,10 @@ does not depend on the CPU) over fixed seeded batches of structured synthetic im
 (smooth random fields); BN affine parameters perturbed with a seeded generator
 (``gamma = 1 + 0.1 * N(0, 1)``, ``beta = 0.1 * N(0, 1)``); then ``model.eval()`` (Dropout
 is the identity in eval mode).  ``example_input`` is a fixed seeded synthetic batch of 8.
+Then ``pretrained.pt`` is loaded: these weights trained by ``examples/pretrain.py`` (see
+the README).
 """
+import os
 import sys
 from pathlib import Path
 
@@ -113,5 +116,14 @@ class MobileNet(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-model = standin(MobileNet, CALIB_BATCHES, CALIB_SIZE)
+def build(pretrained: bool = True) -> nn.Module:
+    """The stand-in network; with ``pretrained``, the weights of examples/pretrain.py."""
+    m = standin(MobileNet, CALIB_BATCHES, CALIB_SIZE)
+    if pretrained:
+        m.load_state_dict(torch.load(Path(__file__).resolve().parent / "pretrained.pt"))
+    return m.eval()
+
+
+# examples/pretrain.py sets EDGEC_PRETRAINING while it makes pretrained.pt
+model = build(pretrained=not os.environ.get("EDGEC_PRETRAINING"))
 example_input = synthetic_images(BATCH, seed=7)      # (8, 3, 32, 32)
