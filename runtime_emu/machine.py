@@ -7,9 +7,10 @@ State: `ddr` (uint8, program.ddr_size bytes, data section at 0), `bufs` {"IBUF":
 "WBUF": int8, "ABUF": int32}, `seed` (uint32 register, 0 until SEED), `read_map` (uint8
 per DDR byte, 1 once any DMA read it), `last_writer` (int32 per DDR byte: -1 initial
 image / host, else the index of the instruction that last stored it), `counters`.
-Execution is serial in program order; cycles are the serial sum of a simple per-
-instruction cost model (DMA: latency + ceil(bytes / bytes_per_cycle); MAC: array passes;
-vector: 4 + ceil(elements / lanes); SEED/END: 1).
+Execution is serial in program order.  Each instruction's cost (DMA: latency +
+ceil(bytes / bytes_per_cycle); MAC: array passes; vector: 4 + ceil(elements / lanes);
+SEED/SYNC/END: 1) goes to the timing model (runtime_emu/timing.py): load, compute and
+store queues overlap, synchronised by the dependency tokens; `cycles` is the finish time.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from edgec.isa.target import Target
 
 from .ops import OPS, UNIT
 from .state import Trap
+from .timing import Timing
 
 COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "cycles",
                  "cycles_dma", "cycles_mac", "cycles_vector")
@@ -72,6 +74,7 @@ class Machine:
         self.halted = False
         self.counters = {k: 0 for k in COUNTER_NAMES}
         self.counters.update({i.name: 0 for i in INSTRS})
+        self.timing = Timing(target, self.counters)
 
     # convenience views
     @property
@@ -96,13 +99,13 @@ class Machine:
         ins, fields = self.instrs[self.pc]
         try:
             cyc = OPS[ins.name](self, fields)
+            self.timing.issue(ins.name, ins.queue, fields["dep"], cyc,
+                              UNIT.get(ins.name, "vector"))
         except Trap as t:
             raise TrapError(self.pc, ins.name, str(t)) from None
         c = self.counters
         c["instructions"] += 1
         c[ins.name] += 1
-        c["cycles"] += cyc
-        c["cycles_" + UNIT.get(ins.name, "vector")] += cyc
         self.pc += 1
 
     def run(self) -> dict:

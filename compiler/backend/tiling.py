@@ -1,6 +1,7 @@
 """Tile pass: graph -> loop IR.  A fixed, simple choice: start from whole tensors and
 halve the dim with the highest priority until every tile fits its buffer.  Tensors never
-have to fit on chip; only tiles do."""
+have to fit on chip; only tiles do, twice: every tile is double-buffered (codegen puts
+consecutive tiles in alternate halves so the load, compute and store queues overlap)."""
 from __future__ import annotations
 
 from edgec.isa.errors import EdgecError
@@ -74,28 +75,42 @@ def sgd_geometry(g: Graph, n) -> tuple[int, int, int]:
     return gshape[0], row // inner, inner
 
 
-def tile_words(op: str, G: dict, t: dict) -> dict[str, int]:
-    """Buffer elements one tile of a MAC nest occupies: IBUF, WBUF, ABUF (op = conv,
-    conv_eb or conv_wg; linear ops use the same shapes).  ``t`` holds the tile sizes;
-    ``ci``/``co`` are per group and ``g`` groups share the tile."""
+def tile_words(op: str, G: dict, t: dict) -> dict[str, tuple[int, int]]:
+    """Buffer elements one tile of a MAC nest occupies, as {buffer: (input part, output
+    part)} for ibuf, wbuf, abuf (op = conv, conv_eb or conv_wg; linear ops use the same
+    shapes).  Both parts are double-buffered (ping-pong halves: loads of the next tile
+    overlap compute on this one), so a buffer must hold 2 * (input + output).  ``t`` holds
+    the tile sizes; ``ci``/``co`` are per group and ``g`` groups share the tile."""
     kk = G["kh"] * G["kw"]
     gi, go = t["g"] * t["ci"], t["g"] * t["co"]         # channels of all groups in the tile
     w = go * t["ci"] * kk                                  # weights [g*co, ci, kh, kw]
     if op == "conv":
         out = t["n"] * go * t["oh"] * G["OW"]
-        return {"ibuf": t["n"] * gi * x_rows(G, t["oh"]) * G["W"] + out, "wbuf": w,
-                "abuf": out}
+        return {"ibuf": (t["n"] * gi * x_rows(G, t["oh"]) * G["W"], out), "wbuf": (w, 0),
+                "abuf": (0, out)}
     if op == "conv_eb":
         out = t["n"] * gi * t["ih"] * G["W"]
-        return {"ibuf": t["n"] * go * y_rows(G, t["ih"]) * G["OW"] + out, "wbuf": w,
-                "abuf": out}
-    return {"ibuf": t["n"] * gi * x_rows(G, t["oh"]) * G["W"] + w,
-            "wbuf": t["n"] * go * t["oh"] * G["OW"], "abuf": w}
+        return {"ibuf": (t["n"] * go * y_rows(G, t["ih"]) * G["OW"], out), "wbuf": (w, 0),
+                "abuf": (0, out)}
+    return {"ibuf": (t["n"] * gi * x_rows(G, t["oh"]) * G["W"], w),
+            "wbuf": (t["n"] * go * t["oh"] * G["OW"], 0), "abuf": (0, w)}
 
 
 def _fits(op: str, G: dict, t: dict, tg: Target) -> bool:
     u = tile_words(op, G, t)
-    return u["ibuf"] <= tg.ibuf and u["wbuf"] <= tg.wbuf and u["abuf"] <= tg.abuf
+    return all(2 * sum(u[b]) <= tg.buffer_size(b.upper()) for b in u)
+
+
+def bias_grad_fits(t: dict, hw: int, tg: Target) -> bool:
+    """dY tile [n, c, hw] and the int8 result [c] in IBUF halves, the int32 sums in ABUF."""
+    return 2 * (t["n"] * t["c"] * hw + t["c"]) <= tg.ibuf and t["c"] <= tg.abuf
+
+
+def sgd_fits(t: dict, inner: int, tg: Target) -> bool:
+    """Master tile and a (wide) compute copy in ABUF halves; gradient / int8 copy in
+    IBUF / WBUF halves."""
+    m = t["r"] * t["b"] * inner
+    return 4 * m <= tg.abuf and 2 * m <= min(tg.ibuf, tg.wbuf)
 
 
 # g shrinks before ci/co: a tile of several groups always holds their whole channels;
@@ -144,15 +159,15 @@ def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
             for d in V[n.outputs[0]].shape:
                 total *= d
             dims = {"e": total}
-            t = {"e": min(total, tg.ibuf // 2, tg.wbuf, 65535)}
+            t = {"e": min(total, tg.ibuf // 4, tg.wbuf // 2, 65535)}    # ping-pong halves
         elif n.op in ("maxpool", "maxpool_bwd"):
             N, C, H, W = V[n.inputs[0] if n.op == "maxpool" else n.inputs[1]].shape
             oh, ow = (V[n.outputs[0]].shape[2:] if n.op == "maxpool"
                       else V[n.inputs[0]].shape[2:])
             dims = {"p": N * C}
             per = H * W + oh * ow
-            cap = min(tg.ibuf // per if n.op == "maxpool" else tg.ibuf // (2 * H * W),
-                      tg.wbuf // (oh * ow), 65535)
+            cap = min(tg.ibuf // (2 * per) if n.op == "maxpool" else tg.ibuf // (4 * H * W),
+                      tg.wbuf // (2 * oh * ow), 65535)                # ping-pong halves
             if cap < 1:
                 raise EdgecError(f"{where}: one {H}x{W} plane does not fit the buffers")
             t = {"p": min(N * C, cap)}
@@ -162,8 +177,7 @@ def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
             for d in s[2:]:
                 hw *= d
             dims = {"c": s[1], "n": s[0]}
-            t = _shrink(dims, {}, lambda t: t["n"] * t["c"] * hw + t["c"] <= tg.ibuf
-                        and t["c"] <= tg.abuf, ("n", "c"), where)
+            t = _shrink(dims, {}, lambda t: bias_grad_fits(t, hw, tg), ("n", "c"), where)
         elif n.op == "loss_grad":
             N, K = V[n.inputs[0]].shape
             if 2 * N * K > tg.ibuf or N + 256 > tg.abuf:
@@ -172,9 +186,7 @@ def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
         elif n.op == "sgd":
             rows, blocks, inner = sgd_geometry(g, n)
             dims = {"r": rows, "b": blocks}
-            t = _shrink(dims, {}, lambda t: 2 * t["r"] * t["b"] * inner <= tg.abuf
-                        and t["r"] * t["b"] * inner <= min(tg.ibuf, tg.wbuf), ("r", "b"),
-                        where)
+            t = _shrink(dims, {}, lambda t: sgd_fits(t, inner, tg), ("r", "b"), where)
         else:
             raise EdgecError(f"{where}: no lowering for op {n.op!r}")
         nest = LoopNest(i, n.op, n.layer, dict(dims), dict(t), par + red, unit)
