@@ -47,9 +47,11 @@ def _n(*xs) -> int:
     return p
 
 
-def footprint(name: str, f: dict, sym=None) -> list[tuple[str, int, int, bool]]:
+def footprint(name: str, f: dict, sym=None) -> list[tuple]:
     """[(space, lo, hi, is_write)] of one instruction; spaces IBUF/WBUF/ABUF (elements)
-    and DDR (bytes).  `sym` (a memory-plan Symbol) bounds a gathered DMA's DDR range."""
+    and ("DDR", tensor address) (bytes; tensors never overlap, so only ranges of one
+    tensor are compared).  `sym` (the memory-plan Symbol a DMA moves) bounds a gathered
+    DMA's DDR range."""
     B = BUFFERS
     f = defaultdict(int, f)             # omitted fields encode as 0
     if name in ("LD", "LDCH", "ST", "STCH"):
@@ -61,9 +63,10 @@ def footprint(name: str, f: dict, sym=None) -> list[tuple[str, int, int, bool]]:
             lo = f["ddr"]
             hi = lo + es * (sum((f[f"n{i}"] - 1) * f[f"s{i}"] for i in range(4)) + 1)
         load = name in ("LD", "LDCH")
-        return [(B[f["buf"]], f["baddr"], f["baddr"] + count, load), ("DDR", lo, hi, not load)]
+        return [(B[f["buf"]], f["baddr"], f["baddr"] + count, load),
+                (("DDR", sym.addr if sym else None), lo, hi, not load)]
     if name == "SEED":
-        return [("DDR", f["ddr"], f["ddr"] + 4, False)]
+        return [(("DDR", sym.addr if sym else None), f["ddr"], f["ddr"] + 4, False)]
     if name == "MAC":
         n, ci, co, g = f["n"], f["ci"], f["co"], f["g"]
         x = _n(n, g * ci, f["xh"], f["xw"])
@@ -113,12 +116,16 @@ def footprint(name: str, f: dict, sym=None) -> list[tuple[str, int, int, bool]]:
 
 
 class _Range:
-    __slots__ = ("lo", "hi", "writer", "readers")
+    __slots__ = ("lo", "hi", "writers", "readers", "used")
 
     def __init__(self, lo, hi):
         self.lo, self.hi = lo, hi
-        self.writer = None          # (queue, index) of the last write
+        self.writers = {}           # queue -> last index that wrote it
         self.readers = {}           # queue -> last index that read it since
+        self.used = 0               # last instruction that touched it
+
+
+MAX_RANGES = 16      # per space; beyond that the least recently used ones are merged
 
 
 class TokenPlanner:
@@ -133,7 +140,7 @@ class TokenPlanner:
         self.matched = {k: -1 for k in PUSH_BIT}        # (producer, consumer) -> last push
         self.pops = 0                                   # pop bits of the current one
         self.compute_pops = 0                           # pop bits of the last compute
-        self.ranges: dict[str, list[_Range]] = {"IBUF": [], "WBUF": [], "ABUF": [], "DDR": []}
+        self.ranges: dict = defaultdict(list)          # space -> ranges accessed
 
     def _end(self, i: int) -> list[int]:
         return [self.end[0][i], self.end[1][i], self.end[2][i]]
@@ -148,8 +155,8 @@ class TokenPlanner:
         for space, lo, hi, write in acc:
             for e in self.ranges[space]:
                 if e.lo < hi and lo < e.hi:
-                    if e.writer:
-                        add(*e.writer)
+                    for r, i in e.writers.items():
+                        add(r, i)
                     if write:
                         for r, i in e.readers.items():
                             add(r, i)
@@ -206,18 +213,29 @@ class TokenPlanner:
                 e = _Range(lo, hi)
                 lst.append(e)
             if write:
-                e.writer, e.readers = (q, i), {}
+                e.writers, e.readers = {q: i}, {}
             else:
                 e.readers[q] = i
-            if len(lst) > 24:
+            e.used = i
+            if len(lst) > MAX_RANGES:
                 self._prune(lst)
         if q == 1:
             self.compute_pops = pops
         return pops
 
     def _prune(self, lst: list) -> None:
+        """Drop ranges every queue already waited for; if still too many, merge the least
+        recently used half into one conservative range (union extent, latest accesses)."""
         g = [min(self.known[q][r] for q in range(3)) for r in range(3)]
-        keep = [e for e in lst
-                if (e.writer and e.writer[1] > g[e.writer[0]])
-                or any(i > g[r] for r, i in e.readers.items())]
-        lst[:] = keep
+        lst[:] = [e for e in lst if any(i > g[r] for r, i in e.writers.items())
+                  or any(i > g[r] for r, i in e.readers.items())]
+        if len(lst) > MAX_RANGES:
+            lst.sort(key=lambda e: e.used)
+            old = lst[:MAX_RANGES // 2]
+            m = _Range(min(e.lo for e in old), max(e.hi for e in old))
+            for e in old:
+                for src, dst in ((e.writers, m.writers), (e.readers, m.readers)):
+                    for r, i in src.items():
+                        dst[r] = max(dst.get(r, -1), i)
+                m.used = max(m.used, e.used)
+            lst[:MAX_RANGES // 2] = [m]
