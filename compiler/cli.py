@@ -61,7 +61,7 @@ def _compile(args, log):
                          log=log, dump_ir=getattr(args, "dump_ir", None),
                          calib=getattr(args, "calib", None), train=args.train or (),
                          freeze=args.freeze or (), bias_only=args.bias_only,
-                         classes=_class_list(args.classes))
+                         classes=_class_list(args.classes), search=args.search)
 
 
 def _class_list(text: str | None):
@@ -294,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--classes", metavar="IDS", help="fine-tune for a subset of the "
                        "classes, e.g. 0,3,7: the classifier computes only their logits; "
                        "labels stay original class ids and must be among them")
+        p.add_argument("--search", choices=("greedy", "exhaustive"), default="greedy",
+                       help="schedule search for the tile sizes of every MAC loop nest "
+                       "against the pipeline cost model: greedy (default, fast) or "
+                       "exhaustive (scores every candidate; for checking on small layers)")
         p.add_argument("--calib", metavar="FILE.npz", help="MODEL.onnx only: calibration "
                        "batch (array x, the input's static shape); default: standard normal "
                        "from torch.Generator().manual_seed(0)")

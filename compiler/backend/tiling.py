@@ -135,7 +135,11 @@ def _shrink(dims, unit, fits, priority, what) -> dict:
     return t
 
 
-def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
+def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
+    """One loop nest per materialised op.  MAC nests get their tile sizes from the
+    schedule search (schedule.py; `search` = greedy or exhaustive), starting from the
+    shrink heuristic below; the other nests take the largest tile that fits."""
+    from .schedule import search as schedule_search
     nests = []
     V = g.values
     for i, n in enumerate(g.nodes):
@@ -154,6 +158,8 @@ def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
             if blk > 1:
                 unit["ci"] = blk
             t = _shrink(dims, unit, lambda t: _fits(base, G, t, tg), _PRIORITY[base], where)
+            t = schedule_search(base, G, dims, unit, tg, kind == "fp" and len(n.inputs) == 3,
+                                search, t, where)
         elif n.op in ("relu", "relu_bwd", "hardtanh", "hardtanh_bwd", "add"):
             total = 1
             for d in V[n.outputs[0]].shape:
