@@ -39,6 +39,10 @@ BUFFER_DTYPE = {"IBUF": "int8", "WBUF": "int8", "ABUF": "int32"}
 QUEUES = ("load", "compute", "store")
 PATTERNS = ("FP", "EB", "WG")              # MAC training patterns
 ROUND_MODES = ("nearest", "stochastic")
+DEP_BITS = ("pop_prev", "pop_next", "push_prev", "push_next")     # dep bit 0..3
+# the spelling of every dep value in assembly, e.g. 5 = pop_prev_push_prev, 0 = none
+DEP_NAMES = tuple("_".join(b for k, b in enumerate(DEP_BITS) if v >> k & 1) or "none"
+                  for v in range(16))
 
 
 @dataclass(frozen=True)
