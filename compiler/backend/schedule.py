@@ -21,8 +21,9 @@ the emulator's timing within a few percent on whole layers (tests/test_schedule.
 Search space: a tile size per dim from the halving ladder D, ceil(D/2), ceil(D/4) ... 1
 (multiples of the dim's unit), restricted to tiles whose double-buffered footprint fits
 the buffers (tiling._fits).  `exhaustive` scores every combination; `greedy` (the
-default) starts from whole-tensor tiles shrunk to fit and then moves one dim at a time to
-a neighbouring ladder value while that lowers the cost.  Loop order: the parallel dims
+default) starts from whole-tensor tiles shrunk to fit and then takes the best move while
+one lowers the cost: one dim one or two ladder steps down, or one dim up with the other
+dims shrunk again until the tile fits (`_neighbours`).  Loop order: the parallel dims
 keep their default order and the reduction dims stay innermost; codegen reloads every
 operand per step, so under this model the order of the parallel dims does not change the
 cost and is not searched.
@@ -152,17 +153,43 @@ def search(base: str, G: dict, dims: dict, unit: dict, tg: Target, bias: bool,
     t, c = dict(start), cost(start)
     while True:
         best = None
-        for d in dims:
-            i = lad[d].index(t[d]) if t[d] in lad[d] else None
-            if i is None:
-                continue
-            for j in (i - 1, i + 1, i + 2):
-                if 0 <= j < len(lad[d]):
-                    u = dict(t, **{d: lad[d][j]})
-                    if fits(u):
-                        cu = cost(u)
-                        if cu < c and (best is None or cu < best[0]):
-                            best = (cu, u)
+        for u in _neighbours(t, lad, unit, fits, base, where):
+            cu = cost(u)
+            if cu < c and (best is None or cu < best[0]):
+                best = (cu, u)
         if best is None:
             return t
         c, t = best
+
+
+def _neighbours(t: dict, lad: dict, unit: dict, fits, base: str, where: str):
+    """Tiles one greedy move away: one dim one or two ladder steps smaller; or one dim one
+    or two steps larger with the others re-shrunk to fit (each other dim tried first,
+    then the default priority), so a move can trade, e.g., batch for channels."""
+    from .tiling import _PRIORITY, _shrink
+    for d in t:
+        i = lad[d].index(t[d])
+        for j in (i + 1, i + 2):
+            if j < len(lad[d]):
+                u = dict(t, **{d: lad[d][j]})
+                if fits(u):
+                    yield u
+        for j in (i - 1, i - 2):
+            if j < 0:
+                continue
+            grown = dict(t, **{d: lad[d][j]})
+            if fits(grown):
+                yield grown
+                continue
+            rest = [e for e in _flat(_PRIORITY[base]) if e != d]
+            for first in [None] + rest:
+                order = ([first] if first else []) + [e for e in rest if e != first]
+                keep = dict(unit, **{d: grown[d]})      # d may not shrink back
+                try:
+                    yield _shrink(grown, keep, fits, order, where)
+                except EdgecError:
+                    pass
+
+
+def _flat(priority) -> list[str]:
+    return [d for p in priority for d in (p if isinstance(p, tuple) else (p,))]
