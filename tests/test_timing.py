@@ -87,42 +87,61 @@ def lenet():
                          str(ROOT / "examples" / "lenet" / "user.mask"))
 
 
-def _spans(prog, ins, f):
-    """Footprint with a gathered DMA widened to the tensor its base address lies in."""
-    sym = None
-    if f.get("gather"):
-        for s in prog.symbols:
-            n = (1 if s["dtype"] == "i8" else 4) * int(np.prod(s["shape"], dtype=np.int64))
-            if s["addr"] <= f["ddr"] < s["addr"] + n:
-                sym = type("S", (), {"addr": s["addr"], "nbytes": n})
-    return [("DDR" if isinstance(sp, tuple) else sp, lo, hi, w)
-            for sp, lo, hi, w in footprint(ins.name, f, sym)]
+def _ddr_bytes(prog, f):
+    """The DDR bytes a DMA touches, from its fields and the index tables in the data
+    section (independent of the compiler's footprints)."""
+    data = np.frombuffer(prog.data, dtype=np.uint8)
+    j = [np.arange(f[f"n{d}"], dtype=np.int64) for d in range(4)]
+    for d, bit in ((0, 1), (1, 2)):
+        if f.get("gather", 0) & bit:
+            t = f[f"tab{d}"]
+            j[d] = data[t:t + 4 * f[f"n{d}"]].view("<i4").astype(np.int64)
+    off = (j[0][:, None, None, None] * f["s0"] + j[1][None, :, None, None] * f["s1"]
+           + j[2][None, None, :, None] * f["s2"] + j[3][None, None, None, :] * f["s3"])
+    return (f["ddr"] + f["esize"] * off.reshape(-1, 1)
+            + np.arange(f["esize"])).reshape(-1)
 
 
 def test_compiled_tokens_cover_every_hazard(lenet):
-    """Replay the compiled program's timing and check, for every pair of instructions on
-    different queues that touch overlapping buffer or DDR ranges (one of them writing),
-    that the earlier one (program order) has finished before the later one starts."""
-    prog = lenet.program
+    """Replay the compiled program's timing and sweep it in program order: an instruction
+    that reads an element (buffer element or DDR byte) must start after every earlier
+    write of it on another queue has ended, and one that writes it after every earlier
+    read and write on another queue.  DDR bytes come from the fields and the tables."""
+    prog, tg = lenet.program, lenet.target
     ins = decode_all(prog.code)
-    costs = [instr_cost(i.name, f, TG)["cycles"] for i, f in ins]
+    costs = [instr_cost(i.name, f, tg)["cycles"] for i, f in ins]
     ends = replay([i.name for i, _ in ins], [i.queue for i, _ in ins],
-                  [f["dep"] for _, f in ins], costs, TG.ddr_latency)
-    starts = [e - c for e, c in zip(ends, costs)]
-    acc = [_spans(prog, i, f) for i, f in ins]
-    overlapped = checked = 0
-    for j in range(len(ins)):
-        for i in range(j):
-            if ins[i][0].queue == ins[j][0].queue:
-                continue
-            if ends[i] > starts[j]:
-                overlapped += 1
-            for sa, la, ha, wa in acc[i]:
-                for sb, lb, hb, wb in acc[j]:
-                    if sa == sb and la < hb and lb < ha and (wa or wb):
-                        checked += 1
-                        assert ends[i] <= starts[j], (i, ins[i][0].name, j, ins[j][0].name)
-    assert checked > 100 and overlapped > 50      # real dependencies and real overlap
+                  [f["dep"] for _, f in ins], costs, tg.ddr_latency)
+    size = {"IBUF": tg.ibuf, "WBUF": tg.wbuf, "ABUF": tg.abuf, "DDR": prog.ddr_size}
+    last = {(sp, q, w): np.zeros(n, dtype=np.int64) for sp, n in size.items()
+            for q in ("load", "compute", "store") for w in (False, True)}
+    checked = 0
+    for k, ((i, f), end, cost) in enumerate(zip(ins, ends, costs)):
+        start, q = end - cost, i.queue
+        acc = []
+        for sp, lo, hi, w, _ in footprint(i.name, f):
+            if sp in size:                              # buffers: element ranges
+                acc.append((sp, np.arange(lo, hi), w))
+        if i.name in ("LD", "LDCH", "ST", "STCH"):
+            acc.append(("DDR", _ddr_bytes(prog, f), i.name.startswith("ST")))
+        for sp, idx, w in acc:
+            for r in ("load", "compute", "store"):
+                if r == q:
+                    continue
+                for kinds in ((True, False) if w else (True,)):
+                    t = last[sp, r, kinds][idx].max()
+                    checked += 1
+                    assert t <= start, (k, i.name, sp, r, "write" if kinds else "read")
+        for sp, idx, w in acc:
+            a = last[sp, q, w]
+            a[idx] = np.maximum(a[idx], end)
+    assert checked > 1000
+    # and the queues really overlap: many instructions start before earlier ones end
+    latest, early = 0, 0
+    for e, c in zip(ends, costs):
+        early += e - c < latest
+        latest = max(latest, e)
+    assert early > 50
 
 
 def test_dropping_a_token_is_caught(lenet):

@@ -42,11 +42,12 @@ class Emitter:
         w = self.words[i]
         self.words[i] = w[:1] + bytes([w[1] | bits]) + w[2:]    # dep = bits 8..11
 
-    def emit(self, name: str, sym: Symbol | None = None, **f) -> None:
+    def emit(self, name: str, sym: Symbol | None = None, rows=None, **f) -> None:
         """Append one instruction; its dep bits come from the token planner (`sym`: the
-        DDR tensor a DMA moves, which bounds a gathered DMA's footprint)."""
+        DDR tensor a DMA moves; `rows`: its footprint in that tensor when a channel
+        table hides the bytes, see tokens.footprint)."""
         tok, q = self.tokens, QUEUE[BY_NAME[name].queue]
-        acc = footprint(name, f, sym)
+        acc = footprint(name, f, sym, rows)
         need = tok.conflicts(q, acc)
         far = 2 - q
         if q != 1 and far in need:         # load <-> store: through the compute queue
@@ -101,9 +102,14 @@ class Emitter:
         else:
             ddr += es * b0 * inner
         name = ("LD" if load else "ST") + ("CH" if gather else "")
+        rows = None                     # the DDR footprint when a table hides the bytes
+        if gather & 1:                  # rows [r0, r0+rt) of the table's index space
+            rows = (("tab", va["out_tab"]), r0, r0 + rt)
+        elif gather:                    # whole rows r0 .. r0+rt-1, columns via the table
+            rows = (None, sym.addr + es * r0 * row, sym.addr + es * (r0 + rt) * row)
         if gather:
             f["gather"] = gather
-        self.emit(name, sym, ddr=ddr, **f)
+        self.emit(name, sym, rows, ddr=ddr, **f)
 
     def weight_view(self, operand: str) -> tuple[Symbol, dict]:
         p = self.producer.get(operand)
@@ -224,7 +230,7 @@ def _bias_init(em: Emitter, bsym: Symbol, bva: dict, co0: int, cot: int, nt: int
                baddr: int):
     f = dict(buf=ABUF, baddr=baddr, esize=4, n0=nt, n1=cot, n2=hw, n3=1, s0=0, s1=1, s2=0, s3=0)
     if bva["out_tab"]:
-        em.emit("LDCH", bsym, ddr=bsym.addr, gather=2,
+        em.emit("LDCH", bsym, (("tab", bva["out_tab"]), co0, co0 + cot), ddr=bsym.addr, gather=2,
                 tab1=em.mem.symbols[f"tab:{bva['out_tab']}"].addr + 4 * co0, **f)
     else:
         em.emit("LD", bsym, ddr=bsym.addr + 4 * co0, **f)

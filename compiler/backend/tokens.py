@@ -47,45 +47,51 @@ def _n(*xs) -> int:
     return p
 
 
-def footprint(name: str, f: dict, sym=None) -> list[tuple]:
-    """[(space, lo, hi, is_write)] of one instruction; spaces IBUF/WBUF/ABUF (elements)
-    and ("DDR", tensor address) (bytes; tensors never overlap, so only ranges of one
-    tensor are compared).  `sym` (the memory-plan Symbol a DMA moves) bounds a gathered
-    DMA's DDR range."""
+def footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
+    """[(space, lo, hi, is_write, kind)] of one instruction; spaces IBUF/WBUF/ABUF
+    (elements, kind None) and ("DDR", tensor address) (tensors never overlap, so only
+    ranges of one tensor are compared).  A DDR range is in bytes (kind None) or, for a
+    channel-bank DMA, `rows` = (("tab", table), lo, hi): entries [lo, hi) of that index
+    table (the mask lists kept channels once each, so disjoint entries are disjoint
+    rows); ranges of different kinds always conflict.  A gathered DMA without `rows`
+    counts the whole tensor `sym`."""
     B = BUFFERS
     f = defaultdict(int, f)             # omitted fields encode as 0
     if name in ("LD", "LDCH", "ST", "STCH"):
         count = f["n0"] * f["n1"] * f["n2"] * f["n3"]
         es = f["esize"]
-        if f.get("gather") and sym is not None:
+        kind = None
+        if rows is not None:
+            kind, lo, hi = rows
+        elif f["gather"] and sym is not None:
             lo, hi = sym.addr, sym.addr + sym.nbytes
         else:
             lo = f["ddr"]
             hi = lo + es * (sum((f[f"n{i}"] - 1) * f[f"s{i}"] for i in range(4)) + 1)
         load = name in ("LD", "LDCH")
-        return [(B[f["buf"]], f["baddr"], f["baddr"] + count, load),
-                (("DDR", sym.addr if sym else None), lo, hi, not load)]
+        return [(B[f["buf"]], f["baddr"], f["baddr"] + count, load, None),
+                (("DDR", sym.addr if sym else None), lo, hi, not load, kind)]
     if name == "SEED":
-        return [(("DDR", sym.addr if sym else None), f["ddr"], f["ddr"] + 4, False)]
+        return [(("DDR", sym.addr if sym else None), f["ddr"], f["ddr"] + 4, False, None)]
     if name == "MAC":
         n, ci, co, g = f["n"], f["ci"], f["co"], f["g"]
         x = _n(n, g * ci, f["xh"], f["xw"])
         y = _n(n, g * co, f["yh"], f["yw"])
         w = _n(g * co, ci, f["kh"], f["kw"])
         a, b, c = {"FP": (x, w, y), "EB": (y, w, x), "WG": (y, x, w)}[PATTERNS[f["pattern"]]]
-        return [(B[f["abuf"]], f["aaddr"], f["aaddr"] + a, False),
-                (B[f["bbuf"]], f["baddr"], f["baddr"] + b, False),
-                ("ABUF", f["caddr"], f["caddr"] + c, True)]
+        return [(B[f["abuf"]], f["aaddr"], f["aaddr"] + a, False, None),
+                (B[f["bbuf"]], f["baddr"], f["baddr"] + b, False, None),
+                ("ABUF", f["caddr"], f["caddr"] + c, True, None)]
     if name == "RQ":
         c = f["n0"] * f["n1"] * f["n2"] * f["n3"]
-        return [("ABUF", f["saddr"], f["saddr"] + c, False),
-                (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True)]
+        return [("ABUF", f["saddr"], f["saddr"] + c, False, None),
+                (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True, None)]
     if name in ("VMASK", "VADD"):
         c = f["count"]
-        out = [(B[f["abuf"]], f["aaddr"], f["aaddr"] + c, False),
-               (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True)]
+        out = [(B[f["abuf"]], f["aaddr"], f["aaddr"] + c, False, None),
+               (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True, None)]
         if name == "VMASK" or f["nb"]:
-            out.append((B[f["bbuf"]], f["baddr"], f["baddr"] + c, False))
+            out.append((B[f["bbuf"]], f["baddr"], f["baddr"] + c, False, None))
         return out
     if name in ("MAXP", "MAXPB"):
         hw = f["planes"] * f["h"] * f["w"]
@@ -93,33 +99,33 @@ def footprint(name: str, f: dict, sym=None) -> list[tuple]:
         ow = (f["w"] + 2 * f["pw"] - f["kw"]) // f["sw"] + 1
         o = f["planes"] * oh * ow
         if name == "MAXP":
-            return [(B[f["sbuf"]], f["saddr"], f["saddr"] + hw, False),
-                    (B[f["dbuf"]], f["daddr"], f["daddr"] + o, True)]
-        return [(B[f["xbuf"]], f["xaddr"], f["xaddr"] + hw, False),
-                (B[f["gbuf"]], f["gaddr"], f["gaddr"] + o, False),
-                (B[f["dbuf"]], f["daddr"], f["daddr"] + hw, True)]
+            return [(B[f["sbuf"]], f["saddr"], f["saddr"] + hw, False, None),
+                    (B[f["dbuf"]], f["daddr"], f["daddr"] + o, True, None)]
+        return [(B[f["xbuf"]], f["xaddr"], f["xaddr"] + hw, False, None),
+                (B[f["gbuf"]], f["gaddr"], f["gaddr"] + o, False, None),
+                (B[f["dbuf"]], f["daddr"], f["daddr"] + hw, True, None)]
     if name == "RSUM":
-        return [(B[f["sbuf"]], f["saddr"], f["saddr"] + f["n"] * f["c"] * f["hw"], False),
-                ("ABUF", f["daddr"], f["daddr"] + f["c"], True)]
+        return [(B[f["sbuf"]], f["saddr"], f["saddr"] + f["n"] * f["c"] * f["hw"], False, None),
+                ("ABUF", f["daddr"], f["daddr"] + f["c"], True, None)]
     if name == "LOSSG":
         nk = f["n"] * f["k"]
-        return [(B[f["zbuf"]], f["zaddr"], f["zaddr"] + nk, False),
-                ("ABUF", f["laddr"], f["laddr"] + f["n"], False),
-                ("ABUF", f["lutaddr"], f["lutaddr"] + 256, False),
-                (B[f["dbuf"]], f["daddr"], f["daddr"] + nk, True)]
+        return [(B[f["zbuf"]], f["zaddr"], f["zaddr"] + nk, False, None),
+                ("ABUF", f["laddr"], f["laddr"] + f["n"], False, None),
+                ("ABUF", f["lutaddr"], f["lutaddr"] + 256, False, None),
+                (B[f["dbuf"]], f["daddr"], f["daddr"] + nk, True, None)]
     if name == "SGD":
         c = f["count"]
-        return [(B[f["gbuf"]], f["gaddr"], f["gaddr"] + c, False),
-                ("ABUF", f["maddr"], f["maddr"] + c, True),
-                (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True)]
+        return [(B[f["gbuf"]], f["gaddr"], f["gaddr"] + c, False, None),
+                ("ABUF", f["maddr"], f["maddr"] + c, True, None),
+                (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True, None)]
     return []       # SYNC, END
 
 
 class _Range:
-    __slots__ = ("lo", "hi", "writers", "readers", "used")
+    __slots__ = ("lo", "hi", "kind", "writers", "readers", "used")
 
-    def __init__(self, lo, hi):
-        self.lo, self.hi = lo, hi
+    def __init__(self, lo, hi, kind=None):
+        self.lo, self.hi, self.kind = lo, hi, kind
         self.writers = {}           # queue -> last index that wrote it
         self.readers = {}           # queue -> last index that read it since
         self.used = 0               # last instruction that touched it
@@ -152,9 +158,9 @@ class TokenPlanner:
         def add(r, i):
             if r != q and i > self.known[q][r] and i > need.get(r, -1):
                 need[r] = i
-        for space, lo, hi, write in acc:
+        for space, lo, hi, write, kind in acc:
             for e in self.ranges[space]:
-                if e.lo < hi and lo < e.hi:
+                if e.kind != kind or (e.lo < hi and lo < e.hi):
                     for r, i in e.writers.items():
                         add(r, i)
                     if write:
@@ -206,11 +212,11 @@ class TokenPlanner:
             self.end[r].append(k[r])
         self.known[q] = k
         self.last[q] = i
-        for space, lo, hi, write in acc:
+        for space, lo, hi, write, kind in acc:
             lst = self.ranges[space]
-            e = next((e for e in lst if e.lo == lo and e.hi == hi), None)
+            e = next((e for e in lst if e.lo == lo and e.hi == hi and e.kind == kind), None)
             if e is None:
-                e = _Range(lo, hi)
+                e = _Range(lo, hi, kind)
                 lst.append(e)
             if write:
                 e.writers, e.readers = {q: i}, {}
@@ -232,7 +238,9 @@ class TokenPlanner:
         if len(lst) > MAX_RANGES:
             lst.sort(key=lambda e: e.used)
             old = lst[:MAX_RANGES // 2]
-            m = _Range(min(e.lo for e in old), max(e.hi for e in old))
+            kinds = {e.kind for e in old}
+            m = _Range(min(e.lo for e in old), max(e.hi for e in old),
+                       kinds.pop() if len(kinds) == 1 else "mixed")   # mixed: hits all
             for e in old:
                 for src, dst in ((e.writers, m.writers), (e.readers, m.readers)):
                     for r, i in src.items():
