@@ -121,7 +121,7 @@ def search_ratios(c) -> list[tuple[str, float, float]]:
             continue
         seen.add(key)
         t0 = time.perf_counter()
-        start = _shrink(nest.dims, nest.unit, lambda t: _fits(base, G, t, c.target),
+        start = _shrink(nest.dims, nest.unit, lambda t: _fits(base, G, t, c.target, 2),
                         _PRIORITY[base], n.layer)
         tiles = {m: search(base, G, nest.dims, nest.unit, c.target, bias, m, start, n.layer)
                  for m in ("greedy", "exhaustive")}

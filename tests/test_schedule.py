@@ -87,7 +87,7 @@ def test_model_agrees_with_emulator_timing(greedy):
 def test_exhaustive_is_never_worse_than_greedy(greedy):
     tg = greedy.target
     for nest, n, base, G, bias in _mac_nests(greedy):
-        fits = lambda t: _fits(base, G, t, tg)                            # noqa: E731
+        fits = lambda t: _fits(base, G, t, tg, 2)                          # noqa: E731
         start = _shrink(nest.dims, nest.unit, fits, _PRIORITY[base], n.layer)
         g = search(base, G, nest.dims, nest.unit, tg, bias, "greedy", start, n.layer)
         e = search(base, G, nest.dims, nest.unit, tg, bias, "exhaustive", start, n.layer)

@@ -23,7 +23,8 @@ from edgec.isa.target import Target
 from ..ir.graph import Graph
 from ..ir.loops import LoopNest
 from .memory import MemoryPlan, Symbol
-from .tiling import geometry, sgd_geometry, tile_words
+from .tiling import (_fits, bias_grad_fits, copies, geometry, sgd_fits, sgd_geometry,
+                     tile_words)
 from .tokens import QUEUE, TokenPlanner, footprint
 
 IBUF, WBUF, ABUF = 0, 1, 2
@@ -154,16 +155,19 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
     y4 = (G["N"], G["O"], G["OH"], G["OW"])
     # ping-pong halves: IBUF [in0 | in1 | out0 | out1], WBUF [in0 | in1], ABUF [acc0 | acc1];
     # inputs alternate by load step, the accumulator and int8 result by output tile
-    words = tile_words({"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind], G, nest.tiles)
+    # (k = 1 copy when the tile does not fit twice: no overlap, same program)
+    base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
+    words = tile_words(base, G, nest.tiles)
+    k = copies(lambda t, c: _fits(base, G, t, em.tg, c), nest.tiles)
     xin, xout = words["ibuf"]
     win, cw = words["wbuf"][0], words["abuf"][1]
     blk = nest.unit.get("ci", 1)
     step = 0
     for o, pt in enumerate(_tiles(nest, par)):
-        cacc, obase = (o % 2) * cw, 2 * xin + (o % 2) * xout
+        cacc, obase = (o % k) * cw, k * xin + (o % k) * xout
         for rt_i, rt in enumerate(_tiles(nest, red)):
             t = {**pt, **rt}
-            ia, wa = (step % 2) * xin, (step % 2) * win
+            ia, wa = (step % k) * xin, (step % k) * win
             step += 1
             n0, nt = t["n"]
             g0, gt = t["g"]
@@ -252,9 +256,10 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         src_b = mem.of_value[n.inputs[-1]]
         two = len(n.inputs) == 2
         E = nest.tiles["e"]             # IBUF [a0 | a1 | d0 | d1], WBUF [b0 | b1]
+        k = 2 if 4 * E <= em.tg.ibuf and 2 * E <= em.tg.wbuf else 1
         for i, t in enumerate(_tiles(nest, ["e"])):
             e0, et = t["e"]
-            h, d = (i % 2) * E, (2 + i % 2) * E
+            h, d = (i % k) * E, (k + i % k) * E
             _flat(em, True, IBUF, h, src_a, e0, et)
             if two:
                 _flat(em, True, WBUF, h, src_b, e0, et)
@@ -277,9 +282,10 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
                    sw=a["stride"][1], ph=a["pad"][0], pw=a["pad"][1])
         P = nest.tiles["p"]             # IBUF [x0 | x1 | d0 | d1], WBUF [dy0 | dy1]
         dw = P * (oh * ow if n.op == "maxpool" else H * W)
+        k = 2 if 2 * (P * H * W + dw) <= em.tg.ibuf and 2 * P * oh * ow <= em.tg.wbuf else 1
         for i, t in enumerate(_tiles(nest, ["p"])):
             p0, pt = t["p"]
-            h, d = (i % 2) * P * H * W, 2 * P * H * W + (i % 2) * dw
+            h, d = (i % k) * P * H * W, k * P * H * W + (i % k) * dw
             em.emit("LD", x, buf=IBUF, baddr=h, ddr=x.addr + p0 * H * W, esize=1, n0=1, n1=1,
                     n2=pt, n3=H * W, s2=H * W, s3=1)
             if n.op == "maxpool":
@@ -288,7 +294,7 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
                         esize=1, n0=1, n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
             else:
                 dy = mem.of_value[n.inputs[0]]
-                gh = (i % 2) * P * oh * ow
+                gh = (i % k) * P * oh * ow
                 em.emit("LD", dy, buf=WBUF, baddr=gh, ddr=dy.addr + p0 * oh * ow, esize=1,
                         n0=1, n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
                 em.emit("MAXPB", xbuf=IBUF, xaddr=h, gbuf=WBUF, gaddr=gh, dbuf=IBUF,
@@ -302,16 +308,17 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         for d in dy.shape[2:]:
             hw *= d
         IN = nest.tiles["n"] * nest.tiles["c"] * hw    # IBUF [dy0 | dy1 | d0 | d1]
+        k = copies(lambda t, c: bias_grad_fits(t, hw, em.tg, c), nest.tiles)
         step = 0
         for o, ct in enumerate(_tiles(nest, ["c"])):
             c0, cn = ct["c"]
             for i, nt_ in enumerate(_tiles(nest, ["n"])):
                 n0, nn = nt_["n"]
-                h = (step % 2) * IN
+                h = (step % k) * IN
                 step += 1
                 em.box(True, IBUF, h, dy, (n0, c0, 0), (nn, cn, hw), (N, C, hw))
                 em.emit("RSUM", sbuf=IBUF, saddr=h, daddr=0, n=nn, c=cn, hw=hw, acc=int(i > 0))
-            d = 2 * IN + (o % 2) * nest.tiles["c"]
+            d = k * IN + (o % k) * nest.tiles["c"]
             em.emit("RQ", saddr=0, dbuf=IBUF, daddr=d, shift=a["shift"], mode=1, lo=-127,
                     hi=127, tid=a["tid"], **_rq_index((C,), (c0,), (cn,)))
             em.box(False, IBUF, d, out, (c0,), (cn,))
@@ -333,10 +340,11 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         wide = psym.dtype == "i32"
         tile = nest.tiles["r"] * nest.tiles["b"] * inner
         # halves: ABUF [m0 | m1 | wide copy0 | copy1], IBUF [g0 | g1], WBUF [copy0 | copy1]
+        k = copies(lambda t, c: sgd_fits(t, inner, em.tg, c), nest.tiles)
         for i, t in enumerate(_tiles(nest, list(nest.order))):
             (r0, rt), (b0, bt) = t["r"], t["b"]
-            h = (i % 2) * tile
-            cbuf, caddr = (ABUF, 2 * tile + h) if wide else (WBUF, h)
+            h = (i % k) * tile
+            cbuf, caddr = (ABUF, k * tile + h) if wide else (WBUF, h)
             em.view(True, ABUF, h, msym, a, r0, rt, b0, bt)
             em.box(True, IBUF, h, grad, (r0, b0 * inner), (rt, bt * inner),
                    (rows, blocks * inner))

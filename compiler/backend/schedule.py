@@ -131,10 +131,12 @@ def ladder(extent: int, unit: int = 1) -> list[int]:
 
 
 def search(base: str, G: dict, dims: dict, unit: dict, tg: Target, bias: bool,
-           mode: str, start: dict, where: str) -> dict:
-    """Tile sizes for one MAC nest; `start` is a tile that fits (the shrink heuristic)."""
+           mode: str, start: dict, where: str, copies: int = 2) -> dict:
+    """Tile sizes for one MAC nest; `start` is a tile that fits `copies` times (the
+    shrink heuristic; 2 = double buffering, 1 when not even the smallest tile fits
+    twice)."""
     lad = {d: ladder(dims[d], unit.get(d, 1)) for d in dims}
-    fits = lambda t: _fits(base, G, t, tg)                                # noqa: E731
+    fits = lambda t: _fits(base, G, t, tg, copies)                        # noqa: E731
     cost = lambda t: nest_cost(base, G, dims, t, tg, bias)               # noqa: E731
     if mode == "exhaustive":
         best = None

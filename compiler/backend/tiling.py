@@ -96,21 +96,38 @@ def tile_words(op: str, G: dict, t: dict) -> dict[str, tuple[int, int]]:
             "wbuf": (t["n"] * go * t["oh"] * G["OW"], 0), "abuf": (0, w)}
 
 
-def _fits(op: str, G: dict, t: dict, tg: Target) -> bool:
+def _fits(op: str, G: dict, t: dict, tg: Target, copies: int = 1) -> bool:
+    """Whether `copies` (2: double buffering) copies of a MAC tile fit the buffers."""
     u = tile_words(op, G, t)
-    return all(2 * sum(u[b]) <= tg.buffer_size(b.upper()) for b in u)
+    return all(copies * sum(u[b]) <= tg.buffer_size(b.upper()) for b in u)
 
 
-def bias_grad_fits(t: dict, hw: int, tg: Target) -> bool:
-    """dY tile [n, c, hw] and the int8 result [c] in IBUF halves, the int32 sums in ABUF."""
-    return 2 * (t["n"] * t["c"] * hw + t["c"]) <= tg.ibuf and t["c"] <= tg.abuf
+def bias_grad_fits(t: dict, hw: int, tg: Target, copies: int = 1) -> bool:
+    """dY tile [n, c, hw] and the int8 result [c] in IBUF (copies of each), the int32
+    sums in ABUF."""
+    return copies * (t["n"] * t["c"] * hw + t["c"]) <= tg.ibuf and t["c"] <= tg.abuf
 
 
-def sgd_fits(t: dict, inner: int, tg: Target) -> bool:
-    """Master tile and a (wide) compute copy in ABUF halves; gradient / int8 copy in
-    IBUF / WBUF halves."""
+def sgd_fits(t: dict, inner: int, tg: Target, copies: int = 1) -> bool:
+    """Master tile and a (wide) compute copy in ABUF; gradient / int8 copy in IBUF / WBUF
+    (copies of each)."""
     m = t["r"] * t["b"] * inner
-    return 4 * m <= tg.abuf and 2 * m <= min(tg.ibuf, tg.wbuf)
+    return copies * 2 * m <= tg.abuf and copies * m <= min(tg.ibuf, tg.wbuf)
+
+
+def fitted(shrink, fits, what):
+    """The tile of `shrink(fits_for_copies)` for double buffering if one fits, else for
+    single buffering (no overlap, but the same program; codegen derives the copies from
+    the tile sizes with `copies`)."""
+    try:
+        return shrink(lambda t: fits(t, 2))
+    except EdgecError:
+        return shrink(lambda t: fits(t, 1))
+
+
+def copies(fits, t) -> int:
+    """2 when tile t fits twice (double buffering), else 1."""
+    return 2 if fits(t, 2) else 1
 
 
 # g shrinks before ci/co: a tile of several groups always holds their whole channels;
@@ -157,15 +174,16 @@ def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
             blk = in_block(g, n)
             if blk > 1:
                 unit["ci"] = blk
-            t = _shrink(dims, unit, lambda t: _fits(base, G, t, tg), _PRIORITY[base], where)
+            fits = lambda t, k: _fits(base, G, t, tg, k)                    # noqa: E731
+            t = fitted(lambda f: _shrink(dims, unit, f, _PRIORITY[base], where), fits, where)
             t = schedule_search(base, G, dims, unit, tg, kind == "fp" and len(n.inputs) == 3,
-                                search, t, where)
+                                search, t, where, copies(fits, t))
         elif n.op in ("relu", "relu_bwd", "hardtanh", "hardtanh_bwd", "add"):
             total = 1
             for d in V[n.outputs[0]].shape:
                 total *= d
             dims = {"e": total}
-            t = {"e": min(total, tg.ibuf // 4, tg.wbuf // 2, 65535)}    # ping-pong halves
+            t = {"e": min(total, max(1, tg.ibuf // 4), max(1, tg.wbuf // 2), 65535)}
         elif n.op in ("maxpool", "maxpool_bwd"):
             N, C, H, W = V[n.inputs[0] if n.op == "maxpool" else n.inputs[1]].shape
             oh, ow = (V[n.outputs[0]].shape[2:] if n.op == "maxpool"
@@ -174,6 +192,9 @@ def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
             per = H * W + oh * ow
             cap = min(tg.ibuf // (2 * per) if n.op == "maxpool" else tg.ibuf // (4 * H * W),
                       tg.wbuf // (2 * oh * ow), 65535)                # ping-pong halves
+            if cap < 1:     # single buffering
+                cap = min(tg.ibuf // per if n.op == "maxpool" else tg.ibuf // (2 * H * W),
+                          tg.wbuf // (oh * ow), 65535)
             if cap < 1:
                 raise EdgecError(f"{where}: one {H}x{W} plane does not fit the buffers")
             t = {"p": min(N * C, cap)}
@@ -183,7 +204,8 @@ def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
             for d in s[2:]:
                 hw *= d
             dims = {"c": s[1], "n": s[0]}
-            t = _shrink(dims, {}, lambda t: bias_grad_fits(t, hw, tg), ("n", "c"), where)
+            t = fitted(lambda f: _shrink(dims, {}, f, ("n", "c"), where),
+                       lambda t, k: bias_grad_fits(t, hw, tg, k), where)
         elif n.op == "loss_grad":
             N, K = V[n.inputs[0]].shape
             if 2 * N * K > tg.ibuf or N + 256 > tg.abuf:
@@ -192,7 +214,8 @@ def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
         elif n.op == "sgd":
             rows, blocks, inner = sgd_geometry(g, n)
             dims = {"r": rows, "b": blocks}
-            t = _shrink(dims, {}, lambda t: sgd_fits(t, inner, tg), ("r", "b"), where)
+            t = fitted(lambda f: _shrink(dims, {}, f, ("r", "b"), where),
+                       lambda t, k: sgd_fits(t, inner, tg, k), where)
         else:
             raise EdgecError(f"{where}: no lowering for op {n.op!r}")
         nest = LoopNest(i, n.op, n.layer, dict(dims), dict(t), par + red, unit)
