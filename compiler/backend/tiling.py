@@ -1,7 +1,8 @@
 """Tile pass: graph -> loop IR.  A fixed, simple choice: start from whole tensors and
 halve the dim with the highest priority until every tile fits its buffer.  Tensors never
 have to fit on chip; only tiles do, twice: every tile is double-buffered (codegen puts
-consecutive tiles in alternate halves so the load, compute and store queues overlap)."""
+consecutive tiles in alternate halves so the load, compute and store queues overlap), or
+once where not even the smallest tile fits twice (`fitted`, `copies`)."""
 from __future__ import annotations
 
 from edgec.isa.errors import EdgecError
