@@ -63,7 +63,7 @@ def _compile(args, log):
                          calib=getattr(args, "calib", None), train=args.train or (),
                          freeze=args.freeze or (), bias_only=args.bias_only,
                          classes=_class_list(args.classes),
-                         adapt_bn=getattr(args, "adapt_bn", False))
+                         adapt_bn=getattr(args, "adapt_bn", False), search=args.search)
 
 
 def _class_list(text: str | None):
@@ -329,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "step, a label-free BatchNorm adaptation program: the forward pass, "
                        "then every BatchNorm's frozen statistics move halfway to those of "
                        "the batch (no loss, no backward, no update)")
+        p.add_argument("--search", choices=("greedy", "exhaustive"), default="greedy",
+                       help="schedule search for the tile sizes of every MAC loop nest "
+                       "against the pipeline cost model: greedy (default, fast) or "
+                       "exhaustive (scores every candidate; for checking on small layers)")
         p.add_argument("--calib", metavar="FILE.npz", help="MODEL.onnx only: calibration "
                        "batch (array x, the input's static shape); default: standard normal "
                        "from torch.Generator().manual_seed(0)")

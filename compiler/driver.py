@@ -57,7 +57,7 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
                   lr: float = 0.01, seed: int = 0, log=None,
                   dump_ir: str | None = None, calib: str | None = None,
                   train=(), freeze=(), bias_only: bool = False, classes=None,
-                  adapt_bn: bool = False) -> Compiled:
+                  adapt_bn: bool = False, search: str = "greedy") -> Compiled:
     log = log or (lambda msg: None)
     tg = load_target(target)
     graph = None
@@ -79,7 +79,8 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
                          "does not combine with --train/--freeze/--bias-only/--classes")
     frozen = frozen_params(model, train, freeze, bias_only)
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
-                          graph=graph, frozen=frozen, classes=classes, adapt_bn=adapt_bn)
+                          graph=graph, frozen=frozen, classes=classes, adapt_bn=adapt_bn,
+                          search=search)
 
 
 def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) -> set[str]:
@@ -110,7 +111,7 @@ PIPELINE = ("prune", "mask", "quantize", "update")
 def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: str,
                    mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
                    log=None, dump=None, graph: Graph | None = None, frozen=(),
-                   classes=None, adapt_bn: bool = False) -> Compiled:
+                   classes=None, adapt_bn: bool = False, search: str = "greedy") -> Compiled:
     """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
     `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
     `graph`, if given, is the float training graph (ONNX frontend) used instead of capture.
@@ -118,7 +119,8 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     `classes`: fine-tune for this subset of the classes only (the logits layer computes
     only their rows; labels are original class ids, mapped by the host).
     `adapt_bn`: compile the BatchNorm adaptation program (forward pass, then every BN's
-    statistics re-estimated from the batch; no labels, no training) instead."""
+    statistics re-estimated from the batch; no labels, no training) instead.
+    `search`: schedule search of the MAC nests' tile sizes, greedy or exhaustive."""
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
@@ -148,11 +150,11 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
         g.meta["class_ids"] = ids
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     params.update(const_values(g, model))
-    c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump, adapt)
+    c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump, search, adapt)
     if full is not None and g.meta["pruned"]["ops"]:
         log("backward without --train/--freeze (for the comparison)")
         ref = _backend(full, mask, example, params, lr, seed, tg, model, lambda m: None,
-                       lambda *a: None)
+                       lambda *a: None, search)
         a, b = static_counts(ref.emitter.words), static_counts(c.emitter.words)
         c.graph.meta["pruned"]["saved"] = {k: a[k] - b[k] for k in a}
         c.graph.meta["pruned"]["full"] = a
@@ -160,7 +162,7 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
 
 
 def _backend(g: Graph, mask, example, params, lr, seed, tg, model, log, dump,
-             adapt=None) -> Compiled:
+             search: str = "greedy", adapt=None) -> Compiled:
     for p in make_passes(mask, example, params, lr, adapt):
         log(p.name)
         g = p.apply(g)
@@ -170,7 +172,7 @@ def _backend(g: Graph, mask, example, params, lr, seed, tg, model, log, dump,
             raise EdgecError(f"internal error after pass {p.name!r}: {e}") from None
         dump(p.name, g)
     log("tile")
-    nests = tile_graph(g, tg)
+    nests = tile_graph(g, tg, search)
     dump("tile", g, nests)
     return emit_program(g, nests, tg, lr, seed, model, example, mask, log)
 

@@ -17,7 +17,8 @@ import numpy as np
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import load_target
 
-from .backend.tiling import _fits, geometry, sgd_geometry, tile_graph
+from .backend.tiling import (_fits, bias_grad_fits, geometry, sgd_fits, sgd_geometry,
+                             tile_graph)
 from .frontend.capture import const_values
 from .frontend.load import load_model
 from .frontend.maskfile import parse_mask
@@ -78,11 +79,10 @@ def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> 
             ok = _fits(base, geometry(g, gn), t, tg)
         elif n.op == "bias_grad":
             hw = int(np.prod(g.values[gn.inputs[0]].shape[2:], dtype=np.int64))
-            ok = t["n"] * t["c"] * hw + t["c"] <= tg.ibuf and t["c"] <= tg.abuf
+            ok = bias_grad_fits(t, hw, tg)
         elif n.op == "sgd":
             inner = sgd_geometry(g, gn)[2]
-            ok = (2 * t["r"] * t["b"] * inner <= tg.abuf
-                  and t["r"] * t["b"] * inner <= min(tg.ibuf, tg.wbuf))
+            ok = sgd_fits(t, inner, tg)
         else:       # element-wise / pooling / loss: the tile pass takes the largest fit
             ok = all(t[d] <= a.tiles[d] for d in t)
         if not ok:

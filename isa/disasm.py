@@ -16,7 +16,8 @@ Derived from the ISA table (mnemonics, field names, value spellings).  The text 
     .meta {json}                     the program's meta dictionary
 
 Values: integers (decimal, 0x hex, 0b binary, optionally signed), or a name for the
-enumerated field kinds in FIELD_SPELLINGS (buffers, MAC patterns, rounding modes).
+enumerated field kinds in FIELD_SPELLINGS (buffers, MAC patterns, rounding modes,
+dependency tokens: dep=pop_prev_push_next etc., the set bits joined by '_').
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ import json
 from .container import DTYPE_BYTES, Program
 from .encoding import decode
 from .errors import EdgecError
-from .table import BUFFERS, PATTERNS, ROUND_MODES, WORD_BYTES
+from .table import BUFFERS, DEP_NAMES, PATTERNS, ROUND_MODES, WORD_BYTES
 
 # field kind -> value names (index = encoded value); the assembler uses the same table
 FIELD_SPELLINGS: dict[str, tuple[str, ...]] = {
     "buf": BUFFERS,
     "pattern": PATTERNS,
     "round": ROUND_MODES,
+    "dep": DEP_NAMES,
 }
 DATA_LINE_BYTES = 32
 SYMBOL_KEY_ORDER = ("name", "kind", "addr", "shape", "dtype", "exp", "value")

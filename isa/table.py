@@ -10,9 +10,21 @@ Machine model (see docs/isa.md for the full text):
 * DDR: a flat little-endian byte array.  prog.bin's data section is loaded at address 0.
 * Three on-chip buffers, addressed in ELEMENTS: IBUF (int8, activations/errors),
   WBUF (int8, weights), ABUF (int32: accumulators, master weights, biases, labels, LUTs).
-* Three queues: load (LD, LDCH, SEED), compute (MAC and vector ops), store (ST, STCH).
-  The `dep` field carries dependency tokens between neighbouring queues, as in VTA:
-  bit0 pop_prev, bit1 pop_next, bit2 push_prev, bit3 push_next.
+* Three queues: load (LD, LDCH, SEED), compute (MAC, vector ops, SYNC, END), store (ST,
+  STCH).  Each queue runs its instructions in program order; the queues overlap and
+  synchronise only through dependency tokens in the `dep` field, as in VTA: bit0
+  pop_prev, bit1 pop_next, bit2 push_prev, bit3 push_next.  Neighbours: load <-> compute
+  <-> store (prev of compute = load, next of compute = store); four FIFO channels
+  load->compute, compute->load, compute->store, store->compute.
+* Timing: an instruction starts when its queue is free and every token it pops has been
+  pushed; a token carries the pusher's END time.  LD/LDCH/ST/STCH also share one DDR
+  port: after the setup latency the transfer waits for a free window of the port.  A pop
+  needs a token pushed by an EARLIER instruction (in program order) that no earlier pop
+  took, else the machine traps; END waits for all queues and traps on unconsumed tokens.
+  Results never depend on timing: data effects happen in program order, so a program
+  whose tokens miss a real dependency computes the same values but its cycle count is
+  not achievable by hardware.  The compiler derives the tokens from every
+  instruction's buffer and DDR footprint (compiler/backend/tokens.py).
 * Tensors in buffers are dense row-major tiles; each instruction names its tile shapes.
 """
 from __future__ import annotations
@@ -27,6 +39,10 @@ BUFFER_DTYPE = {"IBUF": "int8", "WBUF": "int8", "ABUF": "int32"}
 QUEUES = ("load", "compute", "store")
 PATTERNS = ("FP", "EB", "WG")              # MAC training patterns
 ROUND_MODES = ("nearest", "stochastic")
+DEP_BITS = ("pop_prev", "pop_next", "push_prev", "push_next")     # dep bit 0..3
+# the spelling of every dep value in assembly, e.g. 5 = pop_prev_push_prev, 0 = none
+DEP_NAMES = tuple("_".join(b for k, b in enumerate(DEP_BITS) if v >> k & 1) or "none"
+                  for v in range(16))
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,9 @@ _CLAMP = (
 
 INSTRS: tuple[Instr, ...] = (
     Instr("END", 0, "compute", (), "Stop the machine."),
+    Instr("SYNC", 15, "compute", (),
+          "No data effect (1 cycle): carries tokens between the load and store queues, "
+          "e.g. pop_next (wait for a store) + push_prev (release a load)."),
     Instr("SEED", 1, "load", (Field("ddr", 32, kind="ddr", doc="DDR byte address of a uint32"),),
           "Load the stochastic-rounding seed register from a uint32 in DDR."),
     Instr("LD", 2, "load", _DMA,

@@ -8,6 +8,7 @@ from edgec.isa.errors import EdgecError
 from edgec.isa.target import Target
 
 from .machine import Machine
+from .timing import Timing
 
 _NP = {"i8": np.dtype("<i1"), "i32": np.dtype("<i4")}
 # values a host may write: int8 tensors never hold -128 (docs/numerics.md section 1)
@@ -160,6 +161,7 @@ def _begin_run(m: Machine) -> None:
     m.last_writer[...] = -1
     for k in m.counters:
         m.counters[k] = 0
+    m.timing = Timing(m.target, m.counters)      # the queues start empty, at cycle 0
 
 
 class Session:

@@ -7,10 +7,11 @@ State: `ddr` (uint8, program.ddr_size bytes, data section at 0), `bufs` {"IBUF":
 "WBUF": int8, "ABUF": int32}, `seed` (uint32 register, 0 until SEED), `read_map` (uint8
 per DDR byte, 1 once any DMA read it), `last_writer` (int32 per DDR byte: -1 initial
 image / host, else the index of the instruction that last stored it), `counters`.
-Execution is serial in program order; cycles are the serial sum of a simple per-
-instruction cost model (DMA: latency + ceil(bytes / bytes_per_cycle); MAC: array passes;
-vector: 4 + ceil(elements / lanes); SEED/END: 1); `_account` is the one place that
-counts an executed instruction and its cost.
+Execution is serial in program order.  Each instruction's cost (DMA: latency +
+ceil(bytes / bytes_per_cycle); MAC: array passes; vector: 4 + ceil(elements / lanes);
+SEED/SYNC/END: 1) goes to the timing model (runtime_emu/timing.py): load, compute and
+store queues overlap, synchronised by the dependency tokens; `cycles` is the finish time.
+`_account` is the one place that counts an executed instruction and its cost.
 
 Speed: the code is decoded once, vectorised (isa.encoding.decode_all); every instruction
 runs as numpy on whole tiles (LD/ST through strided views of DDR, MAC as one im2col
@@ -30,10 +31,11 @@ from edgec.isa.target import Target
 from .blas import one_blas_thread
 from .ops import OPS, UNIT
 from .state import Trap
+from .timing import Timing
 
 COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "cycles",
                  "cycles_dma", "cycles_mac", "cycles_vector")
-_UNIT_COUNTER = {i.name: "cycles_" + UNIT.get(i.name, "vector") for i in INSTRS}
+_UNIT = {i.name: UNIT.get(i.name, "vector") for i in INSTRS}
 
 
 class Machine:
@@ -74,6 +76,7 @@ class Machine:
         self.halted = False
         self.counters = {k: 0 for k in COUNTER_NAMES}
         self.counters.update({i.name: 0 for i in INSTRS})
+        self.timing = Timing(target, self.counters)
 
     @staticmethod
     def _trap_malformed(code: bytes) -> None:
@@ -124,19 +127,18 @@ class Machine:
                                 "instructions) without END")
             ins, fields = instrs[pc]
             try:
-                cyc = OPS[ins.name](self, fields)
+                account(ins, fields, OPS[ins.name](self, fields))
             except Trap as t:
                 raise TrapError(pc, ins.name, str(t)) from None
-            account(ins, fields, cyc)
             self.pc = pc + 1
             if self.halted:
                 return
 
     def _account(self, ins, fields: dict, cyc: int) -> None:
-        """Count one executed instruction costing `cyc` cycles (the only place that does)."""
+        """Count one executed instruction costing `cyc` cycles (the only place that does):
+        the timing model places it on its queue (Trap on a token-protocol violation)."""
+        self.timing.issue(ins.name, ins.queue, fields["dep"], cyc, _UNIT[ins.name])
         c = self.counters
         c["instructions"] += 1
         c[ins.name] += 1
-        c["cycles"] += cyc
-        c[_UNIT_COUNTER[ins.name]] += cyc
 

@@ -9,11 +9,12 @@ from edgec.isa.table import INSTRS
 from .bnstat import op_bnadapt, op_cstat
 from .dma import op_ld, op_ldch, op_seed, op_st, op_stch
 from .mac import op_mac
+from .timing import op_sync
 from .vector import (op_end, op_lossg, op_maxp, op_maxpb, op_rq, op_rsum, op_sgd, op_vadd,
                      op_vmask)
 
 OPS = {
-    "END": op_end, "SEED": op_seed,
+    "END": op_end, "SEED": op_seed, "SYNC": op_sync,
     "LD": op_ld, "LDCH": op_ldch, "ST": op_st, "STCH": op_stch,
     "MAC": op_mac,
     "RQ": op_rq, "VMASK": op_vmask, "MAXP": op_maxp, "MAXPB": op_maxpb,

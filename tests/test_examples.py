@@ -48,7 +48,9 @@ def test_resnet18_partial_finetuning_bit_exact_and_pruned():
     m = re.search(r"saved ([\d,]+) MACs \(([\d.]+)%\)", r.stdout)
     assert m, r.stdout
     saved, pct = int(m.group(1).replace(",", "")), float(m.group(2))
-    # the backward of layers 1-3 (and layer4's input error) is gone: well over half
-    assert pct > 55.0
+    # the backward of layers 1-3 (and layer4's input error) is gone: over half (the share
+    # depends on the schedule: an error back-prop tile counts the halo rows of dY it
+    # reads as MACs, so smaller input-row tiles count more)
+    assert pct > 50.0
     got = counters(r.stdout)["macs"]
     assert abs(got / (got + saved) - (1 - pct / 100)) < 1e-3

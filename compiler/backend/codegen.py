@@ -3,20 +3,29 @@
 Each nest is walked in its loop order; per output tile the group is
 ``loads, MAC..., RQ, ST`` (or the vector-op equivalent).  Parameters are always read and
 written through their mask view with channel-bank DMAs (LDCH/STCH) when a channel index
-table applies, so pruned channels are never touched.  The machine of this version runs
-each queue in program order; dependency tokens are left 0 (in-order semantics).
+table applies, so pruned channels are never touched.
+
+Double buffering: consecutive tiles alternate between two halves of every buffer region
+(inputs by load step, accumulators and results by output tile), so the load queue fills
+one half while the compute queue works on the other and the store queue drains the
+previous result.  The dependency tokens that make this safe are derived per instruction
+from its footprint by tokens.TokenPlanner (which also inserts SYNC where a load must
+wait for a store).
 """
 from __future__ import annotations
 
 import itertools
 
 from edgec.isa.encoding import encode
+from edgec.isa.table import BY_NAME
 from edgec.isa.target import Target
 
 from ..ir.graph import Graph
 from ..ir.loops import LoopNest
 from .memory import MemoryPlan, Symbol
-from .tiling import geometry, sgd_geometry, tile_words
+from .tiling import (_fits, bias_grad_fits, copies, geometry, sgd_fits, sgd_geometry,
+                     tile_words)
+from .tokens import QUEUE, TokenPlanner, footprint
 
 IBUF, WBUF, ABUF = 0, 1, 2
 
@@ -28,9 +37,30 @@ class Emitter:
         self.origin: list[str] = []     # per instruction: the layer/op it implements
         self.where = ""
         self.producer = {o: n for n in g.nodes for o in n.outputs}
+        self.tokens = TokenPlanner(self._patch)
 
-    def emit(self, name: str, **f) -> None:
-        self.words.append(encode(name, **f))
+    def _patch(self, i: int, bits: int) -> None:
+        w = self.words[i]
+        self.words[i] = w[:1] + bytes([w[1] | bits]) + w[2:]    # dep = bits 8..11
+
+    def emit(self, name: str, sym: Symbol | None = None, rows=None, **f) -> None:
+        """Append one instruction; its dep bits come from the token planner (`sym`: the
+        DDR tensor a DMA moves; `rows`: its footprint in that tensor when a channel
+        table hides the bytes, see tokens.footprint)."""
+        tok, q = self.tokens, QUEUE[BY_NAME[name].queue]
+        acc = footprint(name, f, sym, rows)
+        need = tok.conflicts(q, acc)
+        far = 2 - q
+        if q != 1 and far in need:         # load <-> store: through the compute queue
+            j = need.pop(far)
+            c = tok.through_compute(far, j)
+            if c is None:
+                c = len(self.words)
+                self.words.append(encode("SYNC", dep=tok.commit(c, 1, {far: j}, [])))
+                self.origin.append(self.where)
+            need[1] = max(need.get(1, -1), c)
+        dep = tok.commit(len(self.words), q, need, acc)
+        self.words.append(encode(name, dep=dep, **f))
         self.origin.append(self.where)
 
     # ---- DMA helpers ----
@@ -44,7 +74,7 @@ class Emitter:
             strides[d] = strides[d + 1] * shape[d + 1]
         es = 1 if sym.dtype == "i8" else 4
         off = sum(s * o for s, o in zip(strides, start))
-        self.emit("LD" if load else "ST", buf=buf, baddr=baddr, ddr=sym.addr + es * off,
+        self.emit("LD" if load else "ST", sym, buf=buf, baddr=baddr, ddr=sym.addr + es * off,
                   esize=es, n0=ext[0], n1=ext[1], n2=ext[2], n3=ext[3],
                   s0=strides[0] if ext[0] > 1 else 0, s1=strides[1] if ext[1] > 1 else 0,
                   s2=strides[2] if ext[2] > 1 else 0, s3=strides[3] if ext[3] > 1 else 0)
@@ -73,9 +103,14 @@ class Emitter:
         else:
             ddr += es * b0 * inner
         name = ("LD" if load else "ST") + ("CH" if gather else "")
+        rows = None                     # the DDR footprint when a table hides the bytes
+        if gather & 1:                  # rows [r0, r0+rt) of the table's index space
+            rows = (("tab", va["out_tab"]), r0, r0 + rt)
+        elif gather:                    # whole rows r0 .. r0+rt-1, columns via the table
+            rows = (None, sym.addr + es * r0 * row, sym.addr + es * (r0 + rt) * row)
         if gather:
             f["gather"] = gather
-        self.emit(name, ddr=ddr, **f)
+        self.emit(name, sym, rows, ddr=ddr, **f)
 
     def weight_view(self, operand: str) -> tuple[Symbol, dict]:
         p = self.producer.get(operand)
@@ -118,13 +153,22 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
     geo = dict(kh=G["kh"], kw=G["kw"], sh=G["sh"], sw=G["sw"], ph=G["ph"], pw=G["pw"])
     x4 = (G["N"], G["C"], G["H"], G["W"])
     y4 = (G["N"], G["O"], G["OH"], G["OW"])
-    # the int8 result tile is staged in IBUF after the tile's input operand
-    words = tile_words({"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind], G, nest.tiles)
-    obase = words["ibuf"] - words["abuf"]       # (the result has as many elements as C)
+    # ping-pong halves: IBUF [in0 | in1 | out0 | out1], WBUF [in0 | in1], ABUF [acc0 | acc1];
+    # inputs alternate by load step, the accumulator and int8 result by output tile
+    # (k = 1 copy when the tile does not fit twice: no overlap, same program)
+    base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
+    words = tile_words(base, G, nest.tiles)
+    k = copies(lambda t, c: _fits(base, G, t, em.tg, c), nest.tiles)
+    xin, xout = words["ibuf"]
+    win, cw = words["wbuf"][0], words["abuf"][1]
     blk = nest.unit.get("ci", 1)
-    for pt in _tiles(nest, par):
+    step = 0
+    for o, pt in enumerate(_tiles(nest, par)):
+        cacc, obase = (o % k) * cw, k * xin + (o % k) * xout
         for rt_i, rt in enumerate(_tiles(nest, red)):
             t = {**pt, **rt}
+            ia, wa = (step % k) * xin, (step % k) * win
+            step += 1
             n0, nt = t["n"]
             g0, gt = t["g"]
             co0, cot = t["co"]
@@ -133,19 +177,19 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
             xc0, xct = g0 * Cg + ci0, gt * cit          # input channels of the tile
             yc0, yct = g0 * Og + co0, gt * cot          # output channels (= weight rows)
             mac = dict(n=nt, ci=cit, co=cot, g=gt, xw=G["W"], yw=G["OW"], **geo, xw0=0, yw0=0,
-                       caddr=0, acc=int(rt_i > 0))
+                       caddr=cacc, acc=int(rt_i > 0))
             if kind == "fp":
                 oh0, oht = t["oh"]
                 r0 = max(0, oh0 * G["sh"] - G["ph"])
                 r1 = min(G["H"], (oh0 + oht - 1) * G["sh"] - G["ph"] + G["kh"])
                 if rt_i == 0 and len(n.inputs) == 3:   # bias broadcast into the accumulator
                     bsym, bva = em.weight_view(n.inputs[2])
-                    _bias_init(em, bsym, bva, yc0, yct, nt, oht * G["OW"])
-                em.box(True, IBUF, 0, mem.of_value[n.inputs[0]], (n0, xc0, r0, 0),
+                    _bias_init(em, bsym, bva, yc0, yct, nt, oht * G["OW"], cacc)
+                em.box(True, IBUF, ia, mem.of_value[n.inputs[0]], (n0, xc0, r0, 0),
                        (nt, xct, r1 - r0, G["W"]), x4)
                 wsym, wva = em.weight_view(n.inputs[1])
-                em.view(True, WBUF, 0, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
-                em.emit("MAC", pattern=0, abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0,
+                em.view(True, WBUF, wa, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
+                em.emit("MAC", pattern=0, abuf=IBUF, aaddr=ia, bbuf=WBUF, baddr=wa,
                         xh=r1 - r0, yh=oht, xh0=r0, yh0=oh0,
                         **dict(mac, acc=int(rt_i > 0 or len(n.inputs) == 3)))
             elif kind == "eb":
@@ -153,22 +197,22 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
                 y0 = max(0, -(-(i0 + G["ph"] - G["kh"] + 1) // G["sh"]))
                 y1 = min(G["OH"], (i0 + iht - 1 + G["ph"]) // G["sh"] + 1)
                 if y1 > y0:
-                    em.box(True, IBUF, 0, mem.of_value[n.inputs[0]], (n0, yc0, y0, 0),
+                    em.box(True, IBUF, ia, mem.of_value[n.inputs[0]], (n0, yc0, y0, 0),
                            (nt, yct, y1 - y0, G["OW"]), y4)
                     wsym, wva = em.weight_view(n.inputs[1])
-                    em.view(True, WBUF, 0, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
-                em.emit("MAC", pattern=1, abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0,
+                    em.view(True, WBUF, wa, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
+                em.emit("MAC", pattern=1, abuf=IBUF, aaddr=ia, bbuf=WBUF, baddr=wa,
                         xh=iht, yh=max(1, y1 - y0), xh0=i0,
                         yh0=y0 if y1 > y0 else G["OH"] + G["kh"] + i0, **mac)
             else:   # wg
                 oh0, oht = t["oh"]
                 r0 = max(0, oh0 * G["sh"] - G["ph"])
                 r1 = min(G["H"], (oh0 + oht - 1) * G["sh"] - G["ph"] + G["kh"])
-                em.box(True, WBUF, 0, mem.of_value[n.inputs[0]], (n0, yc0, oh0, 0),
+                em.box(True, WBUF, wa, mem.of_value[n.inputs[0]], (n0, yc0, oh0, 0),
                        (nt, yct, oht, G["OW"]), y4)
-                em.box(True, IBUF, 0, mem.of_value[n.inputs[1]], (n0, xc0, r0, 0),
+                em.box(True, IBUF, ia, mem.of_value[n.inputs[1]], (n0, xc0, r0, 0),
                        (nt, xct, r1 - r0, G["W"]), x4)
-                em.emit("MAC", pattern=2, abuf=WBUF, aaddr=0, bbuf=IBUF, baddr=0,
+                em.emit("MAC", pattern=2, abuf=WBUF, aaddr=wa, bbuf=IBUF, baddr=ia,
                         xh=r1 - r0, yh=oht, xh0=r0, yh0=oh0, **mac)
         # requantize the finished accumulator tile and store it
         if kind == "fp":
@@ -181,24 +225,25 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
             full, start, ext = (G["O"], Cg, kk), (yc0, ci0, 0), (yct, cit, kk)
         idx = _rq_index(full, start, ext)
         lo, hi = a.get("clamp", (-127, 127))
-        em.emit("RQ", saddr=0, dbuf=IBUF, daddr=obase, shift=a["shift"],
+        em.emit("RQ", saddr=cacc, dbuf=IBUF, daddr=obase, shift=a["shift"],
                 mode=int(kind != "fp"), lo=lo, hi=hi, tid=a.get("tid", 0), **idx)
         em.box(False, IBUF, obase, out, start, ext, full)
 
 
-def _bias_init(em: Emitter, bsym: Symbol, bva: dict, co0: int, cot: int, nt: int, hw: int):
-    f = dict(buf=ABUF, baddr=0, esize=4, n0=nt, n1=cot, n2=hw, n3=1, s0=0, s1=1, s2=0, s3=0)
+def _bias_init(em: Emitter, bsym: Symbol, bva: dict, co0: int, cot: int, nt: int, hw: int,
+               baddr: int):
+    f = dict(buf=ABUF, baddr=baddr, esize=4, n0=nt, n1=cot, n2=hw, n3=1, s0=0, s1=1, s2=0, s3=0)
     if bva["out_tab"]:
-        em.emit("LDCH", ddr=bsym.addr, gather=2,
+        em.emit("LDCH", bsym, (("tab", bva["out_tab"]), co0, co0 + cot), ddr=bsym.addr, gather=2,
                 tab1=em.mem.symbols[f"tab:{bva['out_tab']}"].addr + 4 * co0, **f)
     else:
-        em.emit("LD", ddr=bsym.addr + 4 * co0, **f)
+        em.emit("LD", bsym, ddr=bsym.addr + 4 * co0, **f)
 
 
 def _flat(em: Emitter, load: bool, buf: int, baddr: int, sym: Symbol, e0: int, et: int):
     """A contiguous run of et elements starting at flat element e0."""
     es = 1 if sym.dtype == "i8" else 4
-    em.emit("LD" if load else "ST", buf=buf, baddr=baddr, ddr=sym.addr + es * e0, esize=es,
+    em.emit("LD" if load else "ST", sym, buf=buf, baddr=baddr, ddr=sym.addr + es * e0, esize=es,
             n0=1, n1=1, n2=1, n3=et, s3=1)
 
 
@@ -210,44 +255,51 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         src_a = mem.of_value[n.inputs[0]]
         src_b = mem.of_value[n.inputs[-1]]
         two = len(n.inputs) == 2
-        for t in _tiles(nest, ["e"]):
+        E = nest.tiles["e"]             # IBUF [a0 | a1 | d0 | d1], WBUF [b0 | b1]
+        k = 2 if 4 * E <= em.tg.ibuf and 2 * E <= em.tg.wbuf else 1
+        for i, t in enumerate(_tiles(nest, ["e"])):
             e0, et = t["e"]
-            _flat(em, True, IBUF, 0, src_a, e0, et)
+            h, d = (i % k) * E, (k + i % k) * E
+            _flat(em, True, IBUF, h, src_a, e0, et)
             if two:
-                _flat(em, True, WBUF, 0, src_b, e0, et)
+                _flat(em, True, WBUF, h, src_b, e0, et)
             if n.op.endswith("_bwd"):
                 lo, hi = a["pass_range"]
-                em.emit("VMASK", abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, dbuf=IBUF, daddr=et,
+                em.emit("VMASK", abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=h, dbuf=IBUF, daddr=d,
                         count=et, lo=lo, hi=hi)
             else:
                 lo, hi = a["clamp"]
-                em.emit("VADD", abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, dbuf=IBUF, daddr=et,
+                em.emit("VADD", abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=h, dbuf=IBUF, daddr=d,
                         count=et, nb=int(two), sa=a.get("sa", 0), sb=a.get("sb", 0),
                         shift=a.get("shift", 0), mode=int(bool(a.get("grad"))),
                         tid=a.get("tid", 0), gbase=e0, lo=lo, hi=hi)
-            _flat(em, False, IBUF, et, out, e0, et)
+            _flat(em, False, IBUF, d, out, e0, et)
     elif n.op in ("maxpool", "maxpool_bwd"):
         x = mem.of_value[n.inputs[0] if n.op == "maxpool" else n.inputs[1]]
         _, _, H, W = x.shape
         oh, ow = (out.shape[2:] if n.op == "maxpool" else V[n.inputs[0]].shape[2:])
         geo = dict(h=H, w=W, kh=a["kernel"][0], kw=a["kernel"][1], sh=a["stride"][0],
                    sw=a["stride"][1], ph=a["pad"][0], pw=a["pad"][1])
-        for t in _tiles(nest, ["p"]):
+        P = nest.tiles["p"]             # IBUF [x0 | x1 | d0 | d1], WBUF [dy0 | dy1]
+        dw = P * (oh * ow if n.op == "maxpool" else H * W)
+        k = 2 if 2 * (P * H * W + dw) <= em.tg.ibuf and 2 * P * oh * ow <= em.tg.wbuf else 1
+        for i, t in enumerate(_tiles(nest, ["p"])):
             p0, pt = t["p"]
-            em.emit("LD", buf=IBUF, baddr=0, ddr=x.addr + p0 * H * W, esize=1, n0=1, n1=1,
+            h, d = (i % k) * P * H * W, k * P * H * W + (i % k) * dw
+            em.emit("LD", x, buf=IBUF, baddr=h, ddr=x.addr + p0 * H * W, esize=1, n0=1, n1=1,
                     n2=pt, n3=H * W, s2=H * W, s3=1)
             if n.op == "maxpool":
-                em.emit("MAXP", sbuf=IBUF, saddr=0, dbuf=IBUF, daddr=pt * H * W, planes=pt,
-                        **geo)
-                em.emit("ST", buf=IBUF, baddr=pt * H * W, ddr=out.addr + p0 * oh * ow,
+                em.emit("MAXP", sbuf=IBUF, saddr=h, dbuf=IBUF, daddr=d, planes=pt, **geo)
+                em.emit("ST", out, buf=IBUF, baddr=d, ddr=out.addr + p0 * oh * ow,
                         esize=1, n0=1, n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
             else:
                 dy = mem.of_value[n.inputs[0]]
-                em.emit("LD", buf=WBUF, baddr=0, ddr=dy.addr + p0 * oh * ow, esize=1, n0=1,
-                        n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
-                em.emit("MAXPB", xbuf=IBUF, xaddr=0, gbuf=WBUF, gaddr=0, dbuf=IBUF,
-                        daddr=pt * H * W, planes=pt, **geo)
-                em.emit("ST", buf=IBUF, baddr=pt * H * W, ddr=out.addr + p0 * H * W, esize=1,
+                gh = (i % k) * P * oh * ow
+                em.emit("LD", dy, buf=WBUF, baddr=gh, ddr=dy.addr + p0 * oh * ow, esize=1,
+                        n0=1, n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
+                em.emit("MAXPB", xbuf=IBUF, xaddr=h, gbuf=WBUF, gaddr=gh, dbuf=IBUF,
+                        daddr=d, planes=pt, **geo)
+                em.emit("ST", out, buf=IBUF, baddr=d, ddr=out.addr + p0 * H * W, esize=1,
                         n0=1, n1=1, n2=pt, n3=H * W, s2=H * W, s3=1)
     elif n.op == "bias_grad":
         dy = mem.of_value[n.inputs[0]]
@@ -255,15 +307,21 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         hw = 1
         for d in dy.shape[2:]:
             hw *= d
-        for ct in _tiles(nest, ["c"]):
+        IN = nest.tiles["n"] * nest.tiles["c"] * hw    # IBUF [dy0 | dy1 | d0 | d1]
+        k = copies(lambda t, c: bias_grad_fits(t, hw, em.tg, c), nest.tiles)
+        step = 0
+        for o, ct in enumerate(_tiles(nest, ["c"])):
             c0, cn = ct["c"]
             for i, nt_ in enumerate(_tiles(nest, ["n"])):
                 n0, nn = nt_["n"]
-                em.box(True, IBUF, 0, dy, (n0, c0, 0), (nn, cn, hw), (N, C, hw))
-                em.emit("RSUM", sbuf=IBUF, saddr=0, daddr=0, n=nn, c=cn, hw=hw, acc=int(i > 0))
-            em.emit("RQ", saddr=0, dbuf=IBUF, daddr=0, shift=a["shift"], mode=1, lo=-127,
+                h = (step % k) * IN
+                step += 1
+                em.box(True, IBUF, h, dy, (n0, c0, 0), (nn, cn, hw), (N, C, hw))
+                em.emit("RSUM", sbuf=IBUF, saddr=h, daddr=0, n=nn, c=cn, hw=hw, acc=int(i > 0))
+            d = k * IN + (o % k) * nest.tiles["c"]
+            em.emit("RQ", saddr=0, dbuf=IBUF, daddr=d, shift=a["shift"], mode=1, lo=-127,
                     hi=127, tid=a["tid"], **_rq_index((C,), (c0,), (cn,)))
-            em.box(False, IBUF, 0, out, (c0,), (cn,))
+            em.box(False, IBUF, d, out, (c0,), (cn,))
     elif n.op == "bn_adapt":
         x, bsym, qsym = (mem.of_value[v] for v in n.inputs)
         N, C = x.shape[:2]
@@ -303,23 +361,26 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         rows, blocks, inner = sgd_geometry(g, n)
         wide = psym.dtype == "i32"
         tile = nest.tiles["r"] * nest.tiles["b"] * inner
-        cbuf, caddr = (ABUF, tile) if wide else (WBUF, 0)
-        for t in _tiles(nest, list(nest.order)):
+        # halves: ABUF [m0 | m1 | wide copy0 | copy1], IBUF [g0 | g1], WBUF [copy0 | copy1]
+        k = copies(lambda t, c: sgd_fits(t, inner, em.tg, c), nest.tiles)
+        for i, t in enumerate(_tiles(nest, list(nest.order))):
             (r0, rt), (b0, bt) = t["r"], t["b"]
-            em.view(True, ABUF, 0, msym, a, r0, rt, b0, bt)
-            em.box(True, IBUF, 0, grad, (r0, b0 * inner), (rt, bt * inner),
+            h = (i % k) * tile
+            cbuf, caddr = (ABUF, k * tile + h) if wide else (WBUF, h)
+            em.view(True, ABUF, h, msym, a, r0, rt, b0, bt)
+            em.box(True, IBUF, h, grad, (r0, b0 * inner), (rt, bt * inner),
                    (rows, blocks * inner))
-            em.emit("SGD", maddr=0, gbuf=IBUF, gaddr=0, dbuf=cbuf, daddr=caddr,
+            em.emit("SGD", maddr=h, gbuf=IBUF, gaddr=h, dbuf=cbuf, daddr=caddr,
                     count=rt * bt * inner, lrmul=a["lrmul"], lrshift=a["lrshift"], cshift=a["cshift"],
                     cbits=a["cbits"])
-            em.view(False, ABUF, 0, msym, a, r0, rt, b0, bt)
+            em.view(False, ABUF, h, msym, a, r0, rt, b0, bt)
             em.view(False, cbuf, caddr, psym, a, r0, rt, b0, bt)
 
 
 def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target) -> Emitter:
     em = Emitter(g, mem, tg)
     em.where = "prologue"
-    em.emit("SEED", ddr=mem.symbols["rng_seed"].addr)
+    em.emit("SEED", mem.symbols["rng_seed"], ddr=mem.symbols["rng_seed"].addr)
     for nest in nests:
         n = g.nodes[nest.node]
         em.where = f"{n.op} {n.layer or ''} {n.loc or ''}".strip()

@@ -1,6 +1,8 @@
 """Tile pass: graph -> loop IR.  A fixed, simple choice: start from whole tensors and
 halve the dim with the highest priority until every tile fits its buffer.  Tensors never
-have to fit on chip; only tiles do."""
+have to fit on chip; only tiles do, twice: every tile is double-buffered (codegen puts
+consecutive tiles in alternate halves so the load, compute and store queues overlap), or
+once where not even the smallest tile fits twice (`fitted`, `copies`)."""
 from __future__ import annotations
 
 from edgec.isa.errors import EdgecError
@@ -74,28 +76,59 @@ def sgd_geometry(g: Graph, n) -> tuple[int, int, int]:
     return gshape[0], row // inner, inner
 
 
-def tile_words(op: str, G: dict, t: dict) -> dict[str, int]:
-    """Buffer elements one tile of a MAC nest occupies: IBUF, WBUF, ABUF (op = conv,
-    conv_eb or conv_wg; linear ops use the same shapes).  ``t`` holds the tile sizes;
-    ``ci``/``co`` are per group and ``g`` groups share the tile."""
+def tile_words(op: str, G: dict, t: dict) -> dict[str, tuple[int, int]]:
+    """Buffer elements one tile of a MAC nest occupies, as {buffer: (input part, output
+    part)} for ibuf, wbuf, abuf (op = conv, conv_eb or conv_wg; linear ops use the same
+    shapes).  Both parts are double-buffered (ping-pong halves: loads of the next tile
+    overlap compute on this one), so a buffer must hold 2 * (input + output).  ``t`` holds
+    the tile sizes; ``ci``/``co`` are per group and ``g`` groups share the tile."""
     kk = G["kh"] * G["kw"]
     gi, go = t["g"] * t["ci"], t["g"] * t["co"]         # channels of all groups in the tile
     w = go * t["ci"] * kk                                  # weights [g*co, ci, kh, kw]
     if op == "conv":
         out = t["n"] * go * t["oh"] * G["OW"]
-        return {"ibuf": t["n"] * gi * x_rows(G, t["oh"]) * G["W"] + out, "wbuf": w,
-                "abuf": out}
+        return {"ibuf": (t["n"] * gi * x_rows(G, t["oh"]) * G["W"], out), "wbuf": (w, 0),
+                "abuf": (0, out)}
     if op == "conv_eb":
         out = t["n"] * gi * t["ih"] * G["W"]
-        return {"ibuf": t["n"] * go * y_rows(G, t["ih"]) * G["OW"] + out, "wbuf": w,
-                "abuf": out}
-    return {"ibuf": t["n"] * gi * x_rows(G, t["oh"]) * G["W"] + w,
-            "wbuf": t["n"] * go * t["oh"] * G["OW"], "abuf": w}
+        return {"ibuf": (t["n"] * go * y_rows(G, t["ih"]) * G["OW"], out), "wbuf": (w, 0),
+                "abuf": (0, out)}
+    return {"ibuf": (t["n"] * gi * x_rows(G, t["oh"]) * G["W"], w),
+            "wbuf": (t["n"] * go * t["oh"] * G["OW"], 0), "abuf": (0, w)}
 
 
-def _fits(op: str, G: dict, t: dict, tg: Target) -> bool:
+def _fits(op: str, G: dict, t: dict, tg: Target, copies: int = 1) -> bool:
+    """Whether `copies` (2: double buffering) copies of a MAC tile fit the buffers."""
     u = tile_words(op, G, t)
-    return u["ibuf"] <= tg.ibuf and u["wbuf"] <= tg.wbuf and u["abuf"] <= tg.abuf
+    return all(copies * sum(u[b]) <= tg.buffer_size(b.upper()) for b in u)
+
+
+def bias_grad_fits(t: dict, hw: int, tg: Target, copies: int = 1) -> bool:
+    """dY tile [n, c, hw] and the int8 result [c] in IBUF (copies of each), the int32
+    sums in ABUF."""
+    return copies * (t["n"] * t["c"] * hw + t["c"]) <= tg.ibuf and t["c"] <= tg.abuf
+
+
+def sgd_fits(t: dict, inner: int, tg: Target, copies: int = 1) -> bool:
+    """Master tile and a (wide) compute copy in ABUF; gradient / int8 copy in IBUF / WBUF
+    (copies of each)."""
+    m = t["r"] * t["b"] * inner
+    return copies * 2 * m <= tg.abuf and copies * m <= min(tg.ibuf, tg.wbuf)
+
+
+def fitted(shrink, fits, what):
+    """The tile of `shrink(fits_for_copies)` for double buffering if one fits, else for
+    single buffering (no overlap, but the same program; codegen derives the copies from
+    the tile sizes with `copies`)."""
+    try:
+        return shrink(lambda t: fits(t, 2))
+    except EdgecError:
+        return shrink(lambda t: fits(t, 1))
+
+
+def copies(fits, t) -> int:
+    """2 when tile t fits twice (double buffering), else 1."""
+    return 2 if fits(t, 2) else 1
 
 
 # g shrinks before ci/co: a tile of several groups always holds their whole channels;
@@ -120,7 +153,11 @@ def _shrink(dims, unit, fits, priority, what) -> dict:
     return t
 
 
-def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
+def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
+    """One loop nest per materialised op.  MAC nests get their tile sizes from the
+    schedule search (schedule.py; `search` = greedy or exhaustive), starting from the
+    shrink heuristic below; the other nests take the largest tile that fits."""
+    from .schedule import search as schedule_search
     nests = []
     V = g.values
     for i, n in enumerate(g.nodes):
@@ -138,21 +175,27 @@ def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
             blk = in_block(g, n)
             if blk > 1:
                 unit["ci"] = blk
-            t = _shrink(dims, unit, lambda t: _fits(base, G, t, tg), _PRIORITY[base], where)
+            fits = lambda t, k: _fits(base, G, t, tg, k)                    # noqa: E731
+            t = fitted(lambda f: _shrink(dims, unit, f, _PRIORITY[base], where), fits, where)
+            t = schedule_search(base, G, dims, unit, tg, kind == "fp" and len(n.inputs) == 3,
+                                search, t, where, copies(fits, t))
         elif n.op in ("relu", "relu_bwd", "hardtanh", "hardtanh_bwd", "add"):
             total = 1
             for d in V[n.outputs[0]].shape:
                 total *= d
             dims = {"e": total}
-            t = {"e": min(total, tg.ibuf // 2, tg.wbuf, 65535)}
+            t = {"e": min(total, max(1, tg.ibuf // 4), max(1, tg.wbuf // 2), 65535)}
         elif n.op in ("maxpool", "maxpool_bwd"):
             N, C, H, W = V[n.inputs[0] if n.op == "maxpool" else n.inputs[1]].shape
             oh, ow = (V[n.outputs[0]].shape[2:] if n.op == "maxpool"
                       else V[n.inputs[0]].shape[2:])
             dims = {"p": N * C}
             per = H * W + oh * ow
-            cap = min(tg.ibuf // per if n.op == "maxpool" else tg.ibuf // (2 * H * W),
-                      tg.wbuf // (oh * ow), 65535)
+            cap = min(tg.ibuf // (2 * per) if n.op == "maxpool" else tg.ibuf // (4 * H * W),
+                      tg.wbuf // (2 * oh * ow), 65535)                # ping-pong halves
+            if cap < 1:     # single buffering
+                cap = min(tg.ibuf // per if n.op == "maxpool" else tg.ibuf // (2 * H * W),
+                          tg.wbuf // (oh * ow), 65535)
             if cap < 1:
                 raise EdgecError(f"{where}: one {H}x{W} plane does not fit the buffers")
             t = {"p": min(N * C, cap)}
@@ -162,9 +205,12 @@ def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
             for d in s[2:]:
                 hw *= d
             dims = {"c": s[1], "n": s[0]}
-            wide = 3 if n.op == "bn_adapt" else 1       # sums, squares, bias in ABUF
-            t = _shrink(dims, {}, lambda t: t["n"] * t["c"] * hw + t["c"] <= tg.ibuf
-                        and wide * t["c"] <= tg.abuf, ("n", "c"), where)
+            if n.op == "bn_adapt":       # sums, squares, bias in ABUF; single-buffered
+                t = _shrink(dims, {}, lambda t: t["n"] * t["c"] * hw + t["c"] <= tg.ibuf
+                            and 3 * t["c"] <= tg.abuf, ("n", "c"), where)
+            else:
+                t = fitted(lambda f: _shrink(dims, {}, f, ("n", "c"), where),
+                           lambda t, k: bias_grad_fits(t, hw, tg, k), where)
         elif n.op == "loss_grad":
             N, K = V[n.inputs[0]].shape
             if 2 * N * K > tg.ibuf or N + 256 > tg.abuf:
@@ -173,9 +219,8 @@ def tile_graph(g: Graph, tg: Target) -> list[LoopNest]:
         elif n.op == "sgd":
             rows, blocks, inner = sgd_geometry(g, n)
             dims = {"r": rows, "b": blocks}
-            t = _shrink(dims, {}, lambda t: 2 * t["r"] * t["b"] * inner <= tg.abuf
-                        and t["r"] * t["b"] * inner <= min(tg.ibuf, tg.wbuf), ("r", "b"),
-                        where)
+            t = fitted(lambda f: _shrink(dims, {}, f, ("r", "b"), where),
+                       lambda t, k: sgd_fits(t, inner, tg, k), where)
         else:
             raise EdgecError(f"{where}: no lowering for op {n.op!r}")
         nest = LoopNest(i, n.op, n.layer, dict(dims), dict(t), par + red, unit)

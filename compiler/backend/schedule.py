@@ -1,0 +1,200 @@
+"""Schedule search for MAC loop nests: tile sizes chosen against an analytic cost model
+of the double-buffered load / compute / store pipeline (isa/table.py, runtime_emu/timing).
+
+Cost model of one nest (`nest_cost`).  Codegen runs one *step* per (output tile,
+reduction tile): loads (input box, weight box, the bias broadcast on the first step of
+an FP output tile), one MAC; each output tile ends with RQ and one store.  Per step the
+model takes the instruction costs the machine charges (DMA: latency + ceil(bytes /
+bytes per cycle); MAC: array passes; vector: 4 + ceil(elements / lanes)) from the tile
+shapes, edge tiles included (input rows are counted at their un-clipped height), and
+sums each queue's busy cycles and the DDR port's transfer cycles.  With two buffer halves
+the queues overlap, so the nest takes
+
+    max(all loads + last step's compute + last store,        (load-bound)
+        first step's loads + all compute + last store,        (compute-bound)
+        first step's loads + first compute + all stores,      (store-bound)
+        latency + all DDR transfers)                          (port-bound)
+
+(the longest chain through the bottleneck: the pipeline fills before it, drains after).
+tests/test_schedule.py checks it against the emulator's timing: within 10% summed over a
+model's MAC nests and 35% per nest (most nests within 5%; it misses edge rows, the DDR
+port's first-fit order and the load queue stalling behind a tile that waits for its
+buffer half).
+
+Search space: a tile size per dim from the halving ladder D, ceil(D/2), ceil(D/4) ... 1
+(multiples of the dim's unit), restricted to tiles whose double-buffered footprint fits
+the buffers (tiling._fits).  `exhaustive` scores every combination; `greedy` (the
+default) starts from whole-tensor tiles shrunk to fit and then takes the best move while
+one lowers the cost: one dim one or two ladder steps down, or one dim up with the other
+dims shrunk again until the tile fits (`_neighbours`).  Loop order: the parallel dims
+keep their default order and the reduction dims stay innermost; codegen reloads every
+operand per step, so under this model the order of the parallel dims does not change the
+cost and is not searched.
+"""
+from __future__ import annotations
+
+import itertools
+
+from edgec.isa.errors import EdgecError
+from edgec.isa.target import Target
+
+from .tiling import _fits, x_rows, y_rows
+
+MODES = ("greedy", "exhaustive")
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _classes(extent: int, tile: int) -> list[tuple[int, int]]:
+    """(tile size, how many tiles) along one dim."""
+    full, rem = divmod(extent, tile)
+    return [(tile, full)] + ([(rem, 1)] if rem else [])
+
+
+def nest_cost(base: str, G: dict, dims: dict, t: dict, tg: Target, bias: bool = False,
+              detail: bool = False):
+    """Modeled cycles of a MAC nest (base = conv, conv_eb or conv_wg) with tiles t
+    (bias: an FP nest whose accumulator starts from the broadcast bias)."""
+    dma = lambda b: tg.ddr_latency + _ceil(b, tg.ddr_bytes_per_cycle)  # noqa: E731
+    vec = lambda n: 4 + _ceil(n, tg.vector_lanes)                         # noqa: E731
+    kk = G["kh"] * G["kw"]
+    arr = lambda a, b: _ceil(a, tg.mac_rows) * _ceil(b, tg.mac_cols)      # noqa: E731
+    sp = "ih" if base == "conv_eb" else "oh"
+    par = ["n", "g", "co", "ci", sp] if base != "conv_wg" else ["g", "co", "ci"]
+    red = {"conv": ["ci"], "conv_eb": ["co"], "conv_wg": ["n", sp]}[base]
+    par = [d for d in par if d not in red]
+    load = comp = store = port = 0
+    first = last = None         # (loads, compute, store) of the first / last step
+    for pc in itertools.product(*(_classes(dims[d], t[d]) for d in par)):
+        p = dict(zip(par, (s for s, _ in pc)))
+        p_mult = 1
+        for _, m in pc:
+            p_mult *= m
+        out_l = out_c = out_s = out_p = 0
+        for rc in itertools.product(*(_classes(dims[d], t[d]) for d in red)):
+            s = {**p, **dict(zip(red, (z for z, _ in rc)))}
+            r_mult = 1
+            for _, m in rc:
+                r_mult *= m
+            gi, go = s["g"] * s["ci"], s["g"] * s["co"]
+            w = go * s["ci"] * kk
+            if base == "conv":
+                boxes = [s["n"] * gi * x_rows(G, s[sp]) * G["W"], w]
+                mac = s["g"] * s["n"] * s[sp] * G["OW"] * kk * arr(s["ci"], s["co"])
+            elif base == "conv_eb":
+                yr = y_rows(G, s[sp])
+                boxes = [s["n"] * go * yr * G["OW"], w]
+                mac = s["g"] * s["n"] * yr * G["OW"] * kk * arr(s["co"], s["ci"])
+            else:
+                boxes = [s["n"] * go * s[sp] * G["OW"], s["n"] * gi * x_rows(G, s[sp]) * G["W"]]
+                mac = s["g"] * s["n"] * s[sp] * G["OW"] * kk * arr(s["co"], s["ci"])
+            lc = sum(dma(b) for b in boxes)
+            out_l += r_mult * lc
+            out_p += r_mult * sum(dma(b) - tg.ddr_latency for b in boxes)
+            out_c += r_mult * mac
+        if base == "conv":
+            out = p["n"] * p["g"] * p["co"] * p[sp] * G["OW"]
+            if bias:                    # broadcast into the accumulator, first step
+                lc += dma(4 * out)
+                out_l += dma(4 * out)
+                out_p += dma(4 * out) - tg.ddr_latency
+        elif base == "conv_eb":
+            out = p["n"] * p["g"] * p["ci"] * p[sp] * G["W"]
+        else:
+            out = p["g"] * p["co"] * p["ci"] * kk
+        out_c += vec(out)
+        out_s += dma(out)
+        out_p += dma(out) - tg.ddr_latency
+        last = (lc, mac + vec(out), dma(out))
+        if first is None:
+            first = (lc, mac, dma(out))
+        load += p_mult * out_l
+        comp += p_mult * out_c
+        store += p_mult * out_s
+        port += p_mult * out_p
+    # the longest chain through the bottleneck: the pipeline fills before it, drains after
+    cyc = max(load + last[1] + last[2],                     # load-bound
+              first[0] + comp + last[2],                    # compute-bound
+              first[0] + first[1] + store,                  # store-bound
+              tg.ddr_latency + port)                                 # DDR port
+    if detail:
+        return dict(cycles=cyc, load=load, compute=comp, store=store, port=port)
+    return cyc
+
+
+def ladder(extent: int, unit: int = 1) -> list[int]:
+    """Candidate tile sizes: extent, then repeated halving (rounded up to the unit)."""
+    out, t = [extent], extent
+    while t > unit:
+        t = max(unit, (t // unit + 1) // 2 * unit)
+        out.append(t)
+    return out
+
+
+def search(base: str, G: dict, dims: dict, unit: dict, tg: Target, bias: bool,
+           mode: str, start: dict, where: str, copies: int = 2) -> dict:
+    """Tile sizes for one MAC nest; `start` is a tile that fits `copies` times (the
+    shrink heuristic; 2 = double buffering, 1 when not even the smallest tile fits
+    twice)."""
+    lad = {d: ladder(dims[d], unit.get(d, 1)) for d in dims}
+    fits = lambda t: _fits(base, G, t, tg, copies)                        # noqa: E731
+    cost = lambda t: nest_cost(base, G, dims, t, tg, bias)               # noqa: E731
+    if mode == "exhaustive":
+        best = None
+        for combo in itertools.product(*(lad[d] for d in dims)):
+            t = dict(zip(dims, combo))
+            if fits(t):
+                c = cost(t)
+                if best is None or c < best[0]:
+                    best = (c, t)
+        if best is None:
+            raise EdgecError(f"{where}: even the smallest tile does not fit the target's "
+                             "buffers; use a target with larger buffers")
+        return best[1]
+    if mode != "greedy":
+        raise EdgecError(f"--search {mode!r}: choose one of {', '.join(MODES)}")
+    t, c = dict(start), cost(start)
+    while True:
+        best = None
+        for u in _neighbours(t, lad, unit, fits, base, where):
+            cu = cost(u)
+            if cu < c and (best is None or cu < best[0]):
+                best = (cu, u)
+        if best is None:
+            return t
+        c, t = best
+
+
+def _neighbours(t: dict, lad: dict, unit: dict, fits, base: str, where: str):
+    """Tiles one greedy move away: one dim one or two ladder steps smaller; or one dim one
+    or two steps larger with the others re-shrunk to fit (each other dim tried first,
+    then the default priority), so a move can trade, e.g., batch for channels."""
+    from .tiling import _PRIORITY, _shrink
+    for d in t:
+        i = lad[d].index(t[d])
+        for j in (i + 1, i + 2):
+            if j < len(lad[d]):
+                u = dict(t, **{d: lad[d][j]})
+                if fits(u):
+                    yield u
+        for j in (i - 1, i - 2):
+            if j < 0:
+                continue
+            grown = dict(t, **{d: lad[d][j]})
+            if fits(grown):
+                yield grown
+                continue
+            rest = [e for e in _flat(_PRIORITY[base]) if e != d]
+            for first in [None] + rest:
+                order = ([first] if first else []) + [e for e in rest if e != first]
+                keep = dict(unit, **{d: grown[d]})      # d may not shrink back
+                try:
+                    yield _shrink(grown, keep, fits, order, where)
+                except EdgecError:
+                    pass
+
+
+def _flat(priority) -> list[str]:
+    return [d for p in priority for d in (p if isinstance(p, tuple) else (p,))]
