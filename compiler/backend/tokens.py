@@ -108,13 +108,13 @@ def footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
         return [(B[f["sbuf"]], f["saddr"], f["saddr"] + f["n"] * f["c"] * f["hw"], False, None),
                 ("ABUF", f["daddr"], f["daddr"] + f["c"], True, None)]
     if name == "CSTAT":
-        return [(B[f["sbuf"]], f["saddr"], f["saddr"] + f["n"] * f["c"] * f["hw"], False),
-                ("ABUF", f["daddr"], f["daddr"] + 2 * f["c"], True)]
+        return [(B[f["sbuf"]], f["saddr"], f["saddr"] + f["n"] * f["c"] * f["hw"], False, None),
+                ("ABUF", f["daddr"], f["daddr"] + 2 * f["c"], True, None)]
     if name == "BNADAPT":
         c = f["c"]
-        return [("ABUF", f["saddr"], f["saddr"] + 2 * c, False),
-                ("ABUF", f["baddr"], f["baddr"] + c, True),
-                (B[f["qbuf"]], f["qaddr"], f["qaddr"] + c, True)]
+        return [("ABUF", f["saddr"], f["saddr"] + 2 * c, False, None),
+                ("ABUF", f["baddr"], f["baddr"] + c, True, None),
+                (B[f["qbuf"]], f["qaddr"], f["qaddr"] + c, True, None)]
     if name == "LOSSG":
         nk = f["n"] * f["k"]
         return [(B[f["zbuf"]], f["zaddr"], f["zaddr"] + nk, False, None),
