@@ -30,6 +30,7 @@ class FinetuneResult:
     state_dict: OrderedDict             # the model's state_dict with `params` substituted
     totals: dict[str, int] = field(default_factory=dict)   # emulator counters, all steps
     seconds: float = 0.0                # wall time of the steps
+    session: object = None              # the runtime_emu.host.Session, tuned weights in DDR
 
     def mean_loss(self, part: str) -> float:
         """Mean loss of the first ('first') or last ('last') 10% of steps (at least 1)."""
@@ -154,4 +155,33 @@ def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
         sd[name] = torch.from_numpy(v.astype(np.float32).copy()).to(sd[name].dtype)
     # the user's pruned model: pruned channels output zero, as on the device
     sd = prune_state_dict(compiled, OrderedDict(sd))
-    return FinetuneResult(losses, params, sd, dict(sess.totals), seconds)
+    return FinetuneResult(losses, params, sd, dict(sess.totals), seconds, sess)
+
+
+def emulator_accuracy(compiled, session, x, y) -> float:
+    """Top-1 accuracy in percent of the int8 forward pass ON THE EMULATOR, with the weights
+    ``session`` holds in DDR: each batch of N rows (the last one padded by repeating rows)
+    runs one step of the program and its logits are read back; the DDR image is restored
+    after every batch, so the evaluation changes no weight."""
+    prog = compiled.program
+    n = int(compiled.example_input.shape[0])
+    x, y = check_data(x, y, tuple(compiled.example_input.shape[1:]),
+                      prog.meta.get("class_ids") or int(prog.meta["classes"]), 1,
+                      "evaluation data")
+    ids = prog.meta.get("class_ids")
+    dummy = np.full(n, ids[0] if ids else 0, dtype=np.int64)
+    m = session.machine
+    image, steps, totals = m.ddr.copy(), session.steps, dict(session.totals)
+    hits = 0
+    try:
+        for a in range(0, len(x), n):
+            r = np.minimum(np.arange(a, a + n), len(x) - 1)
+            z = session.step(x[r], dummy, seed=0)["logits"].reshape(n, -1)
+            pred = z.argmax(1) if ids is None else np.asarray(ids)[z.argmax(1)]
+            k = min(n, len(x) - a)
+            hits += int((pred[:k] == y[a:a + k]).sum())
+            m.ddr[:] = image
+    finally:
+        m.ddr[:] = image
+        session.steps, session.totals = steps, totals
+    return 100.0 * hits / max(1, len(x))

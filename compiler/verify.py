@@ -114,11 +114,12 @@ def prune_state_dict(c: Compiled, state_dict: dict) -> dict:
     return OrderedDict(sd)
 
 
-def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Float32 autograd of the same step on the masked model: a pruned channel is zero
-    everywhere downstream, so the outputs of the masked layers AND of the BatchNorm and
-    depthwise modules whose channels follow them are zeroed in the pruned channels."""
-    model = copy.deepcopy(c.model).float()
+def masked_float_model(c: Compiled, model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """A float32 copy of ``model`` (default: the compiled model) computing the masked model:
+    the outputs of the masked layers AND of the BatchNorm and depthwise modules whose
+    channels follow them are zeroed in the pruned channels (forward hooks), so a pruned
+    channel is zero everywhere downstream and its parameters get zero gradient."""
+    model = copy.deepcopy(c.model if model is None else model).float()
     modules = dict(model.named_modules())
     for name, kept in pruned_channels(c).items():
         mod = modules[name]
@@ -129,6 +130,12 @@ def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torc
         def hook(_mod, _inp, out, m=m):
             return out * m.view(1, -1, *([1] * (out.dim() - 2)))
         modules[name].register_forward_hook(hook)
+    return model
+
+
+def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Float32 autograd of the same step on the masked model (masked_float_model)."""
+    model = masked_float_model(c)
     model.zero_grad()
     torch.nn.functional.cross_entropy(subset_logits(c, model(x)), subset_labels(c, y)).backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()
