@@ -22,6 +22,7 @@ from .ir.loops import LoopNest
 from .passes.mask import MaskPass
 from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
+from .passes.teacher import TeacherPass
 
 
 @dataclass
@@ -55,7 +56,8 @@ def mask_layers(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, str]]
 def compile_model(model_path: str, mask_path: str | None = None, target: str | None = None,
                   lr: float = 0.01, seed: int = 0, log=None,
                   dump_ir: str | None = None, calib: str | None = None,
-                  train=(), freeze=(), bias_only: bool = False, classes=None) -> Compiled:
+                  train=(), freeze=(), bias_only: bool = False, classes=None,
+                  teacher: dict | None = None) -> Compiled:
     log = log or (lambda msg: None)
     tg = load_target(target)
     graph = None
@@ -74,7 +76,7 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
                                     target=ab(target), lr=float(lr), seed=int(seed)))
     frozen = frozen_params(model, train, freeze, bias_only)
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
-                          graph=graph, frozen=frozen, classes=classes)
+                          graph=graph, frozen=frozen, classes=classes, teacher=teacher)
 
 
 def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) -> set[str]:
@@ -98,13 +100,16 @@ PIPELINE = ("prune", "mask", "quantize", "update")
 def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: str,
                    mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
                    log=None, dump=None, graph: Graph | None = None, frozen=(),
-                   classes=None) -> Compiled:
+                   classes=None, teacher: dict | None = None) -> Compiled:
     """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
     `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
     `graph`, if given, is the float training graph (ONNX frontend) used instead of capture.
     `frozen`: parameter names that get no gradient and no update.
     `classes`: fine-tune for this subset of the classes only (the logits layer computes
-    only their rows; labels are original class ids, mapped by the host)."""
+    only their rows; labels are original class ids, mapped by the host).
+    `teacher`: the loss target comes from a frozen copy of the pretrained model instead of
+    the labels: TeacherPass fields, e.g. {"target": "pseudo", "threshold": 0.5} or
+    {"target": "kd", "temp": 2.0} (compiler/passes/teacher.py)."""
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
@@ -112,6 +117,15 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     full = copy.deepcopy(g) if frozen else None     # everything trainable, for comparison
     for name in frozen:
         g.params[name].trainable = False
+    if teacher:
+        if classes is not None:
+            raise EdgecError("--classes cannot be combined with --labels pseudo / --loss kd "
+                             "(the teacher predicts every class)")
+        g = TeacherPass(**teacher).apply(g)
+        if full is not None:        # the comparison graph: the same teacher, all trainable
+            full = copy.deepcopy(g)
+            for name in frozen:
+                full.params[name].trainable = True
     dump("capture", g)
     logits_layer = g.producer(g.outputs["logits"]).layer
     if isinstance(mask, str):
@@ -183,4 +197,5 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
     return {"logits": logits, "params": params, "lr": lr,
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
-            **({"class_ids": g.meta["class_ids"]} if "class_ids" in g.meta else {})}
+            **({"class_ids": g.meta["class_ids"]} if "class_ids" in g.meta else {}),
+            **({"teacher": g.meta["teacher"]} if "teacher" in g.meta else {})}

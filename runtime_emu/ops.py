@@ -7,6 +7,7 @@ from __future__ import annotations
 from edgec.isa.table import INSTRS
 
 from .dma import op_ld, op_ldch, op_seed, op_st, op_stch
+from .losst import op_losst
 from .mac import op_mac
 from .vector import (op_end, op_lossg, op_maxp, op_maxpb, op_rq, op_rsum, op_sgd, op_vadd,
                      op_vmask)
@@ -17,6 +18,7 @@ OPS = {
     "MAC": op_mac,
     "RQ": op_rq, "VMASK": op_vmask, "MAXP": op_maxp, "MAXPB": op_maxpb,
     "RSUM": op_rsum, "LOSSG": op_lossg, "SGD": op_sgd, "VADD": op_vadd,
+    "LOSST": op_losst,
 }
 
 _missing = {i.name for i in INSTRS} - set(OPS)
