@@ -22,7 +22,7 @@ from .ir.loops import LoopNest
 from .passes.mask import MaskPass
 from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
-from .passes.teacher import TeacherPass
+from .passes.teacher import TeacherPass, teacher_logits
 
 
 @dataclass
@@ -198,4 +198,6 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
             **({"class_ids": g.meta["class_ids"]} if "class_ids" in g.meta else {}),
-            **({"teacher": g.meta["teacher"]} if "teacher" in g.meta else {})}
+            **({"teacher": g.meta["teacher"],
+                "teacher_logits": mem.of_value[teacher_logits(g)].name}
+               if "teacher" in g.meta else {})}

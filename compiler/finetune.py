@@ -39,18 +39,19 @@ class FinetuneResult:
         return float(np.mean(seg))
 
 
-def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """x and y of an npz file (raw; check_data validates them)."""
+def load_data(path: str, need_y: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """x and y of an npz file (raw; check_data validates them); y may be absent (None)
+    unless ``need_y``."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:
         raise EdgecError(f"{path}: cannot read data ({type(e).__name__}: {e})") from None
-    for k in ("x", "y"):
+    for k in ("x", "y") if need_y else ("x",):
         if k not in arrays:
             raise EdgecError(f"{path}: missing array {k!r} (needs x float32 (M, ...) and "
                              f"y int64 (M,))")
-    return arrays["x"], arrays["y"]
+    return arrays["x"], arrays.get("y")
 
 
 def check_data(x, y, sample_shape, classes, min_rows: int, what: str):
@@ -113,6 +114,8 @@ def batch_rows(i: int, n: int, m: int) -> np.ndarray:
 def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
              every: int | None = None) -> FinetuneResult:
     """Run `steps` training steps of compiled.program on one emulator machine.
+    `y` may be None when the program takes its targets from a teacher (--labels pseudo,
+    --loss kd); otherwise (and if given) the labels are checked.
 
     log(line) gets one progress line every `every` steps (default steps/20) and after the
     last one.
@@ -121,6 +124,8 @@ def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
     log = log or (lambda line: None)
     prog = compiled.program
     n = int(compiled.example_input.shape[0])
+    if y is None and prog.meta.get("teacher"):      # targets from the teacher: no labels
+        y = np.zeros(len(x), dtype=np.int64)
     x, y = check_data(x, y, tuple(compiled.example_input.shape[1:]),
                       prog.meta.get("class_ids") or int(prog.meta["classes"]), n,
                       "training data")

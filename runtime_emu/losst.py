@@ -49,3 +49,23 @@ def op_losst(m, f):
     D = sat8(rshift(G * f["rmul"], s, "nearest"))
     write_buf(m, db, f["daddr"], D, "LOSST logit error")
     return vector_cycles(m, 2 * n * k)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    mx = z.max(axis=1, keepdims=True)
+    return z - mx - np.log(np.exp(z - mx).sum(axis=1, keepdims=True))
+
+
+def teacher_loss(z: np.ndarray, t: np.ndarray, teacher: dict) -> float:
+    """The loss VALUE a teacher-target step descends (host side, float64, from the
+    dequantized int8 logits z and teacher logits t; not computed on the device):
+    pseudo: mean over the batch of CE(z, argmax t), rows below the confidence threshold
+    counting 0; kd: T * mean CE(softmax(t/T), softmax(z/T))."""
+    if teacher["target"] == "pseudo":
+        lt = _log_softmax(t)
+        keep = np.exp(lt.max(axis=1)) >= float(teacher["threshold"])
+        ce = -_log_softmax(z)[np.arange(len(z)), np.argmax(t, axis=1)]
+        return float(np.mean(ce * keep))
+    T = float(teacher["temp"])
+    q = np.exp(_log_softmax(t / T))
+    return float(T * np.mean(-(q * _log_softmax(z / T)).sum(axis=1)))

@@ -40,6 +40,11 @@ def forward_slice(g: Graph, value: str) -> list:
     return out
 
 
+def teacher_logits(g: Graph) -> str:
+    """The value holding the teacher's logits (second operand of the teacher loss)."""
+    return next(n.inputs[1] for n in g.nodes if n.op == "loss_grad")
+
+
 def check_options(target: str, threshold: float, temp: float) -> None:
     if target not in TARGETS:
         raise EdgecError(f"unknown teacher target {target!r} (choose from {', '.join(TARGETS)})")

@@ -72,6 +72,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     ap.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (default 0.02)")
     ap.add_argument("--seed", type=int, default=0, help="first stochastic-rounding seed")
+    ap.add_argument("--threshold", type=float, default=0.5,
+                    help="pseudo labels: teacher confidence threshold (default 0.5)")
+    ap.add_argument("--temperature", type=float, default=2.0,
+                    help="distillation temperature, a power of two (default 2)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -96,7 +100,15 @@ def main(argv=None):
     log("int8 forward on the emulator (test split)")
     res["acc_int8_emu"] = emulator_accuracy(c, ft.session, xte, yte)
     res["emu_seconds"] = round(ft.seconds, 2)
-    res["acc_pseudo"] = res["acc_kd"] = None
+    for key, teacher in (("acc_pseudo", {"target": "pseudo", "threshold": args.threshold}),
+                         ("acc_kd", {"target": "kd", "temp": args.temperature})):
+        log(f"compile ({key[4:]}: targets from the frozen teacher, no user labels)")
+        ct = compile_model(MODEL, MASK, lr=args.lr, seed=args.seed, teacher=teacher)
+        log(f"{args.steps} emulator steps ({key[4:]})")
+        ftt = finetune(ct, xtr, None, args.steps, seed=args.seed, log=log,
+                       every=max(1, args.steps // 5))
+        res[key] = accuracy(ct.model, xte, yte, ftt.state_dict)
+    res["threshold"], res["temperature"] = args.threshold, args.temperature
     res["acc_adapt_bn"] = adapt_bn(args, xtr, xte, yte)
     res["seconds"] = round(time.perf_counter() - t0, 1)
 
