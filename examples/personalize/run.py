@@ -1,6 +1,6 @@
 """On-device personalisation of a pretrained digits CNN for one user (issue 6).
 
-    python examples/personalize/run.py [--steps 300] [--lr 0.02] [--json FILE]
+    python examples/personalize/run.py [--steps 300] [--lr 0.01] [--json FILE]
 
 The pretrained model (train.py, factory digits) meets a user whose digits have thicker
 strokes (data.py).  With the user's channel mask (user.mask), it is fine-tuned on the
@@ -70,7 +70,7 @@ def adapt_bn(args, xtr, xte, yte):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    ap.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (default 0.02)")
+    ap.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     ap.add_argument("--seed", type=int, default=0, help="first stochastic-rounding seed")
     ap.add_argument("--threshold", type=float, default=0.5,
                     help="pseudo labels: teacher confidence threshold (default 0.5)")
