@@ -266,9 +266,13 @@ def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
     lse = mx[:, 0] + np.log(np.exp(z2 - mx).sum(axis=1))
     lab2 = lab.reshape(-1).astype(np.int64)
     if teacher:
-        ts = _sym(program, program.meta["teacher_logits"])
-        t = read_symbol(m, ts["name"]).astype(np.float64).reshape(N, -1) * 2.0 ** _exp(ts)
-        out["loss"] = np.float32(teacher_loss(z2, t, teacher))
+        ts = _sym(program, str(program.meta.get("teacher_logits")))
+        t = read_symbol(m, ts["name"]).astype(np.float64) * 2.0 ** _exp(ts)
+        try:
+            out["loss"] = np.float32(teacher_loss(z2, t.reshape(z2.shape), teacher))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise EdgecError(f"program meta 'teacher' / 'teacher_logits' is malformed "
+                             f"({type(e).__name__}: {e})") from None
     else:
         out["loss"] = np.float32(np.mean(lse - z2[np.arange(len(lab2)), lab2]))
     out["logits"] = z.astype(np.float32)

@@ -64,9 +64,6 @@ class TeacherPass:
 
     def apply(self, g: Graph) -> Graph:
         check_options(self.target, self.threshold, self.temp)
-        if "class_ids" in g.meta:
-            raise EdgecError("--classes cannot be combined with a teacher target "
-                             "(--labels pseudo / --loss kd): the teacher predicts every class")
         loss = next((n for n in g.nodes if n.op == "loss_grad"), None)
         if loss is None or loss.attrs.get("target", "labels") != "labels":
             raise EdgecError("internal error: the teacher pass needs the labelled loss")
