@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from data import splits  # noqa: E402
+from user_digits import splits  # noqa: E402
 
 WEIGHTS = Path(__file__).with_name("personalize.pt")
 BATCH = 16

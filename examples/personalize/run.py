@@ -3,7 +3,7 @@
     python examples/personalize/run.py [--steps 300] [--lr 0.01] [--json FILE]
 
 The pretrained model (train.py, factory digits) meets a user whose digits have thicker
-strokes (data.py).  With the user's channel mask (user.mask), it is fine-tuned on the
+strokes (user_digits.py).  With the user's channel mask (user.mask), it is fine-tuned on the
 user's training split and evaluated on the user's held-out split:
 
   acc_before   the pretrained model (float32, unpruned) on the user's test split
@@ -30,7 +30,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from data import splits  # noqa: E402
+from user_digits import splits  # noqa: E402
 
 from edgec.compiler.driver import compile_model  # noqa: E402
 from edgec.compiler.finetune import (accuracy, batch_rows, emulator_accuracy,  # noqa: E402

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data import splits
+from user_digits import splits
 from model import Net
 
 HERE = Path(__file__).parent
@@ -36,7 +36,7 @@ def main():
             x, y = s[name]
             acc = (model(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
             print(f"{name:<10} accuracy {100 * acc:.2f}%")
-        from data import digits, USER_TEST
+        from user_digits import USER_TEST, digits
         x, y = digits()
         acc = (model(torch.from_numpy(x[USER_TEST])).argmax(1).numpy() == y[USER_TEST]).mean()
         print(f"user_test without the style shift {100 * acc:.2f}%")
