@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "and y int64 (M,) (y optional with --labels pseudo / --loss kd); step i uses rows (i*N + j) %% M, j < N (N: the "
                    "compiled batch)")
     p.add_argument("--eval", metavar="TEST.npz", help="accuracy before/after on this data "
-                   "(default: the training data)")
+                   "(default: the training data; required when TRAIN.npz has no y)")
     p.add_argument("--steps", type=int, required=True, help="number of training steps "
                    "(step i uses stochastic-rounding seed SEED + i)")
     p.add_argument("-o", "--output", default="tuned.pt", help="tuned state_dict (default "
