@@ -55,8 +55,8 @@ def float_adapted(c, x: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]
     """The float32 counterpart of one adapt-bn run on batch x: each BatchNorm's input
     statistics in the masked model's eval-mode forward (population variance), and the
     constants moved 2^-m of the way toward them, returned as (running_mean, running_var)."""
-    from .verify import masked_model
-    model = masked_model(c).eval()
+    from .verify import masked_float_model
+    model = masked_float_model(c).eval()
     seen = {}
     for b in c.program.meta["adapt_bn"]:
         def hook(_mod, inp, _out, name=b["module"]):

@@ -50,11 +50,14 @@ def _compile(args, log):
         if (args.mask or args.target or getattr(args, "dump_ir", None)
                 or args.lr is not None or args.seed is not None
                 or args.train or args.freeze or args.bias_only or args.classes
+                or args.labels != "given" or args.loss != "ce"
+                or args.threshold is not None or args.temperature is not None
                 or getattr(args, "adapt_bn", False)):
             raise EdgecError(f"{args.model}: an IR dump carries its own source, mask, target, "
-                             "lr and seed (its 'source' line) and its frozen parameters; drop "
-                             "--mask/--target/--lr/--seed/--dump-ir/--train/--freeze/"
-                             "--bias-only/--adapt-bn or edit the dump")
+                             "lr and seed (its 'source' line), its frozen parameters and its "
+                             "loss target; drop --mask/--target/--lr/--seed/--dump-ir/--train/"
+                             "--freeze/--bias-only/--classes/--labels/--loss/--threshold/"
+                             "--temperature/--adapt-bn or edit the dump")
         return compile_ir(args.model, log)
     return compile_model(args.model, args.mask, args.target,
                          lr=0.01 if args.lr is None else args.lr,
@@ -62,8 +65,26 @@ def _compile(args, log):
                          log=log, dump_ir=getattr(args, "dump_ir", None),
                          calib=getattr(args, "calib", None), train=args.train or (),
                          freeze=args.freeze or (), bias_only=args.bias_only,
-                         classes=_class_list(args.classes),
+                         classes=_class_list(args.classes), teacher=_teacher(args),
                          adapt_bn=getattr(args, "adapt_bn", False), search=args.search)
+
+
+def _teacher(args) -> dict | None:
+    """TeacherPass options of --labels pseudo / --loss kd (None: labels from the data)."""
+    from edgec.isa.errors import EdgecError
+    if args.loss == "kd" and args.labels == "pseudo":
+        raise EdgecError("--loss kd takes its targets from the teacher's soft outputs; "
+                         "drop --labels pseudo (or use --loss ce)")
+    if args.labels != "pseudo" and args.threshold is not None:
+        raise EdgecError("--threshold applies to --labels pseudo only")
+    if args.loss != "kd" and args.temperature is not None:
+        raise EdgecError("--temperature applies to --loss kd only")
+    if args.labels == "pseudo":
+        return {"target": "pseudo", "threshold": 0.5 if args.threshold is None
+                else args.threshold}
+    if args.loss == "kd":
+        return {"target": "kd", "temp": 1.0 if args.temperature is None else args.temperature}
+    return None
 
 
 def _class_list(text: str | None):
@@ -138,11 +159,11 @@ def cmd_run(args) -> int:
             batch = {k: z[k] for k in z.files}
     except Exception as e:
         raise EdgecError(f"{args.input}: cannot read batch ({type(e).__name__}: {e})") from None
-    for k in ("x", "y"):
+    for k in ("x",) if prog.meta.get("teacher") else ("x", "y"):
         if k not in batch:
             raise EdgecError(f"{args.input}: missing array {k!r} (needs x float32 and y int64)")
     try:
-        out, m = run_step(prog, tg, batch["x"], batch["y"], args.seed)
+        out, m = run_step(prog, tg, batch["x"], batch.get("y"), args.seed)
     except TrapError as e:
         raise EdgecError(f"{args.program}: {e}") from None
     _atomic_write(args.output, lambda f: np.savez(f, **out))
@@ -160,9 +181,17 @@ def cmd_finetune(args) -> int:
     if args.adapt_bn:
         return _finetune_adapt(args)
     log = _progress(args.quiet)
-    x, y = load_data(args.data)                    # unreadable / missing arrays: fail early
+    teacher = _teacher(args)                       # bad flag combinations: fail early
+    x, y = load_data(args.data, need_y=teacher is None)   # unreadable / missing arrays too
     ev = load_data(args.eval) if args.eval else None
+    if y is None and ev is None:
+        from edgec.isa.errors import EdgecError
+        raise EdgecError(f"{args.data} has no labels y: give --eval TEST.npz (with labels) "
+                         "to measure accuracy")
     c = _compile(args, log)
+    if y is None:
+        import numpy as np
+        y = np.zeros(len(x), dtype=np.int64)     # not read by a teacher-target program
     shape = tuple(c.example_input.shape[1:])
     k = c.program.meta.get("class_ids") or int(c.program.meta["classes"])
     ids = c.program.meta.get("class_ids")
@@ -333,6 +362,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="schedule search for the tile sizes of every MAC loop nest "
                        "against the pipeline cost model: greedy (default, fast) or "
                        "exhaustive (scores every candidate; for checking on small layers)")
+        p.add_argument("--labels", choices=("given", "pseudo"), default="given",
+                       help="where the training targets come from: 'given' (default) the "
+                       "data's labels y; 'pseudo' self-training, computed ON THE DEVICE: "
+                       "the argmax of a frozen teacher (a copy of the pretrained model, "
+                       "unmasked, compiled into the program); samples whose teacher "
+                       "confidence (softmax maximum) is below --threshold contribute no "
+                       "gradient; y is not needed")
+        p.add_argument("--threshold", type=float, default=None, metavar="P",
+                       help="--labels pseudo: teacher confidence threshold in [0, 1] "
+                       "(default 0.5)")
+        p.add_argument("--loss", choices=("ce", "kd"), default="ce",
+                       help="'ce' (default) softmax cross-entropy; 'kd' distillation from "
+                       "the frozen teacher's soft targets (gradient softmax(z/T) - "
+                       "softmax(t/T), mean over the batch; no labels needed)")
+        p.add_argument("--temperature", type=float, default=None, metavar="T",
+                       help="--loss kd: softmax temperature, a power of two in [1/64, 64] "
+                       "(default 1)")
         p.add_argument("--calib", metavar="FILE.npz", help="MODEL.onnx only: calibration "
                        "batch (array x, the input's static shape); default: standard normal "
                        "from torch.Generator().manual_seed(0)")
@@ -358,10 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "weights as a PyTorch state_dict")
     common(p)
     p.add_argument("--data", required=True, metavar="TRAIN.npz", help="x float32 (M, ...) "
-                   "and y int64 (M,); step i uses rows (i*N + j) %% M, j < N (N: the "
+                   "and y int64 (M,) (y optional with --labels pseudo / --loss kd); step i uses rows (i*N + j) %% M, j < N (N: the "
                    "compiled batch)")
     p.add_argument("--eval", metavar="TEST.npz", help="accuracy before/after on this data "
-                   "(default: the training data)")
+                   "(default: the training data; required when TRAIN.npz has no y)")
     p.add_argument("--steps", type=int, required=True, help="number of training steps "
                    "(step i uses stochastic-rounding seed SEED + i); with --adapt-bn, "
                    "adaptation runs (y in --data is then optional)")
@@ -371,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="execute prog.bin on the emulator for one batch")
     p.add_argument("program", help="prog.bin")
-    p.add_argument("--input", required=True, help="batch.npz with x (float32) and y (int64)")
+    p.add_argument("--input", required=True, help="batch.npz with x (float32) and y (int64; "
+                   "optional for a program compiled with --labels pseudo or --loss kd)")
     p.add_argument("-o", "--output", default="out.npz", help="out.npz (default out.npz)")
     p.add_argument("--target", help="target TOML the program was compiled for")
     p.add_argument("--seed", type=int, default=None,

@@ -23,6 +23,7 @@ from .passes.adapt_bn import SCALE_HEADROOM, AdaptBNPass
 from .passes.mask import MaskPass
 from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
+from .passes.teacher import TeacherPass, teacher_logits
 
 
 @dataclass
@@ -57,7 +58,8 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
                   lr: float = 0.01, seed: int = 0, log=None,
                   dump_ir: str | None = None, calib: str | None = None,
                   train=(), freeze=(), bias_only: bool = False, classes=None,
-                  adapt_bn: bool = False, search: str = "greedy") -> Compiled:
+                  adapt_bn: bool = False, search: str = "greedy",
+                  teacher: dict | None = None) -> Compiled:
     log = log or (lambda msg: None)
     tg = load_target(target)
     graph = None
@@ -74,13 +76,14 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
         ab = lambda p: os.path.abspath(p) if p else None  # noqa: E731
         dump = Dumper(dump_ir, dict(model=ab(model_path), mask=ab(mask_path),
                                     target=ab(target), lr=float(lr), seed=int(seed)))
-    if adapt_bn and (train or freeze or bias_only or classes is not None):
+    if adapt_bn and (train or freeze or bias_only or classes is not None or teacher):
         raise EdgecError("--adapt-bn compiles a label-free BatchNorm adaptation program; it "
-                         "does not combine with --train/--freeze/--bias-only/--classes")
+                         "does not combine with --train/--freeze/--bias-only/--classes/"
+                         "--labels pseudo/--loss kd")
     frozen = frozen_params(model, train, freeze, bias_only)
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
                           graph=graph, frozen=frozen, classes=classes, adapt_bn=adapt_bn,
-                          search=search)
+                          search=search, teacher=teacher)
 
 
 def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) -> set[str]:
@@ -111,7 +114,8 @@ PIPELINE = ("prune", "mask", "quantize", "update")
 def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: str,
                    mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
                    log=None, dump=None, graph: Graph | None = None, frozen=(),
-                   classes=None, adapt_bn: bool = False, search: str = "greedy") -> Compiled:
+                   classes=None, adapt_bn: bool = False, search: str = "greedy",
+                   teacher: dict | None = None) -> Compiled:
     """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
     `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
     `graph`, if given, is the float training graph (ONNX frontend) used instead of capture.
@@ -120,7 +124,10 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     only their rows; labels are original class ids, mapped by the host).
     `adapt_bn`: compile the BatchNorm adaptation program (forward pass, then every BN's
     statistics re-estimated from the batch; no labels, no training) instead.
-    `search`: schedule search of the MAC nests' tile sizes, greedy or exhaustive."""
+    `search`: schedule search of the MAC nests' tile sizes, greedy or exhaustive.
+    `teacher`: the loss target comes from a frozen copy of the pretrained model instead of
+    the labels: TeacherPass fields, e.g. {"target": "pseudo", "threshold": 0.5} or
+    {"target": "kd", "temp": 2.0} (compiler/passes/teacher.py)."""
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
@@ -133,6 +140,15 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     full = copy.deepcopy(g) if frozen and not adapt_bn else None   # for the comparison
     for name in frozen:
         g.params[name].trainable = False
+    if teacher:
+        if classes is not None:
+            raise EdgecError("--classes cannot be combined with --labels pseudo / --loss kd "
+                             "(the teacher predicts every class)")
+        g = TeacherPass(**teacher).apply(g)
+        if full is not None:        # the comparison graph: the same teacher, all trainable
+            full = copy.deepcopy(g)
+            for name in frozen:
+                full.params[name].trainable = True
     dump("capture", g)
     logits_layer = g.producer(g.outputs["logits"]).layer
     if isinstance(mask, str):
@@ -206,4 +222,7 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
             **({"class_ids": g.meta["class_ids"]} if "class_ids" in g.meta else {}),
-            **({"adapt_bn": g.meta["adapt_bn"]} if "adapt_bn" in g.meta else {})}
+            **({"adapt_bn": g.meta["adapt_bn"]} if "adapt_bn" in g.meta else {}),
+            **({"teacher": g.meta["teacher"],
+                "teacher_logits": mem.of_value[teacher_logits(g)].name}
+               if "teacher" in g.meta else {})}

@@ -30,6 +30,7 @@ class FinetuneResult:
     state_dict: OrderedDict             # the model's state_dict with `params` substituted
     totals: dict[str, int] = field(default_factory=dict)   # emulator counters, all steps
     seconds: float = 0.0                # wall time of the steps
+    session: object = None              # the runtime_emu.host.Session, tuned weights in DDR
 
     def mean_loss(self, part: str) -> float:
         """Mean loss of the first ('first') or last ('last') 10% of steps (at least 1)."""
@@ -38,18 +39,19 @@ class FinetuneResult:
         return float(np.mean(seg))
 
 
-def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """x and y of an npz file (raw; check_data validates them)."""
+def load_data(path: str, need_y: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """x and y of an npz file (raw; check_data validates them); y may be absent (None)
+    unless ``need_y``."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:
         raise EdgecError(f"{path}: cannot read data ({type(e).__name__}: {e})") from None
-    for k in ("x", "y"):
+    for k in ("x", "y") if need_y else ("x",):
         if k not in arrays:
             raise EdgecError(f"{path}: missing array {k!r} (needs x float32 (M, ...) and "
                              f"y int64 (M,))")
-    return arrays["x"], arrays["y"]
+    return arrays["x"], arrays.get("y")
 
 
 def check_data(x, y, sample_shape, classes, min_rows: int, what: str):
@@ -112,6 +114,8 @@ def batch_rows(i: int, n: int, m: int) -> np.ndarray:
 def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
              every: int | None = None) -> FinetuneResult:
     """Run `steps` training steps of compiled.program on one emulator machine.
+    `y` may be None when the program takes its targets from a teacher (--labels pseudo,
+    --loss kd); otherwise (and if given) the labels are checked.
 
     log(line) gets one progress line every `every` steps (default steps/20) and after the
     last one.
@@ -120,6 +124,8 @@ def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
     log = log or (lambda line: None)
     prog = compiled.program
     n = int(compiled.example_input.shape[0])
+    if y is None and prog.meta.get("teacher"):      # targets from the teacher: no labels
+        y = np.zeros(len(x), dtype=np.int64)
     x, y = check_data(x, y, tuple(compiled.example_input.shape[1:]),
                       prog.meta.get("class_ids") or int(prog.meta["classes"]), n,
                       "training data")
@@ -154,4 +160,33 @@ def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
         sd[name] = torch.from_numpy(v.astype(np.float32).copy()).to(sd[name].dtype)
     # the user's pruned model: pruned channels output zero, as on the device
     sd = prune_state_dict(compiled, OrderedDict(sd))
-    return FinetuneResult(losses, params, sd, dict(sess.totals), seconds)
+    return FinetuneResult(losses, params, sd, dict(sess.totals), seconds, sess)
+
+
+def emulator_accuracy(compiled, session, x, y) -> float:
+    """Top-1 accuracy in percent of the int8 forward pass ON THE EMULATOR, with the weights
+    ``session`` holds in DDR: each batch of N rows (the last one padded by repeating rows)
+    runs one step of the program and its logits are read back; the DDR image is restored
+    after every batch, so the evaluation changes no weight."""
+    prog = compiled.program
+    n = int(compiled.example_input.shape[0])
+    x, y = check_data(x, y, tuple(compiled.example_input.shape[1:]),
+                      prog.meta.get("class_ids") or int(prog.meta["classes"]), 1,
+                      "evaluation data")
+    ids = prog.meta.get("class_ids")
+    dummy = np.full(n, ids[0] if ids else 0, dtype=np.int64)
+    m = session.machine
+    image, steps, totals = m.ddr.copy(), session.steps, dict(session.totals)
+    hits = 0
+    try:
+        for a in range(0, len(x), n):
+            r = np.minimum(np.arange(a, a + n), len(x) - 1)
+            z = session.step(x[r], dummy, seed=0)["logits"].reshape(n, -1)
+            pred = z.argmax(1) if ids is None else np.asarray(ids)[z.argmax(1)]
+            k = min(n, len(x) - a)
+            hits += int((pred[:k] == y[a:a + k]).sum())
+            m.ddr[:] = image
+    finally:
+        m.ddr[:] = image
+        session.steps, session.totals = steps, totals
+    return 100.0 * hits / max(1, len(x))

@@ -294,6 +294,45 @@ def loss_grad(z: torch.Tensor, labels: torch.Tensor, lut: torch.Tensor, rmul: in
     return sat8(rshift(G * int(rmul), shift, "nearest"))
 
 
+def _exp_parts(z: torch.Tensor, lut: torch.Tensor, what: str):
+    """E = LUT[max - z] and S = sum_k E of int8 logits (rows), checked."""
+    z = z.to(torch.int64)
+    d = z.max(dim=1, keepdim=True).values - z
+    if d.numel() and int(d.max()) >= lut.numel():
+        raise ValueError(f"{what}: max - z reaches {int(d.max())}, beyond the "
+                         f"{lut.numel()}-entry LUT")
+    E = lut[d]
+    return E, E.sum(dim=1, keepdim=True)
+
+
+def _const_lut(graph, name: str) -> torch.Tensor:
+    if name not in graph.consts:
+        raise ValueError(f"constant {name!r} (an exp LUT) is not in graph.consts")
+    return torch.as_tensor([int(v) for v in graph.consts[name]], dtype=torch.int64)
+
+
+def teacher_loss_grad(z: torch.Tensor, t: torch.Tensor, lut: torch.Tensor,
+                      tlut: torch.Tensor, rmul: int, shift: int, kd: bool, thresh: int,
+                      where: str = "loss_grad") -> torch.Tensor:
+    """Loss gradient with a teacher's logits ``t`` as the target (numerics.md section 4)."""
+    E, S = _exp_parts(z, lut, where)
+    F, ST = _exp_parts(t, tlut, f"{where} (teacher)")
+    _check_i32(S, f"{where} (softmax denominator S)")
+    _check_i32(ST, f"{where} (teacher softmax denominator)")
+    P = torch.div(E * (1 << 15), S, rounding_mode="floor")
+    if kd:
+        G = P - torch.div(F * (1 << 15), ST, rounding_mode="floor")
+    else:
+        t = t.to(torch.int64)
+        K = t.shape[1]
+        ks = torch.arange(K).expand_as(t)
+        first = torch.where(t == t.max(dim=1, keepdim=True).values, ks, K).min(dim=1).values
+        onehot = (ks == first[:, None]).to(torch.int64)
+        confident = (1 << 30) >= int(thresh) * ST          # teacher max softmax >= thresh
+        G = (P - (1 << 15) * onehot) * confident.to(torch.int64)
+    return sat8(rshift(G * int(rmul), shift, "nearest"))
+
+
 def sgd_update(M: torch.Tensor, G: torch.Tensor, lrmul: int, cshift: int, cbits: int,
                lrshift: int = 16):
     """``(M', C')`` of numerics.md section 4, elementwise on int64 tensors."""
@@ -436,6 +475,14 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
         return [maxpool(a[0], at["kernel"], at["stride"], at["pad"])]
     if op == "reshape":
         return [a[0].reshape(tuple(int(s) for s in at["shape"]))]
+    if op == "loss_grad" and at.get("target", "labels") != "labels":
+        z, t = a
+        if tuple(t.shape) != tuple(z.shape):
+            raise ValueError(f"teacher logits {tuple(t.shape)} differ from the logits "
+                             f"{tuple(z.shape)}")
+        lut, tlut = (_const_lut(graph, at[k]) for k in ("lut", "tlut"))
+        return [teacher_loss_grad(z, t, lut, tlut, at["rmul"], at["shift"],
+                                  at["target"] == "kd", at.get("thresh", 0), where)]
     if op == "loss_grad":
         z, labels = a
         N, K = z.shape
@@ -446,11 +493,8 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
             i = int(torch.nonzero(bad)[0, 0])
             raise EdgecError(f"{where}: label {int(labels[i])} of sample {i} is out of "
                              f"range [0, {K}); labels must be class indices of the logits")
-        name = at["lut"]
-        if name not in graph.consts:
-            raise ValueError(f"constant {name!r} (the exp LUT) is not in graph.consts")
-        lut = torch.as_tensor([int(v) for v in graph.consts[name]], dtype=torch.int64)
-        return [loss_grad(z, labels, lut, at["rmul"], at["shift"], where)]
+        return [loss_grad(z, labels, _const_lut(graph, at["lut"]), at["rmul"], at["shift"],
+                          where)]
     if op in ("conv_eb", "conv_wg", "linear_eb", "linear_wg", "bias_grad"):
         if op == "conv_eb":
             acc = conv_eb_acc(a[0], a[1], at["stride"], at["pad"], at["in_shape"],

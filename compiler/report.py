@@ -151,6 +151,8 @@ def instr_cost(name: str, f: dict, tg: Target, index: int = 0) -> dict:
         n = f["n"] * f["c"] * f["hw"]
     elif name == "LOSSG":
         n = f["n"] * f["k"]
+    elif name == "LOSST":               # student and teacher rows
+        n = 2 * f["n"] * f["k"]
     else:
         raise EdgecError(f"instruction {index}: no cost model for {name}")
     return dict(unit="vector", cycles=vec(n), macs=0, ddr_bytes=0, index_bytes=0)

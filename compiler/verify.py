@@ -114,11 +114,12 @@ def prune_state_dict(c: Compiled, state_dict: dict) -> dict:
     return OrderedDict(sd)
 
 
-def masked_model(c: Compiled) -> torch.nn.Module:
-    """A float32 copy of the model computing the masked model: a pruned channel is zero
-    everywhere downstream, so the outputs of the masked layers AND of the BatchNorm and
-    depthwise modules whose channels follow them are zeroed in the pruned channels."""
-    model = copy.deepcopy(c.model).float()
+def masked_float_model(c: Compiled, model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """A float32 copy of ``model`` (default: the compiled model) computing the masked model:
+    the outputs of the masked layers AND of the BatchNorm and depthwise modules whose
+    channels follow them are zeroed in the pruned channels (forward hooks), so a pruned
+    channel is zero everywhere downstream and its parameters get zero gradient."""
+    model = copy.deepcopy(c.model if model is None else model).float()
     modules = dict(model.named_modules())
     for name, kept in pruned_channels(c).items():
         mod = modules[name]
@@ -132,11 +133,32 @@ def masked_model(c: Compiled) -> torch.nn.Module:
     return model
 
 
+def float_loss(c: Compiled, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The float32 loss the program's step descends, of logits ``z`` of the masked model:
+    mean cross-entropy with the labels ``y``, or with a teacher target (the unmasked
+    pretrained model, float32): pseudo labels (teacher argmax, samples whose teacher
+    confidence is below the threshold weigh 0, mean over all N) or distillation
+    ``T * mean_n CE(softmax(t/T), softmax(z/T))`` (gradient ``(softmax(z/T) -
+    softmax(t/T)) / N``)."""
+    F = torch.nn.functional
+    t = c.graph.meta.get("teacher")
+    if not t:
+        return F.cross_entropy(subset_logits(c, z), subset_labels(c, y))
+    with torch.no_grad():
+        zt = copy.deepcopy(c.model).float().eval()(x)
+    if t["target"] == "pseudo":
+        pt = torch.softmax(zt, dim=1)
+        keep = (pt.max(dim=1).values >= t["threshold"]).to(z.dtype)
+        return (F.cross_entropy(z, pt.argmax(dim=1), reduction="none") * keep).mean()
+    T = float(t["temp"])
+    return T * -(torch.softmax(zt / T, dim=1) * F.log_softmax(z / T, dim=1)).sum(1).mean()
+
+
 def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Float32 autograd of the same step on the masked model (masked_model)."""
-    model = masked_model(c)
+    """Float32 autograd of the same step on the masked model (masked_float_model)."""
+    model = masked_float_model(c)
     model.zero_grad()
-    torch.nn.functional.cross_entropy(subset_logits(c, model(x)), subset_labels(c, y)).backward()
+    float_loss(c, model(x), x, y).backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()
             if p.grad is not None}
 

@@ -208,6 +208,22 @@ INSTRS: tuple[Instr, ...] = (
     ), "Softmax cross-entropy gradient in integers (docs/numerics.md): "
        "P = floor(LUT[max-z] * 2^15 / sum), G = P - 2^15*onehot, "
        "D = sat8(round_nearest(G*rmul / 2^shift))."),
+    Instr("LOSST", 16, "compute", (
+        *_buf("z", "the int8 student logits [n, k]"),
+        *_buf("t", "the int8 teacher logits [n, k]"),
+        Field("lutaddr", 20, doc="ABUF address of the student's int32 exp table [256]"),
+        Field("tlutaddr", 20, doc="ABUF address of the teacher's int32 exp table [256]"),
+        *_buf("d", "the int8 logit error [n, k]"),
+        Field("n", 16), Field("k", 16),
+        Field("rmul", 24, doc="round(2^16 / batch)"),
+        Field("shift", 8, doc="right shift of G*rmul"),
+        Field("kd", 1, doc="0: pseudo labels (teacher argmax); 1: distillation (teacher "
+              "softmax)"),
+        Field("thresh", 16, doc="pseudo labels: confidence threshold in Q15 (0..32768)"),
+    ), "Loss gradient with a frozen teacher's logits as the target (docs/numerics.md): "
+       "P = floor(LUT[max z - z] * 2^15 / S), F = TLUT[max t - t], ST = sum F; "
+       "pseudo: G = (2^30 >= thresh*ST) ? P - 2^15*onehot(first argmax t) : 0; "
+       "kd: G = P - floor(F * 2^15 / ST); D = sat8(round_nearest(G*rmul / 2^shift))."),
     Instr("SGD", 13, "compute", (
         Field("maddr", 20, doc="ABUF address of the int32 master tile (updated in place)"),
         *_buf("g", "the int8 gradient"),

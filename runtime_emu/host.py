@@ -7,6 +7,7 @@ from edgec.isa.container import DTYPE_BYTES, Program
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import Target
 
+from .losst import teacher_loss
 from .machine import Machine
 from .timing import Timing
 
@@ -227,6 +228,9 @@ def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
         raise EdgecError(f"logits symbol {logits_name!r} has shape {list(_shape(ls))}, "
                          "expected [N, K]")
     N, K = _shape(ls)
+    teacher = program.meta.get("teacher")
+    if labels is None and teacher:          # the program takes its targets from a teacher
+        labels = np.full(N, (program.meta.get("class_ids") or [0])[0], dtype=np.int64)
     lab = np.asarray(labels)
     ids = program.meta.get("class_ids")
     if ids is not None:       # a class-subset program: labels are original class ids
@@ -266,7 +270,16 @@ def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
     mx = z2.max(axis=1, keepdims=True)
     lse = mx[:, 0] + np.log(np.exp(z2 - mx).sum(axis=1))
     lab2 = lab.reshape(-1).astype(np.int64)
-    out["loss"] = np.float32(np.mean(lse - z2[np.arange(len(lab2)), lab2]))
+    if teacher:
+        ts = _sym(program, str(program.meta.get("teacher_logits")))
+        t = read_symbol(m, ts["name"]).astype(np.float64) * 2.0 ** _exp(ts)
+        try:
+            out["loss"] = np.float32(teacher_loss(z2, t.reshape(z2.shape), teacher))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise EdgecError(f"program meta 'teacher' / 'teacher_logits' is malformed "
+                             f"({type(e).__name__}: {e})") from None
+    else:
+        out["loss"] = np.float32(np.mean(lse - z2[np.arange(len(lab2)), lab2]))
     out["logits"] = z.astype(np.float32)
     for p in program.meta.get("params", []):
         try:

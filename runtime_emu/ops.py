@@ -8,6 +8,7 @@ from edgec.isa.table import INSTRS
 
 from .bnstat import op_bnadapt, op_cstat
 from .dma import op_ld, op_ldch, op_seed, op_st, op_stch
+from .losst import op_losst
 from .mac import op_mac
 from .timing import op_sync
 from .vector import (op_end, op_lossg, op_maxp, op_maxpb, op_rq, op_rsum, op_sgd, op_vadd,
@@ -20,6 +21,7 @@ OPS = {
     "RQ": op_rq, "VMASK": op_vmask, "MAXP": op_maxp, "MAXPB": op_maxpb,
     "RSUM": op_rsum, "LOSSG": op_lossg, "SGD": op_sgd, "VADD": op_vadd,
     "CSTAT": op_cstat, "BNADAPT": op_bnadapt,
+    "LOSST": op_losst,
 }
 
 _missing = {i.name for i in INSTRS} - set(OPS)

@@ -344,6 +344,8 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
                     em.emit("BNADAPT", saddr=0, baddr=2 * cn, qbuf=WBUF, qaddr=0, c=cn,
                             cnt=N * hw, mode=a["mode"], d=a["d"], p=a["p"], eps=a["eps"],
                             m=a["m"])
+    elif n.op == "loss_grad" and a.get("target", "labels") != "labels":
+        emit_teacher_loss(em, mem, n)
     elif n.op == "loss_grad":
         z, lab = mem.of_value[n.inputs[0]], mem.of_value[n.inputs[1]]
         lut = mem.symbols[a["lut"]]
@@ -375,6 +377,22 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
                     cbits=a["cbits"])
             em.view(False, ABUF, h, msym, a, r0, rt, b0, bt)
             em.view(False, cbuf, caddr, psym, a, r0, rt, b0, bt)
+
+
+def emit_teacher_loss(em: Emitter, mem: MemoryPlan, n) -> None:
+    """loss_grad with a teacher target (pseudo / kd): one LOSST on whole logits."""
+    a = n.attrs
+    z, t = mem.of_value[n.inputs[0]], mem.of_value[n.inputs[1]]
+    out = mem.of_value[n.outputs[0]]
+    N, K = z.shape
+    em.box(True, IBUF, 0, z, (0, 0), (N, K))
+    em.box(True, IBUF, N * K, t, (0, 0), (N, K))
+    em.box(True, ABUF, 0, mem.symbols[a["lut"]], (0,), (256,))
+    em.box(True, ABUF, 256, mem.symbols[a["tlut"]], (0,), (256,))
+    em.emit("LOSST", zbuf=IBUF, zaddr=0, tbuf=IBUF, taddr=N * K, lutaddr=0, tlutaddr=256,
+            dbuf=IBUF, daddr=2 * N * K, n=N, k=K, rmul=a["rmul"], shift=a["shift"],
+            kd=int(a["target"] == "kd"), thresh=a.get("thresh", 0))
+    em.box(False, IBUF, 2 * N * K, out, (0, 0), (N, K))
 
 
 def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target) -> Emitter:

@@ -213,7 +213,9 @@ def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
                            lambda t, k: bias_grad_fits(t, hw, tg, k), where)
         elif n.op == "loss_grad":
             N, K = V[n.inputs[0]].shape
-            if 2 * N * K > tg.ibuf or N + 256 > tg.abuf:
+            teacher = n.attrs.get("target", "labels") != "labels"    # LOSST: t and TLUT
+            if (3 if teacher else 2) * N * K > tg.ibuf or \
+                    (512 if teacher else N + 256) > tg.abuf:
                 raise EdgecError(f"{where}: logits [{N},{K}] do not fit the buffers")
             dims = t = {"n": N}
         elif n.op == "sgd":

@@ -115,6 +115,13 @@ def footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
         return [("ABUF", f["saddr"], f["saddr"] + 2 * c, False, None),
                 ("ABUF", f["baddr"], f["baddr"] + c, True, None),
                 (B[f["qbuf"]], f["qaddr"], f["qaddr"] + c, True, None)]
+    if name == "LOSST":
+        nk = f["n"] * f["k"]
+        return [(B[f["zbuf"]], f["zaddr"], f["zaddr"] + nk, False, None),
+                (B[f["tbuf"]], f["taddr"], f["taddr"] + nk, False, None),
+                ("ABUF", f["lutaddr"], f["lutaddr"] + 256, False, None),
+                ("ABUF", f["tlutaddr"], f["tlutaddr"] + 256, False, None),
+                (B[f["dbuf"]], f["daddr"], f["daddr"] + nk, True, None)]
     if name == "LOSSG":
         nk = f["n"] * f["k"]
         return [(B[f["zbuf"]], f["zaddr"], f["zaddr"] + nk, False, None),

@@ -447,6 +447,9 @@ def const_values(g: Graph, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         elif p.kind == "bn_mean":
             bn = model.get_submodule(p.module)
             out[p.name] = -bn.running_mean.double().reshape(p.shape)
+        elif p.kind in ("teacher", "teacher_bias"):       # the pretrained value
+            src = dict(model.named_parameters())[p.name.split(":", 1)[1]]
+            out[p.name] = src.detach().clone().reshape(p.shape)
     return out
 
 

@@ -12,6 +12,21 @@ import torch.nn.functional as F
 from edgec.compiler.ir.graph import Graph, Node
 
 
+def _loss_grad(z: torch.Tensor, y: torch.Tensor, at: dict) -> torch.Tensor:
+    """d(mean loss)/dz: labels, or a teacher's logits ``y`` (attr target pseudo | kd)."""
+    target, n_ = at.get("target", "labels"), z.shape[0]
+    if target == "kd":
+        T = float(at["temp"])
+        return (torch.softmax(z / T, dim=1) - torch.softmax(y / T, dim=1)) / n_
+    if target == "pseudo":
+        pt = torch.softmax(y, dim=1)
+        keep = (pt.max(dim=1).values >= float(at["threshold"])).to(z.dtype)[:, None]
+        onehot = F.one_hot(pt.argmax(dim=1), z.shape[1]).to(z.dtype)
+        return (torch.softmax(z, dim=1) - onehot) * keep / n_
+    onehot = F.one_hot(y.long(), z.shape[1]).to(z.dtype)
+    return (torch.softmax(z, dim=1) - onehot) / n_
+
+
 def _view_index(p: torch.Tensor, attrs) -> tuple:
     """Advanced index selecting the wview of ``p`` (rows out_idx, dim-1 blocks in_idx)."""
     out_idx, in_idx = attrs.get("out_idx"), attrs.get("in_idx")
@@ -53,10 +68,7 @@ def _eval(n: Node, a: list[torch.Tensor]):
     if op == "reshape":
         return a[0].reshape(tuple(at["shape"]))
     if op == "loss_grad":
-        z, y = a
-        n_ = z.shape[0]
-        onehot = F.one_hot(y.long(), z.shape[1]).to(z.dtype)
-        return (torch.softmax(z, dim=1) - onehot) / n_
+        return _loss_grad(a[0], a[1], at)
     if op == "conv_eb":
         return torch.nn.grad.conv2d_input(tuple(at["in_shape"]), a[1], a[0],
                                           stride=tuple(at["stride"]), padding=tuple(at["pad"]),

@@ -38,7 +38,10 @@ OPS: dict[str, tuple[tuple[int, int], int, tuple[str, ...]]] = {
     # row-major view, e.g. flatten [N,C,H,W] -> [N,C*H*W]
     "reshape": ((1, 1), 1, ("shape",)),
     # ---- loss ----
-    # z[N,K], labels[N] -> dz[N,K] = (softmax(z) - onehot(labels)) / N   (mean CE gradient)
+    # z[N,K], labels[N] -> dz[N,K] = (softmax(z) - onehot(labels)) / N   (mean CE gradient);
+    # with attr target = pseudo | kd the second operand is the teacher's logits t[N,K]
+    # (compiler/passes/teacher.py): pseudo: onehot(argmax t), rows whose teacher confidence
+    # is below attr threshold get 0; kd: softmax(z/T) - softmax(t/T), T = attr temp
     "loss_grad": ((2, 2), 1, ()),
     # ---- backward ----
     # dy[N,O,OH,OW], w[O,C,KH,KW] -> dx[N,C,H,W]   (error back-propagation, EB)
@@ -104,7 +107,7 @@ class Param:
     @property
     def is_bias(self) -> bool:
         """Biases (and the BatchNorm shift) live at the accumulator exponent."""
-        return self.kind in ("bias", "bn_shift", "bn_mean")
+        return self.kind in ("bias", "bn_shift", "bn_mean", "teacher_bias")
 
     @property
     def is_const(self) -> bool:
@@ -114,8 +117,10 @@ class Param:
 
 # weight | bias: model parameters;  bn_scale | bn_shift: a BatchNorm's frozen normalisation
 # (1/sqrt(var+eps), -mean/sqrt(var+eps));  bn_mean: -mean as the frozen bias of a bias-free
-# conv feeding the BatchNorm (which then has no shift);  avg: an average pool's weight
-CONST_KINDS = ("bn_scale", "bn_shift", "bn_mean", "avg")
+# conv feeding the BatchNorm (which then has no shift);  avg: an average pool's weight;
+# teacher | teacher_bias: the pretrained value of a trainable weight / bias, frozen, for the
+# teacher's copy of the forward (compiler/passes/teacher.py; named "teacher:<param>")
+CONST_KINDS = ("bn_scale", "bn_shift", "bn_mean", "avg", "teacher", "teacher_bias")
 PARAM_KINDS = ("weight", "bias") + CONST_KINDS
 
 

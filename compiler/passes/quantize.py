@@ -118,10 +118,14 @@ class QuantizePass:
                 e_dz = expo(torch.tensor(1.0 / N))      # |dz| <= 1/N
                 a["rmul"] = round(2**16 / N)
                 a["shift"] = 31 + e_dz
+                temp = float(a.get("temp", 1.0))      # kd: both softmaxes at T
                 a["lut"] = "lut:softmax"
-                ez = e(ins[0])
-                g.consts["lut:softmax"] = [int(np.round(2**15 * math.exp(-d * 2.0**ez)))
-                                           for d in range(256)]
+                g.consts["lut:softmax"] = exp_lut(e(ins[0]), temp)
+                if a.get("target", "labels") != "labels":     # a teacher's logits
+                    a["tlut"] = "lut:teacher"
+                    g.consts["lut:teacher"] = exp_lut(e(ins[1]), temp)
+                    if a["target"] == "pseudo":
+                        a["thresh"] = int(np.rint(float(a["threshold"]) * 2**15))
                 V[out].dtype, V[out].exp = "i8", e_dz
             elif n.op in ("conv_eb", "linear_eb", "conv_wg", "linear_wg", "bias_grad"):
                 tid += 1
@@ -178,6 +182,12 @@ class QuantizePass:
         shift = max(-31, min(31, e_out - e_acc))
         n.attrs["shift"] = shift
         g.values[out].dtype, g.values[out].exp = "i8", e_acc + shift
+
+
+def exp_lut(e_z: int, temp: float = 1.0) -> list[int]:
+    """``LUT[d] = round_half_even(2**15 * exp(-d * 2**e_z / temp))``, d = 0..255: the
+    softmax's exp table for int8 logits at exponent ``e_z`` (docs/numerics.md)."""
+    return [int(np.round(2**15 * math.exp(-d * 2.0**e_z / temp))) for d in range(256)]
 
 
 def clamp_bounds(act, e: int) -> tuple[int, int]:
