@@ -133,7 +133,7 @@ def instr_cost(name: str, f: dict, tg: Target, index: int = 0) -> dict:
         base = f["n"] * f["yh"] * f["yw"] * f["kh"] * f["kw"]
         macs = base * f["ci"] * f["co"] * g
         a, b = (f["ci"], f["co"]) if PATTERNS[f["pattern"]] == "FP" else (f["co"], f["ci"])
-        cyc = g * base * _ceil(a, tg.mac_rows) * _ceil(b, tg.mac_cols)
+        cyc = base * tg.mac_group_passes(a, b, g)
         return dict(unit="mac", cycles=cyc, macs=macs, ddr_bytes=0, index_bytes=0)
     if name == "RQ":
         n = f["n0"] * f["n1"] * f["n2"] * f["n3"]

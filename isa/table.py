@@ -160,7 +160,10 @@ INSTRS: tuple[Instr, ...] = (
        "EB: A=dY, B=W, C=dX, dX[n,j*ci+c] = sum_{o,kh,kw} dY[n,j*co+o] * W[j*co+o,c]. "
        "WG: A=dY, B=X, C=dW, dW[j*co+o,c,kh,kw] = sum_{n,y,x} dY[n,j*co+o] * X[n,j*ci+c]. "
        "Terms whose X element lies outside the X tile are zero. Traps if C leaves int32. "
-       "Counts n*yh*yw*kh*kw*ci*co*g MACs and g times the cycles of one group."),
+       "Counts n*yh*yw*kh*kw*ci*co*g MACs. Cycles: n*yh*yw*kh*kw * ceil(g/P) * "
+       "ceil(a/rows) * ceil(b/cols), (a, b) = (ci, co) for FP, (co, ci) for EB/WG: P = "
+       "max(1, min(rows // a, cols // b)) groups share the array side by side (depthwise "
+       "and grouped convs)."),
     Instr("RQ", 7, "compute", (
         Field("saddr", 20, doc="ABUF element address of the int32 source tile"),
         *_buf("d", "the int8 result"),

@@ -33,6 +33,13 @@ class Target:
     ddr_latency: int
     vector_lanes: int
 
+    def mac_group_passes(self, a: int, b: int, g: int) -> int:
+        """Array passes per output pixel and kernel tap of a MAC whose groups each reduce
+        `a` lanes into `b` lanes: groups small enough are packed side by side on the array
+        (block-diagonal weights), min(rows // a, cols // b) of them per pass."""
+        per = max(1, min(self.mac_rows // a, self.mac_cols // b))
+        return -(-g // per) * -(-a // self.mac_rows) * -(-b // self.mac_cols)
+
     def buffer_size(self, buf: str) -> int:
         return {"IBUF": self.ibuf, "WBUF": self.wbuf, "ABUF": self.abuf}[buf]
 

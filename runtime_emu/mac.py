@@ -289,4 +289,4 @@ def op_mac(m, f):
     m.counters["macs"] += n * yh * yw * KH * KW * ci * co * G
     a, b = (ci, co) if p.pat == "FP" else (co, ci)
     t = m.target
-    return G * n * yh * yw * KH * KW * -(-a // t.mac_rows) * -(-b // t.mac_cols)
+    return n * yh * yw * KH * KW * t.mac_group_passes(a, b, G)

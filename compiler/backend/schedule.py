@@ -60,7 +60,6 @@ def nest_cost(base: str, G: dict, dims: dict, t: dict, tg: Target, bias: bool = 
     dma = lambda b: tg.ddr_latency + _ceil(b, tg.ddr_bytes_per_cycle)  # noqa: E731
     vec = lambda n: 4 + _ceil(n, tg.vector_lanes)                         # noqa: E731
     kk = G["kh"] * G["kw"]
-    arr = lambda a, b: _ceil(a, tg.mac_rows) * _ceil(b, tg.mac_cols)      # noqa: E731
     sp = "ih" if base == "conv_eb" else "oh"
     par = ["n", "g", "co", "ci", sp] if base != "conv_wg" else ["g", "co", "ci"]
     red = {"conv": ["ci"], "conv_eb": ["co"], "conv_wg": ["n", sp]}[base]
@@ -82,14 +81,14 @@ def nest_cost(base: str, G: dict, dims: dict, t: dict, tg: Target, bias: bool = 
             w = go * s["ci"] * kk
             if base == "conv":
                 boxes = [s["n"] * gi * x_rows(G, s[sp]) * G["W"], w]
-                mac = s["g"] * s["n"] * s[sp] * G["OW"] * kk * arr(s["ci"], s["co"])
+                mac = s["n"] * s[sp] * G["OW"] * kk * tg.mac_group_passes(s["ci"], s["co"], s["g"])
             elif base == "conv_eb":
                 yr = y_rows(G, s[sp])
                 boxes = [s["n"] * go * yr * G["OW"], w]
-                mac = s["g"] * s["n"] * yr * G["OW"] * kk * arr(s["co"], s["ci"])
+                mac = s["n"] * yr * G["OW"] * kk * tg.mac_group_passes(s["co"], s["ci"], s["g"])
             else:
                 boxes = [s["n"] * go * s[sp] * G["OW"], s["n"] * gi * x_rows(G, s[sp]) * G["W"]]
-                mac = s["g"] * s["n"] * s[sp] * G["OW"] * kk * arr(s["co"], s["ci"])
+                mac = s["n"] * s[sp] * G["OW"] * kk * tg.mac_group_passes(s["co"], s["ci"], s["g"])
             lc = sum(dma(b) for b in boxes)
             out_l += r_mult * lc
             out_p += r_mult * sum(dma(b) - tg.ddr_latency for b in boxes)
