@@ -124,7 +124,7 @@ def main(argv=None):
             ("acc_adapt_bn_unpruned", "the same without the mask (no labels)")]
     for k, what in rows:
         v = res[k]
-        print(f"  {k:<13} {'not built' if v is None else f'{v:6.2f}%':>9}  {what}")
+        print(f"  {k:<22} {'not built' if v is None else f'{v:6.2f}%':>9}  {what}")
     print(f"float vs emulator evaluation of the tuned weights: "
           f"{res['acc_int8'] - res['acc_int8_emu']:+.2f} points; total {res['seconds']}s")
     if args.json:
