@@ -102,12 +102,20 @@ def _ddr_bytes(prog, f):
             + np.arange(f["esize"])).reshape(-1)
 
 
-def test_compiled_tokens_cover_every_hazard(lenet):
+PERSONALIZE = ROOT / "examples" / "personalize"
+
+
+@pytest.mark.parametrize("kind", ["lenet", "adapt-bn", "pseudo"])
+def test_compiled_tokens_cover_every_hazard(lenet, kind):
     """Replay the compiled program's timing and sweep it in program order: an instruction
     that reads an element (buffer element or DDR byte) must start after every earlier
     write of it on another queue has ended, and one that writes it after every earlier
-    read and write on another queue.  DDR bytes come from the fields and the tables."""
-    prog, tg = lenet.program, lenet.target
+    read and write on another queue.  DDR bytes come from the fields and the tables.
+    Also for a BatchNorm adaptation program and a program with an on-device teacher."""
+    c = lenet if kind == "lenet" else compile_model(
+        str(PERSONALIZE / "model.py"), str(PERSONALIZE / "user.mask"),
+        **({"adapt_bn": True} if kind == "adapt-bn" else {"teacher": {"target": "pseudo"}}))
+    prog, tg = c.program, c.target
     ins = decode_all(prog.code)
     costs = [instr_cost(i.name, f, tg)["cycles"] for i, f in ins]
     ends = replay([i.name for i, _ in ins], [i.queue for i, _ in ins],
