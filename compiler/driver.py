@@ -16,12 +16,13 @@ from .backend.stats import static_counts
 from .backend.tiling import tile_graph
 from .frontend.capture import capture, const_values
 from .frontend.load import load_model
-from .frontend.maskfile import parse_mask
+from .frontend.maskfile import drop_full, parse_mask
 from .ir.graph import Graph
 from .ir.loops import LoopNest
 from .passes.mask import MaskPass
 from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
+from .remask import remask_info
 
 
 @dataclass
@@ -77,6 +78,16 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
                           graph=graph, frozen=frozen, classes=classes)
 
 
+def user_mask(mask: str | dict | None, model: torch.nn.Module, logits_layer: str) -> dict:
+    """A user.mask path (parsed) or a {layer: kept} dict, without the lines that keep every
+    channel (they are no mask)."""
+    layers, refuse = mask_layers(model)
+    if isinstance(mask, str):
+        mask = parse_mask(mask, layers, logits_layer, refuse=refuse)
+    mask = mask if isinstance(mask, dict) and hasattr(mask, "where") else dict(mask or {})
+    return drop_full(mask, layers)
+
+
 def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) -> set[str]:
     """Names of the parameters --train/--freeze/--bias-only leave frozen."""
     names = [k for k, _ in model.named_parameters()]
@@ -114,10 +125,7 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
         g.params[name].trainable = False
     dump("capture", g)
     logits_layer = g.producer(g.outputs["logits"]).layer
-    if isinstance(mask, str):
-        layers, refuse = mask_layers(model)
-        mask = parse_mask(mask, layers, logits_layer, refuse=refuse)
-    mask = mask if isinstance(mask, dict) and hasattr(mask, "where") else dict(mask or {})
+    mask = user_mask(mask, model, logits_layer)
     if classes is not None:
         K = g.values[g.outputs["logits"]].shape[1]
         ids = sorted(set(int(c) for c in classes))
@@ -162,11 +170,12 @@ def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: i
     mem = plan_memory(g, seed, tg.ddr_bytes)
     em = generate(g, nests, mem, tg)
     prog = Program(tg.fingerprint, b"".join(em.words), bytes(mem.data), mem.size,
-                   [s.to_json() for s in mem.symbols.values()], program_meta(g, mem, em, lr))
+                   [s.to_json() for s in mem.symbols.values()],
+                   program_meta(g, mem, em, lr, model))
     return Compiled(g, nests, mem, em, prog, write_program(prog), tg, model, example, mask)
 
 
-def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
+def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model) -> dict:
     params = []
     for p in g.params.values():
         if not p.trainable:
@@ -183,4 +192,6 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
     return {"logits": logits, "params": params, "lr": lr,
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
+            "remask": remask_info(*mask_layers(model), g.producer(g.outputs["logits"]).layer,
+                                  g.meta.get("mask_ties", [])),
             **({"class_ids": g.meta["class_ids"]} if "class_ids" in g.meta else {})}
