@@ -10,13 +10,13 @@ does is in the meta ``remask`` entry: the maskable layers and their channel coun
 layers that cannot be masked (and why), the logits layer, and the residual adds where two
 masked layers meet (their lists must stay equal).
 
-Imports: the container (edgec.isa), numpy and the mask-file parser only; no torch.
+Imports: the container (edgec.isa) and the mask-file parser (lark) only; no torch.
 """
 from __future__ import annotations
 
-import numpy as np
+import struct
 
-from edgec.isa.container import Program, load_program, write_program
+from edgec.isa.container import Program, read_sections, rewrite_program
 from edgec.isa.errors import EdgecError
 
 from .frontend.maskfile import drop_full, parse_mask, residual_error
@@ -45,9 +45,15 @@ def _info(prog: Program, path: str) -> dict:
     return info
 
 
-def remask(prog_path: str, mask_path: str) -> bytes:
+def remask(prog_path: str, mask_path: str) -> bytearray:
     """The bytes of ``prog_path`` with the channel index tables of ``mask_path``."""
-    prog = load_program(prog_path)
+    try:
+        with open(prog_path, "rb") as f:
+            blob = f.read()
+    except OSError as e:
+        raise EdgecError(f"{prog_path}: cannot read ({e.strerror})") from None
+    fp, _, data_len, ddr_size, symbols, meta = read_sections(blob, prog_path)
+    prog = Program(fp, b"", b"", ddr_size, symbols, meta)      # sections stay in blob
     info = _info(prog, prog_path)
     layers, logits = info["layers"], info["logits_layer"]
     new = drop_full(parse_mask(mask_path, layers, logits, refuse=info["refuse"]), layers)
@@ -71,18 +77,17 @@ def remask(prog_path: str, mask_path: str) -> bytes:
     for a, b, loc, layer in info["ties"]:
         if new.get(a) != new.get(b):
             raise residual_error(new, (a, b), loc, layer)
-    data = bytearray(prog.data)
+    patches = {}
     for k, kept in new.items():
         sym = prog.symbol(f"tab:{k}")
-        raw = np.asarray(kept, "<i4").tobytes()
+        raw = struct.pack(f"<{len(kept)}i", *kept)
         if sym["dtype"] != "i32" or sym["shape"] != [len(kept)] \
-                or sym["addr"] + len(raw) > len(data):
+                or sym["addr"] + len(raw) > data_len:
             raise EdgecError(f"{prog_path}: symbol 'tab:{k}' is not the {len(kept)}-entry "
                              "index table remask expects; recompile with edgec compile")
-        data[sym["addr"]:sym["addr"] + len(raw)] = raw
+        patches[sym["addr"]] = raw
     mask = {k: list(v) for k, v in new.items()}
-    if logits in prog.meta["mask"]:
-        mask[logits] = prog.meta["mask"][logits]
-    meta = dict(prog.meta, mask=dict(sorted(mask.items())))
-    return write_program(Program(prog.target_fp, prog.code, bytes(data), prog.ddr_size,
-                                 prog.symbols, meta))
+    if logits in meta["mask"]:
+        mask[logits] = meta["mask"][logits]
+    return rewrite_program(blob, patches, dict(meta, mask=dict(sorted(mask.items()))),
+                           symbols, prog_path)
