@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 
-from edgec.isa.container import Program, read_sections, rewrite_program
+from edgec.isa.container import read_sections, rewrite_program
 from edgec.isa.errors import EdgecError
 
 from .frontend.maskfile import drop_full, parse_mask, residual_error
@@ -29,15 +29,15 @@ def remask_info(layers: dict[str, int], refuse: dict[str, str], logits_layer: st
             "logits_layer": logits_layer, "ties": [list(t) for t in ties]}
 
 
-def _info(prog: Program, path: str) -> dict:
-    info = prog.meta.get("remask")
+def _info(meta: dict, path: str) -> dict:
+    info = meta.get("remask")
     ok = (isinstance(info, dict) and isinstance(info.get("layers"), dict)
           and all(isinstance(k, str) and isinstance(v, int) for k, v in info["layers"].items())
           and isinstance(info.get("refuse"), dict) and isinstance(info.get("logits_layer"), str)
           and isinstance(info.get("ties"), list)
           and all(isinstance(t, list) and len(t) == 4 for t in info["ties"])
-          and isinstance(prog.meta.get("mask"), dict)
-          and all(isinstance(v, list) for v in prog.meta["mask"].values()))
+          and isinstance(meta.get("mask"), dict)
+          and all(isinstance(v, list) for v in meta["mask"].values()))
     if not ok:
         raise EdgecError(f"{path}: the program does not say how it was masked (no valid "
                          "'remask' entry in its meta; written by an older edgec?): recompile "
@@ -52,12 +52,12 @@ def remask(prog_path: str, mask_path: str) -> bytearray:
             blob = f.read()
     except OSError as e:
         raise EdgecError(f"{prog_path}: cannot read ({e.strerror})") from None
-    fp, _, data_len, ddr_size, symbols, meta = read_sections(blob, prog_path)
-    prog = Program(fp, b"", b"", ddr_size, symbols, meta)      # sections stay in blob
-    info = _info(prog, prog_path)
+    _, _, data_len, _, symbols, meta = read_sections(blob, prog_path)   # no section copies
+    info = _info(meta, prog_path)
     layers, logits = info["layers"], info["logits_layer"]
     new = drop_full(parse_mask(mask_path, layers, logits, refuse=info["refuse"]), layers)
-    old = {k: v for k, v in prog.meta["mask"].items() if k != logits}   # logits: --classes
+    old = {k: v for k, v in meta["mask"].items() if k != logits}   # logits: --classes
+
     def count(m: dict, k: str):
         return len(m[k]) if k in m else layers.get(k, 0)
     diff = [k for k in sorted(set(old) | set(new), key=lambda k: (k not in new, k))
@@ -77,11 +77,11 @@ def remask(prog_path: str, mask_path: str) -> bytearray:
     for a, b, loc, layer in info["ties"]:
         if new.get(a) != new.get(b):
             raise residual_error(new, (a, b), loc, layer)
-    patches = {}
+    patches, by_name = {}, {s.get("name"): s for s in symbols}
     for k, kept in new.items():
-        sym = prog.symbol(f"tab:{k}")
+        sym = by_name.get(f"tab:{k}", {})
         raw = struct.pack(f"<{len(kept)}i", *kept)
-        if sym["dtype"] != "i32" or sym["shape"] != [len(kept)] \
+        if sym.get("dtype") != "i32" or sym.get("shape") != [len(kept)] \
                 or sym["addr"] + len(raw) > data_len:
             raise EdgecError(f"{prog_path}: symbol 'tab:{k}' is not the {len(kept)}-entry "
                              "index table remask expects; recompile with edgec compile")
