@@ -132,3 +132,29 @@ def test_program_without_remask_info(lenet, tmp_path, capsys):
     assert rc == 1 and blob is None and "recompile with edgec compile" in out.err
     assert json.dumps(read_program(ca.blob).meta["remask"]["layers"]) == \
         '{"conv1": 8, "conv2": 16, "fc1": 32, "fc2": 10}'
+
+
+def test_calibration_graph_is_the_unmasked_model(tmp_path):
+    """mask.unmasked undoes the mask pass (views, compacted shapes, depthwise/BN groups,
+    even a mask keeping one channel): every float value equals the unmasked graph's."""
+    import copy
+
+    import torch
+
+    from edgec.compiler.frontend.capture import capture, const_values
+    from edgec.compiler.frontend.load import load_model
+    from edgec.compiler.ir.float_interp import run_float
+    from edgec.compiler.passes.mask import MaskPass, unmasked
+    from edgec.compiler.passes.quantize import calibration_labels
+    path = write(tmp_path, BLOCK)
+    model, x = load_model(path)
+    g = capture(model, x, path)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    params.update(const_values(g, model))
+    mask = {"stem": [2], "block.conv2": [2], "block.conv1": [0, 3]}
+    u = unmasked(MaskPass(mask).apply(copy.deepcopy(g)))
+    ref = MaskPass({}).apply(copy.deepcopy(g))
+    labels = calibration_labels(x.shape[0], 5)
+    a, b = run_float(ref, x, labels, params), run_float(u, x, labels, params)
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a), [(k, a[k].shape, b[k].shape, float((a[k]-b[k]).abs().max())) for k in a if a[k].shape != b[k].shape or not torch.equal(a[k], b[k])][:4]

@@ -173,11 +173,16 @@ def unmasked(g: Graph) -> Graph:
     of the logits layer that is not part of the user's mask) stays."""
     u = copy.deepcopy(g)
     src = {n.outputs[0]: n for n in u.nodes if n.op == "wview"}
+    full_groups = {}        # layer -> channels of its depthwise convs (BN, pooling too)
     for n in u.nodes:
         view = src.get(n.inputs[1]) if n.op in ("conv", "conv_eb") and len(n.inputs) > 1 \
             else None
-        if view is not None and n.attrs.get("groups", 1) > 1 and is_depthwise(u, n):
-            n.attrs["groups"] = u.values[view.inputs[0]].shape[0]    # full channel count
+        if view is not None and view.attrs["out_tab"] not in (None, n.layer) \
+                and u.values[view.inputs[0]].shape[1] == 1:
+            # depthwise: its rows follow another layer's mask, its groups the kept count
+            full_groups[n.layer] = u.values[view.inputs[0]].shape[0]
+        if n.op in ("conv", "conv_eb", "conv_wg") and n.layer in full_groups:
+            n.attrs["groups"] = full_groups[n.layer]
         n.inputs = [src[v].inputs[0] if v in src else v for v in n.inputs]
     u.nodes = [n for n in u.nodes if n.op != "wview"]
     for v in src:
