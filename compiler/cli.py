@@ -1,4 +1,4 @@
-"""edgec command line: compile, run, finetune, verify, disasm.
+"""edgec command line: compile, remask, run, finetune, verify, disasm, ...
 
 Every failure is one message on stderr ("edgec: error: ...") and a non-zero exit; outputs
 are written atomically, so a failed run never leaves a half-written or damaged file.
@@ -143,6 +143,16 @@ def cmd_compile(args) -> int:
     pruned = _pruned_summary(c)
     if pruned:
         print(pruned)
+    return 0
+
+
+def cmd_remask(args) -> int:
+    from .remask import remask       # no torch, no compiler front end: milliseconds
+    t0 = time.perf_counter()
+    blob = remask(args.program, args.mask)
+    _atomic_write(args.output, lambda f: f.write(blob))
+    print(f"wrote {args.output}: {args.program} with the channel index tables of "
+          f"{args.mask} ({1e3 * (time.perf_counter() - t0):.0f} ms, no recompile)")
     return 0
 
 
@@ -393,6 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "05-tile.loop), "
                    "each checked to read back identically")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("remask", help="give prog.bin another user's mask without "
+                       "recompiling: rewrites its channel index tables; the new mask must "
+                       "keep the same number of channels in every layer (the result equals "
+                       "edgec compile with that mask, byte for byte)")
+    p.add_argument("program", help="prog.bin written by edgec compile")
+    p.add_argument("--mask", required=True, help="the other user.mask (same kept count per "
+                   "layer as the program's mask)")
+    p.add_argument("-o", "--output", required=True, help="output program (may be PROGRAM "
+                   "itself)")
+    p.set_defaults(func=cmd_remask)
 
     p = sub.add_parser("ir", help="parse and check an IR dump (.ir/.loop) and print it "
                        "in canonical form")

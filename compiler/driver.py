@@ -16,7 +16,7 @@ from .backend.stats import static_counts
 from .backend.tiling import tile_graph
 from .frontend.capture import capture, const_values
 from .frontend.load import load_model
-from .frontend.maskfile import parse_mask
+from .frontend.maskfile import drop_full, parse_mask
 from .ir.graph import Graph
 from .ir.loops import LoopNest
 from .passes.adapt_bn import SCALE_HEADROOM, AdaptBNPass
@@ -24,6 +24,7 @@ from .passes.mask import MaskPass
 from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
 from .passes.teacher import TeacherPass, teacher_logits
+from .remask import remask_info
 
 
 @dataclass
@@ -84,6 +85,16 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
                           graph=graph, frozen=frozen, classes=classes, adapt_bn=adapt_bn,
                           search=search, teacher=teacher)
+
+
+def user_mask(mask: str | dict | None, model: torch.nn.Module, logits_layer: str) -> dict:
+    """A user.mask path (parsed) or a {layer: kept} dict, without the lines that keep every
+    channel (they are no mask)."""
+    layers, refuse = mask_layers(model)
+    if isinstance(mask, str):
+        mask = parse_mask(mask, layers, logits_layer, refuse=refuse)
+    mask = mask if isinstance(mask, dict) and hasattr(mask, "where") else dict(mask or {})
+    return drop_full(mask, layers)
 
 
 def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) -> set[str]:
@@ -151,10 +162,7 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
                 full.params[name].trainable = True
     dump("capture", g)
     logits_layer = g.producer(g.outputs["logits"]).layer
-    if isinstance(mask, str):
-        layers, refuse = mask_layers(model)
-        mask = parse_mask(mask, layers, logits_layer, refuse=refuse)
-    mask = mask if isinstance(mask, dict) and hasattr(mask, "where") else dict(mask or {})
+    mask = user_mask(mask, model, logits_layer)
     if classes is not None:
         K = g.values[g.outputs["logits"]].shape[1]
         ids = sorted(set(int(c) for c in classes))
@@ -200,11 +208,12 @@ def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: i
     mem = plan_memory(g, seed, tg.ddr_bytes)
     em = generate(g, nests, mem, tg)
     prog = Program(tg.fingerprint, b"".join(em.words), bytes(mem.data), mem.size,
-                   [s.to_json() for s in mem.symbols.values()], program_meta(g, mem, em, lr))
+                   [s.to_json() for s in mem.symbols.values()],
+                   program_meta(g, mem, em, lr, model))
     return Compiled(g, nests, mem, em, prog, write_program(prog), tg, model, example, mask)
 
 
-def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
+def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model) -> dict:
     params = []
     for p in g.params.values():
         if not p.trainable:
@@ -221,6 +230,8 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float) -> dict:
     return {"logits": logits, "params": params, "lr": lr,
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
+            "remask": remask_info(*mask_layers(model), g.producer(g.outputs["logits"]).layer,
+                                  g.meta.get("mask_ties", [])),
             **({"class_ids": g.meta["class_ids"]} if "class_ids" in g.meta else {}),
             **({"adapt_bn": g.meta["adapt_bn"]} if "adapt_bn" in g.meta else {}),
             **({"teacher": g.meta["teacher"],

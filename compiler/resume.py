@@ -21,7 +21,6 @@ from .backend.tiling import (_fits, bias_grad_fits, geometry, sgd_fits, sgd_geom
                              tile_graph)
 from .frontend.capture import const_values
 from .frontend.load import load_model
-from .frontend.maskfile import parse_mask
 from .ir.graph import Graph
 from .ir.loops import LoopNest
 from .ir.text import IRFile, read_ir
@@ -96,7 +95,7 @@ def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> 
 
 def compile_ir(path: str, log=None):
     """Continue the pipeline from a dump; returns a driver.Compiled."""
-    from .driver import PIPELINE, emit_program, make_passes, mask_layers
+    from .driver import PIPELINE, emit_program, make_passes, user_mask
     log = log or (lambda msg: None)
     f = read_ir(path)
     g, stage = f.graph, f.stage
@@ -128,9 +127,7 @@ def compile_ir(path: str, log=None):
                          f"({e})") from None
     if stage == "capture":
         mp = _source_path(f, path, "mask")
-        logits_layer = g.producer(g.outputs["logits"]).layer
-        layers, refuse = mask_layers(model)
-        mask = parse_mask(mp, layers, logits_layer, refuse=refuse) if mp else {}
+        mask = user_mask(mp, model, g.producer(g.outputs["logits"]).layer)
     else:
         mask = {k: list(v) for k, v in g.meta.get("mask", {}).items()}
     stages = ("capture",) + PIPELINE

@@ -53,21 +53,57 @@ class Program:
         raise EdgecError(f"program has no symbol {name!r}")
 
 
-def write_program(p: Program) -> bytes:
-    sym = json.dumps({"meta": p.meta, "symbols": p.symbols}, sort_keys=True,
-                     separators=(",", ":")).encode()
+def _symbol_json(meta: dict, symbols: list[dict]) -> bytes:
+    return json.dumps({"meta": meta, "symbols": symbols}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def _header(fp: bytes, n: int, data_len: int, sym_len: int, ddr_size: int) -> bytes:
     code_off = HEADER_BYTES
-    data_off = code_off + len(p.code)
-    sym_off = data_off + len(p.data)
-    hdr = _HDR.pack(MAGIC, VERSION, WORD_BYTES, p.target_fp, p.n_instr, code_off, data_off,
-                    len(p.data), sym_off, len(sym), p.ddr_size, 0)
-    body = hdr.ljust(HEADER_BYTES, b"\0") + p.code + p.data + sym
+    data_off = code_off + n * WORD_BYTES
+    return _HDR.pack(MAGIC, VERSION, WORD_BYTES, fp, n, code_off, data_off, data_len,
+                     data_off + data_len, sym_len, ddr_size, 0).ljust(HEADER_BYTES, b"\0")
+
+
+def write_program(p: Program) -> bytes:
+    sym = _symbol_json(p.meta, p.symbols)
+    body = _header(p.target_fp, p.n_instr, len(p.data), len(sym), p.ddr_size) + p.code \
+        + p.data + sym
     return body + hashlib.sha256(body).digest()
+
+
+def rewrite_program(blob: bytes, data_patches: dict[int, bytes], meta: dict,
+                    symbols: list[dict], path: str = "prog.bin") -> bytearray:
+    """``blob`` (a container that passed read_sections, with those ``symbols``) with
+    data-section bytes replaced (data offset -> bytes) and a new meta: the bytes
+    write_program gives for the changed Program, without splitting the sections apart
+    (one copy of a large program, not four)."""
+    _, _, _, fp, n, _, _, data_len, _, _, ddr_size, _ = _HDR.unpack_from(blob)
+    data_off = HEADER_BYTES + n * WORD_BYTES
+    sym = _symbol_json(meta, symbols)
+    out = bytearray(memoryview(blob)[:data_off + data_len])
+    out[:HEADER_BYTES] = _header(fp, n, data_len, len(sym), ddr_size)
+    for off, raw in data_patches.items():
+        if not 0 <= off <= off + len(raw) <= data_len:
+            raise EdgecError(f"{path}: patch at data offset {off} outside the data section")
+        out[data_off + off:data_off + off + len(raw)] = raw
+    out += sym
+    out += hashlib.sha256(out).digest()
+    return out
 
 
 def read_program(blob: bytes, path: str = "prog.bin",
                  expect_target: bytes | None = None) -> Program:
     """Parse and validate a container; every defect is an EdgecError naming `path`."""
+    fp, n, data_len, ddr_size, symbols, meta = read_sections(blob, path, expect_target)
+    data_off = HEADER_BYTES + n * WORD_BYTES
+    return Program(fp, blob[HEADER_BYTES:data_off], blob[data_off:data_off + data_len],
+                   ddr_size, symbols, meta)
+
+
+def read_sections(blob: bytes, path: str = "prog.bin", expect_target: bytes | None = None):
+    """Validate a container; (target fingerprint, instruction count, data length, DDR size,
+    symbols, meta), without copying its code and data sections."""
     def bad(msg: str):
         raise EdgecError(f"{path}: {msg}")
     if len(blob) < HEADER_BYTES + 32:
@@ -78,7 +114,7 @@ def read_program(blob: bytes, path: str = "prog.bin",
      _flags) = _HDR.unpack_from(blob)
     if ver != VERSION:
         bad(f"format version {ver}, this edgec reads version {VERSION}; recompile")
-    if hashlib.sha256(blob[:-32]).digest() != blob[-32:]:
+    if hashlib.sha256(memoryview(blob)[:-32]).digest() != blob[-32:]:
         bad("checksum mismatch: the file is corrupted or truncated")
     if wbytes != WORD_BYTES:
         bad(f"instruction words of {wbytes} bytes, expected {WORD_BYTES}")
@@ -103,8 +139,7 @@ def read_program(blob: bytes, path: str = "prog.bin",
     for k, s in enumerate(symbols):
         _check_symbol(bad, k, s, ddr_size)
     _check_meta(bad, meta)
-    return Program(fp, blob[code_off:data_off], blob[data_off:data_off + data_len],
-                   ddr_size, symbols, meta)
+    return fp, n, data_len, ddr_size, symbols, meta
 
 
 def _is_int(v) -> bool:

@@ -19,7 +19,9 @@ def _layout(ins: Instr) -> tuple:
 
 
 _LAYOUT = {i.name: _layout(i) for i in BY_NAME.values()}
-_KNOWN = {i.name: frozenset(f.name for f in i.all_fields) for i in BY_NAME.values()}
+# name -> {field: (bit position, mask, lo, hi, signed, bits)}: encode visits only the
+# fields it is given (an absent field is 0, which every field can hold)
+_FIELDS = {n: {f[0]: f[1:] for f in lay} for n, lay in _LAYOUT.items()}
 
 
 def encode(name: str, dep: int = 0, **fields: int) -> bytes:
@@ -27,13 +29,16 @@ def encode(name: str, dep: int = 0, **fields: int) -> bytes:
     ins = BY_NAME.get(name)
     if ins is None:
         raise EdgecError(f"unknown instruction {name!r}")
-    values = dict(fields, opcode=ins.opcode, dep=dep)
-    if not _KNOWN[name].issuperset(values):
-        extra = set(values) - _KNOWN[name]
-        raise EdgecError(f"{name}: unknown field(s) {', '.join(sorted(extra))}")
+    layout = _FIELDS[name]
+    fields["opcode"], fields["dep"] = ins.opcode, dep
     word = 0
-    for fname, pos, mask, lo, hi, signed, bits in _LAYOUT[name]:
-        v = int(values.get(fname, 0))
+    for fname, v in fields.items():
+        f = layout.get(fname)
+        if f is None:
+            extra = set(fields) - set(layout)
+            raise EdgecError(f"{name}: unknown field(s) {', '.join(sorted(extra))}")
+        pos, mask, lo, hi, signed, bits = f
+        v = int(v)
         if not lo <= v <= hi:
             raise EdgecError(f"{name}: field {fname}={v} does not fit in {bits} "
                              f"{'signed ' if signed else ''}bits")

@@ -288,7 +288,9 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, model_path: str
             hooks.append(m.register_forward_pre_hook(pre))
             hooks.append(m.register_forward_hook(post, always_call=True))
         with fx_traceback.preserve_node_meta():
-            gm = make_fx(step, record_stack_traces=True)(params, x, labels)
+            # fake tensors: shapes only, no arithmetic (the buffers stay real constants)
+            gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=True,
+                         record_stack_traces=True)(params, x, labels)
     except EdgecError:
         raise
     except Exception as e:  # noqa: BLE001

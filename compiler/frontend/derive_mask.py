@@ -31,7 +31,8 @@ import torch
 from edgec.isa.errors import EdgecError
 
 from ..ir.graph import Graph
-from ..passes.mask import is_depthwise, ranges
+from ..passes.mask import is_depthwise
+from .maskfile import ranges
 
 BY = ("l1", "bn-gamma")
 _PASS = ("relu", "hardtanh", "maxpool", "reshape")

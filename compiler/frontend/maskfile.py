@@ -2,6 +2,7 @@
 
 ``parse_mask`` returns {layer name: sorted, deduplicated kept output channels}; layers not
 listed keep every channel.  Every problem is an :class:`EdgecError` "FILE:LINE:COL: ...".
+This module imports no torch: ``edgec remask`` uses it on its own.
 """
 from __future__ import annotations
 
@@ -138,3 +139,37 @@ def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
         result[name] = sorted(keep)
         result.where[name] = where
     return result
+
+
+def drop_full(mask: dict, layers: dict[str, int]) -> dict:
+    """``mask`` without the lines that keep every channel of their layer (in place): such a
+    line is the same as no line, so it gets no index table and meets an unlisted layer at
+    a residual add without complaint."""
+    for name in [k for k, v in mask.items() if k in layers
+                 and sorted(set(v)) == list(range(layers[k]))]:
+        del mask[name]
+        getattr(mask, "where", {}).pop(name, None)
+    return mask
+
+
+def ranges(kept: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5" (the mask file's notation)."""
+    out, i = [], 0
+    while i < len(kept):
+        j = i
+        while j + 1 < len(kept) and kept[j + 1] == kept[j] + 1:
+            j += 1
+        out.append(f"{kept[i]}-{kept[j]}" if j > i else f"{kept[i]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def residual_error(mask: dict, names, loc: str | None, layer: str | None) -> EdgecError:
+    """The error for two differently masked tensors meeting at a residual add (layers
+    ``names``, None = keeps every channel), located at the first listed layer's line."""
+    where = getattr(mask, "where", {})
+    at = next((f"{where[k]}: " for k in names if k in where), "")
+    shown = [f"'{k}' keeps {ranges(mask[k])}" if k else "the other keeps all channels"
+             for k in names]
+    return EdgecError(f"{at}residual add at {loc or '?'} (layer {layer!r}): the channels that "
+                      f"meet there must be masked identically, but {shown[0]} and {shown[1]}")

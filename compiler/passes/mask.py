@@ -14,11 +14,16 @@ channels.
 """
 from __future__ import annotations
 
+import copy
+import zlib
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from edgec.isa.errors import EdgecError
 
-from ..ir.graph import Graph
+from ..frontend.maskfile import residual_error
+from ..ir.graph import Graph, Node
 from .shapes import infer
 
 _PASSTHROUGH = ("relu", "maxpool", "relu_bwd", "maxpool_bwd", "loss_grad", "hardtanh",
@@ -37,18 +42,6 @@ def is_depthwise(g: Graph, n) -> bool:
     return w[0] == grp and w[1] == 1
 
 
-def ranges(kept: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2, 5" (the mask file's notation)."""
-    out, i = [], 0
-    while i < len(kept):
-        j = i
-        while j + 1 < len(kept) and kept[j + 1] == kept[j] + 1:
-            j += 1
-        out.append(f"{kept[i]}-{kept[j]}" if j > i else f"{kept[i]}")
-        i = j + 1
-    return ", ".join(out)
-
-
 @dataclass
 class MaskPass:
     name = "mask"
@@ -65,6 +58,7 @@ class MaskPass:
         # keep[v] = (layer whose kept list selects dim 1 of v, or None; block size)
         keep: dict[str, tuple[str | None, int]] = {v: (None, 1) for v in g.inputs}
         views: dict[tuple, str] = {}
+        ties = []       # [layer a, layer b, loc, layer] of each add where two masks meet
         new_nodes = []
         # weight value -> (rows' layer, dim-1 layer, block) its forward op used
         fwd_view: dict[str, tuple[str | None, str | None, int]] = {}
@@ -133,14 +127,9 @@ class MaskPass:
             elif n.op == "add":
                 ka, kb = keep.get(n.inputs[0], (None, 1)), keep.get(n.inputs[1], (None, 1))
                 if self._kept(ka[0]) != self._kept(kb[0]):
-                    names = [k[0] for k in (ka, kb)]
-                    where = self._where(names[0]) or self._where(names[1])
-                    shown = [f"'{k}' keeps {ranges(self.mask[k])}" if k else
-                             "the other keeps all channels" for k in names]
-                    raise EdgecError(
-                        f"{where}residual add at {n.loc or '?'} (layer {n.layer!r}): the "
-                        f"channels that meet there must be masked identically, but "
-                        f"{shown[0]} and {shown[1]}")
+                    raise residual_error(self.mask, (ka[0], kb[0]), n.loc, n.layer)
+                if ka[0] is not None and kb[0] is not None and ka[0] != kb[0]:
+                    ties.append([ka[0], kb[0], n.loc, n.layer])
                 keep[out] = ka if ka[0] is not None else kb
             elif n.op == "reshape":
                 lay, blk = keep.get(n.inputs[0], (None, 1))
@@ -158,4 +147,71 @@ class MaskPass:
                 g.values[out].shape = infer(g, n)
         g.nodes = new_nodes
         g.meta["mask"] = {k: list(v) for k, v in sorted(self.mask.items())}
+        if ties:        # what edgec remask re-checks for another mask with the same counts
+            g.meta["mask_ties"] = ties
         return g
+
+
+def calibration_graphs(g: Graph) -> list[Graph]:
+    """The float graphs the quantize pass calibrates a masked graph ``g`` on: the unmasked
+    model, and ``g`` with every masked layer keeping a seeded random choice of as many
+    channels as the user's mask keeps (seeded by the count and the width, so layers that
+    meet at a residual add choose alike).  Neither depends on WHICH channels the mask keeps,
+    so neither do the program's formats: what lets ``edgec remask`` swap index tables."""
+    if not set(g.meta.get("mask", {})) - set(_class_rows(g)):
+        return [g]          # no user mask
+
+    def pick(k: int, c: int) -> list[int]:
+        rng = np.random.default_rng(zlib.crc32(f"{k}/{c}/0".encode()))
+        return sorted(int(i) for i in rng.choice(c, k, replace=False))
+    return [unmasked(g), with_kept(g, pick)]
+
+
+def unmasked(g: Graph) -> Graph:
+    """A copy of the masked graph ``g`` with every channel kept again: its views removed,
+    shapes re-inferred at full width.  Only a class subset (``meta class_ids``, a row view
+    of the logits layer that is not part of the user's mask) stays."""
+    u = copy.deepcopy(g)
+    src = {n.outputs[0]: n for n in u.nodes if n.op == "wview"}
+    full_groups = {}        # layer -> channels of its depthwise convs (BN, pooling too)
+    for n in u.nodes:
+        view = src.get(n.inputs[1]) if n.op in ("conv", "conv_eb") and len(n.inputs) > 1 \
+            else None
+        if view is not None and view.attrs["out_tab"] not in (None, n.layer) \
+                and u.values[view.inputs[0]].shape[1] == 1:
+            # depthwise: its rows follow another layer's mask, its groups the kept count
+            full_groups[n.layer] = u.values[view.inputs[0]].shape[0]
+        if n.op in ("conv", "conv_eb", "conv_wg") and n.layer in full_groups:
+            n.attrs["groups"] = full_groups[n.layer]
+        n.inputs = [src[v].inputs[0] if v in src else v for v in n.inputs]
+    u.nodes = [n for n in u.nodes if n.op != "wview"]
+    for v in src:
+        del u.values[v]
+    return MaskPass(_class_rows(g)).apply(u)
+
+
+def with_kept(g: Graph, pick) -> Graph:
+    """A copy of the masked graph ``g`` whose views keep ``pick(k, c)`` (k of the c
+    channels) in every masked layer instead of the user's choice; same shapes.  A class
+    subset (``meta class_ids``) stays."""
+    u = copy.copy(g)
+    fixed = set(_class_rows(g))
+    u.nodes = []
+    for n in g.nodes:
+        if n.op == "wview":
+            a = dict(n.attrs)
+            full = g.values[n.inputs[0]].shape        # in_idx: only on >= 2-D weights
+            if a["out_idx"] is not None and a["out_tab"] not in fixed:
+                a["out_idx"] = pick(len(a["out_idx"]), full[0])
+            if a["in_idx"] is not None:
+                a["in_idx"] = pick(len(a["in_idx"]), full[1] // a["in_block"])
+            n = Node(n.op, n.inputs, n.outputs, a, n.layer, n.loc)
+        u.nodes.append(n)
+    return u
+
+
+def _class_rows(g: Graph) -> dict[str, list[int]]:
+    """{logits layer: class ids} of a --classes graph, else {}."""
+    if "class_ids" not in g.meta:
+        return {}
+    return {g.producer(g.outputs["logits"]).layer: list(g.meta["class_ids"])}

@@ -1,8 +1,10 @@
 """Quantize pass and update pass: fixed-point formats, relu fusion, SGD nodes.
 
 Formats follow docs/numerics.md section 6: weights from their own range, everything else
-from one float calibration step of the masked model on ``example_input`` with labels drawn
-from ``torch.Generator().manual_seed(0)``.
+from float calibration steps on ``example_input`` with labels drawn from
+``torch.Generator().manual_seed(0)``, pooled over the graphs of ``mask.calibration_graphs``
+(the unmasked model and a seeded stand-in mask with the user's kept counts): a program's
+formats depend on how many channels a mask keeps, never on which.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from edgec.isa.errors import EdgecError
 
 from ..ir.float_interp import run_float
 from ..ir.graph import Graph
+from .mask import calibration_graphs
 
 ACC_MAX = 2**31 - 1
 BIAS_BITS = 24
@@ -31,15 +34,23 @@ def expo(t: torch.Tensor) -> int:
 def expo_fit(t: torch.Tensor, search: int = 3) -> int:
     """The exponent in ``[expo(t) - search, expo(t)]`` whose int8 quantization (nearest,
     saturating) of ``t`` has the least squared error: a heavy-tailed tensor trades a few
-    saturated outliers for finer steps everywhere else (numerics.md section 6)."""
+    saturated outliers for finer steps everywhere else (numerics.md section 6).  Computed
+    on |t| in float64 numpy, zeros dropped (they quantize exactly), buffers reused."""
     e0 = expo(t)
-    v = t.detach().double().reshape(-1)
-    if not v.numel() or float(v.abs().max()) == 0.0:
+    a = np.abs(t.detach().double().numpy().reshape(-1))
+    a = a[a != 0]
+    if not a.size:
         return e0
     best, best_err = e0, None
+    s = np.empty_like(a)
     for e in range(e0, e0 - search - 1, -1):
-        q = torch.clamp(torch.round(v * 2.0 ** -e), -127, 127) * 2.0 ** e
-        err = float(((q - v) ** 2).sum())
+        np.multiply(a, 2.0 ** -e, out=s)
+        np.rint(s, out=s)                       # half to even, like torch.round
+        np.minimum(s, 127, out=s)
+        s *= 2.0 ** e
+        s -= a
+        s *= s
+        err = float(s.sum())
         if best_err is None or err < best_err:
             best, best_err = e, err
     return best
@@ -67,7 +78,10 @@ class QuantizePass:
         x = self.example_input.float()
         N = x.shape[0]
         K = g.values[g.outputs["logits"]].shape[1]
-        fv = run_float(g, x, calibration_labels(N, K), self.params)
+        labels = calibration_labels(N, K)
+        runs = [run_float(c, x, labels, self.params) for c in calibration_graphs(g)]
+        fv = {k: torch.cat([r[k].reshape(-1) for r in runs]) for k in runs[0]
+              if all(k in r for r in runs)}
         V = g.values
         V["x"].dtype, V["x"].exp = "i8", expo_fit(x)
         V["labels"].dtype, V["labels"].exp = "i32", 0

@@ -1,0 +1,93 @@
+"""edgec remask: give a compiled program another user's mask without recompiling.
+
+A program depends on its mask only through the number of channels each layer keeps
+(shapes, tiling, instructions, formats: the quantize pass calibrates without the user's
+choice of channels) and through WHICH channels it keeps: the channel index tables
+``tab:<layer>`` in the data section and the ``mask`` entry of the meta.  When the new mask
+keeps the same count in every layer, rewriting those two gives the very bytes a fresh
+``edgec compile --mask`` would write.  What remask needs to check the new mask as compile
+does is in the meta ``remask`` entry: the maskable layers and their channel counts, the
+layers that cannot be masked (and why), the logits layer, and the residual adds where two
+masked layers meet (their lists must stay equal).
+
+Imports: the container (edgec.isa) and the mask-file parser (lark) only; no torch.
+"""
+from __future__ import annotations
+
+import struct
+
+from edgec.isa.container import read_sections, rewrite_program
+from edgec.isa.errors import EdgecError
+
+from .frontend.maskfile import drop_full, parse_mask, residual_error
+
+
+def remask_info(layers: dict[str, int], refuse: dict[str, str], logits_layer: str,
+                ties: list) -> dict:
+    """The meta ``remask`` entry (written by the driver, read by :func:`remask`)."""
+    return {"layers": dict(sorted(layers.items())), "refuse": dict(sorted(refuse.items())),
+            "logits_layer": logits_layer, "ties": [list(t) for t in ties]}
+
+
+def _info(meta: dict, path: str) -> dict:
+    info = meta.get("remask")
+    ok = (isinstance(info, dict) and isinstance(info.get("layers"), dict)
+          and all(isinstance(k, str) and isinstance(v, int) for k, v in info["layers"].items())
+          and isinstance(info.get("refuse"), dict) and isinstance(info.get("logits_layer"), str)
+          and isinstance(info.get("ties"), list)
+          and all(isinstance(t, list) and len(t) == 4 for t in info["ties"])
+          and isinstance(meta.get("mask"), dict)
+          and all(isinstance(v, list) for v in meta["mask"].values()))
+    if not ok:
+        raise EdgecError(f"{path}: the program does not say how it was masked (no valid "
+                         "'remask' entry in its meta; written by an older edgec?): recompile "
+                         "with edgec compile")
+    return info
+
+
+def remask(prog_path: str, mask_path: str) -> bytearray:
+    """The bytes of ``prog_path`` with the channel index tables of ``mask_path``."""
+    try:
+        with open(prog_path, "rb") as f:
+            blob = f.read()
+    except OSError as e:
+        raise EdgecError(f"{prog_path}: cannot read ({e.strerror})") from None
+    _, _, data_len, _, symbols, meta = read_sections(blob, prog_path)   # no section copies
+    info = _info(meta, prog_path)
+    layers, logits = info["layers"], info["logits_layer"]
+    new = drop_full(parse_mask(mask_path, layers, logits, refuse=info["refuse"]), layers)
+    old = {k: v for k, v in meta["mask"].items() if k != logits}   # logits: --classes
+
+    def count(m: dict, k: str):
+        return len(m[k]) if k in m else layers.get(k, 0)
+    diff = [k for k in sorted(set(old) | set(new), key=lambda k: (k not in new, k))
+            if count(old, k) != count(new, k)]
+    if diff:
+        k = diff[0]
+        a = count(old, k) if k in old else f"all {count(old, k)}"
+        b = count(new, k) if k in new else f"all {count(new, k)} (not listed)"
+        where = new.where.get(k, mask_path)
+        more = f" (and {len(diff) - 1} more layer{'s' * (len(diff) > 2)})" if len(diff) > 1 \
+            else ""
+        raise EdgecError(f"{where}: layer {k!r} keeps {b} channels here but {a} in "
+                         f"{prog_path}{more}; a program's shapes and instructions depend on "
+                         f"how many channels each layer keeps, so remask only swaps masks with "
+                         f"the same counts: recompile with edgec compile MODEL --mask "
+                         f"{mask_path}")
+    for a, b, loc, layer in info["ties"]:
+        if new.get(a) != new.get(b):
+            raise residual_error(new, (a, b), loc, layer)
+    patches, by_name = {}, {s.get("name"): s for s in symbols}
+    for k, kept in new.items():
+        sym = by_name.get(f"tab:{k}", {})
+        raw = struct.pack(f"<{len(kept)}i", *kept)
+        if sym.get("dtype") != "i32" or sym.get("shape") != [len(kept)] \
+                or sym["addr"] + len(raw) > data_len:
+            raise EdgecError(f"{prog_path}: symbol 'tab:{k}' is not the {len(kept)}-entry "
+                             "index table remask expects; recompile with edgec compile")
+        patches[sym["addr"]] = raw
+    mask = {k: list(v) for k, v in new.items()}
+    if logits in meta["mask"]:
+        mask[logits] = meta["mask"][logits]
+    return rewrite_program(blob, patches, dict(meta, mask=dict(sorted(mask.items()))),
+                           symbols, prog_path)
