@@ -52,12 +52,12 @@ def _compile(args, log):
                 or args.train or args.freeze or args.bias_only or args.classes
                 or args.labels != "given" or args.loss != "ce"
                 or args.threshold is not None or args.temperature is not None
-                or getattr(args, "adapt_bn", False)):
+                or getattr(args, "adapt_bn", False) or getattr(args, "remaskable", False)):
             raise EdgecError(f"{args.model}: an IR dump carries its own source, mask, target, "
                              "lr and seed (its 'source' line), its frozen parameters and its "
                              "loss target; drop --mask/--target/--lr/--seed/--dump-ir/--train/"
                              "--freeze/--bias-only/--classes/--labels/--loss/--threshold/"
-                             "--temperature/--adapt-bn or edit the dump")
+                             "--temperature/--adapt-bn/--remaskable or edit the dump")
         return compile_ir(args.model, log)
     return compile_model(args.model, args.mask, args.target,
                          lr=0.01 if args.lr is None else args.lr,
@@ -66,7 +66,8 @@ def _compile(args, log):
                          calib=getattr(args, "calib", None), train=args.train or (),
                          freeze=args.freeze or (), bias_only=args.bias_only,
                          classes=_class_list(args.classes), teacher=_teacher(args),
-                         adapt_bn=getattr(args, "adapt_bn", False), search=args.search)
+                         adapt_bn=getattr(args, "adapt_bn", False), search=args.search,
+                         remaskable=getattr(args, "remaskable", False))
 
 
 def _teacher(args) -> dict | None:
@@ -364,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--classes", metavar="IDS", help="fine-tune for a subset of the "
                        "classes, e.g. 0,3,7: the classifier computes only their logits; "
                        "labels stay original class ids and must be among them")
+        p.add_argument("--remaskable", action="store_true", help="fixed-point formats "
+                       "that depend only on how many channels each masked layer keeps, not "
+                       "on which (calibrated on the unmasked model and a seeded stand-in "
+                       "mask), so `edgec remask` can give the program another user's mask; "
+                       "costs some gradient fidelity")
         p.add_argument("--adapt-bn", action="store_true", help="instead of a training "
                        "step, a label-free BatchNorm adaptation program: the forward pass, "
                        "then every BatchNorm's frozen statistics move halfway to those of "

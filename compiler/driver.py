@@ -60,7 +60,7 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
                   dump_ir: str | None = None, calib: str | None = None,
                   train=(), freeze=(), bias_only: bool = False, classes=None,
                   adapt_bn: bool = False, search: str = "greedy",
-                  teacher: dict | None = None) -> Compiled:
+                  teacher: dict | None = None, remaskable: bool = False) -> Compiled:
     log = log or (lambda msg: None)
     tg = load_target(target)
     graph = None
@@ -84,7 +84,7 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
     frozen = frozen_params(model, train, freeze, bias_only)
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
                           graph=graph, frozen=frozen, classes=classes, adapt_bn=adapt_bn,
-                          search=search, teacher=teacher)
+                          search=search, teacher=teacher, remaskable=remaskable)
 
 
 def user_mask(mask: str | dict | None, model: torch.nn.Module, logits_layer: str) -> dict:
@@ -126,7 +126,7 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
                    mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
                    log=None, dump=None, graph: Graph | None = None, frozen=(),
                    classes=None, adapt_bn: bool = False, search: str = "greedy",
-                   teacher: dict | None = None) -> Compiled:
+                   teacher: dict | None = None, remaskable: bool = False) -> Compiled:
     """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
     `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
     `graph`, if given, is the float training graph (ONNX frontend) used instead of capture.
@@ -138,7 +138,9 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     `search`: schedule search of the MAC nests' tile sizes, greedy or exhaustive.
     `teacher`: the loss target comes from a frozen copy of the pretrained model instead of
     the labels: TeacherPass fields, e.g. {"target": "pseudo", "threshold": 0.5} or
-    {"target": "kd", "temp": 2.0} (compiler/passes/teacher.py)."""
+    {"target": "kd", "temp": 2.0} (compiler/passes/teacher.py).
+    `remaskable`: fixed-point formats that do not depend on which channels the mask keeps
+    (only on how many), so `edgec remask` can give the program another user's mask."""
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
@@ -160,6 +162,8 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
             full = copy.deepcopy(g)
             for name in frozen:
                 full.params[name].trainable = True
+    if remaskable:
+        g.meta["remaskable"] = True
     dump("capture", g)
     logits_layer = g.producer(g.outputs["logits"]).layer
     mask = user_mask(mask, model, logits_layer)
@@ -230,8 +234,10 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model) -> di
     return {"logits": logits, "params": params, "lr": lr,
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
-            "remask": remask_info(*mask_layers(model), g.producer(g.outputs["logits"]).layer,
-                                  g.meta.get("mask_ties", [])),
+            **({"remask": remask_info(*mask_layers(model),
+                                      g.producer(g.outputs["logits"]).layer,
+                                      g.meta.get("mask_ties", []))}
+               if g.meta.get("remaskable") else {}),
             **({"class_ids": g.meta["class_ids"]} if "class_ids" in g.meta else {}),
             **({"adapt_bn": g.meta["adapt_bn"]} if "adapt_bn" in g.meta else {}),
             **({"teacher": g.meta["teacher"],

@@ -39,9 +39,10 @@ def _info(meta: dict, path: str) -> dict:
           and isinstance(meta.get("mask"), dict)
           and all(isinstance(v, list) for v in meta["mask"].values()))
     if not ok:
-        raise EdgecError(f"{path}: the program does not say how it was masked (no valid "
-                         "'remask' entry in its meta; written by an older edgec?): recompile "
-                         "with edgec compile")
+        raise EdgecError(f"{path}: the program was not compiled with --remaskable (its "
+                         "fixed-point formats may depend on which channels its mask keeps; "
+                         "no valid 'remask' entry in its meta): recompile with edgec compile "
+                         "--remaskable")
     return info
 
 

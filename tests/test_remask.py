@@ -45,7 +45,7 @@ def _table(prog_blob, layer):
 def lenet(tmp_path_factory):
     d = tmp_path_factory.mktemp("lenet")
     ma, mb = _mask(d, "a.mask", LENET_A), _mask(d, "b.mask", LENET_B)
-    return d, ma, mb, compile_model(LENET, ma), compile_model(LENET, mb)
+    return d, ma, mb, compile_model(LENET, ma, remaskable=True), compile_model(LENET, mb, remaskable=True)
 
 
 def test_lenet_remask_equals_fresh_compile_and_verifies(lenet, tmp_path, capsys):
@@ -84,7 +84,7 @@ def test_full_keep_list_is_no_mask(tmp_path):
     """A line keeping every channel is the same as no line: same program bytes."""
     same = _mask(tmp_path, "g.mask", LENET_A.replace("conv1: 0-5", "conv1: 0-7"))
     nomask = _mask(tmp_path, "h.mask", LENET_A.replace("conv1: 0-5\n", ""))
-    assert compile_model(LENET, same).blob == compile_model(LENET, nomask).blob
+    assert compile_model(LENET, same, remaskable=True).blob == compile_model(LENET, nomask, remaskable=True).blob
 
 
 def test_residual_block_model_remask_and_tie_error(tmp_path, capsys):
@@ -93,7 +93,7 @@ def test_residual_block_model_remask_and_tie_error(tmp_path, capsys):
     path = write(tmp_path, BLOCK)
     ma = _mask(tmp_path, "a.mask", "stem: 0-3\nblock.conv2: 0-3\nblock.conv1: 1 3 5 7\n")
     mb = _mask(tmp_path, "b.mask", "stem: 2-5\nblock.conv2: 2-5\nblock.conv1: 0-3\n")
-    ca, cb = compile_model(path, ma, TINY), compile_model(path, mb, TINY)
+    ca, cb = compile_model(path, ma, TINY, remaskable=True), compile_model(path, mb, TINY, remaskable=True)
     rc, blob, _ = _remask(tmp_path, ca.blob, mb, capsys)
     assert rc == 0 and blob == cb.blob
     assert verify(cb).bit_exact
@@ -103,7 +103,7 @@ def test_residual_block_model_remask_and_tie_error(tmp_path, capsys):
     assert "c.mask:2:1: residual add" in out.err and "masked identically" in out.err, out.err
     assert "'stem' keeps 2-5" in out.err and "'block.conv2' keeps 0-3" in out.err
     with pytest.raises(EdgecError) as e:       # compile says the same
-        compile_model(path, bad, TINY)
+        compile_model(path, bad, TINY, remaskable=True)
     assert out.err == f"edgec: error: {e.value}\n"
 
 

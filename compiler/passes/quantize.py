@@ -1,10 +1,11 @@
 """Quantize pass and update pass: fixed-point formats, relu fusion, SGD nodes.
 
 Formats follow docs/numerics.md section 6: weights from their own range, everything else
-from float calibration steps on ``example_input`` with labels drawn from
-``torch.Generator().manual_seed(0)``, pooled over the graphs of ``mask.calibration_graphs``
-(the unmasked model and a seeded stand-in mask with the user's kept counts): a program's
-formats depend on how many channels a mask keeps, never on which.
+from a float calibration step of the masked model on ``example_input`` with labels drawn
+from ``torch.Generator().manual_seed(0)``; with ``--remaskable`` (``graph.meta["remaskable"]``), pooled over
+the graphs of ``mask.calibration_graphs`` (the unmasked model and a seeded stand-in mask
+with the user's kept counts), so the formats depend on how many channels a mask keeps,
+never on which (what lets ``edgec remask`` swap masks).
 """
 from __future__ import annotations
 
@@ -79,7 +80,9 @@ class QuantizePass:
         N = x.shape[0]
         K = g.values[g.outputs["logits"]].shape[1]
         labels = calibration_labels(N, K)
-        runs = [run_float(c, x, labels, self.params) for c in calibration_graphs(g)]
+        # --remaskable: formats independent of WHICH channels the mask keeps
+        graphs = calibration_graphs(g) if g.meta.get("remaskable") else [g]
+        runs = [run_float(c, x, labels, self.params) for c in graphs]
         fv = {k: torch.cat([r[k].reshape(-1) for r in runs]) for k in runs[0]
               if all(k in r for r in runs)}
         V = g.values
