@@ -515,6 +515,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("edgec: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:             # e.g. `edgec disasm prog.bin | head`
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no flush error
+        return 141
 
 
 if __name__ == "__main__":

@@ -186,3 +186,19 @@ def test_undecodable_word_round_trips_as_raw_word():
     text = _text(blob)
     assert ".word " + bytes(bad).hex() in text and "undecodable" in text
     assert assemble(text, "raw.s") == blob
+
+
+def test_closed_pipe_is_not_a_traceback(tmp_path):
+    """`edgec disasm prog.bin | head -1`: the reader goes away; no traceback."""
+    import subprocess
+    import sys
+    from edgec.compiler.driver import compile_model
+    prog = tmp_path / "p.bin"
+    prog.write_bytes(compile_model("examples/lenet/model.py").blob)
+    p = subprocess.Popen([sys.executable, "-m", "edgec.compiler.cli", "disasm", str(prog)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()                  # like head -1
+    err = p.stderr.read().decode()
+    p.wait()
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
