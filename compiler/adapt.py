@@ -29,26 +29,9 @@ class AdaptResult:
     seconds: float
 
 
-def load_unlabeled(path: str, sample_shape, min_rows: int) -> np.ndarray:
-    """x float32 (M, *sample_shape) of an npz file; y, if present, is ignored."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "x" not in z.files:
-                raise EdgecError(f"{path}: missing array 'x' (float32 (M, ...))")
-            x = z["x"]
-    except EdgecError:
-        raise
-    except Exception as e:
-        raise EdgecError(f"{path}: cannot read data ({type(e).__name__}: {e})") from None
-    if x.dtype != np.float32 or x.ndim < 1 or tuple(x.shape[1:]) != tuple(sample_shape):
-        raise EdgecError(f"{path}: x must be float32 [M, {', '.join(map(str, sample_shape))}]"
-                         f", got {x.dtype} {list(x.shape)}")
-    if x.shape[0] < min_rows:
-        raise EdgecError(f"{path}: {x.shape[0]} rows, at least {min_rows} needed (the "
-                         "compiled batch)")
-    if not np.isfinite(x).all():
-        raise EdgecError(f"{path}: x has non-finite values")
-    return x
+def _adapt_nodes(c) -> dict:
+    """BatchNorm module -> its bn_adapt node."""
+    return {n.layer: n for n in c.graph.nodes if n.op == "bn_adapt"}
 
 
 def float_adapted(c, x: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -65,7 +48,7 @@ def float_adapted(c, x: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]
         model.get_submodule(b["module"]).register_forward_hook(hook)
     with torch.no_grad():
         model(x.float())
-    node = {n.layer: n for n in c.graph.nodes if n.op == "bn_adapt"}
+    node = _adapt_nodes(c)
     res = {}
     for b in c.program.meta["adapt_bn"]:
         bn = c.model.get_submodule(b["module"])
@@ -87,7 +70,7 @@ def adapt_fidelity(c, x: torch.Tensor, out: dict) -> list[tuple[str, float, floa
     float_adapted, over each BatchNorm's kept channels."""
     from .verify import cosine_rel
     want = float_adapted(c, x)
-    node = {n.layer: n for n in c.graph.nodes if n.op == "bn_adapt"}
+    node = _adapt_nodes(c)
     rows = []
     for mod, (mean, var) in want.items():
         kept = node[mod].attrs["out_idx"]

@@ -235,16 +235,18 @@ def cmd_finetune(args) -> int:
 
 def _finetune_adapt(args) -> int:
     """finetune --adapt-bn: --steps adaptation runs on --data's x (labels not needed)."""
+    import numpy as np
     import torch
 
-    from .adapt import adapt_bn, load_unlabeled
+    from .adapt import adapt_bn
     from .finetune import accuracy, check_data, load_data
     from .verify import prune_state_dict
     log = _progress(args.quiet)
+    x, _ = load_data(args.data, need_y=False)   # unreadable: fail early; labels not used
     ev = load_data(args.eval) if args.eval else None
     c = _compile(args, log)
     shape, n = tuple(c.example_input.shape[1:]), int(c.example_input.shape[0])
-    x = load_unlabeled(args.data, shape, n)
+    x, _ = check_data(x, np.zeros(len(x), np.int64), shape, 1, n, args.data)
     res = adapt_bn(c, x, args.steps, log=(lambda line: None) if args.quiet else
                    (lambda line: print(f"  {line}", file=sys.stderr)))
     _atomic_write(args.output, lambda f: torch.save(res.state_dict, f))

@@ -6,31 +6,13 @@ BatchNorm, so a plain loop over channels is both exact and cheap.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .numerics import INT32_MAX
-from .state import INT8_BUFS, Trap, buf_name, check_range, nonzero, read_buf, vector_cycles
+from .state import INT8_BUFS, Trap, buf_name, nonzero, read_buf, vector_cycles
+from .vector import channel_sums
 
 
 def op_cstat(m, f):
-    nonzero(f, "n", "c", "hw")
-    n, c, hw = f["n"], f["c"], f["hw"]
-    s = buf_name(f["sbuf"], "sbuf")
-    if s not in INT8_BUFS:
-        raise Trap(f"field sbuf: CSTAT reads an int8 tile (IBUF or WBUF), not {s}")
-    check_range(m, "ABUF", f["daddr"], 2 * c, f"CSTAT result [2,{c}] at daddr")
-    S = read_buf(m, s, f["saddr"], n * c * hw, f"CSTAT input [{n},{c},{hw}] at saddr")
-    S = S.astype(np.int64).reshape(n, c, hw)
-    tot = np.concatenate([S.sum(axis=(0, 2)), (S * S).sum(axis=(0, 2))])
-    if f["acc"]:
-        tot = tot + m.bufs["ABUF"][f["daddr"]:f["daddr"] + 2 * c].astype(np.int64)
-    bad = np.abs(tot) > INT32_MAX
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise Trap(f"accumulator overflow: D[{k // c}, {k % c}] = {int(tot[k])} leaves "
-                   f"int32 (acc={f['acc']}, ABUF {f['daddr'] + k})")
-    m.bufs["ABUF"][f["daddr"]:f["daddr"] + 2 * c] = tot
-    return vector_cycles(m, n * c * hw)
+    return channel_sums(m, f, "CSTAT", squares=True)
 
 
 def _rdiv(a: int, b: int) -> int:

@@ -187,20 +187,34 @@ def op_maxpb(m, f):
 
 
 def op_rsum(m, f):
+    return channel_sums(m, f, "RSUM", squares=False)
+
+
+def channel_sums(m, f, mnemonic: str, squares: bool):
+    """RSUM (and CSTAT, squares=True): D[c] (+)= sum over n, hw of S[n, c, hw], and with
+    squares D[c + C] (+)= the sum of S^2; traps if any D leaves int32."""
     nonzero(f, "n", "c", "hw")
     n, c, hw = f["n"], f["c"], f["hw"]
+    rows = 2 if squares else 1
     s = buf_name(f["sbuf"], "sbuf")
-    check_range(m, "ABUF", f["daddr"], c, f"RSUM result [{c}] at daddr")
-    S = read_buf(m, s, f["saddr"], n * c * hw, f"RSUM input [{n},{c},{hw}] at saddr")
-    tot = S.astype(np.int64).reshape(n, c, hw).sum(axis=(0, 2))
+    if squares and s not in INT8_BUFS:
+        raise Trap(f"field sbuf: {mnemonic} reads an int8 tile (IBUF or WBUF), not {s}")
+    shape = f"[2,{c}]" if squares else f"[{c}]"
+    check_range(m, "ABUF", f["daddr"], rows * c, f"{mnemonic} result {shape} at daddr")
+    S = read_buf(m, s, f["saddr"], n * c * hw, f"{mnemonic} input [{n},{c},{hw}] at saddr")
+    S = S.astype(np.int64).reshape(n, c, hw)
+    tot = S.sum(axis=(0, 2))
+    if squares:
+        tot = np.concatenate([tot, (S * S).sum(axis=(0, 2))])
     if f["acc"]:
-        tot = tot + m.bufs["ABUF"][f["daddr"]:f["daddr"] + c].astype(np.int64)
+        tot = tot + m.bufs["ABUF"][f["daddr"]:f["daddr"] + rows * c].astype(np.int64)
     bad = np.abs(tot) > INT32_MAX
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise Trap(f"accumulator overflow: D[{k}] = {int(tot[k])} leaves int32 "
+        at = f"{k // c}, {k % c}" if squares else f"{k}"
+        raise Trap(f"accumulator overflow: D[{at}] = {int(tot[k])} leaves int32 "
                    f"(acc={f['acc']}, ABUF {f['daddr'] + k})")
-    m.bufs["ABUF"][f["daddr"]:f["daddr"] + c] = tot
+    m.bufs["ABUF"][f["daddr"]:f["daddr"] + rows * c] = tot
     return vector_cycles(m, n * c * hw)
 
 
