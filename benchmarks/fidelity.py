@@ -1,0 +1,164 @@
+"""Gradient fidelity and its floor (issue 4, acceptance 2): how close can an int8 step get?
+
+    python benchmarks/fidelity.py [--batches 4] [--quick] [--json F]
+
+For every configuration (examples/mobilenet with and without its user.mask, and
+examples/resnet18 unless --quick) and every verification batch (verify.make_batch, seeds
+0..B-1), three gradient sets of the same masked training graph (the graph after the mask
+pass, before quantization):
+
+    float      the float32 interpretation of the graph (compiler/ir/float_interp.py);
+               `float_vs_autograd` checks it against PyTorch autograd (unmasked configs)
+    fixed      the fixed-point step: the reference interpreter (bit-exact with the emulator,
+               tests/test_e2e_*.py), gradients dequantized
+    floor      the float interpretation again, with every forward int8 activation rounded
+               to the format the compiler chose for it (nearest, saturating at +-127): int8
+               forward activations with a power-of-two scale per tensor (DESIGN.md section 4),
+               and nothing else quantized -- float weights, float back-propagation
+
+and prints, per configuration, the minimum cosine to `float` over every weight gradient and
+batch for `fixed` and for `floor`, with the tensor where it occurs.  When `floor` is below a
+target, no choice of backward numerics reaches it: the int8 forward alone moves the
+gradients that far (ReLU/ReLU6 masks flip where activations near zero change sign, and
+every later product sees the rounded activations).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(msg: str, t0=[time.perf_counter()]) -> None:       # noqa: B006 (start time)
+    print(f"[{time.perf_counter() - t0[0]:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def compile_with_float_graph(model_path: Path, mask: Path | None):
+    """(Compiled, the float graph after the mask pass)."""
+    from edgec.compiler.driver import compile_module
+    from edgec.compiler.frontend.load import load_model
+    from edgec.isa.target import load_target
+    model, example = load_model(str(model_path))
+    seen = {}
+
+    def dump(stage, g, nests=None):
+        if stage == "mask":
+            seen["g"] = copy.deepcopy(g)
+    c = compile_module(model, example, str(model_path), str(mask) if mask else None,
+                       load_target(None), dump=dump)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    from edgec.compiler.frontend.capture import const_values
+    params.update(const_values(seen["g"], model))
+    return c, seen["g"], params
+
+
+def floor_eval(compiled_graph):
+    """A float_interp node evaluator that rounds forward int8 outputs to their formats."""
+    from edgec.compiler.ir import float_interp
+    plain = float_interp._eval
+    V = compiled_graph.values
+
+    def ev(n, a, forward):
+        r = plain(n, a)
+        v = n.outputs[0]
+        if forward and n.op != "wview" and v in V and V[v].dtype == "i8":
+            s = 2.0 ** V[v].exp
+            r = torch.clamp(torch.round(r / s), -127, 127) * s
+        return r
+    return ev
+
+
+def run_float(g, x, y, params, ev=None) -> dict:
+    """float_interp.run_float, optionally with `ev(node, inputs, forward)` per node."""
+    from edgec.compiler.ir import float_interp
+    if ev is None:
+        return float_interp.run_float(g, x, y, params)
+    fwd, seen_loss = set(), False
+    for n in g.nodes:
+        seen_loss = seen_loss or n.op == "loss_grad"
+        if not seen_loss:
+            fwd.add(id(n))
+    plain = float_interp._eval
+    float_interp._eval = lambda n, a: ev(n, a, id(n) in fwd)
+    try:
+        return float_interp.run_float(g, x, y, params)
+    finally:
+        float_interp._eval = plain
+
+
+def measure(name: str, model_path: Path, mask: Path | None, batches: int) -> dict:
+    from edgec.compiler.verify import (cosine_rel, float_grads, make_batch, quantize_input,
+                                       reference_step, subset_labels)
+    log(f"{name}: compile")
+    c, fg, params = compile_with_float_graph(model_path, mask)
+    G = c.graph
+    ev = floor_eval(G)
+    grads = [p for p in c.program.meta["params"] if p["grad"]]
+    worst = {"fixed": (2.0, ""), "floor": (2.0, "")}
+    below = {"fixed": set(), "floor": set()}
+    sanity = 1.0
+    for b in range(batches):
+        x, y = make_batch(c, b)
+        ys = subset_labels(c, y)
+        xq = quantize_input(x, G.values["x"].exp).double() * 2.0 ** G.values["x"].exp
+        log(f"{name}: batch {b}: reference, float, floor")
+        ref = reference_step(c, x, y, b)
+        flo = run_float(fg, x.float(), ys, params)
+        low = run_float(fg, xq.float(), ys, params, ev)
+        if mask is None:
+            ag = float_grads(c, x, y)
+        for p in grads:
+            v, f = p["grad"], flo[p["grad"]].double().numpy()
+            fixed = ref[v].double().numpy() * 2.0 ** G.values[v].exp
+            for kind, got in (("fixed", fixed), ("floor", low[v].double().numpy())):
+                cos = cosine_rel(got.reshape(-1), f.reshape(-1))[0]
+                if cos < worst[kind][0]:
+                    worst[kind] = (cos, p["name"])
+                if cos < 0.95:
+                    below[kind].add(p["name"])
+            if mask is None:
+                sanity = min(sanity, cosine_rel(f.reshape(-1), ag[p["name"]].numpy().reshape(-1))[0])
+    return {"config": name, "gradients": len(grads), "batches": batches,
+            "fixed_min_cos": round(worst["fixed"][0], 4), "fixed_worst": worst["fixed"][1],
+            "fixed_below_0.95": len(below["fixed"]),
+            "floor_min_cos": round(worst["floor"][0], 4), "floor_worst": worst["floor"][1],
+            "floor_below_0.95": len(below["floor"]),
+            "float_vs_autograd": round(sanity, 6) if mask is None else None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, default=4, help="verification batches (seeds)")
+    ap.add_argument("--quick", action="store_true", help="examples/mobilenet only")
+    ap.add_argument("--json", help="write the results here")
+    a = ap.parse_args()
+    ex = ROOT / "examples"
+    configs = [("mobilenet", ex / "mobilenet/model.py", None),
+               ("mobilenet+user.mask", ex / "mobilenet/model.py", ex / "mobilenet/user.mask")]
+    if not a.quick:
+        configs.append(("resnet18", ex / "resnet18/model.py", None))
+    rows = [measure(n, m, k, a.batches) for n, m, k in configs]
+    print(f"{'config':<22} {'grads':>5} {'fixed min cos':>14} {'(<0.95)':>7}  "
+          f"{'int8-forward floor':>18} {'(<0.95)':>7}  worst (fixed / floor)")
+    for r in rows:
+        print(f"{r['config']:<22} {r['gradients']:>5} {r['fixed_min_cos']:>14.4f} "
+              f"{r['fixed_below_0.95']:>7}  {r['floor_min_cos']:>18.4f} "
+              f"{r['floor_below_0.95']:>7}  {r['fixed_worst']} / {r['floor_worst']}")
+    sane = [r["float_vs_autograd"] for r in rows if r["float_vs_autograd"] is not None]
+    print(f"float interpretation vs PyTorch autograd: min cosine {min(sane):.6f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
