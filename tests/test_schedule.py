@@ -1,12 +1,16 @@
 """Schedule search (compiler/backend/schedule.py): the analytic cost model agrees with the
-emulator's timing, exhaustive is never worse than greedy, and the schedule never changes
+emulator's timing, the instruction count model agrees with codegen, exhaustive finds the
+smallest program within the cycle tolerance of the optimum, and the schedule never changes
 results."""
+import collections
+import itertools
 import textwrap
 
 import numpy as np
 import pytest
 
-from edgec.compiler.backend.schedule import ladder, nest_cost, search
+from edgec.compiler.backend import schedule
+from edgec.compiler.backend.schedule import ladder, nest_cost, nest_instructions, search
 from edgec.compiler.backend.tiling import _PRIORITY, _fits, _shrink, geometry
 from edgec.compiler.driver import compile_model
 from edgec.compiler.pipeline import replay
@@ -85,7 +89,10 @@ def test_model_agrees_with_emulator_timing(greedy):
 
 
 def test_exhaustive_is_never_worse_than_greedy(greedy):
-    tg = greedy.target
+    """Exhaustive: within TOLERANCE of the fastest fitting tile (brute force here), and no
+    tile within that bound needs fewer instructions.  Greedy: what the compile used, never
+    slower than its start beyond the tolerance, never smaller than exhaustive's pick."""
+    tg, tol = greedy.target, schedule.TOLERANCE
     for nest, n, base, G, bias in _mac_nests(greedy):
         fits = lambda t: _fits(base, G, t, tg, 2)                          # noqa: E731
         start = _shrink(nest.dims, nest.unit, fits, _PRIORITY[base], n.layer)
@@ -93,9 +100,38 @@ def test_exhaustive_is_never_worse_than_greedy(greedy):
         e = search(base, G, nest.dims, nest.unit, tg, bias, "exhaustive", start, n.layer)
         assert fits(g) and fits(e) and g == nest.tiles
         cost = lambda t: nest_cost(base, G, nest.dims, t, tg, bias)       # noqa: E731
-        assert cost(e) <= cost(g) <= cost(start)
-        for d in nest.dims:         # every candidate is a ladder value of its dim
-            assert e[d] in ladder(nest.dims[d], nest.unit.get(d, 1))
+        size = lambda t: nest_instructions(base, nest.dims, t, bias)      # noqa: E731
+        lads = [ladder(nest.dims[d], nest.unit.get(d, 1)) for d in nest.dims]
+        every = [t for t in (dict(zip(nest.dims, c)) for c in itertools.product(*lads))
+                 if fits(t)]
+        fastest = min(cost(t) for t in every)
+        near = [t for t in every if cost(t) <= fastest * (1 + tol)]
+        assert e in near and size(e) == min(size(t) for t in near)
+        assert cost(g) <= cost(start) * (1 + tol)
+        if g in near:
+            assert (size(e), cost(e)) <= (size(g), cost(g))
+
+
+def test_instruction_model_matches_codegen(greedy):
+    """nest_instructions is what codegen emits for each MAC nest (counted by origin), but
+    for the SYNCs that pass tokens between queues at nest boundaries."""
+    names = [i.name for i, _ in decode_all(greedy.program.code)]
+    per = collections.Counter(o for o, name in zip(greedy.program.meta["origin"], names)
+                              if name != "SYNC")
+    for nest, n, base, G, bias in _mac_nests(greedy):
+        emitted = per[f"{n.op} {n.layer or ''} {n.loc or ''}".strip()]
+        assert emitted == nest_instructions(base, nest.dims, nest.tiles, bias), \
+            (n.op, n.layer, nest.tiles)
+
+
+def test_second_objective_cuts_instructions(path, greedy, monkeypatch):
+    """Giving up <= TOLERANCE of modeled cycles buys a program with fewer instructions."""
+    monkeypatch.setattr(schedule, "TOLERANCE", 0.0)
+    fastest = compile_model(path)
+    assert greedy.program.n_instr < fastest.program.n_instr
+    cyc = lambda c: sum(nest_cost(b, G, nest.dims, nest.tiles, c.target, bias)  # noqa: E731
+                        for nest, n, b, G, bias in _mac_nests(c))
+    assert cyc(greedy) <= cyc(fastest) * (1 + 0.01)
 
 
 def test_ladder():

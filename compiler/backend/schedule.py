@@ -30,6 +30,15 @@ dims shrunk again until the tile fits (`_neighbours`).  Loop order: the parallel
 keep their default order and the reduction dims stay innermost; codegen reloads every
 operand per step, so under this model the order of the parallel dims does not change the
 cost and is not searched.
+
+Second objective: program size.  Many tilings come within a hair of the fastest (small
+tiles fill and drain the pipeline a little sooner; large ones need fewer instructions for
+the same MACs), so both modes then take, among the tiles whose modeled cycles are within
+TOLERANCE of the best found, the one with the fewest instructions (`nest_instructions`;
+ties: fewer cycles).  Fewer instructions mean a smaller prog.bin, less instruction fetch,
+and less work for the compiler and the emulator, which spend their time per instruction.
+Greedy reaches it by a second descent from its fastest tile: moves that cut instructions
+while the cycles stay within the tolerance.
 """
 from __future__ import annotations
 
@@ -41,6 +50,7 @@ from edgec.isa.target import Target
 from .tiling import _fits, x_rows, y_rows
 
 MODES = ("greedy", "exhaustive")
+TOLERANCE = 0.01        # cycles given up (relative) for a program with fewer instructions
 
 
 def _ceil(a: int, b: int) -> int:
@@ -132,6 +142,20 @@ def ladder(extent: int, unit: int = 1) -> list[int]:
     return out
 
 
+def nest_instructions(base: str, dims: dict, t: dict, bias: bool = False) -> int:
+    """Instructions codegen emits for a MAC nest with tiles t: per step (output tile x
+    reduction tile) two operand loads and a MAC; per output tile RQ and a store (and the
+    bias broadcast of an FP nest); SYNCs that pass tokens at nest boundaries come on top."""
+    red = {"conv": ("ci",), "conv_eb": ("co",), "conv_wg": ("n", "oh")}[base]
+    out_tiles = steps = 1
+    for d in dims:
+        k = _ceil(dims[d], t[d])
+        steps *= k
+        if d not in red:
+            out_tiles *= k
+    return 3 * steps + (3 if bias else 2) * out_tiles
+
+
 def search(base: str, G: dict, dims: dict, unit: dict, tg: Target, bias: bool,
            mode: str, start: dict, where: str, copies: int = 2) -> dict:
     """Tile sizes for one MAC nest; `start` is a tile that fits `copies` times (the
@@ -140,30 +164,41 @@ def search(base: str, G: dict, dims: dict, unit: dict, tg: Target, bias: bool,
     lad = {d: ladder(dims[d], unit.get(d, 1)) for d in dims}
     fits = lambda t: _fits(base, G, t, tg, copies)                        # noqa: E731
     cost = lambda t: nest_cost(base, G, dims, t, tg, bias)               # noqa: E731
+    size = lambda t: nest_instructions(base, dims, t, bias)              # noqa: E731
     if mode == "exhaustive":
-        best = None
+        scored = []
         for combo in itertools.product(*(lad[d] for d in dims)):
             t = dict(zip(dims, combo))
             if fits(t):
-                c = cost(t)
-                if best is None or c < best[0]:
-                    best = (c, t)
-        if best is None:
+                scored.append((cost(t), t))
+        if not scored:
             raise EdgecError(f"{where}: even the smallest tile does not fit the target's "
                              "buffers; use a target with larger buffers")
-        return best[1]
+        bound = min(c for c, _ in scored) * (1 + TOLERANCE)
+        return min(((size(t), c, i), t) for i, (c, t) in enumerate(scored)
+                   if c <= bound)[1]
     if mode != "greedy":
         raise EdgecError(f"--search {mode!r}: choose one of {', '.join(MODES)}")
     t, c = dict(start), cost(start)
-    while True:
+    while True:                      # fastest: best cost-lowering move
         best = None
         for u in _neighbours(t, lad, unit, fits, base, where):
             cu = cost(u)
             if cu < c and (best is None or cu < best[0]):
                 best = (cu, u)
         if best is None:
-            return t
+            break
         c, t = best
+    bound, key = c * (1 + TOLERANCE), (size(t), c)
+    while True:                      # then smaller: instruction-cutting moves within bound
+        best = None
+        for u in _neighbours(t, lad, unit, fits, base, where):
+            ku = (size(u), cost(u))
+            if ku[1] <= bound and ku < key and (best is None or ku < best[0]):
+                best = (ku, u)
+        if best is None:
+            return t
+        key, t = best
 
 
 def _neighbours(t: dict, lad: dict, unit: dict, fits, base: str, where: str):
