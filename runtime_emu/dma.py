@@ -1,7 +1,7 @@
 """LD / LDCH / ST / STCH / SEED: DDR <-> on-chip buffer transfers.
 
 A plain LD or ST word that cannot fault moves its box through one strided numpy view of
-DDR (plus one view of read_map / last_writer), its geometry cached per box shape
+DDR (plus one view of read_map / writer), its geometry cached per box shape
 (`_box_plan`).  Gathered words (LDCH, STCH), faulting words (the general path finds and
 reports the fault) and stores whose elements overlap in DDR (the last one in row-major
 order wins) take the general path over explicit byte addresses.
@@ -106,7 +106,7 @@ def _store(m, f, mnemonic, gathered):
         keep = dst.size - 1 - first_in_rev
         dst, raw = dst[keep], raw[keep]
     m.ddr[dst] = raw
-    m.last_writer[dst] = m.pc
+    m.writer[dst] = m.pc + 1
     m.counters["ddr_write_bytes"] += count * esize
     return _cycles(m, count * esize + tab_bytes)
 
@@ -118,7 +118,7 @@ class BoxPlan(NamedTuple):
     strides: tuple                 # DDR byte strides of the elements
     byte_shape: tuple              # shape + (esize,): every DDR byte of the box
     byte_strides: tuple
-    writer_strides: tuple          # byte_strides of the int32 last_writer map
+    writer_strides: tuple          # byte_strides of the int32 writer map
     extent: int                    # bytes from the box's first DDR byte past its last
     injective: bool                # no two elements share a DDR byte
 
@@ -181,7 +181,7 @@ def op_st(m, f):
     a, b, esize = f["ddr"], f["baddr"], f["esize"]
     np.ndarray(p.shape, _DT[esize], m.ddr, a, p.strides)[...] = \
         m.bufs[buf][b:b + p.count].reshape(p.shape)
-    np.ndarray(p.byte_shape, np.int32, m.last_writer, 4 * a, p.writer_strides)[...] = m.pc
+    np.ndarray(p.byte_shape, np.int32, m.writer, 4 * a, p.writer_strides)[...] = m.pc + 1
     m.counters["ddr_write_bytes"] += p.count * esize
     return _cycles(m, p.count * esize)
 

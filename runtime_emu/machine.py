@@ -5,8 +5,10 @@
 
 State: `ddr` (uint8, program.ddr_size bytes, data section at 0), `bufs` {"IBUF": int8,
 "WBUF": int8, "ABUF": int32}, `seed` (uint32 register, 0 until SEED), `read_map` (uint8
-per DDR byte, 1 once any DMA read it), `last_writer` (int32 per DDR byte: -1 initial
-image / host, else the index of the instruction that last stored it), `counters`.
+per DDR byte, 1 once any DMA read it), `writer` (int32 per DDR byte: 0 initial image /
+host, else 1 + the index of the instruction that last stored it; zero-filled, so a large
+DDR costs nothing until it is written; `last_writer` derives the index, -1 for none),
+`counters`.
 Execution is serial in program order.  Each instruction's cost (DMA: latency +
 ceil(bytes / bytes_per_cycle); MAC: array passes; vector: 4 + ceil(elements / lanes);
 SEED/SYNC/END: 1) goes to the timing model (runtime_emu/timing.py): load, compute and
@@ -66,7 +68,7 @@ class Machine:
                          "WBUF": np.zeros(target.wbuf, dtype=np.int8),
                          "ABUF": np.zeros(target.abuf, dtype=np.int32)}
             self.read_map = np.zeros(program.ddr_size, dtype=np.uint8)
-            self.last_writer = np.full(program.ddr_size, -1, dtype=np.int32)
+            self.writer = np.zeros(program.ddr_size, dtype=np.int32)
         except MemoryError:
             raise EdgecError(f"cannot allocate the emulated memories ({program.ddr_size} DDR "
                              f"bytes) on this host") from None
@@ -92,6 +94,17 @@ class Machine:
         raise AssertionError("decode_all refused a code section that decode() accepts")
 
     # convenience views
+    @property
+    def last_writer(self) -> np.ndarray:
+        """Per DDR byte, the index of the instruction that last stored it (-1: initial
+        image or host); computed from `writer` (a copy of DDR size, for tests and reports;
+        `writer_of` reads one byte)."""
+        return self.writer - 1
+
+    def writer_of(self, addr: int) -> int:
+        """The index of the instruction that last stored DDR byte `addr`, -1 if none."""
+        return int(self.writer[addr]) - 1
+
     @property
     def ibuf(self) -> np.ndarray:
         return self.bufs["IBUF"]
