@@ -46,6 +46,54 @@ def encode(name: str, dep: int = 0, **fields: int) -> bytes:
     return word.to_bytes(WORD_BYTES, "little")
 
 
+def encode_all(names: list[str], deps: list[int], fields: list[dict]) -> bytes:
+    """b"".join(encode(names[i], deps[i], **fields[i]) for every i), vectorised over the
+    instructions of each name (one int64 column per field, shifted into 64-bit lanes).
+    The first instruction (in order) that encode() would refuse raises its EdgecError."""
+    n = len(names)
+    rows_of: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        rows_of.setdefault(name, []).append(i)
+    lanes = np.zeros((n, WORD_BYTES // 8), dtype=np.uint64)
+    bad: list[int] = []                            # first refused row of each name
+    for name, rows in rows_of.items():
+        layout = _LAYOUT.get(name)
+        group = [fields[i] for i in rows]
+        if layout is None or set().union(*group) - set(_FIELDS[name]) - {"opcode", "dep"}:
+            bad.append(next(i for i in rows if layout is None
+                            or set(fields[i]) - set(_FIELDS[name])))
+            continue
+        w = np.zeros((len(rows), WORD_BYTES // 8), dtype=np.uint64)
+        ok = np.ones(len(rows), dtype=bool)
+        for fname, pos, mask, lo, hi, _signed, bits in layout:
+            if fname == "opcode":
+                col = np.full(len(rows), BY_NAME[name].opcode, dtype=np.int64)
+            elif fname == "dep":
+                col = np.array([deps[i] for i in rows], dtype=np.int64)
+            else:
+                vals = [f.get(fname, 0) for f in group]
+                try:
+                    col = np.array(vals, dtype=np.int64)
+                except (OverflowError, TypeError, ValueError):
+                    bad.append(rows[next(k for k, v in enumerate(vals)
+                                         if not (isinstance(v, int) and lo <= v <= hi))])
+                    continue
+            ok &= (col >= lo) & (col <= hi)
+            v = (col & mask).astype(np.uint64)
+            lane, off = divmod(pos, 64)
+            w[:, lane] |= v << np.uint64(off)
+            if off + bits > 64:
+                w[:, lane + 1] |= v >> np.uint64(64 - off)
+        if not ok.all():
+            bad.append(rows[int(np.argmin(ok))])
+        lanes[rows] = w
+    if bad:
+        i = min(bad)
+        encode(names[i], deps[i], **fields[i])             # raises its EdgecError
+        raise AssertionError(f"encode_all: instruction {i} refused but encodes")
+    return lanes.astype("<u8").tobytes()
+
+
 def decode(word: bytes, index: int | None = None) -> tuple[Instr, dict[str, int]]:
     """Instruction and field values of one word.  Malformed words raise EdgecError."""
     where = f"instruction {index}" if index is not None else "instruction"

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import itertools
 
-from edgec.isa.encoding import encode
-from edgec.isa.table import BY_NAME
+from edgec.isa.encoding import encode_all
+from edgec.isa.table import BY_NAME, WORD_BYTES
 from edgec.isa.target import Target
 
 from ..ir.graph import Graph
@@ -33,15 +33,33 @@ IBUF, WBUF, ABUF = 0, 1, 2
 class Emitter:
     def __init__(self, g: Graph, mem: MemoryPlan, tg: Target):
         self.g, self.mem, self.tg = g, mem, tg
-        self.words: list[bytes] = []
+        # per instruction: name, dep bits, fields (encoded all at once by finish())
+        self.names: list[str] = []
+        self.deps: list[int] = []
+        self.fields: list[dict] = []
         self.origin: list[str] = []     # per instruction: the layer/op it implements
+        self.code = b""                 # the encoded words, after finish()
         self.where = ""
         self.producer = {o: n for n in g.nodes for o in n.outputs}
         self.tokens = TokenPlanner(self._patch)
 
     def _patch(self, i: int, bits: int) -> None:
-        w = self.words[i]
-        self.words[i] = w[:1] + bytes([w[1] | bits]) + w[2:]    # dep = bits 8..11
+        self.deps[i] |= bits
+
+    def _append(self, name: str, dep: int, f: dict) -> None:
+        self.names.append(name)
+        self.deps.append(dep)
+        self.fields.append(f)
+        self.origin.append(self.where)
+
+    def finish(self) -> None:
+        """Encode every instruction into `code`."""
+        self.code = encode_all(self.names, self.deps, self.fields)
+
+    @property
+    def words(self) -> list[bytes]:
+        c = self.code
+        return [c[i:i + WORD_BYTES] for i in range(0, len(c), WORD_BYTES)]
 
     def emit(self, name: str, sym: Symbol | None = None, rows=None, **f) -> None:
         """Append one instruction; its dep bits come from the token planner (`sym`: the
@@ -55,13 +73,10 @@ class Emitter:
             j = need.pop(far)
             c = tok.through_compute(far, j)
             if c is None:
-                c = len(self.words)
-                self.words.append(encode("SYNC", dep=tok.commit(c, 1, {far: j}, [])))
-                self.origin.append(self.where)
+                c = len(self.names)
+                self._append("SYNC", tok.commit(c, 1, {far: j}, []), {})
             need[1] = max(need.get(1, -1), c)
-        dep = tok.commit(len(self.words), q, need, acc)
-        self.words.append(encode(name, dep=dep, **f))
-        self.origin.append(self.where)
+        self._append(name, tok.commit(len(self.names), q, need, acc), f)
 
     # ---- DMA helpers ----
     def box(self, load: bool, buf: int, baddr: int, sym: Symbol, start, ext, full=None):
@@ -408,4 +423,5 @@ def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target) -> Em
             _vector_nest(em, nest, n)
     em.where = "epilogue"
     em.emit("END")
+    em.finish()
     return em
