@@ -28,6 +28,7 @@ from .tiling import (_fits, bias_grad_fits, copies, geometry, sgd_fits, sgd_geom
 from .tokens import QUEUE, TokenPlanner, footprint
 
 IBUF, WBUF, ABUF = 0, 1, 2
+_QUEUE_OF = {name: QUEUE[ins.queue] for name, ins in BY_NAME.items()}
 
 
 class Emitter:
@@ -65,7 +66,7 @@ class Emitter:
         """Append one instruction; its dep bits come from the token planner (`sym`: the
         DDR tensor a DMA moves; `rows`: its footprint in that tensor when a channel
         table hides the bytes, see tokens.footprint)."""
-        tok, q = self.tokens, QUEUE[BY_NAME[name].queue]
+        tok, q = self.tokens, _QUEUE_OF[name]
         acc = footprint(name, f, sym, rows)
         need = tok.conflicts(q, acc)
         far = 2 - q
@@ -81,18 +82,19 @@ class Emitter:
     # ---- DMA helpers ----
     def box(self, load: bool, buf: int, baddr: int, sym: Symbol, start, ext, full=None):
         """Dense box of a row-major tensor (shape padded to 4-D with trailing 1s)."""
-        shape = list(full or sym.shape) + [1] * (4 - len(full or sym.shape))
-        start = list(start) + [0] * (4 - len(start))
-        ext = list(ext) + [1] * (4 - len(ext))
-        strides = [1, 1, 1, 1]
-        for d in (2, 1, 0):
-            strides[d] = strides[d + 1] * shape[d + 1]
+        full = full or sym.shape
+        _, d1, d2, d3 = (*full, 1, 1, 1)[:4]
+        a0, a1, a2, a3 = (*start, 0, 0, 0)[:4]
+        e0, e1, e2, e3 = (*ext, 1, 1, 1)[:4]
+        t2 = d3
+        t1 = t2 * d2
+        t0 = t1 * d1
         es = 1 if sym.dtype == "i8" else 4
-        off = sum(s * o for s, o in zip(strides, start))
-        self.emit("LD" if load else "ST", sym, buf=buf, baddr=baddr, ddr=sym.addr + es * off,
-                  esize=es, n0=ext[0], n1=ext[1], n2=ext[2], n3=ext[3],
-                  s0=strides[0] if ext[0] > 1 else 0, s1=strides[1] if ext[1] > 1 else 0,
-                  s2=strides[2] if ext[2] > 1 else 0, s3=strides[3] if ext[3] > 1 else 0)
+        self.emit("LD" if load else "ST", sym, buf=buf, baddr=baddr,
+                  ddr=sym.addr + es * (t0 * a0 + t1 * a1 + t2 * a2 + a3),
+                  esize=es, n0=e0, n1=e1, n2=e2, n3=e3,
+                  s0=t0 if e0 > 1 else 0, s1=t1 if e1 > 1 else 0,
+                  s2=t2 if e2 > 1 else 0, s3=1 if e3 > 1 else 0)
 
     def view(self, load: bool, buf: int, baddr: int, sym: Symbol, va: dict,
              r0: int, rt: int, b0: int, bt: int):
