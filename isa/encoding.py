@@ -22,6 +22,7 @@ _LAYOUT = {i.name: _layout(i) for i in BY_NAME.values()}
 # name -> {field: (bit position, mask, lo, hi, signed, bits)}: encode visits only the
 # fields it is given (an absent field is 0, which every field can hold)
 _FIELDS = {n: {f[0]: f[1:] for f in lay} for n, lay in _LAYOUT.items()}
+_ZEROS = (0,) * 64           # map(fields.get, names, _ZEROS): absent fields read as 0
 
 
 def encode(name: str, dep: int = 0, **fields: int) -> bytes:
@@ -63,21 +64,23 @@ def encode_all(names: list[str], deps: list[int], fields: list[dict]) -> bytes:
             bad.append(next(i for i in rows if layout is None
                             or set(fields[i]) - set(_FIELDS[name])))
             continue
+        names_ = [f[0] for f in layout[2:]]           # after opcode and dep
+        try:
+            cols = np.array([tuple(map(f.get, names_, _ZEROS)) for f in group],
+                            dtype=np.int64).reshape(len(rows), len(names_)).T
+        except (OverflowError, TypeError, ValueError):   # a value no int64 holds
+            for i in rows:
+                try:
+                    encode(names[i], deps[i], **fields[i])
+                except Exception:
+                    bad.append(i)
+                    break
+            continue
+        cols = [np.full(len(rows), BY_NAME[name].opcode, dtype=np.int64),
+                np.array([deps[i] for i in rows], dtype=np.int64), *cols]
         w = np.zeros((len(rows), WORD_BYTES // 8), dtype=np.uint64)
         ok = np.ones(len(rows), dtype=bool)
-        for fname, pos, mask, lo, hi, _signed, bits in layout:
-            if fname == "opcode":
-                col = np.full(len(rows), BY_NAME[name].opcode, dtype=np.int64)
-            elif fname == "dep":
-                col = np.array([deps[i] for i in rows], dtype=np.int64)
-            else:
-                vals = [f.get(fname, 0) for f in group]
-                try:
-                    col = np.array(vals, dtype=np.int64)
-                except (OverflowError, TypeError, ValueError):
-                    bad.append(rows[next(k for k, v in enumerate(vals)
-                                         if not (isinstance(v, int) and lo <= v <= hi))])
-                    continue
+        for (_fname, pos, mask, lo, hi, _signed, bits), col in zip(layout, cols):
             ok &= (col >= lo) & (col <= hi)
             v = (col & mask).astype(np.uint64)
             lane, off = divmod(pos, 64)
