@@ -179,6 +179,10 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
     xin, xout = words["ibuf"]
     win, cw = words["wbuf"][0], words["abuf"][1]
     blk = nest.unit.get("ci", 1)
+    if kind != "wg":
+        wsym, wva = em.weight_view(n.inputs[1])
+    if kind == "fp" and len(n.inputs) == 3:
+        bsym, bva = em.weight_view(n.inputs[2])
     step = 0
     for o, pt in enumerate(_tiles(nest, par)):
         cacc, obase = (o % k) * cw, k * xin + (o % k) * xout
@@ -200,11 +204,9 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
                 r0 = max(0, oh0 * G["sh"] - G["ph"])
                 r1 = min(G["H"], (oh0 + oht - 1) * G["sh"] - G["ph"] + G["kh"])
                 if rt_i == 0 and len(n.inputs) == 3:   # bias broadcast into the accumulator
-                    bsym, bva = em.weight_view(n.inputs[2])
                     _bias_init(em, bsym, bva, yc0, yct, nt, oht * G["OW"], cacc)
                 em.box(True, IBUF, ia, mem.of_value[n.inputs[0]], (n0, xc0, r0, 0),
                        (nt, xct, r1 - r0, G["W"]), x4)
-                wsym, wva = em.weight_view(n.inputs[1])
                 em.view(True, WBUF, wa, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
                 em.emit("MAC", pattern=0, abuf=IBUF, aaddr=ia, bbuf=WBUF, baddr=wa,
                         xh=r1 - r0, yh=oht, xh0=r0, yh0=oh0,
@@ -216,7 +218,6 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
                 if y1 > y0:
                     em.box(True, IBUF, ia, mem.of_value[n.inputs[0]], (n0, yc0, y0, 0),
                            (nt, yct, y1 - y0, G["OW"]), y4)
-                    wsym, wva = em.weight_view(n.inputs[1])
                     em.view(True, WBUF, wa, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
                 em.emit("MAC", pattern=1, abuf=IBUF, aaddr=ia, bbuf=WBUF, baddr=wa,
                         xh=iht, yh=max(1, y1 - y0), xh0=i0,
