@@ -155,13 +155,17 @@ MAX_RANGES = 16      # per space; beyond that the least recently used ones are m
 
 
 class _Space:
-    """The ranges accessed in one space, in first-access order, and an index by extent
-    (the first range of each (lo, hi, kind) in that order)."""
-    __slots__ = ("ranges", "by_key")
+    """The ranges accessed in one space, in first-access order, an index by extent (the
+    first range of each (lo, hi, kind) in that order), and per queue the latest write and
+    the latest access to the space (bounds of the ranges' writers and either: when a
+    queue already knows of them, no range of the space can add a conflict)."""
+    __slots__ = ("ranges", "by_key", "wrote", "touched")
 
     def __init__(self):
         self.ranges: list[_Range] = []
         self.by_key: dict = {}
+        self.wrote = [-1, -1, -1]
+        self.touched = [-1, -1, -1]
 
     def reindex(self) -> None:
         self.by_key = {}
@@ -187,8 +191,13 @@ class TokenPlanner:
         """queue -> latest instruction of that queue that must finish first (unordered)."""
         m0 = m1 = m2 = -1
         spaces = self.spaces
+        k0, k1, k2 = self.known[q]
         for space, lo, hi, write, kind in acc:
-            for e in spaces[space].ranges:
+            sp = spaces[space]
+            b0, b1, b2 = sp.touched if write else sp.wrote
+            if b0 <= k0 and b1 <= k1 and b2 <= k2:      # all known already (q's own too)
+                continue
+            for e in sp.ranges:
                 if e.kind != kind or (e.lo < hi and lo < e.hi):
                     w0, w1, w2 = e.either if write else e.writers
                     if w0 > m0:
@@ -253,8 +262,10 @@ class TokenPlanner:
                 e.writers, e.readers = [-1, -1, -1], [-1, -1, -1]
                 e.writers[q] = i
                 e.either = list(e.writers)
+                sp.wrote[q] = i
             else:
                 e.readers[q] = e.either[q] = i      # i is the latest index of all
+            sp.touched[q] = i
             e.used = i
             if len(sp.ranges) > MAX_RANGES:
                 self._prune(sp)
