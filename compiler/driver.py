@@ -211,7 +211,7 @@ def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: i
     log("codegen")
     mem = plan_memory(g, seed, tg.ddr_bytes)
     em = generate(g, nests, mem, tg)
-    prog = Program(tg.fingerprint, b"".join(em.words), bytes(mem.data), mem.size,
+    prog = Program(tg.fingerprint, em.code, bytes(mem.data), mem.size,
                    [s.to_json() for s in mem.symbols.values()],
                    program_meta(g, mem, em, lr, model))
     return Compiled(g, nests, mem, em, prog, write_program(prog), tg, model, example, mask)

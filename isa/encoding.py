@@ -22,6 +22,7 @@ _LAYOUT = {i.name: _layout(i) for i in BY_NAME.values()}
 # name -> {field: (bit position, mask, lo, hi, signed, bits)}: encode visits only the
 # fields it is given (an absent field is 0, which every field can hold)
 _FIELDS = {n: {f[0]: f[1:] for f in lay} for n, lay in _LAYOUT.items()}
+_ZEROS = (0,) * 64           # map(fields.get, names, _ZEROS): absent fields read as 0
 
 
 def encode(name: str, dep: int = 0, **fields: int) -> bytes:
@@ -44,6 +45,56 @@ def encode(name: str, dep: int = 0, **fields: int) -> bytes:
                              f"{'signed ' if signed else ''}bits")
         word |= (v & mask) << pos
     return word.to_bytes(WORD_BYTES, "little")
+
+
+def encode_all(names: list[str], deps: list[int], fields: list[dict]) -> bytes:
+    """b"".join(encode(names[i], deps[i], **fields[i]) for every i), vectorised over the
+    instructions of each name (one int64 column per field, shifted into 64-bit lanes).
+    The first instruction (in order) that encode() would refuse raises its EdgecError."""
+    n = len(names)
+    rows_of: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        rows_of.setdefault(name, []).append(i)
+    lanes = np.zeros((n, WORD_BYTES // 8), dtype=np.uint64)
+    bad: list[int] = []                            # first refused row of each name
+    for name, rows in rows_of.items():
+        layout = _LAYOUT.get(name)
+        group = [fields[i] for i in rows]
+        if layout is None or set().union(*group) - set(_FIELDS[name]) - {"opcode", "dep"}:
+            bad.append(next(i for i in rows if layout is None
+                            or set(fields[i]) - set(_FIELDS[name])))
+            continue
+        names_ = [f[0] for f in layout[2:]]           # after opcode and dep
+        try:
+            cols = np.array([tuple(map(f.get, names_, _ZEROS)) for f in group],
+                            dtype=np.int64).reshape(len(rows), len(names_)).T
+        except (OverflowError, TypeError, ValueError):   # a value no int64 holds
+            for i in rows:
+                try:
+                    encode(names[i], deps[i], **fields[i])
+                except Exception:
+                    bad.append(i)
+                    break
+            continue
+        cols = [np.full(len(rows), BY_NAME[name].opcode, dtype=np.int64),
+                np.array([deps[i] for i in rows], dtype=np.int64), *cols]
+        w = np.zeros((len(rows), WORD_BYTES // 8), dtype=np.uint64)
+        ok = np.ones(len(rows), dtype=bool)
+        for (_fname, pos, mask, lo, hi, _signed, bits), col in zip(layout, cols):
+            ok &= (col >= lo) & (col <= hi)
+            v = (col & mask).astype(np.uint64)
+            lane, off = divmod(pos, 64)
+            w[:, lane] |= v << np.uint64(off)
+            if off + bits > 64:
+                w[:, lane + 1] |= v >> np.uint64(64 - off)
+        if not ok.all():
+            bad.append(rows[int(np.argmin(ok))])
+        lanes[rows] = w
+    if bad:
+        i = min(bad)
+        encode(names[i], deps[i], **fields[i])             # raises its EdgecError
+        raise AssertionError(f"encode_all: instruction {i} refused but encodes")
+    return lanes.astype("<u8").tobytes()
 
 
 def decode(word: bytes, index: int | None = None) -> tuple[Instr, dict[str, int]]:

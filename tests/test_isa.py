@@ -69,3 +69,26 @@ def test_decode_all_equals_decode_word_by_word():
         code = b"".join(words[:9] + [bad] + words[9:])
         with pytest.raises(EdgecError, match=f"instruction 9.*{why}|{why}.*instruction 9"):
             decode_all(code)
+
+
+def test_encode_all_equals_encode_word_by_word():
+    import numpy as np
+    from edgec.isa.encoding import encode_all
+    rng = np.random.default_rng(11)
+    words = _random_words(rng, 400)
+    decoded = [decode(w) for w in words]
+    names = [i.name for i, _ in decoded]
+    deps = [f.pop("dep") for _, f in decoded]
+    fields = [{k: v for k, v in f.items() if v or rng.random() < 0.5}    # omitted = 0
+              for _, f in decoded]
+    assert encode_all(names, deps, fields) == b"".join(words)
+    # the first refused instruction, in program order, raises encode()'s error
+    bad = [dict(f) for f in fields]
+    bad[7], bad[300] = {**bad[7], "bogus": 1}, {**bad[300], "bogus": 2}
+    with pytest.raises(EdgecError, match=f"{names[7]}: unknown field"):
+        encode_all(names, deps, bad)
+    bad = [dict(f) for f in fields]
+    k = next(i for i in range(5, 400) if names[i] == "RQ")
+    bad[k] = {**bad[k], "shift": 200}
+    with pytest.raises(EdgecError, match="RQ: field shift=200 does not fit"):
+        encode_all(names, deps, bad)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import itertools
 
-from edgec.isa.encoding import encode
-from edgec.isa.table import BY_NAME
+from edgec.isa.encoding import encode_all
+from edgec.isa.table import BY_NAME, WORD_BYTES
 from edgec.isa.target import Target
 
 from ..ir.graph import Graph
@@ -28,26 +28,45 @@ from .tiling import (_fits, bias_grad_fits, copies, geometry, sgd_fits, sgd_geom
 from .tokens import QUEUE, TokenPlanner, footprint
 
 IBUF, WBUF, ABUF = 0, 1, 2
+_QUEUE_OF = {name: QUEUE[ins.queue] for name, ins in BY_NAME.items()}
 
 
 class Emitter:
     def __init__(self, g: Graph, mem: MemoryPlan, tg: Target):
         self.g, self.mem, self.tg = g, mem, tg
-        self.words: list[bytes] = []
+        # per instruction: name, dep bits, fields (encoded all at once by finish())
+        self.names: list[str] = []
+        self.deps: list[int] = []
+        self.fields: list[dict] = []
         self.origin: list[str] = []     # per instruction: the layer/op it implements
+        self.code = b""                 # the encoded words, after finish()
         self.where = ""
         self.producer = {o: n for n in g.nodes for o in n.outputs}
         self.tokens = TokenPlanner(self._patch)
 
     def _patch(self, i: int, bits: int) -> None:
-        w = self.words[i]
-        self.words[i] = w[:1] + bytes([w[1] | bits]) + w[2:]    # dep = bits 8..11
+        self.deps[i] |= bits
+
+    def _append(self, name: str, dep: int, f: dict) -> None:
+        self.names.append(name)
+        self.deps.append(dep)
+        self.fields.append(f)
+        self.origin.append(self.where)
+
+    def finish(self) -> None:
+        """Encode every instruction into `code`."""
+        self.code = encode_all(self.names, self.deps, self.fields)
+
+    @property
+    def words(self) -> list[bytes]:
+        c = self.code
+        return [c[i:i + WORD_BYTES] for i in range(0, len(c), WORD_BYTES)]
 
     def emit(self, name: str, sym: Symbol | None = None, rows=None, **f) -> None:
         """Append one instruction; its dep bits come from the token planner (`sym`: the
         DDR tensor a DMA moves; `rows`: its footprint in that tensor when a channel
         table hides the bytes, see tokens.footprint)."""
-        tok, q = self.tokens, QUEUE[BY_NAME[name].queue]
+        tok, q = self.tokens, _QUEUE_OF[name]
         acc = footprint(name, f, sym, rows)
         need = tok.conflicts(q, acc)
         far = 2 - q
@@ -55,29 +74,27 @@ class Emitter:
             j = need.pop(far)
             c = tok.through_compute(far, j)
             if c is None:
-                c = len(self.words)
-                self.words.append(encode("SYNC", dep=tok.commit(c, 1, {far: j}, [])))
-                self.origin.append(self.where)
+                c = len(self.names)
+                self._append("SYNC", tok.commit(c, 1, {far: j}, []), {})
             need[1] = max(need.get(1, -1), c)
-        dep = tok.commit(len(self.words), q, need, acc)
-        self.words.append(encode(name, dep=dep, **f))
-        self.origin.append(self.where)
+        self._append(name, tok.commit(len(self.names), q, need, acc), f)
 
     # ---- DMA helpers ----
     def box(self, load: bool, buf: int, baddr: int, sym: Symbol, start, ext, full=None):
         """Dense box of a row-major tensor (shape padded to 4-D with trailing 1s)."""
-        shape = list(full or sym.shape) + [1] * (4 - len(full or sym.shape))
-        start = list(start) + [0] * (4 - len(start))
-        ext = list(ext) + [1] * (4 - len(ext))
-        strides = [1, 1, 1, 1]
-        for d in (2, 1, 0):
-            strides[d] = strides[d + 1] * shape[d + 1]
+        full = full or sym.shape
+        _, d1, d2, d3 = (*full, 1, 1, 1)[:4]
+        a0, a1, a2, a3 = (*start, 0, 0, 0)[:4]
+        e0, e1, e2, e3 = (*ext, 1, 1, 1)[:4]
+        t2 = d3
+        t1 = t2 * d2
+        t0 = t1 * d1
         es = 1 if sym.dtype == "i8" else 4
-        off = sum(s * o for s, o in zip(strides, start))
-        self.emit("LD" if load else "ST", sym, buf=buf, baddr=baddr, ddr=sym.addr + es * off,
-                  esize=es, n0=ext[0], n1=ext[1], n2=ext[2], n3=ext[3],
-                  s0=strides[0] if ext[0] > 1 else 0, s1=strides[1] if ext[1] > 1 else 0,
-                  s2=strides[2] if ext[2] > 1 else 0, s3=strides[3] if ext[3] > 1 else 0)
+        self.emit("LD" if load else "ST", sym, buf=buf, baddr=baddr,
+                  ddr=sym.addr + es * (t0 * a0 + t1 * a1 + t2 * a2 + a3),
+                  esize=es, n0=e0, n1=e1, n2=e2, n3=e3,
+                  s0=t0 if e0 > 1 else 0, s1=t1 if e1 > 1 else 0,
+                  s2=t2 if e2 > 1 else 0, s3=1 if e3 > 1 else 0)
 
     def view(self, load: bool, buf: int, baddr: int, sym: Symbol, va: dict,
              r0: int, rt: int, b0: int, bt: int):
@@ -162,6 +179,10 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
     xin, xout = words["ibuf"]
     win, cw = words["wbuf"][0], words["abuf"][1]
     blk = nest.unit.get("ci", 1)
+    if kind != "wg":
+        wsym, wva = em.weight_view(n.inputs[1])
+    if kind == "fp" and len(n.inputs) == 3:
+        bsym, bva = em.weight_view(n.inputs[2])
     step = 0
     for o, pt in enumerate(_tiles(nest, par)):
         cacc, obase = (o % k) * cw, k * xin + (o % k) * xout
@@ -183,11 +204,9 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
                 r0 = max(0, oh0 * G["sh"] - G["ph"])
                 r1 = min(G["H"], (oh0 + oht - 1) * G["sh"] - G["ph"] + G["kh"])
                 if rt_i == 0 and len(n.inputs) == 3:   # bias broadcast into the accumulator
-                    bsym, bva = em.weight_view(n.inputs[2])
                     _bias_init(em, bsym, bva, yc0, yct, nt, oht * G["OW"], cacc)
                 em.box(True, IBUF, ia, mem.of_value[n.inputs[0]], (n0, xc0, r0, 0),
                        (nt, xct, r1 - r0, G["W"]), x4)
-                wsym, wva = em.weight_view(n.inputs[1])
                 em.view(True, WBUF, wa, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
                 em.emit("MAC", pattern=0, abuf=IBUF, aaddr=ia, bbuf=WBUF, baddr=wa,
                         xh=r1 - r0, yh=oht, xh0=r0, yh0=oh0,
@@ -199,7 +218,6 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
                 if y1 > y0:
                     em.box(True, IBUF, ia, mem.of_value[n.inputs[0]], (n0, yc0, y0, 0),
                            (nt, yct, y1 - y0, G["OW"]), y4)
-                    wsym, wva = em.weight_view(n.inputs[1])
                     em.view(True, WBUF, wa, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
                 em.emit("MAC", pattern=1, abuf=IBUF, aaddr=ia, bbuf=WBUF, baddr=wa,
                         xh=iht, yh=max(1, y1 - y0), xh0=i0,
@@ -408,4 +426,5 @@ def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target) -> Em
             _vector_nest(em, nest, n)
     em.where = "epilogue"
     em.emit("END")
+    em.finish()
     return em

@@ -27,7 +27,6 @@ with the emulator's timing and the footprints.
 """
 from __future__ import annotations
 
-from array import array
 from collections import defaultdict
 
 from edgec.isa.table import BUFFERS, PATTERNS
@@ -47,6 +46,9 @@ def _n(*xs) -> int:
     return p
 
 
+_DMA = {"LD": True, "LDCH": True, "ST": False, "STCH": False}     # name -> is a load
+
+
 def footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
     """[(space, lo, hi, is_write, kind)] of one instruction; spaces IBUF/WBUF/ABUF
     (elements, kind None) and ("DDR", tensor address) (tensors never overlap, so only
@@ -56,21 +58,23 @@ def footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
     rows); ranges of different kinds always conflict.  A gathered DMA without `rows`
     counts the whole tensor `sym`."""
     B = BUFFERS
-    f = defaultdict(int, f)             # omitted fields encode as 0
-    if name in ("LD", "LDCH", "ST", "STCH"):
-        count = f["n0"] * f["n1"] * f["n2"] * f["n3"]
-        es = f["esize"]
+    if name in _DMA:                    # the common case, without the defaultdict copy
+        v = f.get
+        n0, n1, n2, n3 = v("n0", 0), v("n1", 0), v("n2", 0), v("n3", 0)
         kind = None
         if rows is not None:
             kind, lo, hi = rows
-        elif f["gather"] and sym is not None:
+        elif v("gather", 0) and sym is not None:
             lo, hi = sym.addr, sym.addr + sym.nbytes
         else:
-            lo = f["ddr"]
-            hi = lo + es * (sum((f[f"n{i}"] - 1) * f[f"s{i}"] for i in range(4)) + 1)
-        load = name in ("LD", "LDCH")
-        return [(B[f["buf"]], f["baddr"], f["baddr"] + count, load, None),
+            lo = v("ddr", 0)
+            hi = lo + v("esize", 0) * ((n0 - 1) * v("s0", 0) + (n1 - 1) * v("s1", 0)
+                                       + (n2 - 1) * v("s2", 0) + (n3 - 1) * v("s3", 0) + 1)
+        load = _DMA[name]
+        baddr = v("baddr", 0)
+        return [(B[v("buf", 0)], baddr, baddr + n0 * n1 * n2 * n3, load, None),
                 (("DDR", sym.addr if sym else None), lo, hi, not load, kind)]
+    f = defaultdict(int, f)             # omitted fields encode as 0
     if name == "SEED":
         return [(("DDR", sym.addr if sym else None), f["ddr"], f["ddr"] + 4, False, None)]
     if name == "MAC":
@@ -137,51 +141,73 @@ def footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
 
 
 class _Range:
-    __slots__ = ("lo", "hi", "kind", "writers", "readers", "used")
+    __slots__ = ("lo", "hi", "kind", "writers", "readers", "either", "used")
 
     def __init__(self, lo, hi, kind=None):
         self.lo, self.hi, self.kind = lo, hi, kind
-        self.writers = {}           # queue -> last index that wrote it
-        self.readers = {}           # queue -> last index that read it since
-        self.used = 0               # last instruction that touched it
+        self.writers = [-1, -1, -1]     # per queue: last index that wrote it (-1: none)
+        self.readers = [-1, -1, -1]     # per queue: last index that read it since
+        self.either = [-1, -1, -1]      # per queue: max of the two (what a write waits for)
+        self.used = 0                   # last instruction that touched it
 
 
 MAX_RANGES = 16      # per space; beyond that the least recently used ones are merged
 
 
+class _Space:
+    """The ranges accessed in one space, in first-access order, an index by extent (the
+    first range of each (lo, hi, kind) in that order), and per queue the latest write and
+    the latest access to the space (bounds of the ranges' writers and either: when a
+    queue already knows of them, no range of the space can add a conflict)."""
+    __slots__ = ("ranges", "by_key", "wrote", "touched")
+
+    def __init__(self):
+        self.ranges: list[_Range] = []
+        self.by_key: dict = {}
+        self.wrote = [-1, -1, -1]
+        self.touched = [-1, -1, -1]
+
+    def reindex(self) -> None:
+        self.by_key = {}
+        for e in reversed(self.ranges):
+            self.by_key[e.lo, e.hi, e.kind] = e
+
+
 class TokenPlanner:
     """Chooses the `dep` bits of each instruction as codegen emits it.  `patch(i, bits)`
-    ORs push/pop bits into the already emitted word i."""
+    ORs push/pop bits into the already emitted instruction i."""
 
     def __init__(self, patch):
         self.patch = patch
         self.known = [[-1, -1, -1] for _ in range(3)]   # per queue: vector clock
-        self.end = [array("q") for _ in range(3)]       # per instruction: clock at its end
+        self.end: list[tuple] = []                      # per instruction: clock at its end
         self.last = [-1, -1, -1]                        # last instruction of each queue
         self.matched = {k: -1 for k in PUSH_BIT}        # (producer, consumer) -> last push
         self.pops = 0                                   # pop bits of the current one
         self.compute_pops = 0                           # pop bits of the last compute
-        self.ranges: dict = defaultdict(list)          # space -> ranges accessed
-
-    def _end(self, i: int) -> list[int]:
-        return [self.end[0][i], self.end[1][i], self.end[2][i]]
+        self.spaces: dict = defaultdict(_Space)         # space -> ranges accessed
 
     def conflicts(self, q: int, acc) -> dict[int, int]:
         """queue -> latest instruction of that queue that must finish first (unordered)."""
-        need: dict[int, int] = {}
-
-        def add(r, i):
-            if r != q and i > self.known[q][r] and i > need.get(r, -1):
-                need[r] = i
+        m0 = m1 = m2 = -1
+        spaces = self.spaces
+        k0, k1, k2 = self.known[q]
         for space, lo, hi, write, kind in acc:
-            for e in self.ranges[space]:
+            sp = spaces[space]
+            b0, b1, b2 = sp.touched if write else sp.wrote
+            if b0 <= k0 and b1 <= k1 and b2 <= k2:      # all known already (q's own too)
+                continue
+            for e in sp.ranges:
                 if e.kind != kind or (e.lo < hi and lo < e.hi):
-                    for r, i in e.writers.items():
-                        add(r, i)
-                    if write:
-                        for r, i in e.readers.items():
-                            add(r, i)
-        return need
+                    w0, w1, w2 = e.either if write else e.writers
+                    if w0 > m0:
+                        m0 = w0
+                    if w1 > m1:
+                        m1 = w1
+                    if w2 > m2:
+                        m2 = w2
+        k = self.known[q]
+        return {r: i for r, i in ((0, m0), (1, m1), (2, m2)) if r != q and i > k[r]}
 
     def through_compute(self, p: int, j: int) -> int | None:
         """Make the latest compute instruction wait for instruction j of queue p (load or
@@ -189,7 +215,7 @@ class TokenPlanner:
         c = self.last[1]
         if c < j:
             return None
-        if self._end(c)[p] >= j:
+        if self.end[c][p] >= j:
             return c
         bit = POP_BIT[1, p]
         if self.compute_pops & bit:
@@ -197,9 +223,8 @@ class TokenPlanner:
         self._pair(p, j, 1)
         self.patch(c, bit)
         self.compute_pops |= bit
-        e = [max(a, b) for a, b in zip(self._end(c), self._end(j))]
-        for r in range(3):
-            self.end[r][c] = e[r]
+        e = tuple(map(max, self.end[c], self.end[j]))
+        self.end[c] = e
         self.known[1] = list(e)
         return c
 
@@ -221,35 +246,40 @@ class TokenPlanner:
                 self._pair(p, j, q)
                 pops |= POP_BIT[q, p]
             # ordered after j either way: what j knew holds here too
-            k = [max(a, b) for a, b in zip(k, self._end(j))]
+            k = list(map(max, k, self.end[j]))
         k[q] = i
-        for r in range(3):
-            self.end[r].append(k[r])
+        self.end.append(tuple(k))
         self.known[q] = k
         self.last[q] = i
         for space, lo, hi, write, kind in acc:
-            lst = self.ranges[space]
-            e = next((e for e in lst if e.lo == lo and e.hi == hi and e.kind == kind), None)
+            sp = self.spaces[space]
+            e = sp.by_key.get((lo, hi, kind))
             if e is None:
                 e = _Range(lo, hi, kind)
-                lst.append(e)
+                sp.ranges.append(e)
+                sp.by_key[lo, hi, kind] = e
             if write:
-                e.writers, e.readers = {q: i}, {}
+                e.writers, e.readers = [-1, -1, -1], [-1, -1, -1]
+                e.writers[q] = i
+                e.either = list(e.writers)
+                sp.wrote[q] = i
             else:
-                e.readers[q] = i
+                e.readers[q] = e.either[q] = i      # i is the latest index of all
+            sp.touched[q] = i
             e.used = i
-            if len(lst) > MAX_RANGES:
-                self._prune(lst)
+            if len(sp.ranges) > MAX_RANGES:
+                self._prune(sp)
         if q == 1:
             self.compute_pops = pops
         return pops
 
-    def _prune(self, lst: list) -> None:
+    def _prune(self, sp: _Space) -> None:
         """Drop ranges every queue already waited for; if still too many, merge the least
         recently used half into one conservative range (union extent, latest accesses)."""
         g = [min(self.known[q][r] for q in range(3)) for r in range(3)]
-        lst[:] = [e for e in lst if any(i > g[r] for r, i in e.writers.items())
-                  or any(i > g[r] for r, i in e.readers.items())]
+        lst = sp.ranges
+        g0, g1, g2 = g
+        lst[:] = [e for e in lst if e.either[0] > g0 or e.either[1] > g1 or e.either[2] > g2]
         if len(lst) > MAX_RANGES:
             lst.sort(key=lambda e: e.used)
             old = lst[:MAX_RANGES // 2]
@@ -257,8 +287,9 @@ class TokenPlanner:
             m = _Range(min(e.lo for e in old), max(e.hi for e in old),
                        kinds.pop() if len(kinds) == 1 else "mixed")   # mixed: hits all
             for e in old:
-                for src, dst in ((e.writers, m.writers), (e.readers, m.readers)):
-                    for r, i in src.items():
-                        dst[r] = max(dst.get(r, -1), i)
+                m.writers = list(map(max, m.writers, e.writers))
+                m.readers = list(map(max, m.readers, e.readers))
+                m.either = list(map(max, m.either, e.either))
                 m.used = max(m.used, e.used)
             lst[:MAX_RANGES // 2] = [m]
+        sp.reindex()

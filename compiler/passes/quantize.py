@@ -26,7 +26,11 @@ BIAS_BITS = 24
 
 
 def expo(t: torch.Tensor) -> int:
-    m = float(t.detach().abs().max()) if t.numel() else 0.0
+    return _expo_of_max(float(t.detach().abs().max()) if t.numel() else 0.0)
+
+
+def _expo_of_max(m: float) -> int:
+    """expo() of a tensor whose largest magnitude is m."""
     if m == 0.0 or not math.isfinite(m):
         return -7
     return math.ceil(math.log2(m / 127.0))
@@ -37,8 +41,8 @@ def expo_fit(t: torch.Tensor, search: int = 3) -> int:
     saturating) of ``t`` has the least squared error: a heavy-tailed tensor trades a few
     saturated outliers for finer steps everywhere else (numerics.md section 6).  Computed
     on |t| in float64 numpy, zeros dropped (they quantize exactly), buffers reused."""
-    e0 = expo(t)
-    a = np.abs(t.detach().double().numpy().reshape(-1))
+    a = np.abs(t.detach().numpy().reshape(-1)).astype(np.float64)    # exact, like |t|
+    e0 = _expo_of_max(float(a.max()) if a.size else 0.0)              # = expo(t)
     a = a[a != 0]
     if not a.size:
         return e0
@@ -83,8 +87,8 @@ class QuantizePass:
         # --remaskable: formats independent of WHICH channels the mask keeps
         graphs = calibration_graphs(g) if g.meta.get("remaskable") else [g]
         runs = [run_float(c, x, labels, self.params) for c in graphs]
-        fv = {k: torch.cat([r[k].reshape(-1) for r in runs]) for k in runs[0]
-              if all(k in r for r in runs)}
+        fv = {k: torch.cat([r[k].reshape(-1) for r in runs]) if len(runs) > 1 else v
+              for k, v in runs[0].items() if all(k in r for r in runs)}
         V = g.values
         V["x"].dtype, V["x"].exp = "i8", expo_fit(x)
         V["labels"].dtype, V["labels"].exp = "i32", 0
