@@ -150,8 +150,7 @@ def cmd_compile(args) -> int:
 def cmd_remask(args) -> int:
     from .remask import remask       # no torch, no compiler front end: milliseconds
     t0 = time.perf_counter()
-    blob = remask(args.program, args.mask)
-    _atomic_write(args.output, lambda f: f.write(blob))
+    remask(args.program, args.mask, lambda write: _atomic_write(args.output, write))
     print(f"wrote {args.output}: {args.program} with the channel index tables of "
           f"{args.mask} ({1e3 * (time.perf_counter() - t0):.0f} ms, no recompile)")
     return 0
