@@ -114,7 +114,7 @@ def test_remask_refuses_damage_it_reads(lenet, tmp_path, capsys, section):
     if section == "truncated":
         del bad[-100:]
     elif section == "header":
-        bad[30] ^= 1
+        bad[40] ^= 1                  # in the head section's digest
     else:
         off, n = _span(ca.blob, section)
         bad[off + n - 1] ^= 1
