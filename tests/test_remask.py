@@ -218,3 +218,15 @@ def test_calibration_graph_is_the_unmasked_model(tmp_path):
     a, b = run_float(ref, x, labels, params), run_float(u, x, labels, params)
     assert set(a) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in a), [(k, a[k].shape, b[k].shape, float((a[k]-b[k]).abs().max())) for k in a if a[k].shape != b[k].shape or not torch.equal(a[k], b[k])][:4]
+
+
+def test_cli_builds_one_subcommand_the_same_way():
+    """main() builds only the subcommand it runs (start-up time); COMMANDS lists them all
+    and the one-subcommand parser reads its arguments like the full one."""
+    from edgec.compiler import cli
+    full = cli.build_parser()
+    sub = next(a for a in full._actions if a.dest == "cmd")
+    assert tuple(sub.choices) == cli.COMMANDS
+    for argv in (["remask", "p.bin", "--mask", "u.mask", "-o", "q.bin"],
+                 ["disasm", "p.bin"], ["compile", "m.py", "--mask", "u.mask", "--remaskable"]):
+        assert vars(cli.build_parser(argv[0]).parse_args(argv)) == vars(full.parse_args(argv))
