@@ -8,7 +8,8 @@ Layout (all integers little-endian):
                length and its 32-byte SHA-256 digest; zero padding to HEADER_BYTES
     head       UTF-8 JSON, keys sorted: {"meta": {"mask": ..., "remask": ...},
                "symbols": [the channel index tables, kind "table"]}
-    tables     the DDR image from address 0 to the end of the last index table
+    tables     the DDR image from address 0 to the end of the last index table (the
+               compiler places the tables first: compiler/backend/memory.py)
     code       instruction words, WORD_BYTES bytes each
     data       the rest of the initial DDR image (weights, masters, constants); tables +
                data are loaded at DDR address 0, the rest of DDR starts as zeros
@@ -16,9 +17,11 @@ Layout (all integers little-endian):
                kind, addr, shape, dtype, exp, ...}, the other symbols]}
     trailer    SHA-256 of the header (32 bytes)
 
-The checksum covers every byte: the trailer covers the header, which holds each section's
-digest.  A loader (read_program) checks the trailer and then every section against its
-digest, naming the section that does not match.
+The checksum covers every byte (the design's "a checksum covers the file"): the trailer
+covers the header, which holds each section's digest.  A loader (read_program) checks
+the trailer and then every section against its digest, naming the section that does not
+match.  Program.data, the initial DDR image, is the tables section followed by the data
+section.
 
 Why sections: the bytes that depend on WHICH channels the user's mask keeps (the index
 tables ``tab:<layer>`` and the meta entry ``mask``) are the head and tables sections, a
