@@ -107,6 +107,19 @@ def test_damage_outside_the_head_survives_remask_and_is_caught_on_load(lenet, tm
     assert rc == 1 and f"checksum mismatch in section '{section}'" in capsys.readouterr().err
 
 
+def test_remask_without_copy_file_range(lenet, tmp_path, capsys, monkeypatch):
+    """Where the kernel cannot copy (another file system, an old kernel), remask copies
+    through Python: the same bytes."""
+    import os
+
+    def refuse(*a, **k):
+        raise OSError(18, "Invalid cross-device link")
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    _, _, mb, ca, cb = lenet
+    rc, blob, _ = _remask(tmp_path, ca.blob, mb, capsys)
+    assert rc == 0 and blob == cb.blob
+
+
 @pytest.mark.parametrize("section", ["head", "tables", "header", "truncated"])
 def test_remask_refuses_damage_it_reads(lenet, tmp_path, capsys, section):
     _, _, mb, ca, _ = lenet

@@ -476,7 +476,7 @@ def test_missing_input_and_bad_program(lenet, rundir):
     try:
         (rundir / "prog.bin").write_bytes(good[:-1])
         rc, msg, out = _run_cli(rundir, rundir / "ok2.npz")
-        _assert_clean_failure(rc, msg, out, rundir, "prog.bin", "checksum")
+        _assert_clean_failure(rc, msg, out, rundir, "prog.bin", "truncated")
     finally:
         (rundir / "prog.bin").write_bytes(good)
 
