@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import os
@@ -111,7 +110,8 @@ class Base:
 # ---------------------------------------------------------------------------- mutators
 
 def _rehash(body: bytes) -> bytes:
-    return body + hashlib.sha256(body).digest()
+    from edgec.isa.container import reseal
+    return reseal(body)
 
 
 def mutate_prog_bytes(rng: random.Random, blob: bytes) -> tuple[bytes, str]:
@@ -134,8 +134,9 @@ def mutate_prog_bytes(rng: random.Random, blob: bytes) -> tuple[bytes, str]:
         else:
             body[c:c] = chunk                               # insert
     elif how == "header":
-        off = rng.choice([8, 10] + list(range(20, 52, 4)))
-        width = 2 if off < 12 else 4
+        # header fields: version, word bytes, DDR size, the five section lengths
+        off, width = rng.choice([(8, 2), (10, 2), (20, 4)] + [(24 + 40 * k, 8)
+                                                             for k in range(5)])
         v = rng.choice([0, 1, 63, 64, 65, 2**width * 8 - 1, rng.randrange(2**(8 * width)),
                         int.from_bytes(body[off:off + width], "little") + rng.randint(-70, 70)])
         v %= 2**(8 * width)

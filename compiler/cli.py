@@ -150,8 +150,7 @@ def cmd_compile(args) -> int:
 def cmd_remask(args) -> int:
     from .remask import remask       # no torch, no compiler front end: milliseconds
     t0 = time.perf_counter()
-    blob = remask(args.program, args.mask)
-    _atomic_write(args.output, lambda f: f.write(blob))
+    remask(args.program, args.mask, lambda write: _atomic_write(args.output, write))
     print(f"wrote {args.output}: {args.program} with the channel index tables of "
           f"{args.mask} ({1e3 * (time.perf_counter() - t0):.0f} ms, no recompile)")
     return 0
@@ -335,13 +334,33 @@ def cmd_mask(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = ("compile", "remask", "ir", "finetune", "run", "verify", "export-onnx", "disasm",
+            "report", "asm", "mask")
+
+
+class _Unbuilt:
+    """A subcommand's parser that main() does not need: its options are not built."""
+
+    def add_argument(self, *a, **k):
+        pass
+
+    def set_defaults(self, **k):
+        pass
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `only` (one of COMMANDS), the parser of that subcommand
+    alone (argparse spends milliseconds building the others: remask starts faster)."""
     ap = argparse.ArgumentParser(
         prog="edgec",
         description="Compile a PyTorch model's fine-tuning step (forward, softmax "
                     "cross-entropy, backward, SGD) to an 8-bit edge training accelerator, "
                     "and run it on the bit-exact emulator.")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def subcommand(name: str, **kw):
+        assert name in COMMANDS, name
+        return sub.add_parser(name, **kw) if only in (None, name) else _Unbuilt()
 
     def common(p):
         p.add_argument("model", help="model.py defining `model` (nn.Module with pretrained "
@@ -401,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "batch (array x, the input's static shape); default: standard normal "
                        "from torch.Generator().manual_seed(0)")
 
-    p = sub.add_parser("compile", help="compile model.py (+ mask) to prog.bin; MODEL may "
+    p = subcommand("compile", help="compile model.py (+ mask) to prog.bin; MODEL may "
                        "also be an IR dump (FILE.ir / FILE.loop) to resume the pipeline from, "
                        "using the source, lr and seed named in its header")
     common(p)
@@ -412,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "each checked to read back identically")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("remask", help="give prog.bin another user's mask without "
+    p = subcommand("remask", help="give prog.bin another user's mask without "
                        "recompiling: rewrites its channel index tables; the new mask must "
                        "keep the same number of channels in every layer (the result equals "
                        "edgec compile with that mask, byte for byte)")
@@ -423,12 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "itself)")
     p.set_defaults(func=cmd_remask)
 
-    p = sub.add_parser("ir", help="parse and check an IR dump (.ir/.loop) and print it "
+    p = subcommand("ir", help="parse and check an IR dump (.ir/.loop) and print it "
                        "in canonical form")
     p.add_argument("file", help="FILE.ir or FILE.loop written by compile --dump-ir")
     p.set_defaults(func=cmd_ir)
 
-    p = sub.add_parser("finetune", help="compile once, then run --steps training steps on "
+    p = subcommand("finetune", help="compile once, then run --steps training steps on "
                        "the emulator (weights stay in emulator memory) and write the tuned "
                        "weights as a PyTorch state_dict")
     common(p)
@@ -444,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "tuned.pt)")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("run", help="execute prog.bin on the emulator for one batch")
+    p = subcommand("run", help="execute prog.bin on the emulator for one batch")
     p.add_argument("program", help="prog.bin")
     p.add_argument("--input", required=True, help="batch.npz with x (float32) and y (int64; "
                    "optional for a program compiled with --labels pseudo or --loss kd)")
@@ -454,24 +473,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the program's stochastic-rounding seed")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("verify", help="compile, then check emulator == reference bit for "
+    p = subcommand("verify", help="compile, then check emulator == reference bit for "
                        "bit and fixed-point gradients vs float autograd; exit 0 iff bit-exact")
     common(p)
     p.add_argument("--batch-seed", type=int, default=0, help="seed of the random batch")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("export-onnx", help="compile, then write the QUANTIZED forward "
+    p = subcommand("export-onnx", help="compile, then write the QUANTIZED forward "
                        "pass as ONNX (int8 input x, every forward int8 activation as an "
                        "output; onnxruntime reproduces the emulator bit for bit)")
     common(p)
     p.add_argument("-o", "--output", default="fwd.onnx", help="output file (default fwd.onnx)")
     p.set_defaults(func=cmd_export_onnx)
 
-    p = sub.add_parser("disasm", help="print prog.bin's instructions")
+    p = subcommand("disasm", help="print prog.bin's instructions")
     p.add_argument("program", help="prog.bin")
     p.set_defaults(func=cmd_disasm)
 
-    p = sub.add_parser("report", help="per-layer/per-pattern performance summary of "
+    p = subcommand("report", help="per-layer/per-pattern performance summary of "
                        "prog.bin: MACs, DDR bytes, modeled cycles, MAC-array utilisation, "
                        "roofline bound; totals for forward, backward and update")
     p.add_argument("program", help="prog.bin")
@@ -481,13 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "matplotlib)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("asm", help="assemble edgec assembly (the text `edgec disasm` "
+    p = subcommand("asm", help="assemble edgec assembly (the text `edgec disasm` "
                        "prints) back into prog.bin, byte for byte")
     p.add_argument("source", help="assembly file (FILE.s)")
     p.add_argument("-o", "--output", default="prog.bin", help="output file (default prog.bin)")
     p.set_defaults(func=cmd_asm)
 
-    p = sub.add_parser("mask", help="derive a user.mask from the model's weights: keep the "
+    p = subcommand("mask", help="derive a user.mask from the model's weights: keep the "
                        "highest-scoring output channels of every maskable layer (residual "
                        "groups share one list; the logits layer is never masked)")
     p.add_argument("model", help="model.py defining `model` and `example_input`")
@@ -508,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from edgec.isa.errors import EdgecError
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
     try:
         return args.func(args)
     except EdgecError as e:

@@ -3,9 +3,11 @@
 A program depends on its mask only through the number of channels each layer keeps
 (shapes, tiling, instructions, formats: the quantize pass calibrates without the user's
 choice of channels) and through WHICH channels it keeps: the channel index tables
-``tab:<layer>`` in the data section and the ``mask`` entry of the meta.  When the new mask
-keeps the same count in every layer, rewriting those two gives the very bytes a fresh
-``edgec compile --mask`` would write.  What remask needs to check the new mask as compile
+``tab:<layer>`` and the ``mask`` entry of the meta, which prog.bin keeps in two small
+sections of their own (head and tables, isa/container.py).  When the new mask keeps the
+same count in every layer, rewriting those two sections gives the very bytes a fresh
+``edgec compile --mask`` would write; the code, data and symbols sections are copied
+unread, with their digests.  What remask needs to check the new mask as compile
 does is in the meta ``remask`` entry: the maskable layers and their channel counts, the
 layers that cannot be masked (and why), the logits layer, and the residual adds where two
 masked layers meet (their lists must stay equal).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import struct
 
-from edgec.isa.container import read_sections, rewrite_program
+from edgec.isa.container import Head, read_head, write_with_head
 from edgec.isa.errors import EdgecError
 
 from .frontend.maskfile import drop_full, parse_mask, residual_error
@@ -46,14 +48,26 @@ def _info(meta: dict, path: str) -> dict:
     return info
 
 
-def remask(prog_path: str, mask_path: str) -> bytearray:
-    """The bytes of ``prog_path`` with the channel index tables of ``mask_path``."""
+def remask(prog_path: str, mask_path: str, write) -> None:
+    """Check ``mask_path`` against the program ``prog_path`` as compile would, then call
+    ``write(fn)``, where ``fn(f)`` writes the program with the new mask to the binary file
+    ``f``.  Reads and verifies the program's header, head and tables sections only; its
+    code, data and symbols are copied with their digests (isa/container.py), so damage
+    there is still reported when the result is loaded."""
     try:
-        with open(prog_path, "rb") as f:
-            blob = f.read()
+        src = open(prog_path, "rb")
     except OSError as e:
         raise EdgecError(f"{prog_path}: cannot read ({e.strerror})") from None
-    _, _, data_len, _, symbols, meta = read_sections(blob, prog_path)   # no section copies
+    with src:
+        h = read_head(src, prog_path)
+        meta, tables = _remasked(h, prog_path, mask_path)
+        write(lambda f: write_with_head(f, h, meta, tables, src))
+
+
+def _remasked(h: Head, prog_path: str, mask_path: str) -> tuple[dict, bytes]:
+    """The head meta and the tables section of the program (head ``h``) under
+    ``mask_path``."""
+    meta = h.meta
     info = _info(meta, prog_path)
     layers, logits = info["layers"], info["logits_layer"]
     new = drop_full(parse_mask(mask_path, layers, logits, refuse=info["refuse"]), layers)
@@ -78,17 +92,16 @@ def remask(prog_path: str, mask_path: str) -> bytearray:
     for a, b, loc, layer in info["ties"]:
         if new.get(a) != new.get(b):
             raise residual_error(new, (a, b), loc, layer)
-    patches, by_name = {}, {s.get("name"): s for s in symbols}
+    tables, by_name = bytearray(h.tables), {s["name"]: s for s in h.symbols}
     for k, kept in new.items():
         sym = by_name.get(f"tab:{k}", {})
         raw = struct.pack(f"<{len(kept)}i", *kept)
         if sym.get("dtype") != "i32" or sym.get("shape") != [len(kept)] \
-                or sym["addr"] + len(raw) > data_len:
+                or sym["addr"] + len(raw) > len(tables):
             raise EdgecError(f"{prog_path}: symbol 'tab:{k}' is not the {len(kept)}-entry "
                              "index table remask expects; recompile with edgec compile")
-        patches[sym["addr"]] = raw
+        tables[sym["addr"]:sym["addr"] + len(raw)] = raw
     mask = {k: list(v) for k, v in new.items()}
     if logits in meta["mask"]:
         mask[logits] = meta["mask"][logits]
-    return rewrite_program(blob, patches, dict(meta, mask=dict(sorted(mask.items()))),
-                           symbols, prog_path)
+    return dict(meta, mask=dict(sorted(mask.items()))), bytes(tables)

@@ -1,5 +1,6 @@
 """edgec remask: another mask with the same kept counts gives the bytes of a fresh compile;
 anything else is a located error and writes nothing."""
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,78 @@ def test_lenet_remask_equals_fresh_compile_and_verifies(lenet, tmp_path, capsys)
     assert np.all(rep.out["grad/conv1.weight"][[0, 1]] == 0)   # pruned under mask B
     rc, back, _ = _remask(tmp_path, blob, ma, capsys)           # and back again
     assert rc == 0 and back == ca.blob
+
+
+def _span(blob, name):
+    """(offset, length) of section ``name`` in a program file (isa/container.py layout)."""
+    from edgec.isa.container import HEADER_BYTES, SECTIONS
+    lengths = [struct.unpack_from("<Q", blob, 24 + 40 * k)[0] for k in range(len(SECTIONS))]
+    k = SECTIONS.index(name)
+    return HEADER_BYTES + sum(lengths[:k]), lengths[k]
+
+
+def test_mask_dependent_bytes_are_a_small_head(lenet):
+    """Only the head (mask meta, table symbols) and tables sections differ between two
+    masks with the same counts; the tables section holds just the index tables."""
+    _, _, _, ca, cb = lenet
+    for name in ("code", "data", "symbols"):
+        (a, n), (b, m) = _span(ca.blob, name), _span(cb.blob, name)
+        assert ca.blob[a:a + n] == cb.blob[b:b + m], name
+    off, n = _span(ca.blob, "tables")
+    tabs = sorted((s["addr"], s["addr"] + 4 * s["shape"][0]) for s in ca.program.symbols
+                  if s["kind"] == "table")
+    assert tabs[0][0] == 0 and n == tabs[-1][1] == 4 * 22 + 80   # conv1, conv2, fc1 tables
+    assert _span(ca.blob, "head")[1] < 2000 < _span(ca.blob, "symbols")[1]
+
+
+@pytest.mark.parametrize("section", ["code", "data", "symbols"])
+def test_damage_outside_the_head_survives_remask_and_is_caught_on_load(lenet, tmp_path,
+                                                                       capsys, section):
+    """remask reads only the header, head and tables; it copies the rest with its digest,
+    so a damaged byte there is reported when the result is loaded, naming the section."""
+    from edgec.isa.container import load_program
+    _, _, mb, ca, _ = lenet
+    off, n = _span(ca.blob, section)
+    bad = bytearray(ca.blob)
+    bad[off + n // 2] ^= 0x10
+    rc, blob, out = _remask(tmp_path, bytes(bad), mb, capsys)
+    assert rc == 0, out.err
+    (tmp_path / "b.bin").write_bytes(blob)
+    with pytest.raises(EdgecError, match=rf"b\.bin: checksum mismatch in section '{section}'"):
+        load_program(str(tmp_path / "b.bin"))
+    rc = main(["run", str(tmp_path / "b.bin"), "--input", str(tmp_path / "none.npz"),
+               "-o", str(tmp_path / "out.npz")])
+    assert rc == 1 and f"checksum mismatch in section '{section}'" in capsys.readouterr().err
+
+
+def test_remask_without_copy_file_range(lenet, tmp_path, capsys, monkeypatch):
+    """Where the kernel cannot copy (another file system, an old kernel), remask copies
+    through Python: the same bytes."""
+    import os
+
+    def refuse(*a, **k):
+        raise OSError(18, "Invalid cross-device link")
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    _, _, mb, ca, cb = lenet
+    rc, blob, _ = _remask(tmp_path, ca.blob, mb, capsys)
+    assert rc == 0 and blob == cb.blob
+
+
+@pytest.mark.parametrize("section", ["head", "tables", "header", "truncated"])
+def test_remask_refuses_damage_it_reads(lenet, tmp_path, capsys, section):
+    _, _, mb, ca, _ = lenet
+    bad = bytearray(ca.blob)
+    if section == "truncated":
+        del bad[-100:]
+    elif section == "header":
+        bad[40] ^= 1                  # in the head section's digest
+    else:
+        off, n = _span(ca.blob, section)
+        bad[off + n - 1] ^= 1
+    rc, blob, out = _remask(tmp_path, bytes(bad), mb, capsys)
+    want = {"truncated": "do not add up to the file size", "header": "checksum mismatch "
+            "in the header"}.get(section, f"checksum mismatch in section '{section}'")
+    assert rc == 1 and blob is None and want in out.err and "a.bin: " in out.err, out.err
 
 
 def test_count_mismatch_names_layer_counts_and_line(lenet, tmp_path, capsys):
@@ -158,3 +231,15 @@ def test_calibration_graph_is_the_unmasked_model(tmp_path):
     a, b = run_float(ref, x, labels, params), run_float(u, x, labels, params)
     assert set(a) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in a), [(k, a[k].shape, b[k].shape, float((a[k]-b[k]).abs().max())) for k in a if a[k].shape != b[k].shape or not torch.equal(a[k], b[k])][:4]
+
+
+def test_cli_builds_one_subcommand_the_same_way():
+    """main() builds only the subcommand it runs (start-up time); COMMANDS lists them all
+    and the one-subcommand parser reads its arguments like the full one."""
+    from edgec.compiler import cli
+    full = cli.build_parser()
+    sub = next(a for a in full._actions if a.dest == "cmd")
+    assert tuple(sub.choices) == cli.COMMANDS
+    for argv in (["remask", "p.bin", "--mask", "u.mask", "-o", "q.bin"],
+                 ["disasm", "p.bin"], ["compile", "m.py", "--mask", "u.mask", "--remaskable"]):
+        assert vars(cli.build_parser(argv[0]).parse_args(argv)) == vars(full.parse_args(argv))

@@ -4,7 +4,6 @@ touches an existing output file.  (The long fuzz run is benchmarks/fuzz.py.)"""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import signal
@@ -18,7 +17,8 @@ from hypothesis import strategies as st
 
 from edgec.compiler import cli
 from edgec.compiler.driver import compile_model
-from edgec.isa.container import HEADER_BYTES, VERSION, Program, read_program, write_program
+from edgec.isa.container import (SECTIONS, VERSION, Program, read_program, reseal,
+                                  write_program)
 from edgec.isa.disasm import disassemble
 from edgec.isa.encoding import decode, encode
 from edgec.isa.errors import EdgecError, TrapError
@@ -59,7 +59,8 @@ def time_limit(seconds: int):
 
 
 def rehash(body: bytes) -> bytes:
-    return body + hashlib.sha256(body).digest()
+    """An edited file with valid checksums, so that the checks behind them are reached."""
+    return reseal(body)
 
 
 def pipeline(blob: bytes, x, y) -> str:
@@ -123,7 +124,8 @@ def test_bit_flips_with_a_valid_checksum_fail_cleanly(lenet, data):
 def test_truncation(lenet, cut):
     c, _, _ = lenet
     cut %= len(c.blob)
-    with pytest.raises(EdgecError, match=r"^short\.bin: (too short|checksum mismatch)"):
+    with pytest.raises(EdgecError, match=r"^short\.bin: (too short|checksum mismatch|section "
+                       r"lengths .* do not add up to the file size)"):
         read_program(c.blob[:cut], "short.bin")
 
 
@@ -149,17 +151,32 @@ def test_wrong_target_fingerprint(lenet):
         read_program(c.blob, "p.bin", expect_target=tiny.fingerprint)
 
 
-# header: n_instr, code_off, data_off, data_len, sym_off, sym_len (u32 at 20..40)
+# header: a u64 length (and a digest) per section, at 24 + 40 * k
 @FAST
-@given(field=st.integers(0, 5), value=st.integers(0, 2**32 - 1))
-def test_bad_section_offsets_with_valid_checksum(lenet, field, value):
+@given(k=st.integers(0, len(SECTIONS) - 1), value=st.integers(0, 2**64 - 1))
+def test_bad_section_lengths_with_valid_checksum(lenet, k, value):
     c, _, _ = lenet
-    off = 20 + 4 * field
+    off = 24 + 40 * k
     body = bytearray(c.blob[:-32])
-    assume(struct.unpack_from("<I", body, off)[0] != value)
-    struct.pack_into("<I", body, off, value)
-    with pytest.raises(EdgecError, match=r"^o\.bin: (section offsets|data section)"):
+    assume(struct.unpack_from("<Q", body, off)[0] != value)
+    struct.pack_into("<Q", body, off, value)
+    with pytest.raises(EdgecError, match=r"^o\.bin: section lengths .* do not add up"):
         read_program(rehash(bytes(body)), "o.bin")
+
+
+@FAST
+@given(k=st.integers(0, len(SECTIONS) - 2), shift=st.integers(-10**6, 10**6))
+def test_moved_section_boundary_with_valid_checksum(lenet, k, shift):
+    """Bytes moved from one section to the next, digests made valid: a clean failure (or
+    a program that still runs)."""
+    c, x, y = lenet
+    body = bytearray(c.blob[:-32])
+    a, b = (struct.unpack_from("<Q", body, 24 + 40 * j)[0] for j in (k, k + 1))
+    shift = max(-a, min(b, shift))
+    assume(shift)
+    struct.pack_into("<Q", body, 24 + 40 * k, a + shift)
+    struct.pack_into("<Q", body, 24 + 40 * (k + 1), b - shift)
+    pipeline(rehash(bytes(body)), x, y)
 
 
 @FAST
@@ -167,7 +184,7 @@ def test_bad_section_offsets_with_valid_checksum(lenet, field, value):
 def test_ddr_size_field(lenet, ddr):
     c, x, y = lenet
     body = bytearray(c.blob[:-32])
-    struct.pack_into("<I", body, 44, ddr)
+    struct.pack_into("<I", body, 20, ddr)
     pipeline(rehash(bytes(body)), x, y)
 
 
@@ -459,7 +476,7 @@ def test_missing_input_and_bad_program(lenet, rundir):
     try:
         (rundir / "prog.bin").write_bytes(good[:-1])
         rc, msg, out = _run_cli(rundir, rundir / "ok2.npz")
-        _assert_clean_failure(rc, msg, out, rundir, "prog.bin", "checksum")
+        _assert_clean_failure(rc, msg, out, rundir, "prog.bin", "truncated")
     finally:
         (rundir / "prog.bin").write_bytes(good)
 

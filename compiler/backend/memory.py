@@ -1,9 +1,10 @@
 """DDR memory plan: where every tensor of the program lives, and the data section.
 
-Order: rng seed, channel index tables, constants, parameters (compute copies), masters
-(all initialised from the data section), then inputs and every materialised activation,
-error and gradient (zero-initialised).  A reshape aliases its input.  Each tensor starts
-on a 16-byte boundary.
+Order: channel index tables (first: they make the small "tables" section of prog.bin
+that `edgec remask` rewrites, isa/container.py), rng seed, constants, parameters (compute
+copies), masters (all initialised from the data section), then inputs and every
+materialised activation, error and gradient (zero-initialised).  A reshape aliases its
+input.  Each tensor starts on a 16-byte boundary.
 """
 from __future__ import annotations
 
@@ -67,9 +68,9 @@ class MemoryPlan:
 def plan_memory(g: Graph, seed: int, ddr_limit: int) -> MemoryPlan:
     m = MemoryPlan()
     V = g.values
-    m.place("rng_seed", "seed", (1,), "i32", init=np.array([seed], np.uint32).view(np.int32))
     for layer, kept in sorted(g.meta.get("mask", {}).items()):
         m.place(f"tab:{layer}", "table", (len(kept),), "i32", init=np.array(kept))
+    m.place("rng_seed", "seed", (1,), "i32", init=np.array([seed], np.uint32).view(np.int32))
     for cname, vals in sorted(g.consts.items()):
         m.place(cname, "const", (len(vals),), "i32", init=np.array(vals))
     init = g.meta["init"]

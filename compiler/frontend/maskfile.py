@@ -6,8 +6,6 @@ This module imports no torch: ``edgec remask`` uses it on its own.
 """
 from __future__ import annotations
 
-import difflib
-
 import lark
 
 from edgec.isa.errors import EdgecError
@@ -103,6 +101,7 @@ def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
         if refuse and name in refuse:
             raise EdgecError(f"{where}: layer {name!r} cannot be masked: {refuse[name]}")
         if name not in layers:
+            import difflib      # here: remask's start-up does not pay for it
             close = difflib.get_close_matches(name, list(layers), n=3, cutoff=0.5)
             hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else
                     f"; maskable layers (Conv2d/Linear): {', '.join(sorted(layers)) or 'none'}")
