@@ -1,7 +1,7 @@
 """LD / LDCH / ST / STCH / SEED: DDR <-> on-chip buffer transfers.
 
 A plain LD or ST word that cannot fault moves its box through one strided numpy view of
-DDR (plus one view of read_map / writer), its geometry cached per box shape
+DDR (and one entry in the machine's access log), its geometry cached per box shape
 (`_box_plan`).  Gathered words (LDCH, STCH), faulting words (the general path finds and
 reports the fault) and stores whose elements overlap in DDR (the last one in row-major
 order wins) take the general path over explicit byte addresses.
@@ -30,7 +30,7 @@ def _ddr_check(m, lo: int, hi: int, what: str) -> None:
 def _read_table(m, addr: int, n: int, name: str) -> np.ndarray:
     _ddr_check(m, addr, addr + 4 * n, f"index table {name} ({n} int32 entries)")
     tab = m.ddr[addr:addr + 4 * n].view("<i4").astype(np.int64)
-    m.read_map[addr:addr + 4 * n] = 1
+    m.log.read_box(addr, (4 * n,), (1,))
     m.counters["ddr_read_bytes"] += 4 * n
     if tab.size and tab.min() < 0:
         i = int(np.flatnonzero(tab < 0)[0])
@@ -87,7 +87,7 @@ def _load(m, f, mnemonic, gathered):
     bytes_idx = addr[:, None] + np.arange(esize, dtype=np.int64)
     raw = np.ascontiguousarray(m.ddr[bytes_idx])
     vals = raw.view(_DT[esize]).reshape(-1)
-    m.read_map[bytes_idx.reshape(-1)] = 1
+    m.log.read_bytes(bytes_idx)
     m.bufs[buf][f["baddr"]:f["baddr"] + count] = vals
     m.counters["ddr_read_bytes"] += count * esize
     return _cycles(m, count * esize + tab_bytes)
@@ -106,7 +106,7 @@ def _store(m, f, mnemonic, gathered):
         keep = dst.size - 1 - first_in_rev
         dst, raw = dst[keep], raw[keep]
     m.ddr[dst] = raw
-    m.writer[dst] = m.pc + 1
+    m.log.write_bytes(m.pc, dst)
     m.counters["ddr_write_bytes"] += count * esize
     return _cycles(m, count * esize + tab_bytes)
 
@@ -118,7 +118,6 @@ class BoxPlan(NamedTuple):
     strides: tuple                 # DDR byte strides of the elements
     byte_shape: tuple              # shape + (esize,): every DDR byte of the box
     byte_strides: tuple
-    writer_strides: tuple          # byte_strides of the int32 writer map
     extent: int                    # bytes from the box's first DDR byte past its last
     injective: bool                # no two elements share a DDR byte
 
@@ -139,8 +138,7 @@ def _box_plan(key: tuple) -> BoxPlan | None:
         injective = injective and st >= span       # clear all bytes of the smaller ones
         span += st * (n - 1)
     count = ns[0] * ns[1] * ns[2] * ns[3]
-    return BoxPlan(count, ns, strides, ns + (esize,), strides + (1,),
-                   tuple(4 * s for s in strides + (1,)), extent, injective)
+    return BoxPlan(count, ns, strides, ns + (esize,), strides + (1,), extent, injective)
 
 
 def _fast_box(m, f):
@@ -164,7 +162,7 @@ def op_ld(m, f):
     a, b, esize = f["ddr"], f["baddr"], f["esize"]
     m.bufs[buf][b:b + p.count].reshape(p.shape)[...] = np.ndarray(
         p.shape, _DT[esize], m.ddr, a, p.strides)
-    np.ndarray(p.byte_shape, np.uint8, m.read_map, a, p.byte_strides)[...] = 1
+    m.log.read_box(a, p.byte_shape, p.byte_strides)
     m.counters["ddr_read_bytes"] += p.count * esize
     return _cycles(m, p.count * esize)
 
@@ -181,7 +179,7 @@ def op_st(m, f):
     a, b, esize = f["ddr"], f["baddr"], f["esize"]
     np.ndarray(p.shape, _DT[esize], m.ddr, a, p.strides)[...] = \
         m.bufs[buf][b:b + p.count].reshape(p.shape)
-    np.ndarray(p.byte_shape, np.int32, m.writer, 4 * a, p.writer_strides)[...] = m.pc + 1
+    m.log.write_box(m.pc, a, p.byte_shape, p.byte_strides)
     m.counters["ddr_write_bytes"] += p.count * esize
     return _cycles(m, p.count * esize)
 
@@ -194,6 +192,6 @@ def op_seed(m, f):
     a = f["ddr"]
     _ddr_check(m, a, a + 4, "SEED uint32 at ddr")
     m.seed = int(m.ddr[a:a + 4].view("<u4")[0])
-    m.read_map[a:a + 4] = 1
+    m.log.read_box(a, (4,), (1,))
     m.counters["ddr_read_bytes"] += 4
     return 1

@@ -7,6 +7,7 @@ from edgec.isa.container import DTYPE_BYTES, Program
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import Target
 
+from .accesslog import HOST, AccessLog
 from .losst import teacher_loss
 from .machine import Machine
 from .timing import Timing
@@ -68,7 +69,7 @@ def write_symbol(machine: Machine, name: str, array) -> None:
         raise EdgecError(f"symbol {name!r}: element {list(el)} = {int(v.reshape(-1)[k])} is "
                          f"outside [{lo}, {hi}] ({s['dtype']})")
     machine.ddr[a:a + n] = v.astype(_NP[s["dtype"]]).reshape(-1).view(np.uint8)
-    machine.writer[a:a + n] = 0
+    machine.log.write_box(HOST, a, (n,), (1,))
 
 
 def quantize_input(x_float, exp: int, shape=None) -> np.ndarray:
@@ -150,17 +151,15 @@ def _begin_run(m: Machine) -> None:
     """Reset everything one run owns, keeping DDR (parameters, masters, all other bytes).
 
     A fresh Machine differs from this only in its DDR contents: pc, halted, the SEED
-    register, the on-chip buffers, read_map, writer and the counters all start over,
-    so `m.counters`/`read_map`/`writer` always describe the latest step alone (the two
-    maps are reallocated zero-filled: free until touched, unlike a fill of a large DDR).
+    register, the on-chip buffers, the access log and the counters all start over,
+    so `m.counters`/`read_map`/`last_writer` always describe the latest step alone.
     """
     m.pc = 0
     m.halted = False
     m.seed = 0
     for b in m.bufs.values():
         b[...] = 0
-    m.read_map = np.zeros(m.read_map.shape, np.uint8)       # calloc: lazily zeroed
-    m.writer = np.zeros(m.writer.shape, np.int32)
+    m.log = AccessLog(m.ddr.size)
     for k in m.counters:
         m.counters[k] = 0
     m.timing = Timing(m.target, m.counters)      # the queues start empty, at cycle 0

@@ -4,11 +4,10 @@
     counters = m.run()              # until END; TrapError on any fault
 
 State: `ddr` (uint8, program.ddr_size bytes, data section at 0), `bufs` {"IBUF": int8,
-"WBUF": int8, "ABUF": int32}, `seed` (uint32 register, 0 until SEED), `read_map` (uint8
-per DDR byte, 1 once any DMA read it), `writer` (int32 per DDR byte: 0 initial image /
-host, else 1 + the index of the instruction that last stored it; zero-filled, so a large
-DDR costs nothing until it is written; `last_writer` derives the index, -1 for none),
-`counters`.
+"WBUF": int8, "ABUF": int32}, `seed` (uint32 register, 0 until SEED), `log` (accesslog.py:
+what every DMA read and wrote; `read_map`, uint8 per DDR byte, 1 once any DMA read it, and
+`last_writer`, int32 per DDR byte, the index of the instruction that last stored it or -1
+for the initial image / host, are replayed from it on demand), `counters`.
 Execution is serial in program order.  Each instruction's cost (DMA: latency +
 ceil(bytes / bytes_per_cycle); MAC: array passes; vector: 4 + ceil(elements / lanes);
 SEED/SYNC/END: 1) goes to the timing model (runtime_emu/timing.py): load, compute and
@@ -30,6 +29,7 @@ from edgec.isa.errors import EdgecError, TrapError
 from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES
 from edgec.isa.target import Target
 
+from .accesslog import AccessLog
 from .blas import one_blas_thread
 from .ops import OPS, UNIT
 from .state import Trap
@@ -67,12 +67,11 @@ class Machine:
             self.bufs = {"IBUF": np.zeros(target.ibuf, dtype=np.int8),
                          "WBUF": np.zeros(target.wbuf, dtype=np.int8),
                          "ABUF": np.zeros(target.abuf, dtype=np.int32)}
-            self.read_map = np.zeros(program.ddr_size, dtype=np.uint8)
-            self.writer = np.zeros(program.ddr_size, dtype=np.int32)
         except MemoryError:
             raise EdgecError(f"cannot allocate the emulated memories ({program.ddr_size} DDR "
                              f"bytes) on this host") from None
         self.ddr[:len(program.data)] = np.frombuffer(program.data, dtype=np.uint8)
+        self.log = AccessLog(program.ddr_size)
         self.seed = 0
         self.pc = 0
         self.halted = False
@@ -95,15 +94,19 @@ class Machine:
 
     # convenience views
     @property
+    def read_map(self) -> np.ndarray:
+        """uint8 per DDR byte: 1 once any DMA of this run read it (replayed from `log`)."""
+        return self.log.read_map()
+
+    @property
     def last_writer(self) -> np.ndarray:
-        """Per DDR byte, the index of the instruction that last stored it (-1: initial
-        image or host); computed from `writer` (a copy of DDR size, for tests and reports;
-        `writer_of` reads one byte)."""
-        return self.writer - 1
+        """int32 per DDR byte: the index of the instruction that last stored it, -1 for
+        the initial image or the host (replayed from `log`)."""
+        return self.log.writer_map()
 
     def writer_of(self, addr: int) -> int:
         """The index of the instruction that last stored DDR byte `addr`, -1 if none."""
-        return int(self.writer[addr]) - 1
+        return int(self.log.writer_map()[addr])
 
     @property
     def ibuf(self) -> np.ndarray:
