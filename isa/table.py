@@ -7,7 +7,8 @@ the instruction's own fields.  Unused high bits must be zero (a word with stray 
 malformed and the emulator traps on it).
 
 Machine model (see docs/isa.md for the full text):
-* DDR: a flat little-endian byte array.  prog.bin's data section is loaded at address 0.
+* DDR: a flat little-endian byte array.  prog.bin's initial image (its tables and data
+  sections, isa/container.py) is loaded at address 0.
 * Three on-chip buffers, addressed in ELEMENTS: IBUF (int8, activations/errors),
   WBUF (int8, weights), ABUF (int32: accumulators, master weights, biases, labels, LUTs).
 * Three queues: load (LD, LDCH, SEED), compute (MAC, vector ops, SYNC, END), store (ST,
