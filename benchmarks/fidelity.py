@@ -25,14 +25,11 @@ every later product sees the rounded activations).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,78 +38,22 @@ def log(msg: str, t0=[time.perf_counter()]) -> None:       # noqa: B006 (start t
     print(f"[{time.perf_counter() - t0[0]:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def compile_with_float_graph(model_path: Path, mask: Path | None):
-    """(Compiled, the float graph after the mask pass)."""
-    from edgec.compiler.driver import compile_module
-    from edgec.compiler.frontend.load import load_model
-    from edgec.isa.target import load_target
-    model, example = load_model(str(model_path))
-    seen = {}
-
-    def dump(stage, g, nests=None):
-        if stage == "mask":
-            seen["g"] = copy.deepcopy(g)
-    c = compile_module(model, example, str(model_path), str(mask) if mask else None,
-                       load_target(None), dump=dump)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    from edgec.compiler.frontend.capture import const_values
-    params.update(const_values(seen["g"], model))
-    return c, seen["g"], params
-
-
-def floor_eval(compiled_graph):
-    """A float_interp node evaluator that rounds forward int8 outputs to their formats."""
-    from edgec.compiler.ir import float_interp
-    plain = float_interp._eval
-    V = compiled_graph.values
-
-    def ev(n, a, forward):
-        r = plain(n, a)
-        v = n.outputs[0]
-        if forward and n.op != "wview" and v in V and V[v].dtype == "i8":
-            s = 2.0 ** V[v].exp
-            r = torch.clamp(torch.round(r / s), -127, 127) * s
-        return r
-    return ev
-
-
-def run_float(g, x, y, params, ev=None) -> dict:
-    """float_interp.run_float, optionally with `ev(node, inputs, forward)` per node."""
-    from edgec.compiler.ir import float_interp
-    if ev is None:
-        return float_interp.run_float(g, x, y, params)
-    fwd, seen_loss = set(), False
-    for n in g.nodes:
-        seen_loss = seen_loss or n.op == "loss_grad"
-        if not seen_loss:
-            fwd.add(id(n))
-    plain = float_interp._eval
-    float_interp._eval = lambda n, a: ev(n, a, id(n) in fwd)
-    try:
-        return float_interp.run_float(g, x, y, params)
-    finally:
-        float_interp._eval = plain
-
-
 def measure(name: str, model_path: Path, mask: Path | None, batches: int) -> dict:
-    from edgec.compiler.verify import (cosine_rel, float_grads, make_batch, quantize_input,
-                                       reference_step, subset_labels)
+    from edgec.compiler.driver import compile_model
+    from edgec.compiler.fidelity import float_and_floor, float_params
+    from edgec.compiler.verify import cosine_rel, float_grads, make_batch, reference_step
     log(f"{name}: compile")
-    c, fg, params = compile_with_float_graph(model_path, mask)
-    G = c.graph
-    ev = floor_eval(G)
+    c = compile_model(str(model_path), str(mask) if mask else None)
+    G, params = c.graph, float_params(c)
     grads = [p for p in c.program.meta["params"] if p["grad"]]
     worst = {"fixed": (2.0, ""), "floor": (2.0, "")}
     below = {"fixed": set(), "floor": set()}
     sanity = 1.0
     for b in range(batches):
         x, y = make_batch(c, b)
-        ys = subset_labels(c, y)
-        xq = quantize_input(x, G.values["x"].exp).double() * 2.0 ** G.values["x"].exp
         log(f"{name}: batch {b}: reference, float, floor")
         ref = reference_step(c, x, y, b)
-        flo = run_float(fg, x.float(), ys, params)
-        low = run_float(fg, xq.float(), ys, params, ev)
+        flo, low = float_and_floor(c, x, y, params)
         if mask is None:
             ag = float_grads(c, x, y)
         for p in grads:

@@ -39,6 +39,7 @@ class Compiled:
     model: torch.nn.Module
     example_input: torch.Tensor
     mask: dict[str, list[int]]
+    float_graph: Graph | None = None    # the float graph after the mask pass (fidelity.py)
 
 
 def mask_layers(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, str]]:
@@ -199,10 +200,14 @@ def _backend(g: Graph, mask, example, params, lr, seed, tg, model, log, dump,
         except ValueError as e:
             raise EdgecError(f"internal error after pass {p.name!r}: {e}") from None
         dump(p.name, g)
+        if p.name == "mask":
+            float_graph = copy.deepcopy(g)
     log("tile")
     nests = tile_graph(g, tg, search)
     dump("tile", g, nests)
-    return emit_program(g, nests, tg, lr, seed, model, example, mask, log)
+    c = emit_program(g, nests, tg, lr, seed, model, example, mask, log)
+    c.float_graph = float_graph
+    return c
 
 
 def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: int,

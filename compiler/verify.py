@@ -36,6 +36,7 @@ class Report:
     checked: list[str] = field(default_factory=list)
     mismatches: list[Mismatch] = field(default_factory=list)
     fidelity: list[tuple[str, float, float]] = field(default_factory=list)  # name, cos, rel
+    floor: dict[str, float] = field(default_factory=dict)   # name -> int8-forward floor
     counters: dict = field(default_factory=dict)
     out: dict = field(default_factory=dict)
     machine: object = None
@@ -201,6 +202,8 @@ def verify(c: Compiled, seed: int = 0, batch_seed: int = 0) -> Report:
             continue
         cos, rel = cosine_rel(out[f"grad/{p['name']}"], fg[p["name"]].numpy())
         rep.fidelity.append((p["name"], cos, rel))
+    from .fidelity import floor_cosines
+    rep.floor = floor_cosines(c, x, y)
     return rep
 
 
@@ -218,9 +221,18 @@ def format_report(rep: Report) -> str:
     lines.append("")
     lines.append("fidelity (fixed point vs float32 PyTorch, same masked model: gradients vs "
                  "autograd, or adapted BatchNorm statistics vs float batch statistics):")
-    lines.append(f"  {'tensor':<28} {'cosine':>8} {'rel.err':>8}")
+    floor = rep.floor
+    lines.append(f"  {'tensor':<28} {'cosine':>8} {'rel.err':>8}"
+                 + (f" {'int8 floor':>10}" if floor else ""))
     for name, cos, rel in rep.fidelity:
-        lines.append(f"  {name:<28} {cos:8.4f} {rel:8.4f}")
+        f = f" {floor[name]:10.4f}" if name in floor else ""
+        lines.append(f"  {name:<28} {cos:8.4f} {rel:8.4f}{f}")
+    if floor:
+        lines.append("  (int8 floor: float32 back-propagation through the same forward with its "
+                     "activations rounded")
+        lines.append("   to their int8 formats; a cosine near its floor is the int8 forward's "
+                     "cost, one far below it")
+        lines.append("   the backward numerics'; docs/numerics.md section 7)")
     c = rep.counters
     lines.append("")
     lines.append(f"emulator: {c.get('instructions', 0)} instructions, {c.get('macs', 0)} MACs, "

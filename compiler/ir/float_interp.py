@@ -108,8 +108,14 @@ def _eval(n: Node, a: list[torch.Tensor]):
 
 
 def run_float(graph: Graph, x: torch.Tensor, labels: torch.Tensor,
-              params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Evaluate ``graph`` in float32; returns every value (name -> tensor)."""
+              params: dict[str, torch.Tensor],
+              round_forward: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Evaluate ``graph`` in float32; returns every value (name -> tensor).
+    ``round_forward`` {value: exponent e}: each of those values produced before the loss
+    gradient is rounded to the int8 grid ``clamp(round(v * 2**-e), -127, 127) * 2**e``
+    (the int8-forward floor of compiler/fidelity.py); the rest stays float."""
+    round_forward = round_forward or {}
+    forward = True
     env: dict[str, torch.Tensor] = {}
     env[graph.inputs[0]] = torch.as_tensor(x).to(torch.float32)
     env[graph.inputs[1]] = torch.as_tensor(labels).to(torch.long)
@@ -123,5 +129,10 @@ def run_float(graph: Graph, x: torch.Tensor, labels: torch.Tensor,
             res = _eval(n, [env[i] for i in n.inputs])
             if len(n.outputs) != 1:
                 raise ValueError(f"run_float: {n.op} with {len(n.outputs)} outputs")
+            forward = forward and n.op != "loss_grad"
+            e = round_forward.get(n.outputs[0]) if forward else None
+            if e is not None:
+                s = 2.0 ** e
+                res = torch.clamp(torch.round(res / s), -127, 127) * s
             env[n.outputs[0]] = res
     return env
