@@ -666,7 +666,6 @@ def case(i: int, kind: str, rng: random.Random, base: Base, work: Path):
     """Run one case; returns (outcome, detail, reproducer bytes or None, suffix)."""
     from edgec.isa.errors import EdgecError
     desc, repro, suffix, located = "", None, ".bin", ()
-    cli_out = None
     try:
         if kind == "prog":
             blob, desc = mutate_prog_bytes(rng, base.blob)

@@ -256,7 +256,7 @@ def maxpool(x: torch.Tensor, kernel, stride, pad) -> torch.Tensor:
 def maxpool_bwd(dy: torch.Tensor, x: torch.Tensor, kernel, stride, pad) -> torch.Tensor:
     """Route each dy element to the FIRST (row-major kh, kw) max position of its window;
     ``sat8`` of the per-position sums."""
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(pad)
+    (_, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(pad)
     win = _windows(x, kernel, stride, pad)               # [N,C,OH,OW,K]
     N, C, OH, OW, K = win.shape
     if tuple(dy.shape) != (N, C, OH, OW):

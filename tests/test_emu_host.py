@@ -8,7 +8,7 @@ from edgec.isa.errors import EdgecError
 from edgec.runtime_emu.host import quantize_input, read_symbol, run_step, write_symbol
 from edgec.runtime_emu.machine import Machine
 
-from test_emu_util import ABUF, DDR, IBUF, TARGET, WBUF, build, ld, rshift_py, sat_py
+from test_emu_util import DDR, IBUF, TARGET, WBUF, build, ld, rshift_py, sat_py
 
 N, F, K = 3, 6, 4
 E_X, E_W, E_Z = -5, -6, -3
@@ -19,7 +19,7 @@ def _program():
     d = DDR()
     w = rng.integers(-127, 128, (K, F)).astype(np.int8)
     ax = d.reserve(N * F, "in:x", [N, F], exp=E_X)
-    al = d.reserve(4 * N, "in:labels", [N], dtype="i32")
+    d.reserve(4 * N, "in:labels", [N], dtype="i32")
     asd = d.reserve(4, "rng_seed", [1], dtype="i32")
     aw = d.put(w, "i8", "fc.weight", E_W)
     d.put(w.astype(np.int32) << 16, "i32", "fc.weight:master", E_W - 16)

@@ -1,7 +1,6 @@
 """ONNX in/out: the quantized forward in onnxruntime equals the emulator bit for bit; a
 float ONNX model compiles to the same training step as the PyTorch model."""
 import os
-import sys
 
 import numpy as np
 import onnx

@@ -22,7 +22,7 @@ from edgec.isa.container import (SECTIONS, VERSION, Program, read_program, resea
 from edgec.isa.disasm import disassemble
 from edgec.isa.encoding import decode, encode
 from edgec.isa.errors import EdgecError, TrapError
-from edgec.isa.table import BY_NAME, WORD_BYTES
+from edgec.isa.table import WORD_BYTES
 from edgec.isa.target import load_target
 from edgec.runtime_emu.host import run_step
 from edgec.runtime_emu.machine import Machine

@@ -15,7 +15,7 @@ from edgec.compiler.finetune import finetune
 from edgec.compiler.reference import teacher_loss_grad
 from edgec.compiler.verify import verify
 from edgec.runtime_emu.host import Session, read_symbol
-from test_emu_util import ABUF, DDR, IBUF, rshift_py, run, sat_py
+from test_emu_util import DDR, IBUF, rshift_py, run, sat_py
 from test_emu_vector import _load_abuf, _load_i8
 
 ROOT = Path(__file__).resolve().parents[1]
