@@ -474,7 +474,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = subcommand("verify", help="compile, then check emulator == reference bit for "
-                       "bit and fixed-point gradients vs float autograd; exit 0 iff bit-exact")
+                       "bit and fixed-point gradients vs float autograd (with each "
+                       "gradient's int8-forward floor); exit 0 iff bit-exact")
     common(p)
     p.add_argument("--batch-seed", type=int, default=0, help="seed of the random batch")
     p.set_defaults(func=cmd_verify)
