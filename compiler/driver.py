@@ -14,7 +14,7 @@ from .backend.codegen import Emitter, generate
 from .backend.memory import MemoryPlan, plan_memory
 from .backend.stats import static_counts
 from .backend.tiling import tile_graph
-from .frontend.capture import capture, const_values
+from .frontend.capture import capture, float_values
 from .frontend.load import load_model
 from .frontend.maskfile import drop_full, parse_mask
 from .ir.graph import Graph
@@ -177,8 +177,7 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
                              f"distinct class ids in [0, {K})")
         mask[logits_layer] = ids          # a row view of the classifier (internal)
         g.meta["class_ids"] = ids
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    params.update(const_values(g, model))
+    params = float_values(g, model)
     c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump, search, adapt)
     if full is not None and g.meta["pruned"]["ops"]:
         log("backward without --train/--freeze (for the comparison)")

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import torch
 
-from .frontend.capture import const_values
+from .frontend.capture import float_values
 from .ir.float_interp import run_float
 from .verify import cosine_rel, quantize_input, subset_labels
 
 
 def float_params(c) -> dict[str, torch.Tensor]:
     """The float values of the graph's parameters and constants (c.model's weights)."""
-    params = {k: v.detach().clone() for k, v in c.model.named_parameters()}
-    params.update(const_values(c.float_graph, c.model))
-    return params
+    return float_values(c.float_graph, c.model)
 
 
 def forward_formats(c) -> dict[str, int]:
@@ -54,7 +52,7 @@ def floor_cosines(c, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     out = {}
     for p in c.program.meta["params"]:
         v = p["grad"]
-        if v is None or v not in plain or v not in floor:
+        if v is None or v not in plain:
             continue
         a = floor[v].double().numpy().reshape(-1)
         out[p["name"]] = cosine_rel(a, plain[v].double().numpy().reshape(-1))[0]

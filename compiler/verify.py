@@ -188,7 +188,7 @@ def verify(c: Compiled, seed: int = 0, batch_seed: int = 0) -> Report:
             flat = int(np.flatnonzero((r != e).ravel())[0])
             idx = np.unravel_index(flat, r.shape)
             es = 1 if s["dtype"] == "i8" else 4
-            w = machine.writer_of(s["addr"] + es * flat)
+            w = int(machine.last_writer[s["addr"] + es * flat])
             rep.mismatches.append(Mismatch(s["name"], tuple(int(i) for i in idx),
                                            int(r.ravel()[flat]), int(e.ravel()[flat]), w,
                                            origin[w] if 0 <= w < len(origin) else "initial data"))

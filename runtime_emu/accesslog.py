@@ -1,8 +1,9 @@
 """Which DDR bytes a run read, and which instruction last wrote each byte.
 
-The DMA instructions append what they touched to a log (a box: start byte, element shape
-and byte strides, element size; or an explicit array of byte addresses), and the per-byte
-maps are replayed from it only when asked: by verify's mismatch report (`writer_of`) and
+The DMA instructions append what they touched to a log (a box of bytes: start, shape and
+strides; or an explicit array of byte addresses), and the per-byte maps are replayed from
+it (once, then cached until the next record) only when asked: by verify's mismatch report
+(`Machine.last_writer`) and
 by tests that check that pruned bytes were never read (`read_map`).  Keeping a map per
 DDR byte up to date instead would cost more than the transfers themselves: 4 bytes of map
 per byte stored, touched in scattered pages.

@@ -104,10 +104,6 @@ class Machine:
         the initial image or the host (replayed from `log`)."""
         return self.log.writer_map()
 
-    def writer_of(self, addr: int) -> int:
-        """The index of the instruction that last stored DDR byte `addr`, -1 if none."""
-        return int(self.log.writer_map()[addr])
-
     @property
     def ibuf(self) -> np.ndarray:
         return self.bufs["IBUF"]

@@ -434,6 +434,14 @@ def _const_param(ctx: _Ctx, name: str, kind: str, module: str, shape) -> str:
     return f"param:{name}"
 
 
+def float_values(g: Graph, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Float values of every graph parameter: the model's own (copies) and the frozen
+    constants (const_values)."""
+    out = {k: v.detach().clone() for k, v in model.named_parameters()}
+    out.update(const_values(g, model))
+    return out
+
+
 def const_values(g: Graph, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Float values of the graph's frozen constants (docs/numerics.md, lowerings)."""
     out = {}
