@@ -38,6 +38,7 @@ from .timing import Timing
 COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "cycles",
                  "cycles_dma", "cycles_mac", "cycles_vector")
 _UNIT = {i.name: UNIT.get(i.name, "vector") for i in INSTRS}
+_OP = dict(OPS)
 
 
 class Machine:
@@ -139,7 +140,7 @@ class Machine:
                                 "instructions) without END")
             ins, fields = instrs[pc]
             try:
-                account(ins, fields, OPS[ins.name](self, fields))
+                account(ins, fields, _OP[ins.name](self, fields))
             except Trap as t:
                 raise TrapError(pc, ins.name, str(t)) from None
             self.pc = pc + 1
@@ -149,8 +150,8 @@ class Machine:
     def _account(self, ins, fields: dict, cyc: int) -> None:
         """Count one executed instruction costing `cyc` cycles (the only place that does):
         the timing model places it on its queue (Trap on a token-protocol violation)."""
-        self.timing.issue(ins.name, ins.queue, fields["dep"], cyc, _UNIT[ins.name])
+        name = ins.name
+        self.timing.issue(name, ins.queue, fields["dep"], cyc, _UNIT[name])
         c = self.counters
         c["instructions"] += 1
-        c[ins.name] += 1
-
+        c[name] += 1

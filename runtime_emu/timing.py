@@ -23,6 +23,8 @@ this model only assigns every executed instruction a start and an end cycle:
 from __future__ import annotations
 
 import bisect
+from collections import deque
+from typing import NamedTuple
 
 from edgec.isa.table import QUEUES
 
@@ -34,6 +36,20 @@ DMA = frozenset(("LD", "LDCH", "ST", "STCH"))
 _NEIGHBOUR = {("load", "prev"): None, ("load", "next"): "compute",
               ("compute", "prev"): "load", ("compute", "next"): "store",
               ("store", "prev"): "compute", ("store", "next"): None}
+_CHANNELS = (("load", "compute"), ("compute", "load"), ("compute", "store"),
+             ("store", "compute"))
+
+
+class _Plan(NamedTuple):
+    """How one (instruction, dep) pair is timed: resolved once, then cached."""
+    queue: int                  # index into QUEUES
+    dma: bool                   # waits for the DDR port
+    end: bool                   # END: waits for every queue, checks the channels drained
+    pops: tuple                 # (channel deque, or None without a neighbour; the Trap
+                                #  message when it is None or empty)
+    pushes: tuple               # channel deques (None: no neighbour, see bad_push)
+    bad_push: str | None        # Trap message of the first push to a missing neighbour
+    counter: str                # the busy-cycle counter of the unit
 
 
 class DdrPort:
@@ -67,53 +83,70 @@ class Timing:
     def __init__(self, target, counters: dict):
         self.tg = target
         self.c = counters
-        self.free = {q: 0 for q in QUEUES}
-        self.chan = {(a, b): [] for a, b in (("load", "compute"), ("compute", "load"),
-                                            ("compute", "store"), ("store", "compute"))}
-        self.head = {k: 0 for k in self.chan}           # index of the oldest live token
+        self._free = [0] * len(QUEUES)
+        self.chan = {ch: deque() for ch in _CHANNELS}   # live tokens: their stamps
         self.port = DdrPort()
         self.issued = 0
+        self._plans: dict[tuple, _Plan] = {}
 
-    def _channel(self, queue: str, side: str, push: bool, what: str):
-        other = _NEIGHBOUR[queue, side]
-        if other is None:
-            raise Trap(f"dep {what}: the {queue} queue has no {side} queue")
-        return (queue, other) if push else (other, queue)
+    @property
+    def free(self) -> dict[str, int]:
+        """Queue -> the cycle its last instruction ends."""
+        return dict(zip(QUEUES, self._free))
+
+    def _plan(self, name: str, queue: str, dep: int, unit: str) -> _Plan:
+        """What `dep` means for an instruction `name` of `queue` (cached per (name, dep))."""
+        def channel(side, push):
+            other = _NEIGHBOUR[queue, side]
+            if other is None:
+                return None, (f"dep {'push' if push else 'pop'}_{side}: the {queue} queue "
+                              f"has no {side} queue")
+            ch = (queue, other) if push else (other, queue)
+            return self.chan[ch], (f"pop on {ch[0]}->{ch[1]} with no matching push (no "
+                                   f"earlier instruction of the {ch[0]} queue pushed a token)")
+        pops = tuple(channel(side, False) for side, bit in (("prev", POP_PREV),
+                                                           ("next", POP_NEXT)) if dep & bit)
+        pushes = tuple(channel(side, True) for side, bit in (("prev", PUSH_PREV),
+                                                            ("next", PUSH_NEXT)) if dep & bit)
+        bad_push = next((msg for ch, msg in pushes if ch is None), None)
+        p = _Plan(QUEUES.index(queue), name in DMA, name == "END", pops,
+                  tuple(ch for ch, _ in pushes), bad_push, "cycles_" + unit)
+        self._plans[name, dep] = p
+        return p
 
     def issue(self, name: str, queue: str, dep: int, cost: int, unit: str) -> None:
         """Account one executed instruction (Trap on a token-protocol violation)."""
-        start = self.free[queue] if name != "END" else max(self.free.values())
-        pops = [(side, bit) for side, bit in (("prev", POP_PREV), ("next", POP_NEXT))
-                if dep & bit]
-        for side, _ in pops:
-            ch = self._channel(queue, side, False, f"pop_{side}")
-            if self.head[ch] >= len(self.chan[ch]):
-                raise Trap(f"pop on {ch[0]}->{ch[1]} with no matching push (no earlier "
-                           f"instruction of the {ch[0]} queue pushed a token)")
-        for side, _ in pops:
-            ch = self._channel(queue, side, False, f"pop_{side}")
-            start = max(start, self.chan[ch][self.head[ch]])
-            self.head[ch] += 1
-        if name in DMA:
+        p = self._plans.get((name, dep)) or self._plan(name, queue, dep, unit)
+        free = self._free
+        start = max(free) if p.end else free[p.queue]
+        for ch, msg in p.pops:                      # check every pop before taking any
+            if not ch:                              # no neighbour, or no token
+                raise Trap(msg)
+        for ch, _ in p.pops:
+            t = ch.popleft()
+            if t > start:
+                start = t
+        if p.dma:
             lat = self.tg.ddr_latency
             start = self.port.reserve(start + lat, cost - lat) - lat
         end = start + cost
-        for side, bit in (("prev", PUSH_PREV), ("next", PUSH_NEXT)):
-            if dep & bit:
-                self.chan[self._channel(queue, side, True, f"push_{side}")].append(end)
-        self.free[queue] = end
-        if name == "END":
-            left = {f"{a}->{b}": len(v) - self.head[a, b] for (a, b), v in self.chan.items()
-                    if len(v) > self.head[a, b]}
+        if p.bad_push:
+            raise Trap(p.bad_push)
+        for ch in p.pushes:
+            ch.append(end)
+        free[p.queue] = end
+        if p.end:
+            left = {f"{a}->{b}": len(v) for (a, b), v in self.chan.items() if v}
             if left:
                 raise Trap("END with unconsumed dependency tokens: " + ", ".join(
                     f"{n} on {k}" for k, n in left.items()))
         c = self.c
-        c["cycles"] = max(c["cycles"], end)
-        c["cycles_" + unit] += cost
+        if end > c["cycles"]:
+            c["cycles"] = end
+        c[p.counter] += cost
         self.issued += 1
-        if self.issued % 4096 == 0:
-            self.port.forget_before(min(self.free.values()))
+        if not self.issued & 4095:
+            self.port.forget_before(min(free))
 
 
 def op_sync(m, f):
