@@ -37,3 +37,21 @@ def rshift(v: np.ndarray, s: int, mode: str, r: np.ndarray | None = None) -> np.
         add = (np.asarray(r, dtype=np.uint32) >> np.uint32(32 - s)).astype(np.int64)
         return (v + add) >> np.int64(s)
     raise ValueError(f"unknown rounding mode {mode!r}")
+
+
+def rshift32(v: np.ndarray, s: int, r: np.ndarray | None = None) -> np.ndarray:
+    """rshift(v, s, mode, r) for int32 `v` and 1 <= s <= 31 without leaving int32:
+    nearest (r None) adds bit s-1 of v to v >> s; stochastic adds the carry out of
+    (v mod 2**s) + (r >> (32 - s)), formed in uint32 (< 2**32).  Returns a new int32
+    array (every result fits: |v >> s| < 2**30)."""
+    q = v >> np.int32(s)
+    if r is None:
+        carry = v >> np.int32(s - 1)
+        carry &= np.int32(1)
+    else:
+        carry = v.view(np.uint32) & np.uint32((1 << s) - 1)
+        carry += r >> np.uint32(32 - s)
+        carry >>= np.uint32(s)
+        carry = carry.view(np.int32)
+    q += carry
+    return q

@@ -17,6 +17,31 @@ _K_MIX2 = np.uint32(0x846CA68B)
 _S15, _S16 = np.uint32(15), np.uint32(16)
 
 
+def index_hash(idx) -> np.ndarray:
+    """idx*0xC2B2AE3D mod 2**32 as uint32 (any integer array-like): the index term of h.
+    Worth caching for a tile geometry: rand32_at() then skips it."""
+    idx = np.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"rand32: idx must be integers, got {idx.dtype}")
+    h = idx.astype(np.uint32)                       # the low 32 bits (two's complement)
+    h *= _K_IDX
+    return h
+
+
+def rand32_at(seed: int, tid: int, offset: int, hashed: np.ndarray) -> np.ndarray:
+    """rand32(seed, tid, offset + idx) for hashed = index_hash(idx): since h is linear
+    in idx mod 2**32, the offset joins the seed and tid terms as one constant."""
+    base = ((int(seed) & _M32) * _K_SEED + (int(tid) & _M32) * _K_TID
+            + (int(offset) & _M32) * int(_K_IDX)) & _M32
+    h = hashed + np.uint32(base)
+    h ^= h >> _S16
+    h *= _K_MIX1
+    h ^= h >> _S15
+    h *= _K_MIX2
+    h ^= h >> _S16
+    return h
+
+
 def rand32(seed: int, tid: int, idx) -> np.ndarray:
     """uint32 random words for the element indices `idx` (any integer array-like).
 
@@ -25,15 +50,4 @@ def rand32(seed: int, tid: int, idx) -> np.ndarray:
     (which does not change the hash, since only h mod 2**32 is used).
     """
     idx = np.asarray(idx)
-    if idx.dtype.kind not in "iu":
-        raise TypeError(f"rand32: idx must be integers, got {idx.dtype}")
-    base = np.uint32(((int(seed) & _M32) * _K_SEED + (int(tid) & _M32) * _K_TID) & _M32)
-    h = idx.reshape(-1).astype(np.uint32)           # the low 32 bits (two's complement)
-    h *= _K_IDX
-    h += base
-    h ^= h >> _S16
-    h *= _K_MIX1
-    h ^= h >> _S15
-    h *= _K_MIX2
-    h ^= h >> _S16
-    return h.reshape(idx.shape)
+    return rand32_at(seed, tid, 0, index_hash(idx.reshape(-1))).reshape(idx.shape)

@@ -7,8 +7,8 @@ import numpy as np
 
 from edgec.isa.table import ROUND_MODES
 
-from .numerics import INT32_MAX, clamp, rshift, sat8
-from .rng import rand32
+from .numerics import INT32_MAX, clamp, rshift, rshift32, sat8
+from .rng import index_hash, rand32_at
 from .state import (INT8_BUFS, Trap, buf_name, check_range, nonzero, read_buf, vector_cycles,
                     write_buf)
 
@@ -34,14 +34,15 @@ def _shift(f):
 
 
 @lru_cache(maxsize=1024)
-def _tile_index(n: tuple, g: tuple) -> np.ndarray:
-    """i0*g0 + i1*g1 + i2*g2 + i3*g3 over the tile [n0, n1, n2, n3], flat."""
+def _tile_hash(n: tuple, g: tuple) -> np.ndarray:
+    """index_hash of i0*g0 + i1*g1 + i2*g2 + i3*g3 over the tile [n0, n1, n2, n3], flat."""
     idx = (np.arange(n[0], dtype=np.int64)[:, None, None, None] * g[0]
            + np.arange(n[1], dtype=np.int64)[None, :, None, None] * g[1]
            + np.arange(n[2], dtype=np.int64)[None, None, :, None] * g[2]
            + np.arange(n[3], dtype=np.int64)[None, None, None, :] * g[3]).reshape(-1)
-    idx.flags.writeable = False
-    return idx
+    h = index_hash(idx)
+    h.flags.writeable = False
+    return h
 
 
 def op_rq(m, f):
@@ -54,13 +55,17 @@ def op_rq(m, f):
     mode = ROUND_MODES[f["mode"]]
     check_range(m, dbuf, f["daddr"], count, f"RQ result tile [{n0},{n1},{n2},{n3}] at daddr")
     v = read_buf(m, "ABUF", f["saddr"], count, f"RQ source tile [{n0},{n1},{n2},{n3}] at saddr")
-    v = v.astype(np.int64)
-    r = None
-    if mode == "stochastic" and s > 0:
-        idx = f["gbase"] + _tile_index((n0, n1, n2, n3), (f["g0"], f["g1"], f["g2"], f["g3"]))
-        r = rand32(m.seed, f["tid"], idx)
+    if s > 0:
+        r = None
+        if mode == "stochastic":
+            r = rand32_at(m.seed, f["tid"], f["gbase"],
+                          _tile_hash((n0, n1, n2, n3), (f["g0"], f["g1"], f["g2"], f["g3"])))
+        q = rshift32(v, s, r)
+    else:
+        q = rshift(v.astype(np.int64), s, mode)
     # -127 <= lo <= hi <= 127: clamping to [lo, hi] includes sat8, and the result fits
-    q = clamp(rshift(v, s, mode, r), lo, hi)
+    np.maximum(q, lo, out=q)
+    np.minimum(q, hi, out=q)
     write_buf(m, dbuf, f["daddr"], q, "RQ result", fits=True)
     return vector_cycles(m, count)
 
@@ -99,7 +104,7 @@ def op_vadd(m, f):
         v = clamp(v, -128, 128)
     r = None
     if mode == "stochastic" and s > 0:
-        r = rand32(m.seed, f["tid"], f["gbase"] + np.arange(c, dtype=np.int64))
+        r = rand32_at(m.seed, f["tid"], f["gbase"], _tile_hash((c, 1, 1, 1), (1, 0, 0, 0)))
     q = clamp(rshift(v, s, mode, r), lo, hi)           # includes sat8: see op_rq
     write_buf(m, bufs["dbuf"], f["daddr"], q, "VADD result", fits=True)
     return vector_cycles(m, c)
@@ -267,9 +272,15 @@ def op_sgd(m, f):
         raise Trap(f"clip bound (2**{cbits - 1}-1) << {cshift} = {bound} does not fit int32")
     check_range(m, "ABUF", f["maddr"], c, f"SGD master [{c}] at maddr")
     check_range(m, db, f["daddr"], c, f"SGD compute copy [{c}] at daddr")
-    Mv = m.bufs["ABUF"][f["maddr"]:f["maddr"] + c].astype(np.int64)
-    G = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
-    Mn = clamp(Mv - rshift(G * np.int64(f["lrmul"]), lrshift, "nearest"), -bound, bound)
+    step = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
+    step *= f["lrmul"]                                 # in place: rshift(G*lrmul, lrshift)
+    if lrshift:
+        step += 1 << (lrshift - 1)
+        step >>= lrshift
+    Mn = m.bufs["ABUF"][f["maddr"]:f["maddr"] + c].astype(np.int64)
+    Mn -= step
+    np.maximum(Mn, -bound, out=Mn)
+    np.minimum(Mn, bound, out=Mn)
     C = rshift(Mn, cshift, "nearest")
     write_buf(m, db, f["daddr"], C, "SGD compute copy")   # checks C fits before any write
     m.bufs["ABUF"][f["maddr"]:f["maddr"] + c] = Mn

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from edgec.runtime_emu.numerics import rshift
-from edgec.runtime_emu.rng import rand32
+from edgec.runtime_emu.numerics import rshift, rshift32
+from edgec.runtime_emu.rng import index_hash, rand32, rand32_at
 
 from test_emu_util import (ABUF, DDR, IBUF, TARGET, WBUF, ddr_read, dense_strides, ld,
                            rand32_py, rshift_py, run)
@@ -42,6 +42,32 @@ def test_rshift_matches_python(s):
     r = rand32(9, 3, np.arange(v.size))
     near = rshift(v, s, "nearest")
     sto = rshift(v, s, "stochastic", r)
+    for k in range(v.size):
+        assert near[k] == rshift_py(int(v[k]), s, "nearest")
+        assert sto[k] == rshift_py(int(v[k]), s, "stochastic", int(r[k]))
+
+
+def test_rand32_at_offsets_a_hashed_index():
+    # the RQ fast path: rand32_at(seed, tid, off, index_hash(i)) == rand32_py(.., off + i)
+    rng = np.random.default_rng(2)
+    idx = np.concatenate([np.arange(40), rng.integers(0, 2**31, 40)])
+    for seed, tid, off in [(0, 0, 0), (7, 3, 5), (0xFFFFFFFF, 0xFFFF, 2**31 - 1), (9, 1, -6)]:
+        got = rand32_at(seed, tid, off, index_hash(idx))
+        assert [int(g) for g in got] == [rand32_py(seed, tid, (off + int(i)) & 0xFFFFFFFF)
+                                         for i in idx]
+
+
+@pytest.mark.parametrize("s", [1, 2, 5, 7, 16, 30, 31])
+def test_rshift32_matches_python(s):
+    # int32-only rounding (RQ) against pure-Python integers, at the int32 extremes too
+    rng = np.random.default_rng(s + 200)
+    v = rng.integers(-2**31 + 1, 2**31, 400).astype(np.int32)
+    v[:8] = np.clip([0, 1, -1, 2**31 - 1, -(2**31 - 1), 2**(s - 1), -2**(s - 1),
+                     3 * 2**(s - 1) - 1], -(2**31 - 1), 2**31 - 1)
+    r = rand32(4, 5, np.arange(v.size))
+    r[:4] = [0, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF]
+    near, sto = rshift32(v, s), rshift32(v, s, r)
+    assert near.dtype == sto.dtype == np.int32
     for k in range(v.size):
         assert near[k] == rshift_py(int(v[k]), s, "nearest")
         assert sto[k] == rshift_py(int(v[k]), s, "stochastic", int(r[k]))
