@@ -62,8 +62,13 @@ class DdrPort:
     def reserve(self, earliest: int, length: int) -> int:
         """Book the first free window of `length` cycles at or after `earliest`; return
         its start."""
-        t = earliest
-        i = bisect.bisect_right(self.ends, t)       # first window ending after t
+        t, ends = earliest, self.ends
+        if not ends or t >= ends[-1]:               # after every booked window
+            if length:
+                self.starts.append(t)
+                ends.append(t + length)
+            return t
+        i = bisect.bisect_right(ends, t)            # first window ending after t
         while i < len(self.starts) and self.starts[i] < t + length:
             t = max(t, self.ends[i])
             i += 1
