@@ -12,7 +12,7 @@ Execution is serial in program order.  Each instruction's cost (DMA: latency +
 ceil(bytes / bytes_per_cycle); MAC: array passes; vector: 4 + ceil(elements / lanes);
 SEED/SYNC/END: 1) goes to the timing model (runtime_emu/timing.py): load, compute and
 store queues overlap, synchronised by the dependency tokens; `cycles` is the finish time.
-`_account` is the one place that counts an executed instruction and its cost.
+`_execute` is the one place that counts an executed instruction and its cost.
 
 Speed: the code is decoded once, vectorised (isa.encoding.decode_all); every instruction
 runs as numpy on whole tiles (LD/ST through strided views of DDR, MAC as one im2col
@@ -131,27 +131,24 @@ class Machine:
         return dict(self.counters)
 
     def _execute(self, count: int) -> None:
-        """Execute up to `count` instructions from `pc`, stopping after END."""
-        instrs, n, account = self.instrs, len(self.instrs), self._account
+        """Execute up to `count` instructions from `pc`, stopping after END.  The only
+        place that counts an executed instruction: its cost goes to the timing model,
+        which places it on its queue (Trap on a token-protocol violation)."""
+        instrs, n, c = self.instrs, len(self.instrs), self.counters
+        issue = self.timing.issue
         for _ in range(count):
             pc = self.pc
             if pc >= n:
                 raise TrapError(pc, "-", f"ran past the last instruction ({n} "
                                 "instructions) without END")
             ins, fields = instrs[pc]
+            name = ins.name
             try:
-                account(ins, fields, _OP[ins.name](self, fields))
+                issue(name, ins.queue, fields["dep"], _OP[name](self, fields), _UNIT[name])
             except Trap as t:
-                raise TrapError(pc, ins.name, str(t)) from None
+                raise TrapError(pc, name, str(t)) from None
+            c["instructions"] += 1
+            c[name] += 1
             self.pc = pc + 1
             if self.halted:
                 return
-
-    def _account(self, ins, fields: dict, cyc: int) -> None:
-        """Count one executed instruction costing `cyc` cycles (the only place that does):
-        the timing model places it on its queue (Trap on a token-protocol violation)."""
-        name = ins.name
-        self.timing.issue(name, ins.queue, fields["dep"], cyc, _UNIT[name])
-        c = self.counters
-        c["instructions"] += 1
-        c[name] += 1
