@@ -8,7 +8,10 @@ Everything is measured in this one run, on this machine:
                            batch 8) / PyTorch's own float32 training step of the same model
                            (forward, cross-entropy, backward, SGD step; median of several);
                            the "emulator" entry adds its CPU time and the load average
-                           before it (wall times on a busy host say little alone)
+                           before it (wall times on a busy host say little alone);
+                           emu_seconds_by_instruction times a second emulated step per
+                           mnemonic, and emu_over_torch_1thread compares with PyTorch's
+                           step on one thread (the emulator computes on one core)
     cycles_over_roofline   modeled cycles of the step / sum of the per-operator roofline
                            bounds max(MACs / array, DDR bytes / bandwidth) (compiler/report.py)
     utilisation_big_convs  MAC-array utilisation MACs / (cycles * rows * cols) over the FP, EB
@@ -82,6 +85,35 @@ def torch_step_times(model, x, y, runs: int, lr: float) -> list[float]:
         t = time.perf_counter()
         step()
         out.append(time.perf_counter() - t)
+    return out
+
+
+def seconds_by_instruction(prog, tg, x, y) -> dict[str, float]:
+    """Wall seconds of one more emulated step, per mnemonic (each instruction's function
+    timed), plus "timing+dispatch+host": the rest (timing model, decode, the host's
+    inputs and outputs).  The timers add about a microsecond per instruction."""
+    from edgec.runtime_emu import machine
+    from edgec.runtime_emu.host import run_step
+    spent: dict[str, float] = {}
+    table = dict(machine._OP)
+
+    def timed(name, fn):
+        def run(m, f):
+            t = time.perf_counter()
+            try:
+                return fn(m, f)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
+        return run
+    machine._OP.update({k: timed(k, fn) for k, fn in table.items()})
+    try:
+        t = time.perf_counter()
+        run_step(prog, tg, x, y)
+        total = time.perf_counter() - t
+    finally:
+        machine._OP.update(table)
+    out = dict(sorted(spent.items(), key=lambda kv: -kv[1]))
+    out["timing+dispatch+host"] = total - sum(spent.values())
     return out
 
 
@@ -201,12 +233,23 @@ def run(quick: bool, torch_runs: int) -> dict:
     cnt = m.counters
     log(f"emulator: {emu_s:.1f}s, {cnt['cycles']:,} cycles")
 
+    log("emulating it again, timing every instruction kind")
+    by_kind = seconds_by_instruction(prog, tg, x, y)
+
     log(f"PyTorch float32 training step x {torch_runs} (+1 warm-up), "
         f"{torch.get_num_threads()} threads")
-    times = torch_step_times(c.model, c.example_input, y, torch_runs,
-                             float(prog.meta.get("lr", 0.01)))
+    lr = float(prog.meta.get("lr", 0.01))
+    times = torch_step_times(c.model, c.example_input, y, torch_runs, lr)
     torch_s = statistics.median(times)
     log(f"torch step median {1000 * torch_s:.1f} ms")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)               # the emulator computes on one core
+    try:
+        torch_1t_s = statistics.median(torch_step_times(c.model, c.example_input, y,
+                                                        torch_runs, lr))
+    finally:
+        torch.set_num_threads(threads)
+    log(f"torch step on one thread: median {1000 * torch_1t_s:.1f} ms")
 
     big, every = conv_sets(c.model)
     u_big, macs_big, cyc_big = utilisation(rep, big)
@@ -263,7 +306,10 @@ def run(quick: bool, torch_runs: int) -> dict:
         "emulator": {"wall_s": emu_s, "cpu_s": emu_cpu_s, "instructions": cnt["instructions"],
                      "us_per_instruction": 1e6 * emu_s / max(1, cnt["instructions"]),
                      "loadavg_before": load_before},
+        "emu_seconds_by_instruction": by_kind,
         "torch_step_s": torch_s,
+        "torch_step_1thread_s": torch_1t_s,
+        "emu_over_torch_1thread": emu_s / torch_1t_s,
         "torch_step_runs_s": times,
         "torch_threads": torch.get_num_threads(),
         "instructions": prog.n_instr,
@@ -316,6 +362,7 @@ def table(res: dict) -> str:
     for k in ("cycles_over_roofline_no_bn", "search_shapes", "search_s",
               "instructions", "macs", "ddr_bytes", "cycles", "roofline_bound_cycles",
               "utilisation_overall", "utilisation_all_convs", "emu_s", "torch_step_s",
+              "torch_step_1thread_s", "emu_over_torch_1thread",
               "mask50_macs_ratio", "static_cycles_match_emulator"):
         rows.append((k, fmt(res[k]), "", "", ""))
     w = max(len(r[0]) for r in rows)
