@@ -222,10 +222,10 @@ def _exact_matmul(a: np.ndarray, b: np.ndarray, dt) -> np.ndarray:
 def _pointwise(p: MacPlan, A, B) -> np.ndarray:
     """1x1, ci = co = 1 (a per-group scale, e.g. BatchNorm): integer products, no matmul."""
     n, G = p.a_shape[:2]
-    a = A.reshape(n, G, -1).astype(np.int32)
+    a = A.reshape(n, G, -1)
     if p.pat != "WG":        # Y = w[g] * X, dX = w[g] * dY
-        return (a * B.reshape(G, 1)).reshape(-1)
-    return (a * B.reshape(a.shape)).sum(axis=(0, 2), dtype=np.int64)  # dW[g]
+        return (a * B.astype(np.int32).reshape(G, 1)).reshape(-1)
+    return (a * B.reshape(a.shape).astype(np.int32)).sum(axis=(0, 2), dtype=np.int64)
 
 
 def _fp(key, A, B, dt) -> np.ndarray:
@@ -382,9 +382,15 @@ def op_mac(m, f):
         res = np.add(res, cs, dtype=np.float64 if res.dtype.kind == "f" else np.int64)
         _fits_int32(res, p, f, c0)
         cs[...] = res
-    n, ci, co, G = f["n"], f["ci"], f["co"], f["g"]
-    yh, yw, KH, KW = f["yh"], f["yw"], f["kh"], f["kw"]
-    m.counters["macs"] += n * yh * yw * KH * KW * ci * co * G
-    a, b = (ci, co) if p.pat == "FP" else (co, ci)
-    t = m.target
-    return n * yh * yw * KH * KW * t.mac_group_passes(a, b, G)
+    macs, cycles = _cost(key, m.target)
+    m.counters["macs"] += macs
+    return cycles
+
+
+@lru_cache(maxsize=4096)
+def _cost(key: tuple, target) -> tuple[int, int]:
+    """(multiply-accumulates, cycles) of a MAC word."""
+    pat_i, n, ci, co, G, xh, xw, yh, yw, KH, KW = key[:11]
+    a, b = (ci, co) if PATTERNS[pat_i] == "FP" else (co, ci)
+    pixel_taps = n * yh * yw * KH * KW
+    return pixel_taps * ci * co * G, pixel_taps * target.mac_group_passes(a, b, G)
