@@ -132,8 +132,14 @@ def _window(key: tuple) -> Window:
                   (st[0], st[1], sh * st[2], sw * st[3], st[2], st[3], 1))
 
 
+_TAPS_OUTER = (0, 4, 5, 6, 1, 2, 3)   # window axes (g, kh, kw, c, n, y, x): its own inverse
+
+
 def _tap_windows(T, key: tuple, dt) -> np.ndarray:
-    """The X tile T's tap windows as [g, (image, Y row, Y column), (kh, kw, c)] in dt."""
+    """The X tile T's tap windows as [g, (image, Y row, Y column), (kh, kw, c)] in dt.
+
+    The copy's innermost axis is the longer of the runs kw*c and Y columns (few channels,
+    e.g. depthwise): the result is then a transposed view of it."""
     n, ci, G, xh, xw = key[1], key[2], key[4], key[5], key[6]
     w = _window(key)
     pad = np.zeros(w.pad, dtype=dt)
@@ -143,7 +149,11 @@ def _tap_windows(T, key: tuple, dt) -> np.ndarray:
         pad[:, :, pr, pc, :] = x.transpose(1, 0, 3, 4, 2)
     view = np.ndarray(w.shape, dt, pad, 0, [s * pad.itemsize for s in w.steps])
     _, _, yh, yw, KH, KW, _ = w.shape
-    return np.ascontiguousarray(view).reshape(G, n * yh * yw, KH * KW * ci)
+    if yw > KW * ci:
+        win = np.ascontiguousarray(view.transpose(_TAPS_OUTER)).transpose(_TAPS_OUTER)
+    else:
+        win = np.ascontiguousarray(view)
+    return win.reshape(G, n * yh * yw, KH * KW * ci)          # a view of win
 
 
 def _weights(w: np.ndarray, dt) -> np.ndarray:
