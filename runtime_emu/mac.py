@@ -239,6 +239,7 @@ def _pointwise(p: MacPlan, A, B) -> np.ndarray:
 
 
 def _fp(key, A, B, dt) -> np.ndarray:
+    """Y, images first, from the X tile A and the W tile B."""
     return _conv(key, A, _w5(B, key), dt)
 
 
@@ -275,8 +276,9 @@ def _eb(key, A, B, dt) -> np.ndarray:
     win = _window(key)
     acc = np.zeros(win.pad, dtype=dt)
     for i in range(KH):
+        rows = slice(i, i + sh * (yh - 1) + 1, sh)
         for j in range(KW):
-            acc[:, :, i:i + sh * (yh - 1) + 1:sh, j:j + sw * (yw - 1) + 1:sw] += q[:, :, :, :, i, j]
+            acc[:, :, rows, j:j + sw * (yw - 1) + 1:sw] += q[:, :, :, :, i, j]
     dx = np.zeros((n, G, ci, xh, xw), dtype=dt)
     if win.tile is not None:
         (tr, tc), (pr, pc) = win.tile, win.inner
