@@ -222,9 +222,10 @@ def _exact_matmul(a: np.ndarray, b: np.ndarray, dt) -> np.ndarray:
     chunks' exact integer results added in dt (exact by `_dtype`)."""
     if a.dtype == dt:
         return np.matmul(a, b)
-    step = (_EXACT_F32 - 1) // _PRODUCT
+    most, K = (_EXACT_F32 - 1) // _PRODUCT, a.shape[-1]
+    step = -(-K // -(-K // most))                 # K in equal chunks of at most `most`
     res = np.matmul(a[..., :step], b[..., :step, :]).astype(dt)
-    for k in range(step, a.shape[-1], step):
+    for k in range(step, K, step):
         res += np.matmul(a[..., k:k + step], b[..., k:k + step, :]).astype(dt)
     return res
 
