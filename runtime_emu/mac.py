@@ -4,17 +4,24 @@ Geometry (global coordinates): output/error row y (global) and kernel row kh tou
 g = y*sh - ph + kh.  Y tile row r is global row yh0 + r, X tile row r is global row
 xh0 + r; a term whose X element lies outside the X tile contributes 0.  Columns alike.
 
-A MAC is ONE batched matmul over the group axis on whole tiles (im2col): a gather index,
-built once per tile geometry and cached, lays the tap windows of one operand out as a
-[g, terms, columns] matrix; out-of-tile elements read a zero appended to the operand.
-Tiles whose window matrix would be huge (giant kernels over tiny tiles) run one batched
-matmul per kernel tap on the in-tile slices instead (`_by_taps`), in bounded memory.
-EB first forms Q = W^T dY for every tap (one matmul), then sums the taps landing on each
-X element with a second gather.  Products are summed in float32 (BLAS) where the bound on
-|sum| stays below 2**24, in float64 where it stays below 2**53 -- every partial sum is
-then an exact integer, in any order -- and in int64 otherwise.  With acc=1, C is added in
-int32 when its values leave room for the bound, else in float64 (int64) and checked:
-overflow traps exactly as docs/numerics.md says.
+Paths (`op_mac`; the choice depends on the tile geometry alone):
+- pointwise: 1x1 kernel, stride 1, ci = co = 1, X tile = Y tile region (BatchNorm as a
+  grouped conv): integer products per group, summed over images and pixels for WG.
+- window (FP, WG, EB at stride 1): the X tile (EB: dY, with the kernel flipped) is
+  converted once into a zero-padded channels-last copy covering every row and column the
+  taps touch; the im2col window [g, (image, Y row, Y column), (kh, kw, c)] is a strided
+  view of it (contiguous runs of kw*c elements), copied and used in one batched matmul.
+- taps of Q (EB at stride > 1): Q = dY^T W for every tap in one matmul; each tap's slice
+  is added onto the X rows and columns it lands on (strided), the X tile is cut out.
+- by taps: tiles whose window would be huge (giant kernels over tiny tiles) run one
+  batched matmul per kernel tap on the in-tile slices (`_by_taps`), in bounded memory,
+  in the summing dtype itself.
+Products are summed in float32 (BLAS) where the bound on |sum| stays below 2**24 -- every
+partial sum is then an exact integer, in any order.  Larger sums run float32 matmuls over
+chunks of the summed axis that each stay below that bound, adding the chunks' exact
+integer results in float64 where the whole bound stays below 2**53, else in int64.  With
+acc=1, C is added in int32 when its values leave room for the bound, else in float64
+(int64) and checked: overflow traps exactly as docs/numerics.md says.
 """
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ from .state import INT8_BUFS, Trap, buf_name, check_range, nonzero, read_buf
 _EXACT_F32 = 2**24                # sums of integers below these are exact in the float
 _EXACT_F64 = 2**53
 _WINDOW_MAX = 1 << 22             # im2col matrices up to this many entries (else per tap)
-_INDEX_BUDGET = 1 << 25           # entries kept in the cache of im2col gather indices
+_PRODUCT = 128 * 128              # bound on |int8 * int8| (int8 operands may hold -128)
 _NONZERO = ("n", "ci", "co", "xh", "xw", "yh", "yw", "kh", "kw", "sh", "sw", "g")
 _SHAPE = itemgetter("pattern", "n", "ci", "co", "g", "xh", "xw", "yh", "yw",
                     "kh", "kw", "sh", "sw")
@@ -49,7 +56,8 @@ class MacPlan(NamedTuple):
     b_n: int
     c_n: int
     terms: int               # products summed into one C element (one group)
-    window: int              # entries of the im2col window matrix
+    window: int              # entries of the larger of the window and its padded source
+    pointwise: bool          # 1x1, stride 1, ci = co = 1, X tile = Y tile region
 
 
 def _key(f) -> tuple:
@@ -62,7 +70,7 @@ def _key(f) -> tuple:
 @lru_cache(maxsize=4096)
 def _plan(key: tuple) -> MacPlan | None:
     """None where the word is malformed (`_check` says how)."""
-    pat_i, n, ci, co, G, xh, xw, yh, yw, KH, KW = key[:11]
+    pat_i, n, ci, co, G, xh, xw, yh, yw, KH, KW, sh, sw, bh, bw = key
     if pat_i >= len(PATTERNS) or 0 in key[1:13]:
         return None
     pat = PATTERNS[pat_i]
@@ -70,59 +78,108 @@ def _plan(key: tuple) -> MacPlan | None:
     a_shape, b_shape, c_shape = {"FP": (xs, ws, ys), "EB": (ys, ws, xs),
                                  "WG": (ys, xs, ws)}[pat]
     terms = {"FP": ci * KH * KW, "EB": co * KH * KW, "WG": n * yh * yw}[pat]
-    window = G * KH * KW * ci * n * (max(xh * xw, yh * yw) if pat == "EB" else yh * yw)
+    pointwise = (ci == co == KH == KW == sh == sw == 1 and bh == bw == 0
+                 and (xh, xw) == (yh, yw))
     return MacPlan(pat, a_shape, b_shape, c_shape,
-                   *(math.prod(s) for s in (a_shape, b_shape, c_shape)), terms, window)
+                   *(math.prod(s) for s in (a_shape, b_shape, c_shape)), terms,
+                   _entries(_as_fp(key) if pat == "EB" and sh == sw == 1 else key), pointwise)
 
 
-_INDEX: dict[tuple, np.ndarray] = {}
+def _entries(key: tuple) -> int:
+    """Entries of the larger of the window and its padded copy (`_window`)."""
+    _, n, ci, co, G, xh, xw, yh, yw, KH, KW, sh, sw = key[:13]
+    return G * n * ci * max(yh * yw * KH * KW, (KH + sh * (yh - 1)) * (KW + sw * (yw - 1)))
 
 
-def _window_index(key: tuple, p: MacPlan) -> np.ndarray:
-    """Gather index of the window matrix into a zero-extended array (cached).
+def _as_fp(key: tuple) -> tuple:
+    """The key of EB at stride 1 as an FP over dY with the flipped kernel: X row r and
+    flipped kernel row k read dY row r + k + 1 - kh - base_h (columns alike)."""
+    _, n, ci, co, G, xh, xw, yh, yw, KH, KW, _, _, bh, bw = key
+    return (0, n, co, ci, G, yh, yw, xh, xw, KH, KW, 1, 1, 1 - KH - bh, 1 - KW - bw)
 
-    FP, WG: the X window of (group, c, kh, kw) x (image, Y row, Y column) in X, WG
-    transposed; EB: for (kh, kw) x (group, c, image, X row, X column), the element of
-    Q[g, (c, kh, kw), (image, Y row, Y column)] = W^T dY whose tap lands there, if any.
+
+class Window(NamedTuple):
+    """The tap windows of an [n, g*c, h, w] tile as a strided view of a zero-padded copy.
+
+    The copy is channels-last, [g, image, rows, columns, c]: padded row t holds tile row
+    base_h + t, so Y row y and kernel row kh read padded row y*sh + kh (columns alike);
+    the window [g, image, Y row, Y column, kh, kw, c] is then a view whose innermost
+    (kw, c) run is contiguous.  EB accumulates onto the same padded layout.
     """
-    idx = _INDEX.get(key)
-    if idx is not None:
-        return idx
-    _, n, ci, co, G, xh, xw, yh, yw, KH, KW, sh, sw, bh, bw = key
-    ar = np.arange
+    pad: tuple               # shape of the padded copy
+    tile: tuple | None       # (rows, columns) slices of the tile inside it, None if none
+    inner: tuple             # the same elements' (rows, columns) slices of the copy
+    shape: tuple             # the window's shape
+    steps: tuple             # its strides, in elements of the copy
 
-    def at(v, *axes):        # v's axes placed at `axes` of a 7-d array
-        shape = [1] * 7
-        for a, d in zip(axes, v.shape):
-            shape[a] = d
-        return v.reshape(shape)
-    if p.pat == "EB":        # dims (kh, kw, g, c, n, X row, X column) -> Q[g, c, kh, kw, Y]
-        ynum = ar(xh)[None, :] - bh - ar(KH)[:, None]                 # [KH, xh]
-        xnum = ar(xw)[None, :] - bw - ar(KW)[:, None]                 # [KW, xw]
-        yv = (ynum % sh == 0) & (ynum >= 0) & (ynum < yh * sh)
-        xv = (xnum % sw == 0) & (xnum >= 0) & (xnum < yw * sw)
-        flat = (((((at(ar(G), 2) * ci + at(ar(ci), 3)) * KH + at(ar(KH), 0)) * KW
-                  + at(ar(KW), 1)) * n + at(ar(n), 4)) * yh * yw
-                + at(ynum // sh, 0, 5) * yw + at(xnum // sw, 1, 6))
-        valid = at(yv, 0, 5) & at(xv, 1, 6)
-        idx = np.where(valid, flat, G * ci * KH * KW * n * yh * yw)
-        idx = idx.reshape(KH * KW, G, ci, n * xh * xw)
-    else:                    # dims (g, c, kh, kw, n, Y row, Y column)
-        r = bh + ar(KH)[:, None] + sh * ar(yh)[None, :]                # [KH, yh]
-        q = bw + ar(KW)[:, None] + sw * ar(yw)[None, :]                # [KW, yw]
-        flat = ((((at(ar(n), 4) * G + at(ar(G), 0)) * ci + at(ar(ci), 1)) * xh
-                 + at(r, 2, 5)) * xw + at(q, 3, 6))
-        valid = at((r >= 0) & (r < xh), 2, 5) & at((q >= 0) & (q < xw), 3, 6)
-        x_n = p.a_n if p.pat == "FP" else p.b_n
-        idx = np.where(valid, flat, x_n).reshape(G, ci * KH * KW, n * yh * yw)
-        if p.pat == "WG":
-            idx = idx.transpose(0, 2, 1)
-    idx = np.ascontiguousarray(idx, dtype=np.intp)
-    idx.flags.writeable = False
-    while _INDEX and sum(v.size for v in _INDEX.values()) + idx.size > _INDEX_BUDGET:
-        del _INDEX[next(iter(_INDEX))]                                # oldest first
-    _INDEX[key] = idx
-    return idx
+
+def _overlap(size: int, base: int, n_tile: int):
+    """(tile slice, padded slice) of tile indices base + t for t in [0, size), or None."""
+    lo, hi = max(base, 0), min(base + size, n_tile)
+    return (slice(lo, hi), slice(lo - base, hi - base)) if lo < hi else None
+
+
+@lru_cache(maxsize=4096)
+def _window(key: tuple) -> Window:
+    _, n, ci, co, G, xh, xw, yh, yw, KH, KW, sh, sw, bh, bw = key
+    rows, cols = KH + sh * (yh - 1), KW + sw * (yw - 1)
+    r, q = _overlap(rows, bh, xh), _overlap(cols, bw, xw)
+    tile = inner = None
+    if r is not None and q is not None:
+        tile, inner = (r[0], q[0]), (r[1], q[1])
+    st = (n * rows * cols * ci, rows * cols * ci, cols * ci, ci, 1)
+    return Window((G, n, rows, cols, ci), tile, inner, (G, n, yh, yw, KH, KW, ci),
+                  (st[0], st[1], sh * st[2], sw * st[3], st[2], st[3], 1))
+
+
+_TAPS_OUTER = (0, 4, 5, 6, 1, 2, 3)   # window axes (g, kh, kw, c, n, y, x): its own inverse
+
+
+def _tap_windows(T, key: tuple, dt) -> np.ndarray:
+    """The X tile T's tap windows as [g, (image, Y row, Y column), (kh, kw, c)] in dt.
+
+    The copy's innermost axis is the longer of the runs kw*c and Y columns (few channels,
+    e.g. depthwise): the result is then a transposed view of it."""
+    n, ci, G, xh, xw = key[1], key[2], key[4], key[5], key[6]
+    w = _window(key)
+    pad = np.zeros(w.pad, dtype=dt)
+    if w.tile is not None:
+        (tr, tc), (pr, pc) = w.tile, w.inner
+        x = T.reshape(n, G, ci, xh, xw)[:, :, :, tr, tc]
+        pad[:, :, pr, pc, :] = x.transpose(1, 0, 3, 4, 2)
+    view = np.ndarray(w.shape, dt, pad, 0, [s * pad.itemsize for s in w.steps])
+    _, _, yh, yw, KH, KW, _ = w.shape
+    if yw > KW * ci:
+        win = np.ascontiguousarray(view.transpose(_TAPS_OUTER)).transpose(_TAPS_OUTER)
+    else:
+        win = np.ascontiguousarray(view)
+    return win.reshape(G, n * yh * yw, KH * KW * ci)          # a view of win
+
+
+def _weights(w: np.ndarray, dt) -> np.ndarray:
+    """Weights [g, out, in, kh, kw] as [g, out, (kh, kw, in)] in dt."""
+    return np.ascontiguousarray(w.transpose(0, 1, 3, 4, 2), dtype=dt).reshape(*w.shape[:2], -1)
+
+
+def _w5(B, key: tuple) -> np.ndarray:
+    """The [g*co, ci, kh, kw] W tile as [g, co, ci, kh, kw]."""
+    return B.reshape(key[4], key[3], key[2], key[9], key[10])
+
+
+def _grouped(T, key: tuple, c: int, dt) -> np.ndarray:
+    """An [n, g*c, h, w] tile as [g, c, (image, h, w)] in dt."""
+    n, G = key[1], key[4]
+    t = T.reshape(n, G * c, -1)
+    if n > 1:
+        t = t.transpose(1, 0, 2)
+    return np.ascontiguousarray(t, dtype=dt).reshape(G, c, -1)
+
+
+def _images_first(res: np.ndarray, n: int) -> np.ndarray:
+    """[g, c, (image, h, w)] -> flat [image, g, c, h, w]."""
+    if n > 1:
+        res = res.reshape(res.shape[0], res.shape[1], n, -1).transpose(2, 0, 1, 3)
+    return res.reshape(-1)
 
 
 def _check(m, f) -> None:
@@ -142,8 +199,8 @@ def _check(m, f) -> None:
 
 
 def _dtype(terms: int, acc: int):
-    """The cheapest dtype whose matmul is exact for `terms` int8 products per sum."""
-    bound = terms * 128 * 128            # int8 operands may hold -128
+    """The cheapest dtype in which sums of `terms` int8 products are exact."""
+    bound = terms * _PRODUCT
     if bound < _EXACT_F32:
         return np.float32                # C, if acc, is added in float64 afterwards
     if bound + (2**31 if acc else 0) < _EXACT_F64:
@@ -151,34 +208,86 @@ def _dtype(terms: int, acc: int):
     return np.int64
 
 
-def _extended(v: np.ndarray, dt) -> np.ndarray:
-    """`v` converted to dt with one zero appended (what out-of-tile taps read)."""
-    e = np.zeros(v.size + 1, dtype=dt)
-    e[:-1] = v
-    return e
+def _operand_dtype(dt):
+    """float32 where float32 sums of some products are exact (`_exact_matmul` then sums
+    chunks of them in dt), else dt itself."""
+    return np.float32 if _EXACT_F32 > _PRODUCT else dt
 
 
-def _im2col(key, p: MacPlan, A, B, dt) -> np.ndarray:
-    """C (flat, as stored) as one batched matmul on the window matrix."""
+def _exact_matmul(a: np.ndarray, b: np.ndarray, dt) -> np.ndarray:
+    """a @ b, shared axis K (a's last, b's next to last), every sum exact, in dt.
+
+    Operands of dtype dt: one matmul.  float32 operands with a wider dt: one float32
+    matmul per chunk of K small enough that its sums stay below _EXACT_F32 (exact), the
+    chunks' exact integer results added in dt (exact by `_dtype`)."""
+    if a.dtype == dt:
+        return np.matmul(a, b)
+    most, K = (_EXACT_F32 - 1) // _PRODUCT, a.shape[-1]
+    step = -(-K // -(-K // most))                 # K in equal chunks of at most `most`
+    res = np.matmul(a[..., :step], b[..., :step, :]).astype(dt)
+    for k in range(step, K, step):
+        res += np.matmul(a[..., k:k + step], b[..., k:k + step, :]).astype(dt)
+    return res
+
+
+def _pointwise(p: MacPlan, A, B) -> np.ndarray:
+    """1x1, ci = co = 1 (a per-group scale, e.g. BatchNorm): integer products, no matmul."""
+    n, G = p.a_shape[:2]
+    a = A.reshape(n, G, -1)
+    if p.pat != "WG":        # Y = w[g] * X, dX = w[g] * dY
+        return (a * B.astype(np.int32).reshape(G, 1)).reshape(-1)
+    return (a * B.reshape(a.shape).astype(np.int32)).sum(axis=(0, 2), dtype=np.int64)
+
+
+def _fp(key, A, B, dt) -> np.ndarray:
+    """Y, images first, from the X tile A and the W tile B."""
+    return _conv(key, A, _w5(B, key), dt)
+
+
+def _conv(key, A, w, dt) -> np.ndarray:
+    """Y[g, co, (n, y, x)] = W[g, co, (kh, kw, ci)] @ Xwin^T, images first; w is W as
+    [g, co, ci, kh, kw]."""
+    odt = _operand_dtype(dt)
+    win = _tap_windows(A, key, odt)
+    return _images_first(_exact_matmul(_weights(w, odt), win.transpose(0, 2, 1), dt), key[1])
+
+
+def _wg(key, A, B, dt) -> np.ndarray:
+    """dW[g, co, (kh, kw, ci)] = dY[g, co, (n, y, x)] @ Xwin, as [g*co, ci, kh, kw]."""
     _, n, ci, co, G, xh, xw, yh, yw, KH, KW = key[:11]
-    idx = _window_index(key, p)
-    if p.pat == "FP":       # Y[g, co, (n, y, x)] = W[g, co, (c, kh, kw)] @ Xwin
-        res = np.matmul(B.astype(dt).reshape(G, co, ci * KH * KW), _extended(A, dt)[idx])
-    else:
-        dy = A.astype(dt).reshape(n, G * co, yh * yw)
-        if n > 1:
-            dy = dy.transpose(1, 0, 2)
-        dy = dy.reshape(G, co, n * yh * yw)
-        if p.pat == "WG":   # dW[g, co, (c, kh, kw)] = dY[g, co, (n, y, x)] @ Xwin^T
-            return np.matmul(dy, _extended(B, dt)[idx]).reshape(-1)
-        # EB: Q[g, (c, kh, kw), (n, y, x)] = W^T @ dY; dX = sum over taps of Q's windows
-        q = np.zeros(G * ci * KH * KW * n * yh * yw + 1, dtype=dt)
-        w = B.astype(dt).reshape(G, co, ci * KH * KW).transpose(0, 2, 1)
-        np.matmul(w, dy, out=q[:-1].reshape(G, ci * KH * KW, n * yh * yw))
-        res = q[idx].sum(axis=0)
-    if n > 1:               # [g, o, (n, hw)] -> [n, g, o, hw]
-        res = res.reshape(G, res.shape[1], n, -1).transpose(2, 0, 1, 3)
-    return res.reshape(-1)
+    odt = _operand_dtype(dt)
+    res = _exact_matmul(_grouped(A, key, co, odt), _tap_windows(B, key, odt), dt)
+    return res.reshape(G, co, KH, KW, ci).transpose(0, 1, 4, 2, 3).reshape(-1)
+
+
+def _eb(key, A, B, dt) -> np.ndarray:
+    """At stride 1 the FP of the flipped kernel over dY; else Q[g, (n, y, x), (kh, kw, ci)]
+    = dY^T @ W, each tap's slice added where it lands.
+
+    Q's taps add onto a zero [g, image, rows, columns, ci] array laid out like the padded
+    copy of `_tap_windows` (row t is X tile row base_h + t: tap kh of Y row y lands on row
+    y*sh + kh), whose part inside the X tile is dX."""
+    _, n, ci, co, G, xh, xw, yh, yw, KH, KW, sh, sw = key[:13]
+    w = _w5(B, key)
+    if sh == sw == 1:
+        return _conv(_as_fp(key), A, w.transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1], dt)
+    odt = _operand_dtype(dt)
+    dy = _grouped(A, key, co, odt).transpose(0, 2, 1)             # [g, (n, y, x), co]
+    q = _exact_matmul(dy, _weights(w, odt), dt).reshape(G, n, yh, yw, KH, KW, ci)
+    win = _window(key)
+    acc = np.zeros(win.pad, dtype=dt)
+    for i in range(KH):
+        rows = slice(i, i + sh * (yh - 1) + 1, sh)
+        for j in range(KW):
+            acc[:, :, rows, j:j + sw * (yw - 1) + 1:sw] += q[:, :, :, :, i, j]
+    dx = np.zeros((n, G, ci, xh, xw), dtype=dt)
+    if win.tile is not None:
+        (tr, tc), (pr, pc) = win.tile, win.inner
+        dx[:, :, :, tr, tc] = acc[:, :, pr, pc].transpose(1, 0, 4, 2, 3)
+    return dx.reshape(-1)
+
+
+_WINDOWED = {"FP": _fp, "EB": _eb, "WG": _wg}
 
 
 def _tap_span(n_y: int, y0: int, s: int, p: int, k: int, x0: int, n_x: int):
@@ -268,12 +377,14 @@ def op_mac(m, f):
     A = m.bufs[BUFFERS[ab]][f["aaddr"]:f["aaddr"] + p.a_n]
     B = m.bufs[BUFFERS[bb]][f["baddr"]:f["baddr"] + p.b_n]
     dt = _dtype(p.terms, f["acc"])
-    if p.window <= _WINDOW_MAX:
-        res = _im2col(key, p, A, B, dt)
+    if p.pointwise:
+        res = _pointwise(p, A, B)
+    elif p.window <= _WINDOW_MAX:
+        res = _WINDOWED[p.pat](key, A, B, dt)
     else:
         res = _by_taps(f, p, A, B, dt)
     cs = m.bufs["ABUF"][c0:c0 + p.c_n]
-    room = INT32_MAX - p.terms * 128 * 128         # |products| <= terms * 2**14
+    room = INT32_MAX - p.terms * _PRODUCT         # |products| <= terms * 2**14
     if not f["acc"]:
         if room < 0:
             _fits_int32(res, p, f, c0)
@@ -281,12 +392,18 @@ def op_mac(m, f):
     elif room >= 0 and np.maximum.reduce(cs) <= room and np.minimum.reduce(cs) >= -room:
         cs += res.astype(np.int32)                 # exact, and provably inside int32
     else:
-        res = np.add(res, cs, dtype=np.int64 if dt is np.int64 else np.float64)   # exact
+        res = np.add(res, cs, dtype=np.float64 if res.dtype.kind == "f" else np.int64)
         _fits_int32(res, p, f, c0)
         cs[...] = res
-    n, ci, co, G = f["n"], f["ci"], f["co"], f["g"]
-    yh, yw, KH, KW = f["yh"], f["yw"], f["kh"], f["kw"]
-    m.counters["macs"] += n * yh * yw * KH * KW * ci * co * G
-    a, b = (ci, co) if p.pat == "FP" else (co, ci)
-    t = m.target
-    return n * yh * yw * KH * KW * t.mac_group_passes(a, b, G)
+    macs, cycles = _cost(key, m.target)
+    m.counters["macs"] += macs
+    return cycles
+
+
+@lru_cache(maxsize=4096)
+def _cost(key: tuple, target) -> tuple[int, int]:
+    """(multiply-accumulates, cycles) of a MAC word."""
+    pat_i, n, ci, co, G, xh, xw, yh, yw, KH, KW = key[:11]
+    a, b = (ci, co) if PATTERNS[pat_i] == "FP" else (co, ci)
+    pixel_taps = n * yh * yw * KH * KW
+    return pixel_taps * ci * co * G, pixel_taps * target.mac_group_passes(a, b, G)
