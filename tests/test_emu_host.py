@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from edgec.isa.errors import EdgecError
-from edgec.runtime_emu.host import quantize_input, read_symbol, run_step, write_symbol
+from edgec.runtime_emu.host import (quantize_input, read_real, read_symbol, run_step,
+                                    write_symbol)
 from edgec.runtime_emu.machine import Machine
 
 from test_emu_util import DDR, IBUF, TARGET, WBUF, build, ld, rshift_py, sat_py
@@ -82,6 +83,25 @@ def test_read_write_symbol():
         write_symbol(m, "in:x", np.full((N, F), -128))
     with pytest.raises(EdgecError, match="no symbol"):
         read_symbol(m, "nope")
+
+
+@pytest.mark.parametrize("exp", [-160, -150, -126, -30, -7, 0, 5, 96, 128])
+def test_read_real_rounds_once_like_float64(exp):
+    # zero and int32 values past float32's 24-bit mantissa (a tie), at exponents inside
+    # and outside the float32 fast path's range (where 2**exp itself under- or overflows
+    # float32): the same as exact float64, rounded once
+    p, _, _ = _program()
+    m = Machine(p, TARGET)
+    rng = np.random.default_rng(exp + 200)
+    v = rng.integers(-(2**31 - 1), 2**31 - 1, N, dtype=np.int64)
+    v[:3] = [0, 2**24 + 1, -(2**31 - 1)]          # zero, a tie, the extreme (N == 3)
+    write_symbol(m, "in:labels", v)
+    sym = next(s for s in p.symbols if s["name"] == "in:labels")
+    sym["exp"] = exp
+    want = (v.astype(np.float64) * 2.0 ** exp).astype(np.float32)
+    got = read_real(m, "in:labels")
+    assert got.dtype == np.float32
+    assert got.tobytes() == want.tobytes()
 
 
 def test_run_step_outputs():
