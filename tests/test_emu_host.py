@@ -98,8 +98,9 @@ def test_read_real_rounds_once_like_float64(exp):
     write_symbol(m, "in:labels", v)
     sym = next(s for s in p.symbols if s["name"] == "in:labels")
     sym["exp"] = exp
-    want = (v.astype(np.float64) * 2.0 ** exp).astype(np.float32)
-    got = read_real(m, "in:labels")
+    with np.errstate(over="ignore"):                # exp 128: inf, in both
+        want = (v.astype(np.float64) * 2.0 ** exp).astype(np.float32)
+        got = read_real(m, "in:labels")
     assert got.dtype == np.float32
     assert got.tobytes() == want.tobytes()
 
