@@ -15,9 +15,9 @@ store queues overlap, synchronised by the dependency tokens; `cycles` is the fin
 `_execute` is the one place that counts an executed instruction and its cost.
 
 Speed: the code is decoded once, vectorised (isa.encoding.decode_all); every instruction
-runs as numpy on whole tiles (LD/ST through strided views of DDR, MAC as one im2col
-matmul, see mac.py), never element by element; `run` holds numpy's OpenBLAS to one
-thread (blas.py).
+runs as numpy on whole tiles (LD/ST through strided views of DDR, MAC as exact batched
+matmuls on strided im2col windows, see mac.py), never element by element; `run` holds
+numpy's OpenBLAS to one thread (blas.py).
 """
 from __future__ import annotations
 
