@@ -43,28 +43,34 @@ def _span(machine: Machine, s: dict) -> tuple[int, int]:
     return a, n
 
 
-def read_symbol(machine: Machine, name: str) -> np.ndarray:
-    """The symbol's current DDR contents as int8/int32 in its shape (a copy)."""
+def _raw(machine: Machine, name: str) -> tuple[dict, np.ndarray]:
+    """(symbol, a flat view of its DDR bytes as little-endian int8/int32)."""
     s = _sym(machine.program, name)
     a, n = _span(machine, s)
+    return s, machine.ddr[a:a + n].view(_NP[s["dtype"]])
+
+
+def read_symbol(machine: Machine, name: str) -> np.ndarray:
+    """The symbol's current DDR contents as int8/int32 in its shape (a copy)."""
+    s, v = _raw(machine, name)
     native = np.int8 if s["dtype"] == "i8" else np.int32
-    return machine.ddr[a:a + n].view(_NP[s["dtype"]]).astype(native).reshape(_shape(s))
+    return v.astype(native).reshape(_shape(s))
 
 
 def read_real(machine: Machine, name: str) -> np.ndarray:
-    """The symbol's values times 2**exp as float32, each rounded once (to nearest even),
+    """The symbol's values times 2**exp as float32 in its shape, each rounded once (to nearest even),
     as float64 arithmetic then a float32 rounding would give.  Where every nonzero
     |v| * 2**exp stays in float32's normal range (|v| in [1, 2**31], -126 <= exp <= 96),
     rounding v to float32 first and scaling by 2**exp after is the same single rounding
     (scaling by a power of two is exact there) at a third of the memory traffic."""
-    s = _sym(machine.program, name)
+    s, v = _raw(machine, name)
     e = _exp(s)
-    v = read_symbol(machine, name)
     if -126 <= e <= 96:
         r = v.astype(np.float32)
         r *= np.float32(2.0 ** e)
-        return r
-    return (v.astype(np.float64) * 2.0 ** e).astype(np.float32)
+    else:
+        r = (v.astype(np.float64) * 2.0 ** e).astype(np.float32)
+    return r.reshape(_shape(s))
 
 
 def write_symbol(machine: Machine, name: str, array) -> None:
