@@ -93,10 +93,11 @@ def seconds_by_instruction(prog, tg, x, y) -> dict[str, float]:
     timed), plus "timing+dispatch+host": the rest (timing model, decode, the host's
     inputs and outputs), and "MAC matmuls": the part of MAC spent in its exact BLAS
     matmuls (mac._exact_matmul).  The timers add about a microsecond per instruction."""
-    from edgec.runtime_emu import mac, machine
+    from edgec.runtime_emu import mac
+    from edgec.runtime_emu.ops import OPS
     from edgec.runtime_emu.host import run_step
     spent: dict[str, float] = {}
-    table = dict(machine._OP)
+    table = dict(OPS)
     exact_matmul = mac._exact_matmul
 
     def timed(name, fn):
@@ -107,14 +108,14 @@ def seconds_by_instruction(prog, tg, x, y) -> dict[str, float]:
             finally:
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
         return run
-    machine._OP.update({k: timed(k, fn) for k, fn in table.items()})
+    OPS.update({k: timed(k, fn) for k, fn in table.items()})
     mac._exact_matmul = timed("MAC matmuls", exact_matmul)
     try:
         t = time.perf_counter()
         run_step(prog, tg, x, y)
         total = time.perf_counter() - t
     finally:
-        machine._OP.update(table)
+        OPS.update(table)
         mac._exact_matmul = exact_matmul
     matmuls = spent.pop("MAC matmuls", 0.0)
     out = dict(sorted(spent.items(), key=lambda kv: -kv[1]))

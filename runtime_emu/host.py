@@ -58,11 +58,12 @@ def read_symbol(machine: Machine, name: str) -> np.ndarray:
 
 
 def read_real(machine: Machine, name: str) -> np.ndarray:
-    """The symbol's values times 2**exp as float32 in its shape, each rounded once (to nearest even),
-    as float64 arithmetic then a float32 rounding would give.  Where every nonzero
-    |v| * 2**exp stays in float32's normal range (|v| in [1, 2**31], -126 <= exp <= 96),
-    rounding v to float32 first and scaling by 2**exp after is the same single rounding
-    (scaling by a power of two is exact there) at a third of the memory traffic."""
+    """The symbol's values times 2**exp as float32 in its shape, each rounded once (to
+    nearest even), as float64 arithmetic then a float32 rounding would give.  Where
+    every nonzero |v| * 2**exp stays in float32's normal range (|v| in [1, 2**31],
+    -126 <= exp <= 96), rounding v to float32 first and scaling by 2**exp after is the
+    same single rounding (scaling by a power of two is exact there) at a third of the
+    memory traffic."""
     s, v = _raw(machine, name)
     e = _exp(s)
     if -126 <= e <= 96:
@@ -149,7 +150,7 @@ def _scatter_grad(full_shape, g: np.ndarray, rows, cols, in_block: int) -> np.nd
     return full
 
 
-def _collect_param(program: Program, m: Machine, p: dict, out: dict) -> None:
+def _collect_param(m: Machine, p: dict, out: dict) -> None:
     """out["param/NAME"] and out["grad/NAME"] of one meta params entry."""
     name, shape = p["name"], tuple(int(d) for d in p["shape"])
     master = read_real(m, p["master"])
@@ -302,7 +303,7 @@ def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
     out["logits"] = z.astype(np.float32)
     for p in program.meta.get("params", []):
         try:
-            _collect_param(program, m, p, out)
+            _collect_param(m, p, out)
         except EdgecError as e:
             raise EdgecError(f"parameter {p['name']!r}: {e}") from None
     for s in program.symbols:

@@ -210,7 +210,8 @@ def _dtype(terms: int, acc: int):
 
 def _operand_dtype(dt):
     """float32 where float32 sums of some products are exact (`_exact_matmul` then sums
-    chunks of them in dt), else dt itself."""
+    chunks of them in dt), else dt itself.  With the real bounds always float32; the
+    tests lower _EXACT_F32 to force the wider paths, and then get dt."""
     return np.float32 if _EXACT_F32 > _PRODUCT else dt
 
 

@@ -38,7 +38,6 @@ from .timing import Timing
 COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "cycles",
                  "cycles_dma", "cycles_mac", "cycles_vector")
 _UNIT = {i.name: UNIT.get(i.name, "vector") for i in INSTRS}
-_OP = dict(OPS)
 
 
 class Machine:
@@ -144,7 +143,7 @@ class Machine:
             ins, fields = instrs[pc]
             name = ins.name
             try:
-                issue(name, ins.queue, fields["dep"], _OP[name](self, fields), _UNIT[name])
+                issue(name, ins.queue, fields["dep"], OPS[name](self, fields), _UNIT[name])
             except Trap as t:
                 raise TrapError(pc, name, str(t)) from None
             c["instructions"] += 1

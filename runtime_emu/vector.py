@@ -64,9 +64,7 @@ def op_rq(m, f):
     else:
         q = rshift(v.astype(np.int64), s, mode)
     # -127 <= lo <= hi <= 127: clamping to [lo, hi] includes sat8, and the result fits
-    np.maximum(q, lo, out=q)
-    np.minimum(q, hi, out=q)
-    write_buf(m, dbuf, f["daddr"], q, "RQ result", fits=True)
+    write_buf(m, dbuf, f["daddr"], clamp(q, lo, hi), "RQ result", fits=True)
     return vector_cycles(m, count)
 
 
@@ -272,15 +270,9 @@ def op_sgd(m, f):
         raise Trap(f"clip bound (2**{cbits - 1}-1) << {cshift} = {bound} does not fit int32")
     check_range(m, "ABUF", f["maddr"], c, f"SGD master [{c}] at maddr")
     check_range(m, db, f["daddr"], c, f"SGD compute copy [{c}] at daddr")
-    step = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
-    step *= f["lrmul"]                                 # in place: rshift(G*lrmul, lrshift)
-    if lrshift:
-        step += 1 << (lrshift - 1)
-        step >>= lrshift
-    Mn = m.bufs["ABUF"][f["maddr"]:f["maddr"] + c].astype(np.int64)
-    Mn -= step
-    np.maximum(Mn, -bound, out=Mn)
-    np.minimum(Mn, bound, out=Mn)
+    Mv = m.bufs["ABUF"][f["maddr"]:f["maddr"] + c].astype(np.int64)
+    G = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
+    Mn = clamp(Mv - rshift(G * np.int64(f["lrmul"]), lrshift, "nearest"), -bound, bound)
     C = rshift(Mn, cshift, "nearest")
     # |Mn| <= bound, a multiple of 2**cshift, so |C| <= 2**(cbits-1) - 1: C provably fits
     # an int8 buffer when cbits <= 8 and ABUF always; otherwise write_buf checks it first
