@@ -9,8 +9,10 @@ malformed and the emulator traps on it).
 Machine model (see docs/isa.md for the full text):
 * DDR: a flat little-endian byte array.  prog.bin's initial image (its tables and data
   sections, isa/container.py) is loaded at address 0.
-* Three on-chip buffers, addressed in ELEMENTS: IBUF (int8, activations/errors),
-  WBUF (int8, weights), ABUF (int32: accumulators, master weights, biases, labels, LUTs).
+* Four on-chip buffers, addressed in ELEMENTS: IBUF (int8, activations/errors),
+  WBUF (int8, weights), ABUF (int32: accumulators, master weights, biases, labels, LUTs)
+  and XBUF (int32, XBUF_WORDS words: the scale unit's table of tensor exponents and
+  saturation statistics, dynamic fixed point; see EXPUPD and docs/numerics.md).
 * Three queues: load (LD, LDCH, SEED), compute (MAC, vector ops, SYNC, END), store (ST,
   STCH).  Each queue runs its instructions in program order; the queues overlap and
   synchronise only through dependency tokens in the `dep` field, as in VTA: bit0
@@ -35,8 +37,9 @@ from dataclasses import dataclass
 WORD_BYTES = 64
 WORD_BITS = WORD_BYTES * 8
 
-BUFFERS = ("IBUF", "WBUF", "ABUF")          # buffer id -> name
-BUFFER_DTYPE = {"IBUF": "int8", "WBUF": "int8", "ABUF": "int32"}
+BUFFERS = ("IBUF", "WBUF", "ABUF", "XBUF")          # buffer id -> name
+BUFFER_DTYPE = {"IBUF": "int8", "WBUF": "int8", "ABUF": "int32", "XBUF": "int32"}
+XBUF_WORDS = 16384      # the scale unit's table (not a target parameter: a register file)
 QUEUES = ("load", "compute", "store")
 PATTERNS = ("FP", "EB", "WG")              # MAC training patterns
 ROUND_MODES = ("nearest", "stochastic")
@@ -113,10 +116,30 @@ _POOL_GEOM = (
     Field("ph", 8), Field("pw", 8),
 )
 
+def _x(name: str, what: str) -> Field:
+    return Field(name, 16, doc=f"XBUF address of {what}")
+
+
+_DYN = Field("dyn", 1, doc="1: dynamic fixed point, the shifts come from XBUF exponents "
+             "(see the description); 0: from the immediate fields")
+_STAT = (Field("st", 1, doc="1: add this instruction's saturation count to X[xs] and raise "
+               "X[xs+1] to its largest |result|"),
+         _x("xs", "the statistics pair [saturations, max |result|] of the result's tensor"))
+_STAT_DOC = (" Statistics (st=1): X[xs] += the number of elements whose rounded value r "
+             "saturated (r > 127 while hi = 127, or r < -127 while lo = -127); "
+             "X[xs+1] = max(X[xs+1], max |q|).")
+
 _CLAMP = (
     Field("lo", 8, signed=True, doc="clamp: lower bound of the int8 result (-127..hi)"),
     Field("hi", 8, signed=True, doc="clamp: upper bound of the int8 result (lo..127)"),
 )
+
+_LUTSEL = (_DYN, _x("xz", "the logits' exponent"),
+           Field("lutlo", 8, signed=True, doc="dyn: the logit exponent of table 0"),
+           Field("nlut", 8, doc="dyn: number of consecutive 256-entry tables at lutaddr"))
+_LUTSEL_DOC = (" dyn=1: the exp table is the j-th of nlut consecutive 256-entry tables at "
+               "lutaddr, j = X[xz] - lutlo (one per logit exponent); traps unless "
+               "0 <= j < nlut.")
 
 INSTRS: tuple[Instr, ...] = (
     Instr("END", 0, "compute", (), "Stop the machine."),
@@ -175,10 +198,14 @@ INSTRS: tuple[Instr, ...] = (
         Field("gbase", 32, doc="flat index in the whole tensor of tile element 0"),
         Field("g0", 32), Field("g1", 32), Field("g2", 32), Field("g3", 32, doc=""),
         *_CLAMP,
+        _DYN, _x("xo", "the result's exponent"), _x("xa", "the first operand's exponent"),
+        _x("xb", "the second operand's exponent"), *_STAT,
     ), "Requantize int32 -> int8: q = min(max(sat8(rshift(v, shift, mode, r)), lo), hi) "
        "(lo=-127, hi=127: no activation; lo=0: ReLU). "
        "Stochastic mode adds rand32(seed, tid, idx) >> (32-shift) before the floor, where "
-       "idx = gbase + i0*g0 + i1*g1 + i2*g2 + i3*g3. Traps unless -127 <= lo <= hi <= 127."),
+       "idx = gbase + i0*g0 + i1*g1 + i2*g2 + i3*g3. dyn=1: shift = X[xo] - X[xa] - X[xb] "
+       "(the accumulator's exponent is the sum of its operands'; the shift field is "
+       "ignored). Traps unless -127 <= lo <= hi <= 127 and -31 <= shift <= 31." + _STAT_DOC),
     Instr("VMASK", 8, "compute", (
         *_buf("a", "A"), *_buf("b", "B"), *_buf("d", "the result"),
         Field("count", 32, doc="elements"),
@@ -209,9 +236,10 @@ INSTRS: tuple[Instr, ...] = (
         Field("n", 16), Field("k", 16),
         Field("rmul", 24, doc="round(2^16 / batch)"),
         Field("shift", 8, doc="right shift of G*rmul"),
+        *_LUTSEL,
     ), "Softmax cross-entropy gradient in integers (docs/numerics.md): "
        "P = floor(LUT[max-z] * 2^15 / sum), G = P - 2^15*onehot, "
-       "D = sat8(round_nearest(G*rmul / 2^shift))."),
+       "D = sat8(round_nearest(G*rmul / 2^shift))." + _LUTSEL_DOC),
     Instr("LOSST", 16, "compute", (
         *_buf("z", "the int8 student logits [n, k]"),
         *_buf("t", "the int8 teacher logits [n, k]"),
@@ -224,10 +252,12 @@ INSTRS: tuple[Instr, ...] = (
         Field("kd", 1, doc="0: pseudo labels (teacher argmax); 1: distillation (teacher "
               "softmax)"),
         Field("thresh", 16, doc="pseudo labels: confidence threshold in Q15 (0..32768)"),
+        *_LUTSEL,
     ), "Loss gradient with a frozen teacher's logits as the target (docs/numerics.md): "
        "P = floor(LUT[max z - z] * 2^15 / S), F = TLUT[max t - t], ST = sum F; "
        "pseudo: G = (2^30 >= thresh*ST) ? P - 2^15*onehot(first argmax t) : 0; "
-       "kd: G = P - floor(F * 2^15 / ST); D = sat8(round_nearest(G*rmul / 2^shift))."),
+       "kd: G = P - floor(F * 2^15 / ST); D = sat8(round_nearest(G*rmul / 2^shift))."
+       + _LUTSEL_DOC + " (the student's table; the teacher's is fixed)"),
     Instr("SGD", 13, "compute", (
         Field("maddr", 20, doc="ABUF address of the int32 master tile (updated in place)"),
         *_buf("g", "the int8 gradient"),
@@ -237,8 +267,21 @@ INSTRS: tuple[Instr, ...] = (
         Field("lrshift", 8, doc="right shift of G*lrmul (0..31)"),
         Field("cshift", 8, doc="master -> compute copy right shift"),
         Field("cbits", 8, doc="compute copy width in bits (saturation bound)"),
+        _DYN, _x("xg", "the gradient's exponent"),
+        _x("xc", "the compute copy's exponent (first term)"),
+        _x("xd", "the compute copy's exponent (second term; biases: e_x + e_w)"),
+        Field("emas", 8, signed=True, doc="dyn: the master's exponent"),
+        Field("lrbase", 8, signed=True, doc="dyn: lrshift + the gradient's compile-time "
+              "exponent"),
+        Field("mbound", 32, doc="dyn: the master's saturation bound"),
+        Field("ng", 1, doc="1: no gradient (G = 0, gbuf not read): re-derive the copy"),
+        *_STAT,
     ), "Weight update: M = clamp(M - round(G*lrmul / 2^lrshift), +-bound), "
-       "bound = (2^(cbits-1)-1) << cshift; D = round(M / 2^cshift)."),
+       "bound = (2^(cbits-1)-1) << cshift; D = round(M / 2^cshift). dyn=1: lrshift = "
+       "lrbase - X[xg], cshift = X[xc] + X[xd] - emas, bound = mbound, and "
+       "D = sat_cbits(r), r = round(M / 2^cshift); traps unless 0 <= lrshift <= 31 and "
+       "-31 <= cshift <= 31. Statistics (st=1): X[xs] += #{|r| > 2^(cbits-1)-1}, "
+       "X[xs+1] = max(X[xs+1], max |D|)."),
     Instr("VADD", 14, "compute", (
         *_buf("a", "A (int8)"), *_buf("b", "B (int8)"), *_buf("d", "the int8 result"),
         Field("count", 32, doc="elements"),
@@ -250,13 +293,16 @@ INSTRS: tuple[Instr, ...] = (
         Field("tid", 16, doc="tensor id for the counter-based random bits"),
         Field("gbase", 32, doc="flat index in the whole tensor of element 0"),
         *_CLAMP,
+        _DYN, _x("xa", "A's exponent"), _x("xb", "B's exponent"),
+        _x("xo", "the result's exponent"), *_STAT,
     ), "Elementwise add with power-of-two alignment, rounding, saturation and clamp: "
        "residual adds (nearest), sums of back-propagated errors (stochastic), standalone "
        "ReLU/Hardtanh (nb=0, sa=0, shift=0). "
        "D[i] = min(max(sat8(rshift(A[i]*2^sa + B[i]*2^sb, shift, mode, r)), lo), hi) in "
        "int64, r = rand32(seed, tid, gbase + i) (drawn only when stochastic and shift > 0). "
-       "A, B, D must be IBUF or WBUF. Traps unless -31 <= shift <= 31 and "
-       "-127 <= lo <= hi <= 127."),
+       "A, B, D must be IBUF or WBUF. dyn=1: with m = min(X[xa], X[xb]) (nb=0: m = X[xa]), "
+       "sa = X[xa] - m, sb = X[xb] - m, shift = X[xo] - m instead of the fields. Traps "
+       "unless 0 <= sa, sb <= 31, -31 <= shift <= 31 and -127 <= lo <= hi <= 127." + _STAT_DOC),
     Instr("CSTAT", 24, "compute", (
         *_buf("s", "the int8 tile [n, c, hw]"),
         Field("daddr", 20, doc="ABUF element address of the int32 [2, c] result"),
@@ -282,6 +328,18 @@ INSTRS: tuple[Instr, ...] = (
        "4 cnt^2 2^max(0,2p)}, Q += rdiv(Qb - Q, 2^m); mode 0: B -= rdiv(S1 2^d, cnt 2^m); "
        "mode 1: B += rdiv(-rdiv(S1 Qb 2^d, cnt) - B, 2^m) (negative exponents move to the "
        "divisor); rdiv(a, b) = floor((2a + b) / 2b). Exact integers; B saturates to int32."),
+    Instr("EXPUPD", 26, "compute", (
+        _x("xaddr", "the exponent table T"),
+        Field("count", 16, doc="R: tensors (exponent registers) in the table"),
+        Field("calm", 8, doc="M: calm steps (largest |q| < 64) before an exponent gets finer"),
+    ), "Dynamic fixed point: move every exponent by the step's statistics "
+       "(docs/numerics.md). Table layout, R words per row: E[r] = X[T+r] (current "
+       "exponent), P[r] = X[T+R+r] (previous), C[r] = X[T+2R+r] (calm steps), "
+       "S[r] = X[T+3R+2r], Q[r] = X[T+3R+2r+1] (saturations, max |q| of this step), "
+       "S'[r], Q'[r] = X[T+5R+2r], X[T+5R+2r+1] (the last step's), lo[r] = X[T+7R+r], "
+       "hi[r] = X[T+8R+r], thr[r] = X[T+9R+r]. Per r: P = E; S' = S, Q' = Q; S = Q = 0; "
+       "if S' > thr: E += 1, C = 0; elif Q' < 64: C += 1, and if C >= M: E -= 1, C = 0; "
+       "else C = 0; then E = min(max(E, lo), hi). 4 + ceil(R / lanes) cycles."),
 )
 
 BY_NAME: dict[str, Instr] = {i.name: i for i in INSTRS}
