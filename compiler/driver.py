@@ -20,6 +20,7 @@ from .frontend.maskfile import drop_full, parse_mask
 from .ir.graph import Graph
 from .ir.loops import LoopNest
 from .passes.adapt_bn import SCALE_HEADROOM, AdaptBNPass
+from .passes.dynfmt import exponent_registers, is_dynamic
 from .passes.mask import MaskPass
 from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
@@ -113,7 +114,8 @@ def make_passes(mask, example, params, lr, adapt=None) -> list:
     ({BatchNorm module: eps}) makes a BatchNorm adaptation program instead of a training
     step: its last pass appends bn_adapt nodes instead of sgd nodes."""
     if adapt is None:
-        return [PrunePass(), MaskPass(mask), QuantizePass(example, params), UpdatePass(lr)]
+        return [PrunePass(), MaskPass(mask), QuantizePass(example, params, dynamic=True),
+                UpdatePass(lr, dynamic=True)]
     # BN scales get SCALE_HEADROOM spare bits: adapted variances may be smaller
     room = {f"{bn}:scale": SCALE_HEADROOM for bn in adapt}
     return [PrunePass(), MaskPass(mask), QuantizePass(example, params, room),
@@ -213,8 +215,9 @@ def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: i
                  model, example, mask, log) -> Compiled:
     """The back end after tiling: memory plan, instruction selection, container."""
     log("codegen")
-    mem = plan_memory(g, seed, tg.ddr_bytes)
-    em = generate(g, nests, mem, tg)
+    regs = exponent_registers(g) if is_dynamic(g) else None
+    mem = plan_memory(g, seed, tg.ddr_bytes, regs)
+    em = generate(g, nests, mem, tg, regs)
     prog = Program(tg.fingerprint, em.code, bytes(mem.data), mem.size,
                    [s.to_json() for s in mem.symbols.values()],
                    program_meta(g, mem, em, lr, model))
@@ -238,6 +241,7 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model) -> di
     return {"logits": logits, "params": params, "lr": lr,
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
+            **({"xregs": em.regs.names} if em.regs is not None else {}),
             **({"remask": remask_info(*mask_layers(model),
                                       g.producer(g.outputs["logits"]).layer,
                                       g.meta.get("mask_ties", []))}

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from edgec.compiler.ir.graph import Graph, Node
+from edgec.compiler.passes.dynfmt import (CALM_STEPS, ROWS, exponent_registers, is_dynamic,
+                                          master_bound)
 from edgec.isa.errors import EdgecError
 
 I32_MAX = 2**31 - 1
@@ -97,10 +99,11 @@ def rshift(v: torch.Tensor, s: int, mode: str, r: torch.Tensor | None = None) ->
 
 
 def _stochastic(acc: torch.Tensor, shift: int, seed: int, tid: int) -> torch.Tensor:
-    """``sat8(rshift(acc, shift, stochastic))`` with ``idx`` = flat row-major index."""
+    """``rshift(acc, shift, stochastic)`` (not yet saturated) with ``idx`` = flat
+    row-major index."""
     idx = torch.arange(acc.numel(), dtype=torch.int64).reshape(acc.shape)
     r = rand32(seed, tid, idx)
-    return sat8(rshift(acc, shift, "stochastic", r))
+    return rshift(acc, shift, "stochastic", r)
 
 
 def _check_i32(acc: torch.Tensor, what: str) -> None:
@@ -334,9 +337,11 @@ def teacher_loss_grad(z: torch.Tensor, t: torch.Tensor, lut: torch.Tensor,
 
 
 def sgd_update(M: torch.Tensor, G: torch.Tensor, lrmul: int, cshift: int, cbits: int,
-               lrshift: int = 16):
-    """``(M', C')`` of numerics.md section 4, elementwise on int64 tensors."""
-    bound = (2 ** (cbits - 1) - 1) << cshift
+               lrshift: int = 16, bound: int | None = None):
+    """``(M', r)`` of numerics.md section 4 (``bound`` None) or section 8 (the master's
+    bound given): ``r = rshift(M', cshift)``, the compute copy before ``sat_cbits``."""
+    if bound is None:
+        bound = (2 ** (cbits - 1) - 1) << cshift
     Mn = (M.to(torch.int64) - rshift(G.to(torch.int64) * int(lrmul), lrshift, "nearest"))
     Mn = Mn.clamp(-bound, bound)
     return Mn, rshift(Mn, cshift, "nearest")
@@ -415,6 +420,81 @@ def _pass_range(at: dict, default) -> tuple[int, int]:
     return _int_pair(at["pass_range"], "pass_range")
 
 
+# ----------------------------------------------------------------------------- dynamic formats
+
+class _Formats:
+    """The exponent table of a training program (numerics.md section 8) while the step
+    runs: shifts derived from E, statistics, the rule, the update's shifts."""
+
+    def __init__(self, graph: Graph, table):
+        self.reg = exponent_registers(graph)
+        self.R = R = self.reg.count
+        self.calm = CALM_STEPS
+        t = [int(v) for v in torch.as_tensor(table).reshape(-1).tolist()]
+        if len(t) != ROWS * R:
+            raise EdgecError(f"run_reference: xtab has {len(t)} entries, the program's "
+                             f"table has {ROWS * R} ({R} registers)")
+        self.t = t
+        self.moved = False
+
+    def E(self, v: str) -> int:
+        return sum(self.t[r] for r in self.reg.regs(v))
+
+    def P(self, v: str) -> int:
+        return sum(self.t[self.R + r] for r in self.reg.regs(v))
+
+    def mac_shift(self, n: Node) -> int:
+        return self.E(n.outputs[0]) - sum(self.E(v) for v in n.inputs[:2])
+
+    def count(self, out: str, r: torch.Tensor, q: torch.Tensor, lo: int, hi: int) -> None:
+        """Statistics of a result (r rounded, q stored) of a dynamic register."""
+        if out not in self.reg.stats or q.numel() == 0:
+            return
+        k = self.reg.of[out]
+        sat = ((r > 127) & (hi == 127)) | ((r < -127) & (lo == -127))
+        self._add(k, int(sat.sum()), int(q.abs().max()))
+
+    def _add(self, k: int, nsat: int, qmax: int) -> None:
+        a = 3 * self.R + 2 * k
+        self.t[a] = min(2**31 - 1, self.t[a] + nsat)
+        self.t[a + 1] = max(self.t[a + 1], qmax)
+
+    def move(self) -> None:
+        """EXPUPD: every register's exponent moves by its statistics."""
+        R, t = self.R, self.t
+        for k in range(R):
+            e, c = t[k], t[2 * R + k]
+            nsat, qmax = t[3 * R + 2 * k], t[3 * R + 2 * k + 1]
+            t[R + k] = e
+            t[5 * R + 2 * k], t[5 * R + 2 * k + 1] = nsat, qmax
+            t[3 * R + 2 * k] = t[3 * R + 2 * k + 1] = 0
+            if nsat > t[9 * R + k]:
+                e, c = e + 1, 0
+            elif qmax < 64:
+                c += 1
+                if c >= self.calm:
+                    e, c = e - 1, 0
+            else:
+                c = 0
+            t[k] = min(max(e, t[7 * R + k]), t[8 * R + k])
+            t[2 * R + k] = c
+        self.moved = True
+
+    def sgd(self, n: Node, graph: Graph) -> tuple[int, int, int]:
+        """(lrshift, cshift, master bound) of an update after the move."""
+        V, at = graph.values, n.attrs
+        e_m = V[n.inputs[1]].exp
+        lrshift = 0
+        if not at.get("ng"):
+            lrshift = int(at["lrshift"]) + V[n.inputs[2]].exp - self.P(n.inputs[2])
+        cshift = self.E(n.inputs[0]) - e_m
+        hi = sum(self.t[8 * self.R + r] for r in self.reg.regs(n.inputs[0]))
+        return lrshift, cshift, master_bound(int(at["cbits"]), hi, e_m)
+
+    def tensor(self) -> torch.Tensor:
+        return torch.tensor(self.t, dtype=torch.int64)
+
+
 # ----------------------------------------------------------------------------- interpreter
 
 _RANGE = {"i8": 127, "i32": I32_MAX}
@@ -429,7 +509,27 @@ def _where(i: int, n: Node) -> str:
     return parts[0] + (" (" + ", ".join(parts[1:]) + ")" if len(parts) > 1 else "")
 
 
-def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
+def _stored(fmt: _Formats | None, n: Node, r: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``clamp(sat8(r), lo, hi)``, counted in the statistics of a dynamic format."""
+    q = clamp(sat8(r), lo, hi)
+    if fmt:
+        fmt.count(n.outputs[0], r, q, lo, hi)
+    return q
+
+
+def _lut(graph: Graph, at: dict, fmt: _Formats | None, z: str) -> torch.Tensor:
+    """The exp table for the logits' exponent (dynamic: one of nlut tables)."""
+    lut = _const_lut(graph, at["lut"])
+    if not fmt or "lut_lo" not in at:
+        return lut
+    j = fmt.E(z) - int(at["lut_lo"])
+    if not 0 <= j < int(at["nlut"]):
+        raise ValueError(f"no exp table for logit exponent {fmt.E(z)}")
+    return lut[256 * j:256 * (j + 1)]
+
+
+def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str,
+          fmt: _Formats | None = None):
     op, at = n.op, n.attrs
 
     def chk(acc):
@@ -449,8 +549,8 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
             acc = conv_acc(x[:, :, None, None], w[:, :, None, None], b, 1, 0)[:, :, 0, 0]
         else:
             acc = conv_acc(x, w, b, at["stride"], at["pad"], at.get("groups", 1))
-        q = sat8(rshift(chk(acc), at["shift"], "nearest"))
-        return [clamp(q, *_clamp_attr(at, "clamp", (-127, 127)))]
+        r = rshift(chk(acc), fmt.mac_shift(n) if fmt else at["shift"], "nearest")
+        return [_stored(fmt, n, r, *_clamp_attr(at, "clamp", (-127, 127)))]
     if op in ("relu", "hardtanh"):
         # standalone activation on int8: q = clamp(x, lo, hi), same exponent
         bounds = _clamp_attr(at, "clamp", (0, 127) if op == "relu" else None)
@@ -460,17 +560,21 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
         if tuple(x.shape) != tuple(y.shape):
             raise ValueError(f"add operands differ in shape: {tuple(x.shape)} and "
                              f"{tuple(y.shape)}")
-        sa, sb = int(at["sa"]), int(at["sb"])
+        sa, sb, shift = int(at["sa"]), int(at["sb"]), at["shift"]
+        if fmt:
+            ea, eb = fmt.E(n.inputs[0]), fmt.E(n.inputs[1])
+            m = min(ea, eb)
+            sa, sb, shift = ea - m, eb - m, fmt.E(n.outputs[0]) - m
         for nm, sv in (("sa", sa), ("sb", sb)):
             if not 0 <= sv <= 31:
                 raise ValueError(f"add: {nm} = {sv} outside [0, 31]")
         v = x.to(torch.int64) * (1 << sa) + y.to(torch.int64) * (1 << sb)
         lo, hi = _clamp_attr(at, "clamp", (-127, 127))
         if at["grad"]:
-            q = _stochastic(v, at["shift"], seed, at["tid"])
+            r = _stochastic(v, shift, seed, at["tid"])
         else:
-            q = sat8(rshift(v, at["shift"], "nearest"))
-        return [clamp(q, lo, hi)]
+            r = rshift(v, shift, "nearest")
+        return [_stored(fmt, n, r, lo, hi)]
     if op == "maxpool":
         return [maxpool(a[0], at["kernel"], at["stride"], at["pad"])]
     if op == "reshape":
@@ -480,7 +584,7 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
         if tuple(t.shape) != tuple(z.shape):
             raise ValueError(f"teacher logits {tuple(t.shape)} differ from the logits "
                              f"{tuple(z.shape)}")
-        lut, tlut = (_const_lut(graph, at[k]) for k in ("lut", "tlut"))
+        lut, tlut = _lut(graph, at, fmt, n.inputs[0]), _const_lut(graph, at["tlut"])
         return [teacher_loss_grad(z, t, lut, tlut, at["rmul"], at["shift"],
                                   at["target"] == "kd", at.get("thresh", 0), where)]
     if op == "loss_grad":
@@ -493,8 +597,8 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
             i = int(torch.nonzero(bad)[0, 0])
             raise EdgecError(f"{where}: label {int(labels[i])} of sample {i} is out of "
                              f"range [0, {K}); labels must be class indices of the logits")
-        return [loss_grad(z, labels, _const_lut(graph, at["lut"]), at["rmul"], at["shift"],
-                          where)]
+        return [loss_grad(z, labels, _lut(graph, at, fmt, n.inputs[0]), at["rmul"],
+                          at["shift"], where)]
     if op in ("conv_eb", "conv_wg", "linear_eb", "linear_wg", "bias_grad"):
         if op == "conv_eb":
             acc = conv_eb_acc(a[0], a[1], at["stride"], at["pad"], at["in_shape"],
@@ -514,7 +618,10 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
             dy = a[0]
             dims = [d for d in range(dy.dim()) if d != 1]
             acc = dy.sum(dim=dims) if dims else dy.clone()
-        return [_stochastic(chk(acc), at["shift"], seed, at["tid"])]
+        shift = at["shift"]
+        if fmt:
+            shift = fmt.E(n.outputs[0]) - sum(fmt.E(v) for v in n.inputs)
+        return [_stored(fmt, n, _stochastic(chk(acc), shift, seed, at["tid"]), -127, 127)]
     if op in ("relu_bwd", "hardtanh_bwd"):
         dy, y = a
         if tuple(dy.shape) != tuple(y.shape):
@@ -528,9 +635,12 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
     if op == "wview":
         return [a[0][_view_of(a[0], at)].contiguous()]
     if op == "sgd":
-        if len(a) != 3 or len(n.outputs) != 2:
-            raise ValueError("a quantized sgd takes (p, master, g) and gives (p_new, master_new)")
-        p, M, g = a
+        ng = bool(at.get("ng"))
+        if len(a) != 3 - ng or len(n.outputs) != 2:
+            raise ValueError("a quantized sgd takes (p, master, g) (with ng: (p, master)) and "
+                             "gives (p_new, master_new)")
+        p, M = a[0], a[1]
+        g = torch.zeros_like(M[_view_of(M, at)]) if ng else a[2]
         if tuple(p.shape) != tuple(M.shape):
             raise ValueError(f"compute copy {tuple(p.shape)} and master {tuple(M.shape)} "
                              f"differ in shape")
@@ -539,8 +649,20 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str):
         if g.numel() != Msel.numel():
             raise ValueError(f"gradient of shape {tuple(g.shape)} does not fit the view "
                              f"of shape {tuple(Msel.shape)}")
-        Mn, Cn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], at["cshift"],
-                            at["cbits"], at.get("lrshift", 16))
+        if fmt:
+            lrshift, cshift, bound = fmt.sgd(n, graph)
+            if not (0 <= lrshift <= 31 and -31 <= cshift <= 31):
+                raise ValueError(f"sgd: lrshift {lrshift} or cshift {cshift} out of range")
+            Mn, r = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], cshift,
+                               at["cbits"], lrshift, bound)
+            Cn = sat(r, int(at["cbits"]))
+            if n.outputs[0] in fmt.reg.stats and Cn.numel():
+                lim = 2 ** (int(at["cbits"]) - 1) - 1
+                fmt._add(fmt.reg.of[n.outputs[0]], int((r.abs() > lim).sum()),
+                         int(Cn.abs().max()))
+        else:
+            Mn, Cn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], at["cshift"],
+                                at["cbits"], at.get("lrshift", 16))
         p_new, M_new = p.clone(), M.clone()
         p_new[ix] = Cn
         M_new[ix] = Mn
@@ -608,15 +730,21 @@ def run_reference(graph: Graph, inputs: dict[str, torch.Tensor], seed: int) -> d
     names += [k for k in inputs if k in graph.values and k not in produced and k not in names]
     for name in names:
         env[name] = _take_input(name, inputs, graph)
+    fmt = None
+    if is_dynamic(graph):
+        fmt = _Formats(graph, inputs["xtab"] if "xtab" in inputs else
+                       _initial_table(graph))
     with torch.no_grad():
         for i, n in enumerate(graph.nodes):
             where = _where(i, n)
+            if fmt and n.op == "sgd" and not fmt.moved:
+                fmt.move()
             try:
                 args = [env[v] for v in n.inputs]
             except KeyError as e:
                 raise EdgecError(f"{where}: input {e.args[0]!r} is not defined") from None
             try:
-                outs = _eval(n, args, seed, graph, where)
+                outs = _eval(n, args, seed, graph, where, fmt)
             except EdgecError:
                 raise
             except (KeyError, ValueError, RuntimeError, IndexError, TypeError) as e:
@@ -639,4 +767,10 @@ def run_reference(graph: Graph, inputs: dict[str, torch.Tensor], seed: int) -> d
                                          f"{int(t.abs().max())} in magnitude, outside the "
                                          f"{v.dtype} range +-{lim}")
                 env[name] = t
+    if fmt:
+        env["xtab"] = fmt.tensor()
     return env
+
+
+def _initial_table(graph: Graph) -> torch.Tensor:
+    return torch.as_tensor(exponent_registers(graph).table(), dtype=torch.int64)

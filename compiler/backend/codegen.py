@@ -22,18 +22,19 @@ from edgec.isa.target import Target
 
 from ..ir.graph import Graph
 from ..ir.loops import LoopNest
+from ..passes.dynfmt import CALM_STEPS, Registers, master_bound
 from .memory import MemoryPlan, Symbol
 from .tiling import (_fits, bias_grad_fits, copies, geometry, sgd_fits, sgd_geometry,
                      tile_words)
 from .tokens import QUEUE, TokenPlanner, footprint
 
-IBUF, WBUF, ABUF = 0, 1, 2
+IBUF, WBUF, ABUF, XBUF = 0, 1, 2, 3
 _QUEUE_OF = {name: QUEUE[ins.queue] for name, ins in BY_NAME.items()}
 
 
 class Emitter:
-    def __init__(self, g: Graph, mem: MemoryPlan, tg: Target):
-        self.g, self.mem, self.tg = g, mem, tg
+    def __init__(self, g: Graph, mem: MemoryPlan, tg: Target, regs: Registers | None = None):
+        self.g, self.mem, self.tg, self.regs = g, mem, tg, regs
         # per instruction: name, dep bits, fields (encoded all at once by finish())
         self.names: list[str] = []
         self.deps: list[int] = []
@@ -128,6 +129,23 @@ class Emitter:
         if gather:
             f["gather"] = gather
         self.emit(name, sym, rows, ddr=ddr, **f)
+
+    def dyn(self, out: str, *operands: str) -> dict:
+        """Fields of a dynamic-format RQ/VADD: exponent addresses of the result and
+        operands (numerics.md section 8) and its statistics; {} in a static program."""
+        R = self.regs
+        if R is None:
+            return {}
+        f = {"dyn": 1, "xo": R.of[out]}
+        for k, v in zip(("xa", "xb"), operands):
+            f[k] = R.of[v]
+        return {**f, **self.stat(out)}
+
+    def stat(self, out: str) -> dict:
+        R = self.regs
+        if R is None or out not in R.stats:
+            return {}
+        return {"st": 1, "xs": R.stat_addr(R.of[out])}
 
     def weight_view(self, operand: str) -> tuple[Symbol, dict]:
         p = self.producer.get(operand)
@@ -244,7 +262,8 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
         idx = _rq_index(full, start, ext)
         lo, hi = a.get("clamp", (-127, 127))
         em.emit("RQ", saddr=cacc, dbuf=IBUF, daddr=obase, shift=a["shift"],
-                mode=int(kind != "fp"), lo=lo, hi=hi, tid=a.get("tid", 0), **idx)
+                mode=int(kind != "fp"), lo=lo, hi=hi, tid=a.get("tid", 0), **idx,
+                **em.dyn(n.outputs[0], *n.inputs[:2]))
         em.box(False, IBUF, obase, out, start, ext, full)
 
 
@@ -290,7 +309,8 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
                 em.emit("VADD", abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=h, dbuf=IBUF, daddr=d,
                         count=et, nb=int(two), sa=a.get("sa", 0), sb=a.get("sb", 0),
                         shift=a.get("shift", 0), mode=int(bool(a.get("grad"))),
-                        tid=a.get("tid", 0), gbase=e0, lo=lo, hi=hi)
+                        tid=a.get("tid", 0), gbase=e0, lo=lo, hi=hi,
+                        **(em.dyn(n.outputs[0], *n.inputs) if n.op == "add" else {}))
             _flat(em, False, IBUF, d, out, e0, et)
     elif n.op in ("maxpool", "maxpool_bwd"):
         x = mem.of_value[n.inputs[0] if n.op == "maxpool" else n.inputs[1]]
@@ -338,7 +358,8 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
                 em.emit("RSUM", sbuf=IBUF, saddr=h, daddr=0, n=nn, c=cn, hw=hw, acc=int(i > 0))
             d = k * IN + (o % k) * nest.tiles["c"]
             em.emit("RQ", saddr=0, dbuf=IBUF, daddr=d, shift=a["shift"], mode=1, lo=-127,
-                    hi=127, tid=a["tid"], **_rq_index((C,), (c0,), (cn,)))
+                    hi=127, tid=a["tid"], **_rq_index((C,), (c0,), (cn,)),
+                    **em.dyn(n.outputs[0], n.inputs[0]))
             em.box(False, IBUF, d, out, (c0,), (cn,))
     elif n.op == "bn_adapt":
         x, bsym, qsym = (mem.of_value[v] for v in n.inputs)
@@ -370,14 +391,15 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         N, K = z.shape
         em.box(True, IBUF, 0, z, (0, 0), (N, K))
         em.box(True, ABUF, 0, lab, (0,), (N,))
-        em.box(True, ABUF, N, lut, (0,), (256,))
+        em.box(True, ABUF, N, lut, (0,), lut.shape)
         em.emit("LOSSG", zbuf=IBUF, zaddr=0, laddr=0, lutaddr=N, dbuf=IBUF, daddr=N * K,
-                n=N, k=K, rmul=a["rmul"], shift=a["shift"])
+                n=N, k=K, rmul=a["rmul"], shift=a["shift"], **_lut_select(em, n))
         em.box(False, IBUF, N * K, out, (0, 0), (N, K))
     elif n.op == "sgd":
         psym = mem.of_value[n.inputs[0]]
         msym = mem.of_value[n.inputs[1]]
-        grad = mem.of_value[n.inputs[2]]
+        ng = bool(a.get("ng"))
+        grad = None if ng else mem.of_value[n.inputs[2]]
         rows, blocks, inner = sgd_geometry(g, n)
         wide = psym.dtype == "i32"
         tile = nest.tiles["r"] * nest.tiles["b"] * inner
@@ -388,13 +410,38 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
             h = (i % k) * tile
             cbuf, caddr = (ABUF, k * tile + h) if wide else (WBUF, h)
             em.view(True, ABUF, h, msym, a, r0, rt, b0, bt)
-            em.box(True, IBUF, h, grad, (r0, b0 * inner), (rt, bt * inner),
-                   (rows, blocks * inner))
+            if not ng:
+                em.box(True, IBUF, h, grad, (r0, b0 * inner), (rt, bt * inner),
+                       (rows, blocks * inner))
             em.emit("SGD", maddr=h, gbuf=IBUF, gaddr=h, dbuf=cbuf, daddr=caddr,
                     count=rt * bt * inner, lrmul=a["lrmul"], lrshift=a["lrshift"], cshift=a["cshift"],
-                    cbits=a["cbits"])
+                    cbits=a["cbits"], **_sgd_dyn(em, n))
             em.view(False, ABUF, h, msym, a, r0, rt, b0, bt)
             em.view(False, cbuf, caddr, psym, a, r0, rt, b0, bt)
+
+
+def _lut_select(em: Emitter, n) -> dict:
+    """LOSSG/LOSST fields choosing the exp table by the logits' current exponent."""
+    a = n.attrs
+    if em.regs is None or "lut_lo" not in a:
+        return {}
+    return dict(dyn=1, xz=em.regs.of[n.inputs[0]], lutlo=a["lut_lo"], nlut=a["nlut"])
+
+
+def _sgd_dyn(em: Emitter, n) -> dict:
+    """SGD fields of a dynamic-format update (numerics.md section 8)."""
+    R, V, a = em.regs, em.g.values, n.attrs
+    if R is None:
+        return {"ng": 1} if a.get("ng") else {}
+    e_m = V[n.inputs[1]].exp
+    c = (*R.regs(n.inputs[0]), 0)[:2]
+    f = dict(dyn=1, xc=c[0], xd=c[1], emas=e_m,
+             mbound=master_bound(a["cbits"], sum(R.hi[r] for r in R.regs(n.inputs[0])), e_m),
+             **em.stat(n.outputs[0]))
+    if a.get("ng"):
+        return {**f, "ng": 1}
+    grad = n.inputs[2]
+    return {**f, "xg": R.count + R.of[grad], "lrbase": a["lrshift"] + V[grad].exp}
 
 
 def emit_teacher_loss(em: Emitter, mem: MemoryPlan, n) -> None:
@@ -405,26 +452,42 @@ def emit_teacher_loss(em: Emitter, mem: MemoryPlan, n) -> None:
     N, K = z.shape
     em.box(True, IBUF, 0, z, (0, 0), (N, K))
     em.box(True, IBUF, N * K, t, (0, 0), (N, K))
-    em.box(True, ABUF, 0, mem.symbols[a["lut"]], (0,), (256,))
-    em.box(True, ABUF, 256, mem.symbols[a["tlut"]], (0,), (256,))
-    em.emit("LOSST", zbuf=IBUF, zaddr=0, tbuf=IBUF, taddr=N * K, lutaddr=0, tlutaddr=256,
+    lut = mem.symbols[a["lut"]]
+    nl = lut.shape[0]
+    em.box(True, ABUF, 0, lut, (0,), lut.shape)
+    em.box(True, ABUF, nl, mem.symbols[a["tlut"]], (0,), (256,))
+    em.emit("LOSST", zbuf=IBUF, zaddr=0, tbuf=IBUF, taddr=N * K, lutaddr=0, tlutaddr=nl,
             dbuf=IBUF, daddr=2 * N * K, n=N, k=K, rmul=a["rmul"], shift=a["shift"],
-            kd=int(a["target"] == "kd"), thresh=a.get("thresh", 0))
+            kd=int(a["target"] == "kd"), thresh=a.get("thresh", 0), **_lut_select(em, n))
     em.box(False, IBUF, 2 * N * K, out, (0, 0), (N, K))
 
 
-def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target) -> Emitter:
-    em = Emitter(g, mem, tg)
+def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target,
+             regs: Registers | None = None) -> Emitter:
+    """The program; with `regs` (dynamic formats) it loads the exponent table into XBUF
+    first, moves the exponents (EXPUPD) before the first update and stores the table
+    last."""
+    em = Emitter(g, mem, tg, regs)
     em.where = "prologue"
     em.emit("SEED", mem.symbols["rng_seed"], ddr=mem.symbols["rng_seed"].addr)
+    if regs is not None:
+        xtab = mem.symbols["xtab"]
+        em.box(True, XBUF, 0, xtab, (0,), xtab.shape)
+    moved = regs is None
     for nest in nests:
         n = g.nodes[nest.node]
+        if not moved and n.op == "sgd":
+            em.where = "exponents"
+            em.emit("EXPUPD", xaddr=0, count=regs.count, calm=CALM_STEPS)
+            moved = True
         em.where = f"{n.op} {n.layer or ''} {n.loc or ''}".strip()
         if n.op in ("conv", "linear", "conv_eb", "linear_eb", "conv_wg", "linear_wg"):
             _mac_nest(em, nest, n)
         else:
             _vector_nest(em, nest, n)
     em.where = "epilogue"
+    if regs is not None:
+        em.box(False, XBUF, 0, xtab, (0,), xtab.shape)
     em.emit("END")
     em.finish()
     return em

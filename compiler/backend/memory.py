@@ -29,6 +29,7 @@ class Symbol:
     dtype: str
     exp: int | None
     value: str | None = None     # graph value holding the final content (for verify)
+    xreg: tuple[int, ...] | None = None   # exponent registers (dynamic formats), summed
 
     @property
     def nbytes(self) -> int:
@@ -38,9 +39,12 @@ class Symbol:
         return n * (1 if self.dtype == "i8" else 4)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "addr": self.addr,
-                "shape": list(self.shape), "dtype": self.dtype, "exp": self.exp,
-                "value": self.value}
+        d = {"name": self.name, "kind": self.kind, "addr": self.addr,
+             "shape": list(self.shape), "dtype": self.dtype, "exp": self.exp,
+             "value": self.value}
+        if self.xreg:
+            d["xreg"] = list(self.xreg)
+        return d
 
 
 @dataclass
@@ -65,12 +69,25 @@ class MemoryPlan:
         return s
 
 
-def plan_memory(g: Graph, seed: int, ddr_limit: int) -> MemoryPlan:
+def plan_memory(g: Graph, seed: int, ddr_limit: int, regs=None) -> MemoryPlan:
+    """`regs`: the exponent registers of a dynamic-format program (passes/dynfmt.py): its
+    table becomes the symbol `xtab` and every symbol records its registers."""
+    m = plan_layout(g, seed, ddr_limit, regs)
+    if regs is not None:
+        for s in [*m.symbols.values(), *m.of_value.values()]:
+            if s.value is not None and s.kind != "master":
+                s.xreg = regs.regs(s.value) or None
+    return m
+
+
+def plan_layout(g: Graph, seed: int, ddr_limit: int, regs=None) -> MemoryPlan:
     m = MemoryPlan()
     V = g.values
     for layer, kept in sorted(g.meta.get("mask", {}).items()):
         m.place(f"tab:{layer}", "table", (len(kept),), "i32", init=np.array(kept))
     m.place("rng_seed", "seed", (1,), "i32", init=np.array([seed], np.uint32).view(np.int32))
+    if regs is not None:
+        m.place("xtab", "xtab", (len(regs.table()),), "i32", value="xtab", init=regs.table())
     for cname, vals in sorted(g.consts.items()):
         m.place(cname, "const", (len(vals),), "i32", init=np.array(vals))
     init = g.meta["init"]

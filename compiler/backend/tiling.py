@@ -65,7 +65,11 @@ def in_block(g: Graph, n) -> int:
 
 def sgd_geometry(g: Graph, n) -> tuple[int, int, int]:
     """(rows, blocks, elements per block) of the mask view an sgd node updates."""
-    gshape = g.values[n.inputs[2]].shape
+    if len(n.inputs) == 3:
+        gshape = g.values[n.inputs[2]].shape
+    else:           # no gradient (attr ng): a bias, rows out_idx
+        out_idx = n.attrs["out_idx"]
+        gshape = (len(out_idx) if out_idx is not None else g.values[n.inputs[0]].shape[0],)
     row = 1
     for d in gshape[1:]:
         row *= d
@@ -214,8 +218,9 @@ def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
         elif n.op == "loss_grad":
             N, K = V[n.inputs[0]].shape
             teacher = n.attrs.get("target", "labels") != "labels"    # LOSST: t and TLUT
+            luts = 256 * n.attrs.get("nlut", 1)
             if (3 if teacher else 2) * N * K > tg.ibuf or \
-                    (512 if teacher else N + 256) > tg.abuf:
+                    (luts + 256 if teacher else N + luts) > tg.abuf:
                 raise EdgecError(f"{where}: logits [{N},{K}] do not fit the buffers")
             dims = t = {"n": N}
         elif n.op == "sgd":

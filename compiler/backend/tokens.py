@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from edgec.isa.table import BUFFERS, PATTERNS
+from edgec.isa.table import BUFFERS, PATTERNS, XBUF_WORDS
 
 POP_PREV, POP_NEXT, PUSH_PREV, PUSH_NEXT = 1, 2, 4, 8
 QUEUE = {"load": 0, "compute": 1, "store": 2}
@@ -49,7 +49,20 @@ def _n(*xs) -> int:
 _DMA = {"LD": True, "LDCH": True, "ST": False, "STCH": False}     # name -> is a load
 
 
+_XBUF_ALL = ("XBUF", 0, XBUF_WORDS, True, None)
+
+
 def footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
+    """The instruction's accesses (`_footprint`); an instruction that reads exponents or
+    counts statistics (dyn, st, EXPUPD) counts as reading and writing all of XBUF: only
+    the table's LD and ST on the other queues meet it."""
+    acc = _footprint(name, f, sym, rows)
+    if name == "EXPUPD" or f.get("dyn") or f.get("st"):
+        acc.append(_XBUF_ALL)
+    return acc
+
+
+def _footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
     """[(space, lo, hi, is_write, kind)] of one instruction; spaces IBUF/WBUF/ABUF
     (elements, kind None) and ("DDR", tensor address) (tensors never overlap, so only
     ranges of one tensor are compared).  A DDR range is in bytes (kind None) or, for a
@@ -134,10 +147,10 @@ def footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
                 (B[f["dbuf"]], f["daddr"], f["daddr"] + nk, True, None)]
     if name == "SGD":
         c = f["count"]
-        return [(B[f["gbuf"]], f["gaddr"], f["gaddr"] + c, False, None),
+        return [*([] if f["ng"] else [(B[f["gbuf"]], f["gaddr"], f["gaddr"] + c, False, None)]),
                 ("ABUF", f["maddr"], f["maddr"] + c, True, None),
                 (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True, None)]
-    return []       # SYNC, END
+    return []       # SYNC, END, EXPUPD (XBUF: see footprint)
 
 
 class _Range:

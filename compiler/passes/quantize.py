@@ -19,6 +19,7 @@ from edgec.isa.errors import EdgecError
 
 from ..ir.float_interp import run_float
 from ..ir.graph import Graph
+from .dynfmt import SPAN
 from .mask import calibration_graphs
 
 ACC_MAX = 2**31 - 1
@@ -78,6 +79,7 @@ class QuantizePass:
     example_input: torch.Tensor = None
     params: dict = field(default_factory=dict)      # param name -> float tensor
     headroom: dict = field(default_factory=dict)    # param name -> extra exponent bits
+    dynamic: bool = False           # formats that follow the data (numerics.md section 8)
 
     def apply(self, g: Graph) -> Graph:
         x = self.example_input.float()
@@ -105,6 +107,9 @@ class QuantizePass:
                 continue
             if n.op in ("conv", "linear", "add"):
                 out = self._fuse_activation(g, n, fused)
+                act = a.get("act")
+                if self.dynamic and act is not None and act.op == "hardtanh":
+                    a["act_real"] = [float(act.attrs["lo"]), float(act.attrs["hi"])]
                 if n.op == "add":
                     ea, eb = e(ins[0]), e(ins[1])
                     m = min(ea, eb)
@@ -141,7 +146,12 @@ class QuantizePass:
                 a["shift"] = 31 + e_dz
                 temp = float(a.get("temp", 1.0))      # kd: both softmaxes at T
                 a["lut"] = "lut:softmax"
-                g.consts["lut:softmax"] = exp_lut(e(ins[0]), temp)
+                if self.dynamic:        # one table per exponent the logits can reach
+                    a["lut_lo"], a["nlut"] = e(ins[0]) - SPAN, 2 * SPAN + 1
+                    g.consts["lut:softmax"] = [v for d in range(-SPAN, SPAN + 1)
+                                               for v in exp_lut(e(ins[0]) + d, temp)]
+                else:
+                    g.consts["lut:softmax"] = exp_lut(e(ins[0]), temp)
                 if a.get("target", "labels") != "labels":     # a teacher's logits
                     a["tlut"] = "lut:teacher"
                     g.consts["lut:teacher"] = exp_lut(e(ins[1]), temp)
@@ -157,7 +167,10 @@ class QuantizePass:
                     e_acc = e(ins[0]) + V[self._src(g, ins[1])].exp
                 else:
                     e_acc = e(ins[0]) + e(ins[1])
-                self._set(g, n, out, expo_fit(fv[out]), e_acc)
+                # dynamic: gradients get their full range (the rule coarsens them at
+                # the first saturation); errors trade outliers like activations
+                grad = self.dynamic and n.op in ("conv_wg", "linear_wg", "bias_grad")
+                self._set(g, n, out, expo(fv[out]) if grad else expo_fit(fv[out]), e_acc)
             else:
                 raise EdgecError(f"quantize: unexpected op {n.op}")
         for n in g.nodes:          # views take their parameter's format
@@ -167,7 +180,7 @@ class QuantizePass:
         for p in g.params.values():
             if V[p.value].exp is None:      # a bias of an op that was never quantized
                 raise EdgecError(f"parameter {p.name!r} is not used by a conv/linear")
-            if p.trainable:
+            if p.trainable or (self.dynamic and p.is_bias):   # dynamic: biases re-derived
                 cshift, _ = copy_format(p)
                 g.add_value(f"master:{p.name}", V[p.value].shape, "i32",
                             V[p.value].exp - cshift)
@@ -238,11 +251,11 @@ def initial_data(g: Graph, params: dict) -> dict[str, np.ndarray]:
         master = V.get(f"master:{p.name}")
         if V[p.value].exp is None or (p.trainable and (master is None or master.exp is None)):
             raise EdgecError(f"parameter {p.name!r} has no fixed-point format")
-        e_m = master.exp if p.trainable else V[p.value].exp - cshift
+        e_m = master.exp if master is not None else V[p.value].exp - cshift
         w = params[p.name].detach().double().numpy().reshape(V[p.value].shape)
         bound = ((1 << (cbits - 1)) - 1) << cshift
         m = np.clip(np.rint(w * 2.0 ** (-e_m)), -bound, bound).astype(np.int64)
-        if p.trainable:
+        if master is not None:
             init[f"master:{p.name}"] = m.astype(np.int32)
         init[p.value] = rshift_nearest(m, cshift).astype(np.int32 if cbits > 8 else np.int8)
     return init
@@ -284,9 +297,10 @@ def check_reductions(g: Graph) -> None:
                              "not supported yet)")
 
 
-def lr_fixed(lr: float, de: int) -> tuple[int | None, int]:
-    """(lrshift, lrmul): lr * 2**de ~= lrmul / 2**lrshift with the most precision in int32."""
-    for sh in range(31, -1, -1):
+def lr_fixed(lr: float, de: int, top: int = 31) -> tuple[int | None, int]:
+    """(lrshift, lrmul): lr * 2**de ~= lrmul / 2**lrshift with the most precision in int32
+    and lrshift <= top."""
+    for sh in range(top, -1, -1):
         m = int(np.rint(lr * 2.0 ** (de + sh)))
         if -2**31 <= m < 2**31:
             return sh, m
@@ -298,20 +312,21 @@ class UpdatePass:
     """Append one SGD node per trainable parameter, writing through its mask view."""
     name = "update"
     lr: float = 0.01
+    dynamic: bool = False           # leave room for the gradient's exponent to move
 
     def apply(self, g: Graph) -> Graph:
         V = g.values
         for p in g.params.values():
+            master = f"master:{p.name}"
+            if not p.trainable and master in V:     # dynamic: a frozen bias, re-derived
+                self._rederive(g, p)
             if not p.trainable:
                 continue
             grad = g.outputs[f"grad:{p.name}"]
-            view = next((n for n in g.nodes if n.op == "wview" and n.inputs[0] == p.value),
-                        None)
-            va = view.attrs if view else {"out_idx": None, "in_idx": None, "in_block": 1,
-                                          "out_tab": None, "in_tab": None}
-            master = f"master:{p.name}"
+            va = self._view(g, p)
             cshift, cbits = copy_format(p)
-            lrshift, lrmul = lr_fixed(self.lr, V[grad].exp - V[master].exp)
+            lrshift, lrmul = lr_fixed(self.lr, V[grad].exp - V[master].exp,
+                                      31 - SPAN if self.dynamic else 31)
             if lrshift is None:
                 raise EdgecError(f"learning rate {self.lr} is too large for {p.name!r}: one "
                                  "gradient step would move the weight by more than its range")
@@ -325,3 +340,24 @@ class UpdatePass:
                        layer=p.module, loc=next((n.loc for n in g.nodes
                                                   if p.value in n.inputs), None))
         return g
+
+    @staticmethod
+    def _view(g: Graph, p) -> dict:
+        view = next((n for n in g.nodes if n.op == "wview" and n.inputs[0] == p.value), None)
+        return view.attrs if view else {"out_idx": None, "in_idx": None, "in_block": 1,
+                                        "out_tab": None, "in_tab": None}
+
+    def _rederive(self, g: Graph, p) -> None:
+        """An sgd without a gradient (attr ng): the frozen bias's compute copy re-derived
+        from its master at the step's new exponents."""
+        V, va = g.values, self._view(g, p)
+        cshift, cbits = copy_format(p)
+        newp, newm = f"new:{p.name}", f"newmaster:{p.name}"
+        g.add_value(newp, V[p.value].shape, V[p.value].dtype, V[p.value].exp)
+        g.add_value(newm, V[p.value].shape, "i32", V[f"master:{p.name}"].exp)
+        g.add_node("sgd", [p.value, f"master:{p.name}"], [newp, newm],
+                   {"lr": 0.0, "lrmul": 0, "lrshift": 0, "cshift": cshift, "cbits": cbits,
+                    "ng": True, **{k: va[k] for k in ("out_idx", "in_idx", "in_block",
+                                                      "out_tab", "in_tab")}},
+                   layer=p.module, loc=next((n.loc for n in g.nodes if p.value in n.inputs),
+                                            None))
