@@ -43,7 +43,7 @@ def _box(m, f: dict, mnemonic: str, gathered: bool):
     buf = buf_name(f["buf"], "buf", xbuf=not gathered)    # XBUF: LD and ST only
     esize = f["esize"]
     if esize != _ESIZE[buf]:
-        raise Trap(f"esize={esize} but {buf} needs esize {_ESIZE[buf]}")
+        raise Trap(f"esize={esize} but buf={f['buf']} ({buf}) needs esize {_ESIZE[buf]}")
     if gathered:
         if f["gather"] == 0:
             raise Trap(f"{mnemonic} with gather=0 (use {mnemonic[:-2]} for a plain box)")
