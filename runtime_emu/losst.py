@@ -34,12 +34,10 @@ def op_losst(m, f):
         raise Trap(f"field shift={s} outside [0, 31]")
     if f["thresh"] > 1 << 15:
         raise Trap(f"field thresh={f['thresh']} above 2^15 (Q15 confidence)")
-    db = buf_name(f["dbuf"], "dbuf")
+    zb, tb, db = (buf_name(f[b], b) for b in ("zbuf", "tbuf", "dbuf"))
     check_range(m, db, f["daddr"], n * k, f"LOSST logit error [{n},{k}] at daddr")
-    E, S, _ = _softmax_parts(m, buf_name(f["zbuf"], "zbuf"), f["zaddr"],
-                             lut_addr(m, f, "LOSST"), n, k, "student")
-    F, ST, first = _softmax_parts(m, buf_name(f["tbuf"], "tbuf"), f["taddr"], f["tlutaddr"],
-                                  n, k, "teacher")
+    E, S, _ = _softmax_parts(m, zb, f["zaddr"], lut_addr(m, f, "LOSST"), n, k, "student")
+    F, ST, first = _softmax_parts(m, tb, f["taddr"], f["tlutaddr"], n, k, "teacher")
     P = (E << 15) // S
     if f["kd"]:
         G = P - (F << 15) // ST
