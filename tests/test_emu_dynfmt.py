@@ -572,3 +572,124 @@ def test_lossg_dyn_table_past_abuf_traps():
                                              lutaddr=TARGET.abuf - 1000, n=1, k=2, rmul=1,
                                              dyn=1, xz=0, lutlo=0, nlut=4))], d)
     assert t.mnemonic == "LOSSG" and "ABUF" in str(t) and "lutaddr" in str(t), str(t)
+
+
+# ---------------------------------------------------------------- host: current exponents
+def _dyn_host_program():
+    """in:x [N, F] @ fc.weight^T -> logits through RQ dyn=1 st=1, then EXPUPD and the
+    table stored back: registers 0 zero, 1 x (static), 2 fc.weight (moves finer), 3 logits
+    (saturates: moves coarser)."""
+    from test_emu_util import build
+    N, F, K = 3, 6, 4
+    rng = np.random.default_rng(11)
+    w = rng.integers(-127, 128, (K, F)).astype(np.int8)
+    names = ["zero", "x", "fc.weight", "logits"]
+    R = len(names)
+    E = [0, -5, -7, -5]
+    T = (E + E + [0, 0, 7, 0] + [0] * (4 * R) + [0, -5, -9, -7] + [0, -5, -4, -1]
+         + [0, 0, 0, 0])
+    d = DDR()
+
+    def sym(name, kind, xreg=None):
+        s = d.symbols[-1]
+        s.update(name=name, kind=kind)
+        if xreg is not None:
+            s["xreg"] = xreg
+
+    ax = d.reserve(N * F, "in:x", [N, F], exp=-5)
+    sym("in:x", "input", [1])
+    d.reserve(4 * N, "in:labels", [N], dtype="i32")
+    asd = d.reserve(4, "rng_seed", [1], dtype="i32")
+    aw = d.put(w, "i8", "fc.weight", -6)                     # compile-time exp: stale
+    sym("fc.weight", "param", [2])
+    d.put(w.astype(np.int32) << 16, "i32", "fc.weight:master", -22)
+    sym("fc.weight:master", "master")
+    d.put(np.array([5, -7], np.int32), "i32", "fc.bias", 0)
+    sym("fc.bias", "param", [1, 2])
+    az = d.reserve(N * K, "logits", [N, K], exp=-3)
+    sym("logits", "act", [3])
+    d.put(np.zeros(N * K, np.int8), "i8", "static", -4)
+    sym("static", "act", [])
+    at = d.put(np.array(T, np.int32), "i32", "xtab", None)
+    sym("xtab", "xtab")
+    meta = {"logits": "logits", "xregs": names, "params": [
+        {"name": "fc.weight", "shape": [K, F], "master": "fc.weight:master", "grad": None,
+         "out_tab": None, "in_tab": None, "in_block": 1}]}
+    xs = 3 * R + 2 * 3
+    prog = [("LD", ld(XBUF, 0, at, (1, 1, 1, 10 * R), (0, 0, 0, 1), esize=4)),
+            ("SEED", dict(ddr=asd)),
+            ("LD", ld(IBUF, 0, ax, (N, F, 1, 1), (F, 1, 0, 0))),
+            ("LD", ld(WBUF, 0, aw, (K, F, 1, 1), (F, 1, 0, 0))),
+            ("MAC", dict(pattern=0, abuf=IBUF, aaddr=0, bbuf=WBUF, baddr=0, caddr=0, n=N,
+                         ci=F, co=K, xh=1, xw=1, yh=1, yw=1, kh=1, kw=1, sh=1, sw=1, g=1)),
+            ("RQ", dict(saddr=0, dbuf=IBUF, daddr=100, n0=1, n1=1, n2=N, n3=K, lo=-127,
+                        hi=127, dyn=1, xo=3, xa=1, xb=2, st=1, xs=xs)),
+            ("ST", ld(IBUF, 100, az, (1, 1, N, K), (0, 0, K, 1))),
+            ("EXPUPD", dict(xaddr=0, count=R, calm=8)),
+            ("ST", ld(XBUF, 0, at, (1, 1, 1, 10 * R), (0, 0, 0, 1), esize=4))]
+    return build(prog, d, meta=meta), w, T, names
+
+
+def test_host_reads_current_exponents():
+    from edgec.runtime_emu.host import exponent_moves, read_real, run_step
+    p, w, T, names = _dyn_host_program()
+    N, F = 3, w.shape[1]
+    R = len(names)
+    x = np.random.default_rng(2).normal(0, 3, (N, F))
+    out, m = run_step(p, TARGET, x, np.array([0, 1, 2]))
+    xq = [[sat_py(round(float(v) * 2**5)) for v in row] for row in x]   # e_x = E[x] = -5
+    assert out["sym/in:x"].tolist() == xq
+    shift = -5 + 5 + 7                                # E[logits] - E[x] - E[fc.weight]
+    rs = [[rshift_py(sum(xq[n][f] * int(w[k, f]) for f in range(F)), shift, "nearest")
+           for k in range(w.shape[0])] for n in range(N)]
+    z = [[sat_py(r) for r in row] for row in rs]
+    assert out["sym/logits"].tolist() == z
+    sats = sum(abs(r) > 127 for row in rs for r in row)
+    assert sats > 0
+    T_run = list(T)
+    T_run[3 * R + 6], T_run[3 * R + 7] = sats, max(abs(q) for row in z for q in row)
+    want = _expupd_py(T_run, R, 8)
+    assert out["xtab"].tolist() == want and out["xtab"].dtype == np.int32
+    assert want[:R] == [0, -5, -8, -4]                # weight finer, logits coarser
+    assert {k: int(v) for k, v in out.items() if k.startswith("exp/")} == \
+        {"exp/zero": 0, "exp/x": -5, "exp/fc.weight": -8, "exp/logits": -4}
+    # logits: the exponent the step computed with (P = -5), not the new E (-4) nor the
+    # symbol's compile-time exp (-3)
+    np.testing.assert_array_equal(out["logits"], np.array(z, np.float32) * np.float32(2.0**-5))
+    np.testing.assert_array_equal(read_real(m, "logits"), out["logits"])
+    zr = np.array(z, np.float64) * 2.0**-5
+    loss = sum(math.log(sum(math.exp(v) for v in zr[n])) - zr[n, lab] for n, lab in
+               enumerate([0, 1, 2])) / N
+    assert float(out["loss"]) == np.float32(loss)
+    # parameters: E after the move (the copies are derived there), sums over registers
+    np.testing.assert_array_equal(read_real(m, "fc.weight"),
+                                  w.astype(np.float32) * np.float32(2.0**-8))
+    assert read_real(m, "fc.bias").tolist() == [5 * 2.0**-13, -7 * 2.0**-13]
+    # no xreg (master, empty list): the symbol's exp
+    np.testing.assert_array_equal(out["param/fc.weight"],
+                                  (w.astype(np.float64) * 2.0**-6).astype(np.float32))
+    assert read_real(m, "static").tolist() == [0.0] * 12
+    # the moves of this step
+    moves = exponent_moves(T, out["xtab"], names)
+    assert moves == [
+        {"register": 2, "name": "fc.weight", "old": -7, "new": -8, "saturations": 0,
+         "max_q": 0},
+        {"register": 3, "name": "logits", "old": -5, "new": -4, "saturations": sats,
+         "max_q": 127}]
+    assert exponent_moves(out["xtab"], out["xtab"], names) == []
+
+
+def test_host_xtab_errors():
+    from edgec.isa.errors import EdgecError
+    from edgec.runtime_emu.host import exponent_moves, read_real
+    from edgec.runtime_emu.machine import Machine
+    p, w, T, names = _dyn_host_program()
+    m = Machine(p, TARGET)
+    next(s for s in p.symbols if s["name"] == "fc.weight")["xreg"] = [4]
+    with pytest.raises(EdgecError, match=r"xreg \[4\].*\[0, 4\)"):
+        read_real(m, "fc.weight")
+    p.meta["xregs"] = names[:3]
+    with pytest.raises(EdgecError, match="xregs"):
+        read_real(m, "fc.weight")
+    with pytest.raises(EdgecError, match="10 words per register"):
+        exponent_moves(T, T[:30], names)
