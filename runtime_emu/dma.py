@@ -18,7 +18,7 @@ from edgec.isa.table import BUFFERS
 
 from .state import Trap, buf_name, check_range, nonzero
 
-_ESIZE = {"IBUF": 1, "WBUF": 1, "ABUF": 4}
+_ESIZE = {"IBUF": 1, "WBUF": 1, "ABUF": 4, "XBUF": 4}
 _DT = {1: np.dtype("<i1"), 4: np.dtype("<i4")}
 
 
@@ -40,10 +40,10 @@ def _read_table(m, addr: int, n: int, name: str) -> np.ndarray:
 
 def _box(m, f: dict, mnemonic: str, gathered: bool):
     """Validate a DMA word; return (buf, esize, count, byte addresses [count], table bytes)."""
-    buf = buf_name(f["buf"], "buf")
+    buf = buf_name(f["buf"], "buf", xbuf=not gathered)    # XBUF: LD and ST only
     esize = f["esize"]
     if esize != _ESIZE[buf]:
-        raise Trap(f"esize={esize} but {buf} needs esize {_ESIZE[buf]}")
+        raise Trap(f"esize={esize} but buf={f['buf']} ({buf}) needs esize {_ESIZE[buf]}")
     if gathered:
         if f["gather"] == 0:
             raise Trap(f"{mnemonic} with gather=0 (use {mnemonic[:-2]} for a plain box)")
@@ -146,7 +146,7 @@ def _fast_box(m, f):
     b = f["buf"]
     if b >= len(BUFFERS):
         return None
-    buf = BUFFERS[b]
+    buf = BUFFERS[b]                  # XBUF too: the fast path serves LD and ST only
     p = _box_plan(_BOX_KEY(f))
     if (p is None or f["esize"] != _ESIZE[buf] or f["baddr"] + p.count > m.bufs[buf].size
             or f["ddr"] + p.extent > m.ddr.size):

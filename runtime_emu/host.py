@@ -1,4 +1,12 @@
-"""Host side: feed a program's inputs through its symbol table, run, collect out.npz."""
+"""Host side: feed a program's inputs through its symbol table, run, collect out.npz.
+
+Dynamic fixed point (docs/numerics.md section 8): a program may carry the exponent table
+as the DDR symbol ``xtab`` (int32 [10 R]) and the register names as meta ``xregs``; a
+symbol with a list ``xreg`` of register indices then has a CURRENT exponent, the sum over
+its registers of E (kind "param": the compute copies, derived after the move) or of P
+(every other kind: the exponent the step computed with).  Without a table or an ``xreg``
+the symbol's compile-time ``exp`` holds.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -32,6 +40,66 @@ def _exp(s: dict) -> int:
     return e
 
 
+XTAB = "xtab"                        # the exponent table's DDR symbol
+XTAB_ROWS = 10                       # E, P, C, (S, Q) x 2, (S', Q') x 2, lo, hi, thr
+
+
+def _xtab_symbol(program: Program) -> dict | None:
+    s = next((s for s in program.symbols if s["name"] == XTAB), None)
+    if s is None:
+        return None
+    n = int(np.prod(_shape(s), dtype=np.int64))
+    if s["dtype"] != "i32" or n == 0 or n % XTAB_ROWS:
+        raise EdgecError(f"symbol {XTAB!r} is {s['dtype']} {list(_shape(s))}, expected i32 "
+                         f"[{XTAB_ROWS} R]")
+    names = program.meta.get("xregs")
+    if names is not None and (not isinstance(names, list) or len(names) * XTAB_ROWS != n):
+        raise EdgecError(f"program meta 'xregs' must list the {n // XTAB_ROWS} register "
+                         f"names of the {n}-word table {XTAB!r}")
+    return s
+
+
+def read_xtab(machine: Machine) -> np.ndarray | None:
+    """The exponent table as it is in DDR now (int32 [10 R], a copy), None without one."""
+    if _xtab_symbol(machine.program) is None:
+        return None
+    return read_symbol(machine, XTAB).reshape(-1)
+
+
+def symbol_exp(s: dict, xtab: np.ndarray | None, row: str | None = None) -> int:
+    """A symbol's current exponent: the sum over its registers (``xreg``) of E (``row``
+    "E"; by default for kind "param") or P (row "P"; by default every other kind) in
+    `xtab`; its compile-time ``exp`` without a table or registers."""
+    regs = s.get("xreg")
+    if xtab is None or not regs:
+        return _exp(s)
+    R = xtab.size // XTAB_ROWS
+    if not isinstance(regs, list) or not all(isinstance(r, int) and not isinstance(r, bool)
+                                             and 0 <= r < R for r in regs):
+        raise EdgecError(f"symbol {s['name']!r}: xreg {regs!r} is not a list of register "
+                         f"indices in [0, {R})")
+    if row is None:
+        row = "E" if s.get("kind") == "param" else "P"
+    base = 0 if row == "E" else R
+    return sum(int(xtab[base + r]) for r in regs)
+
+
+def exponent_moves(before_xtab, after_xtab, names) -> list[dict]:
+    """The registers whose exponent E changed between two tables (in register order):
+    {"register", "name", "old", "new", "saturations" (S', the step's count that drove the
+    move), "max_q" (Q')}."""
+    a = np.asarray(before_xtab, dtype=np.int64).reshape(-1)
+    b = np.asarray(after_xtab, dtype=np.int64).reshape(-1)
+    R = b.size // XTAB_ROWS
+    if a.size != b.size or b.size != R * XTAB_ROWS or len(names) != R:
+        raise EdgecError(f"exponent tables of {a.size} and {b.size} words for {len(names)} "
+                         f"registers: expected {XTAB_ROWS} words per register")
+    moved = np.flatnonzero(a[:R] != b[:R])
+    return [{"register": int(r), "name": names[r], "old": int(a[r]), "new": int(b[r]),
+             "saturations": int(b[5 * R + 2 * r]), "max_q": int(b[5 * R + 2 * r + 1])}
+            for r in moved]
+
+
 def _span(machine: Machine, s: dict) -> tuple[int, int]:
     if s["dtype"] not in _NP:
         raise EdgecError(f"symbol {s['name']!r}: unknown dtype {s['dtype']!r}")
@@ -59,13 +127,14 @@ def read_symbol(machine: Machine, name: str) -> np.ndarray:
 
 def read_real(machine: Machine, name: str) -> np.ndarray:
     """The symbol's values times 2**exp as float32 in its shape, each rounded once (to
-    nearest even), as float64 arithmetic then a float32 rounding would give.  Where
+    nearest even), as float64 arithmetic then a float32 rounding would give.  `exp` is
+    the symbol's current exponent (symbol_exp over the table in DDR).  Where
     every nonzero |v| * 2**exp stays in float32's normal range (|v| in [1, 2**31],
     -126 <= exp <= 96), rounding v to float32 first and scaling by 2**exp after is the
     same single rounding (scaling by a power of two is exact there) at a third of the
     memory traffic."""
     s, v = _raw(machine, name)
-    e = _exp(s)
+    e = symbol_exp(s, read_xtab(machine) if s.get("xreg") else None)
     if -126 <= e <= 96:
         r = v.astype(np.float32)
         r *= np.float32(2.0 ** e)
@@ -239,7 +308,8 @@ def _subset_labels(lab: np.ndarray, ids: list[int]) -> np.ndarray:
 def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
     """Write x, labels (and the seed) into `m`, run it, collect the out dict."""
     xs = _sym(program, "in:x")
-    write_symbol(m, "in:x", quantize_input(x, _exp(xs), _shape(xs)))
+    e_x = symbol_exp(xs, read_xtab(m), "E")         # the exponent this step will use
+    write_symbol(m, "in:x", quantize_input(x, e_x, _shape(xs)))
     logits_name = program.meta.get("logits")
     if logits_name is None:
         raise EdgecError("program meta has no 'logits' entry")
@@ -285,14 +355,15 @@ def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
     m.run()
 
     out: dict[str, np.ndarray] = {}
-    z = read_symbol(m, logits_name).astype(np.float64) * 2.0 ** _exp(ls)
+    xtab = read_xtab(m)
+    z = read_symbol(m, logits_name).astype(np.float64) * 2.0 ** symbol_exp(ls, xtab)
     z2 = z.reshape(z.shape[0], -1)
     mx = z2.max(axis=1, keepdims=True)
     lse = mx[:, 0] + np.log(np.exp(z2 - mx).sum(axis=1))
     lab2 = lab.reshape(-1).astype(np.int64)
     if teacher:
         ts = _sym(program, str(program.meta.get("teacher_logits")))
-        t = read_symbol(m, ts["name"]).astype(np.float64) * 2.0 ** _exp(ts)
+        t = read_symbol(m, ts["name"]).astype(np.float64) * 2.0 ** symbol_exp(ts, xtab)
         try:
             out["loss"] = np.float32(teacher_loss(z2, t.reshape(z2.shape), teacher))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -308,6 +379,10 @@ def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
             raise EdgecError(f"parameter {p['name']!r}: {e}") from None
     for s in program.symbols:
         out[f"sym/{s['name']}"] = read_symbol(m, s["name"])
+    if xtab is not None:
+        out["xtab"] = xtab
+        for r, reg in enumerate(program.meta.get("xregs") or []):
+            out[f"exp/{reg}"] = np.int32(xtab[r])          # E after the step
     for b in program.meta.get("adapt_bn", []):
         mean, var = bn_statistics(program, out, b)
         out[f"bn/{b['module']}.running_mean"] = mean
@@ -319,11 +394,14 @@ def bn_statistics(program: Program, out: dict, b: dict) -> tuple[np.ndarray, np.
     """A BatchNorm's running mean and variance (float32, PyTorch's convention) implied by
     its constants after an adapt-bn run (a meta "adapt_bn" entry): scale s = 1/sqrt(var +
     eps) and -mean as the conv bias (mode 0) or shift t = -mean * s (mode 1)."""
+    xtab = out.get("xtab")
+
     def real(name):
         sym = _sym(program, f"param:{name}")
-        return out[f"sym/param:{name}"].reshape(-1).astype(np.float64) * 2.0 ** _exp(sym)
+        return (out[f"sym/param:{name}"].reshape(-1).astype(np.float64)
+                * 2.0 ** symbol_exp(sym, xtab))
     qs = _sym(program, f"param:{b['q']}")
-    s = np.maximum(real(b["q"]), 0.5 * 2.0 ** _exp(qs))     # a zero scale: the widest var
+    s = np.maximum(real(b["q"]), 0.5 * 2.0 ** symbol_exp(qs, xtab))  # a zero scale: widest var
     t = real(b["b"])
     mean = -t if b["mode"] == 0 else -t / s
     var = np.maximum(1.0 / (s * s) - float(b["eps"]), 0.0)

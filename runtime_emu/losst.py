@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .numerics import rshift, sat8
-from .state import Trap, buf_name, check_range, nonzero, read_buf, vector_cycles, write_buf
+from .state import (Trap, buf_name, check_range, lut_addr, nonzero, read_buf, vector_cycles,
+                    write_buf)
 
 
 def _softmax_parts(m, buf, addr, lutaddr, n, k, what):
@@ -33,12 +34,10 @@ def op_losst(m, f):
         raise Trap(f"field shift={s} outside [0, 31]")
     if f["thresh"] > 1 << 15:
         raise Trap(f"field thresh={f['thresh']} above 2^15 (Q15 confidence)")
-    db = buf_name(f["dbuf"], "dbuf")
+    zb, tb, db = (buf_name(f[b], b) for b in ("zbuf", "tbuf", "dbuf"))
     check_range(m, db, f["daddr"], n * k, f"LOSST logit error [{n},{k}] at daddr")
-    E, S, _ = _softmax_parts(m, buf_name(f["zbuf"], "zbuf"), f["zaddr"], f["lutaddr"], n, k,
-                             "student")
-    F, ST, first = _softmax_parts(m, buf_name(f["tbuf"], "tbuf"), f["taddr"], f["tlutaddr"],
-                                  n, k, "teacher")
+    E, S, _ = _softmax_parts(m, zb, f["zaddr"], lut_addr(m, f, "LOSST"), n, k, "student")
+    F, ST, first = _softmax_parts(m, tb, f["taddr"], f["tlutaddr"], n, k, "teacher")
     P = (E << 15) // S
     if f["kd"]:
         G = P - (F << 15) // ST

@@ -4,7 +4,7 @@
     counters = m.run()              # until END; TrapError on any fault
 
 State: `ddr` (uint8, program.ddr_size bytes, data section at 0), `bufs` {"IBUF": int8,
-"WBUF": int8, "ABUF": int32}, `seed` (uint32 register, 0 until SEED), `log` (accesslog.py:
+"WBUF": int8, "ABUF": int32, "XBUF": int32 (XBUF_WORDS words, the exponent table)}, `seed` (uint32 register, 0 until SEED), `log` (accesslog.py:
 what every DMA read and wrote; `read_map`, uint8 per DDR byte, 1 once any DMA read it, and
 `last_writer`, int32 per DDR byte, the index of the instruction that last stored it or -1
 for the initial image / host, are replayed from it on demand), `counters`.
@@ -26,7 +26,7 @@ import numpy as np
 from edgec.isa.container import Program
 from edgec.isa.encoding import decode, decode_all
 from edgec.isa.errors import EdgecError, TrapError
-from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES
+from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES, XBUF_WORDS
 from edgec.isa.target import Target
 
 from .accesslog import AccessLog
@@ -66,7 +66,8 @@ class Machine:
             self.ddr = np.zeros(program.ddr_size, dtype=np.uint8)
             self.bufs = {"IBUF": np.zeros(target.ibuf, dtype=np.int8),
                          "WBUF": np.zeros(target.wbuf, dtype=np.int8),
-                         "ABUF": np.zeros(target.abuf, dtype=np.int32)}
+                         "ABUF": np.zeros(target.abuf, dtype=np.int32),
+                         "XBUF": np.zeros(XBUF_WORDS, dtype=np.int32)}
         except MemoryError:
             raise EdgecError(f"cannot allocate the emulated memories ({program.ddr_size} DDR "
                              f"bytes) on this host") from None
@@ -115,6 +116,10 @@ class Machine:
     @property
     def abuf(self) -> np.ndarray:
         return self.bufs["ABUF"]
+
+    @property
+    def xbuf(self) -> np.ndarray:
+        return self.bufs["XBUF"]
 
     def step(self) -> None:
         """Execute the instruction at `pc` (TrapError on a fault, or past the end)."""

@@ -8,6 +8,7 @@ from edgec.isa.table import INSTRS
 
 from .bnstat import op_bnadapt, op_cstat
 from .dma import op_ld, op_ldch, op_seed, op_st, op_stch
+from .expupd import op_expupd
 from .losst import op_losst
 from .mac import op_mac
 from .timing import op_sync
@@ -21,7 +22,7 @@ OPS = {
     "RQ": op_rq, "VMASK": op_vmask, "MAXP": op_maxp, "MAXPB": op_maxpb,
     "RSUM": op_rsum, "LOSSG": op_lossg, "SGD": op_sgd, "VADD": op_vadd,
     "CSTAT": op_cstat, "BNADAPT": op_bnadapt,
-    "LOSST": op_losst,
+    "LOSST": op_losst, "EXPUPD": op_expupd,
 }
 
 _missing = {i.name for i in INSTRS} - set(OPS)

@@ -1,4 +1,10 @@
-"""Vector-unit instructions: RQ, VMASK, VADD, MAXP, MAXPB, RSUM, LOSSG, SGD (and END)."""
+"""Vector-unit instructions: RQ, VMASK, VADD, MAXP, MAXPB, RSUM, LOSSG, SGD (and END).
+
+Dynamic fixed point (docs/numerics.md section 8): with dyn=1, RQ, VADD and SGD take their
+shifts from exponents in XBUF and LOSSG its exp table from X[xz]; with st=1, RQ, VADD and
+SGD add their saturation count and largest |result| into the XBUF pair at xs.  With
+dyn=0, st=0 (and SGD ng=0) every instruction runs exactly the code it always did.
+"""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -7,10 +13,10 @@ import numpy as np
 
 from edgec.isa.table import ROUND_MODES
 
-from .numerics import INT32_MAX, clamp, rshift, rshift32, sat8
+from .numerics import INT32_MAX, clamp, rshift, rshift32, sat, sat8
 from .rng import index_hash, rand32_at
-from .state import (INT8_BUFS, Trap, buf_name, check_range, nonzero, read_buf, vector_cycles,
-                    write_buf)
+from .state import (INT8_BUFS, Trap, buf_name, check_range, lut_addr, nonzero, read_buf,
+                    vector_cycles, write_buf, x_check, x_get, x_stats)
 
 
 def op_end(m, f):
@@ -33,6 +39,42 @@ def _shift(f):
     return s
 
 
+def _in_range(value: int, lo: int, hi: int, what: str) -> int:
+    if not lo <= value <= hi:
+        raise Trap(f"{what} = {value} outside [{lo}, {hi}]")
+    return value
+
+
+def _rq_dyn_shift(m, f) -> int:
+    """RQ dyn=1: shift = X[xo] - X[xa] - X[xb]."""
+    eo, ea, eb = (x_get(m, f, k) for k in ("xo", "xa", "xb"))
+    return _in_range(eo - ea - eb, -31, 31,
+                     f"RQ dyn shift X[xo] - X[xa] - X[xb] = {eo} - {ea} - {eb}")
+
+
+def _vadd_dyn_shifts(m, f) -> tuple[int, int, int]:
+    """VADD dyn=1: (sa, sb, shift) from m = min(X[xa], X[xb]) (nb=0: m = X[xa], sb = 0,
+    X[xb] not read: B is absent)."""
+    ea = x_get(m, f, "xa")
+    eb = x_get(m, f, "xb") if f["nb"] else ea
+    eo = x_get(m, f, "xo")
+    lo = min(ea, eb)
+    sa = _in_range(ea - lo, 0, 31, f"VADD dyn sa = X[xa] - m = {ea} - {lo}")
+    sb = _in_range(eb - lo, 0, 31, f"VADD dyn sb = X[xb] - m = {eb} - {lo}")
+    return sa, sb, _in_range(eo - lo, -31, 31, f"VADD dyn shift = X[xo] - m = {eo} - {lo}")
+
+
+def _int8_stats(m, f, r, q, lo: int, hi: int) -> None:
+    """st=1 of RQ/VADD: saturations of the rounded values r (r > 127 while hi = 127, r <
+    -127 while lo = -127; other clamps are not saturations), largest |q| stored."""
+    n = 0
+    if hi == 127:
+        n += int(np.count_nonzero(r > 127))
+    if lo == -127:
+        n += int(np.count_nonzero(r < -127))
+    x_stats(m, f, n, int(np.abs(q).max()))
+
+
 @lru_cache(maxsize=1024)
 def _tile_hash(n: tuple, g: tuple) -> np.ndarray:
     """index_hash of i0*g0 + i1*g1 + i2*g2 + i3*g3 over the tile [n0, n1, n2, n3], flat."""
@@ -50,9 +92,11 @@ def op_rq(m, f):
     n0, n1, n2, n3 = f["n0"], f["n1"], f["n2"], f["n3"]
     count = n0 * n1 * n2 * n3
     dbuf = buf_name(f["dbuf"], "dbuf")
-    s = _shift(f)
+    s = _rq_dyn_shift(m, f) if f["dyn"] else _shift(f)
     lo, hi = _clamp_bounds(f, "RQ")
     mode = ROUND_MODES[f["mode"]]
+    if f["st"]:
+        x_check(f["xs"], 2, "xs")
     check_range(m, dbuf, f["daddr"], count, f"RQ result tile [{n0},{n1},{n2},{n3}] at daddr")
     v = read_buf(m, "ABUF", f["saddr"], count, f"RQ source tile [{n0},{n1},{n2},{n3}] at saddr")
     if s > 0:
@@ -64,7 +108,10 @@ def op_rq(m, f):
     else:
         q = rshift(v.astype(np.int64), s, mode)
     # -127 <= lo <= hi <= 127: clamping to [lo, hi] includes sat8, and the result fits
-    write_buf(m, dbuf, f["daddr"], clamp(q, lo, hi), "RQ result", fits=True)
+    res = clamp(q, lo, hi)
+    write_buf(m, dbuf, f["daddr"], res, "RQ result", fits=True)
+    if f["st"]:
+        _int8_stats(m, f, q, res, lo, hi)
     return vector_cycles(m, count)
 
 
@@ -88,23 +135,31 @@ def op_vadd(m, f):
         if b not in INT8_BUFS:
             raise Trap(f"field {k}={b}: VADD operands and result must be int8 (IBUF or WBUF)")
         bufs[k] = b
-    s = _shift(f)
+    if f["dyn"]:
+        sa, sb, s = _vadd_dyn_shifts(m, f)
+    else:
+        sa, sb, s = f["sa"], f["sb"], _shift(f)
     lo, hi = _clamp_bounds(f, "VADD")
     mode = ROUND_MODES[f["mode"]]
+    if f["st"]:
+        x_check(f["xs"], 2, "xs")
     check_range(m, bufs["dbuf"], f["daddr"], c, "VADD result at daddr")
     v = read_buf(m, bufs["abuf"], f["aaddr"], c, "VADD operand A at aaddr").astype(np.int64)
-    v = v << np.int64(f["sa"])                          # |v| <= 2**38: no int64 overflow
+    v = v << np.int64(sa)                               # |v| <= 2**38: no int64 overflow
     if f["nb"]:
         B = read_buf(m, bufs["bbuf"], f["baddr"], c, "VADD operand B at baddr")
-        v = v + (B.astype(np.int64) << np.int64(f["sb"]))
+        v = v + (B.astype(np.int64) << np.int64(sb))
     if s < 0:
         # v * 2**-s may leave int64; any |v| >= 128 saturates to the same +-127 anyway
         v = clamp(v, -128, 128)
     r = None
     if mode == "stochastic" and s > 0:
         r = rand32_at(m.seed, f["tid"], f["gbase"], _tile_hash((c, 1, 1, 1), (1, 0, 0, 0)))
-    q = clamp(rshift(v, s, mode, r), lo, hi)           # includes sat8: see op_rq
+    rounded = rshift(v, s, mode, r)     # s < 0: the clamp to +-128 keeps r's saturations
+    q = clamp(rounded, lo, hi)                          # includes sat8: see op_rq
     write_buf(m, bufs["dbuf"], f["daddr"], q, "VADD result", fits=True)
+    if f["st"]:
+        _int8_stats(m, f, rounded, q, lo, hi)
     return vector_cycles(m, c)
 
 
@@ -232,7 +287,7 @@ def op_lossg(m, f):
     z = read_buf(m, zb, f["zaddr"], n * k, f"LOSSG logits [{n},{k}] at zaddr")
     z = z.astype(np.int64).reshape(n, k)
     lab = read_buf(m, "ABUF", f["laddr"], n, f"LOSSG labels [{n}] at laddr").astype(np.int64)
-    lut = read_buf(m, "ABUF", f["lutaddr"], 256, "LOSSG exp table [256] at lutaddr")
+    lut = read_buf(m, "ABUF", lut_addr(m, f, "LOSSG"), 256, "LOSSG exp table [256] at lutaddr")
     lut = lut.astype(np.int64)
     bad = (lab < 0) | (lab >= k)
     if bad.any():
@@ -254,12 +309,20 @@ def op_lossg(m, f):
     return vector_cycles(m, n * k)
 
 
-def op_sgd(m, f):
-    c = f["count"]
-    gb, db = buf_name(f["gbuf"], "gbuf"), buf_name(f["dbuf"], "dbuf")
+def _sgd_shifts(m, f) -> tuple[int, int, int]:
+    """(lrshift, cshift, bound) of an SGD word: its fields, or with dyn=1 lrshift =
+    lrbase - X[xg], cshift = X[xc] + X[xd] - emas, bound = mbound."""
+    if f["dyn"]:
+        eg, ec, ed = (x_get(m, f, k) for k in ("xg", "xc", "xd"))
+        lrshift = _in_range(f["lrbase"] - eg, 0, 31,
+                            f"SGD dyn lrshift = lrbase - X[xg] = {f['lrbase']} - {eg}")
+        cshift = _in_range(ec + ed - f["emas"], -31, 31,
+                           f"SGD dyn cshift = X[xc] + X[xd] - emas = {ec} + {ed} - {f['emas']}")
+        bound = f["mbound"]
+        if bound > INT32_MAX:
+            raise Trap(f"field mbound={bound}: the master's bound does not fit int32")
+        return lrshift, cshift, bound
     cshift, cbits = f["cshift"], f["cbits"]
-    if not 1 <= cbits <= 32:
-        raise Trap(f"field cbits={cbits} outside [1, 32]")
     if cshift > 31:
         raise Trap(f"field cshift={cshift} outside [0, 31]")
     lrshift = f["lrshift"]
@@ -268,14 +331,35 @@ def op_sgd(m, f):
     bound = ((1 << (cbits - 1)) - 1) << cshift
     if bound > INT32_MAX:
         raise Trap(f"clip bound (2**{cbits - 1}-1) << {cshift} = {bound} does not fit int32")
+    return lrshift, cshift, bound
+
+
+def op_sgd(m, f):
+    c = f["count"]
+    db = buf_name(f["dbuf"], "dbuf")
+    cbits = f["cbits"]
+    if not 1 <= cbits <= 32:
+        raise Trap(f"field cbits={cbits} outside [1, 32]")
+    lrshift, cshift, bound = _sgd_shifts(m, f)
+    if f["st"]:
+        x_check(f["xs"], 2, "xs")
     check_range(m, "ABUF", f["maddr"], c, f"SGD master [{c}] at maddr")
     check_range(m, db, f["daddr"], c, f"SGD compute copy [{c}] at daddr")
     Mv = m.bufs["ABUF"][f["maddr"]:f["maddr"] + c].astype(np.int64)
-    G = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
-    Mn = clamp(Mv - rshift(G * np.int64(f["lrmul"]), lrshift, "nearest"), -bound, bound)
-    C = rshift(Mn, cshift, "nearest")
-    # |Mn| <= bound, a multiple of 2**cshift, so |C| <= 2**(cbits-1) - 1: C provably fits
-    # an int8 buffer when cbits <= 8 and ABUF always; otherwise write_buf checks it first
+    if f["ng"]:                                   # no gradient: gbuf is not read
+        Mn = clamp(Mv, -bound, bound)
+    else:
+        gb = buf_name(f["gbuf"], "gbuf")
+        G = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
+        Mn = clamp(Mv - rshift(G * np.int64(f["lrmul"]), lrshift, "nearest"), -bound, bound)
+    r = rshift(Mn, cshift, "nearest")
+    # static: |Mn| <= bound, a multiple of 2**cshift, so |r| <= 2**(cbits-1) - 1; dyn: the
+    # copy saturates.  Either way C fits an int8 buffer when cbits <= 8 and ABUF always;
+    # otherwise write_buf checks it first
+    C = sat(r, cbits) if f["dyn"] else r
     write_buf(m, db, f["daddr"], C, "SGD compute copy", fits=cbits <= 8 or db == "ABUF")
     m.bufs["ABUF"][f["maddr"]:f["maddr"] + c] = Mn
+    if f["st"]:
+        hi = (1 << (cbits - 1)) - 1
+        x_stats(m, f, int(np.count_nonzero(np.abs(r) > hi)), int(np.abs(C).max()))
     return vector_cycles(m, c)
