@@ -172,6 +172,7 @@ def cmd_run(args) -> int:
     for k in ("x",) if prog.meta.get("teacher") else ("x", "y"):
         if k not in batch:
             raise EdgecError(f"{args.input}: missing array {k!r} (needs x float32 and y int64)")
+    from edgec.runtime_emu.host import exponent_moves, initial_xtab
     try:
         out, m = run_step(prog, tg, batch["x"], batch.get("y"), args.seed)
     except TrapError as e:
@@ -181,6 +182,11 @@ def cmd_run(args) -> int:
     print(f"wrote {args.output}: loss {float(out['loss']):.4f}; {c['instructions']} "
           f"instructions, {c['macs']} MACs, {c['cycles']} cycles, "
           f"{c['ddr_read_bytes']} DDR bytes read, {c['ddr_write_bytes']} written")
+    if "xtab" in out:
+        moves = exponent_moves(initial_xtab(prog), out["xtab"], prog.meta["xregs"])
+        print(f"exponent moves: {len(moves)}" + "".join(
+            f"\n  {mv['name']}: 2^{mv['old']} -> 2^{mv['new']} ({mv['saturations']} "
+            f"saturated, max |q| {mv['max_q']})" for mv in moves))
     return 0
 
 
@@ -224,6 +230,8 @@ def cmd_finetune(args) -> int:
     print(f"{args.steps} steps in {res.seconds:.2f}s ({len(res.params)} trained parameters); "
           f"mean loss first 10% {res.mean_loss('first'):.4f}, last 10% "
           f"{res.mean_loss('last'):.4f}")
+    if c.program.meta.get("xregs"):
+        print(res.moves_summary())
     print(f"accuracy on {on} ({len(ey)} rows, float32 PyTorch): pretrained {acc0:.2f}%"
           + (f", pruned by the mask {pacc0:.2f}%" if pruned else "")
           + f", tuned {acc1:.2f}%")

@@ -109,12 +109,13 @@ def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) 
     return set(names) - select_trainable(names, tuple(train), tuple(freeze), bias_only, bn)
 
 
-def make_passes(mask, example, params, lr, adapt=None) -> list:
+def make_passes(mask, example, params, lr, adapt=None, abuf: int = 1 << 20) -> list:
     """The graph passes after capture, in order (names as in the IR dumps).  `adapt`
     ({BatchNorm module: eps}) makes a BatchNorm adaptation program instead of a training
     step: its last pass appends bn_adapt nodes instead of sgd nodes."""
     if adapt is None:
-        return [PrunePass(), MaskPass(mask), QuantizePass(example, params, dynamic=True),
+        return [PrunePass(), MaskPass(mask),
+                QuantizePass(example, params, dynamic=True, abuf=abuf),
                 UpdatePass(lr, dynamic=True)]
     # BN scales get SCALE_HEADROOM spare bits: adapted variances may be smaller
     room = {f"{bn}:scale": SCALE_HEADROOM for bn in adapt}
@@ -193,7 +194,7 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
 
 def _backend(g: Graph, mask, example, params, lr, seed, tg, model, log, dump,
              search: str = "greedy", adapt=None) -> Compiled:
-    for p in make_passes(mask, example, params, lr, adapt):
+    for p in make_passes(mask, example, params, lr, adapt, tg.abuf):
         log(p.name)
         g = p.apply(g)
         try:

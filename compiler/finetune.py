@@ -31,6 +31,20 @@ class FinetuneResult:
     totals: dict[str, int] = field(default_factory=dict)   # emulator counters, all steps
     seconds: float = 0.0                # wall time of the steps
     session: object = None              # the runtime_emu.host.Session, tuned weights in DDR
+    moves: list = field(default_factory=list)   # exponent moves: dicts with "step" added
+
+    def moves_summary(self) -> str:
+        """One line: how many exponents moved, coarser and finer, and which most."""
+        if not self.moves:
+            return "exponent moves: none"
+        up = sum(m["new"] > m["old"] for m in self.moves)
+        names: dict[str, int] = {}
+        for m in self.moves:
+            names[m["name"]] = names.get(m["name"], 0) + 1
+        top = sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        return (f"exponent moves: {len(self.moves)} ({up} coarser, {len(self.moves) - up} "
+                f"finer) over {len(names)} tensors; most: "
+                + ", ".join(f"{k} x{v}" for k, v in top))
 
     def mean_loss(self, part: str) -> float:
         """Mean loss of the first ('first') or last ('last') 10% of steps (at least 1)."""
@@ -120,7 +134,7 @@ def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
     log(line) gets one progress line every `every` steps (default steps/20) and after the
     last one.
     """
-    from edgec.runtime_emu.host import Session
+    from edgec.runtime_emu.host import Session, exponent_moves, read_xtab
     log = log or (lambda line: None)
     prog = compiled.program
     n = int(compiled.example_input.shape[0])
@@ -137,14 +151,19 @@ def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
     every = every or max(1, steps // 20)
     sess = Session(prog, compiled.target)
     losses, out, t0 = [], None, time.perf_counter()
+    table, names, moves = read_xtab(sess.machine), prog.meta.get("xregs"), []
     for i in range(steps):
         r = batch_rows(i, n, len(x))
         out = sess.step(x[r], y[r], seed=seed + i)
         losses.append(float(out["loss"]))
+        if table is not None:
+            moves += [{**m, "step": i} for m in exponent_moves(table, out["xtab"], names)]
+            table = out["xtab"]
         if (i + 1) % every == 0 or i + 1 == steps:
             log(f"step {i + 1}/{steps}  loss {losses[-1]:.4f}  "
                 f"(mean of last {min(every, i + 1)}: {np.mean(losses[-every:]):.4f})  "
-                f"[{time.perf_counter() - t0:.1f}s]")
+                + (f"exponent moves {len(moves)}  " if table is not None else "")
+                + f"[{time.perf_counter() - t0:.1f}s]")
     seconds = time.perf_counter() - t0
     sd = copy.deepcopy(compiled.model).state_dict()
     params = {}
@@ -160,7 +179,7 @@ def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
         sd[name] = torch.from_numpy(v.astype(np.float32).copy()).to(sd[name].dtype)
     # the user's pruned model: pruned channels output zero, as on the device
     sd = prune_state_dict(compiled, OrderedDict(sd))
-    return FinetuneResult(losses, params, sd, dict(sess.totals), seconds, sess)
+    return FinetuneResult(losses, params, sd, dict(sess.totals), seconds, sess, moves)
 
 
 def emulator_accuracy(compiled, session, x, y) -> float:

@@ -132,7 +132,7 @@ def compile_ir(path: str, log=None):
         mask = {k: list(v) for k, v in g.meta.get("mask", {}).items()}
     stages = ("capture",) + PIPELINE
     todo = PIPELINE[stages.index(stage):] if stage in stages else ()
-    for pas in make_passes(mask, example, params, float(lr)):
+    for pas in make_passes(mask, example, params, float(lr), abuf=tg.abuf):
         name = pas.name
         if name not in todo:
             continue

@@ -66,6 +66,15 @@ def read_xtab(machine: Machine) -> np.ndarray | None:
     return read_symbol(machine, XTAB).reshape(-1)
 
 
+def initial_xtab(program: Program) -> np.ndarray | None:
+    """The exponent table of the program's initial DDR image (None without one)."""
+    s = _xtab_symbol(program)
+    if s is None:
+        return None
+    n = int(np.prod(_shape(s), dtype=np.int64))
+    return np.frombuffer(program.data, dtype="<i4", count=n, offset=int(s["addr"])).copy()
+
+
 def symbol_exp(s: dict, xtab: np.ndarray | None, row: str | None = None) -> int:
     """A symbol's current exponent: the sum over its registers (``xreg``) of E (``row``
     "E"; by default for kind "param") or P (row "P"; by default every other kind) in

@@ -198,6 +198,11 @@ def _constraints(g: Graph, R: Registers):
             regs = (R.of[o], R.of[n.inputs[0]], R.of[n.inputs[1]])
             yield regs, lambda e: e[0] - min(e[1], e[2]), -31, 31
             yield regs, lambda e: abs(e[1] - e[2]), 0, 31
+        elif n.op == "loss_grad":       # an exp table for every reachable logit exponent
+            lo, k = n.attrs.get("lut_lo"), n.attrs.get("nlut", 1)
+            z = R.of[n.inputs[0]]
+            lo = R.e0[z] if lo is None else lo
+            yield (z,), lambda e, b=lo: e[0] - b, 0, k - 1
         elif n.op == "sgd" and len(n.inputs) == 3:
             g_reg = R.of[n.inputs[2]]
             base = n.attrs["lrshift"] + V[n.inputs[2]].exp

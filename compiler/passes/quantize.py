@@ -80,6 +80,7 @@ class QuantizePass:
     params: dict = field(default_factory=dict)      # param name -> float tensor
     headroom: dict = field(default_factory=dict)    # param name -> extra exponent bits
     dynamic: bool = False           # formats that follow the data (numerics.md section 8)
+    abuf: int = 1 << 20             # accumulator buffer words: room for the exp tables
 
     def apply(self, g: Graph) -> Graph:
         x = self.example_input.float()
@@ -146,13 +147,17 @@ class QuantizePass:
                 a["shift"] = 31 + e_dz
                 temp = float(a.get("temp", 1.0))      # kd: both softmaxes at T
                 a["lut"] = "lut:softmax"
-                if self.dynamic:        # one table per exponent the logits can reach
-                    a["lut_lo"], a["nlut"] = e(ins[0]) - SPAN, 2 * SPAN + 1
-                    g.consts["lut:softmax"] = [v for d in range(-SPAN, SPAN + 1)
+                teacher = a.get("target", "labels") != "labels"
+                # dynamic: one table per exponent the logits can reach, as many as the
+                # loss's ABUF (labels or the teacher's table beside them) holds
+                span = min(SPAN, ((self.abuf - (256 if teacher else N)) // 256 - 1) // 2)
+                if self.dynamic and span > 0:
+                    a["lut_lo"], a["nlut"] = e(ins[0]) - span, 2 * span + 1
+                    g.consts["lut:softmax"] = [v for d in range(-span, span + 1)
                                                for v in exp_lut(e(ins[0]) + d, temp)]
                 else:
                     g.consts["lut:softmax"] = exp_lut(e(ins[0]), temp)
-                if a.get("target", "labels") != "labels":     # a teacher's logits
+                if teacher:     # a teacher's logits
                     a["tlut"] = "lut:teacher"
                     g.consts["lut:teacher"] = exp_lut(e(ins[1]), temp)
                     if a["target"] == "pseudo":
