@@ -179,14 +179,23 @@ def saturation_summary(outs) -> dict | None:
 
 
 class StepStats:
-    """finetune(on_step=...) collector: int8 gradient saturation (|q| = 127 in every
-    ``grad:`` symbol) and the ``xtab`` entries, without keeping whole out dicts."""
+    """finetune(on_step=...) collector, without keeping whole out dicts: int8 gradient
+    saturation (|q| = 127 in every ``grad:`` symbol), forward activation saturation (|q| =
+    127 in the int8 activations: the formats are fixed at compile time, so a model that
+    outgrows them saturates) and the ``xtab`` entries."""
 
     def __init__(self, program):
         self.grads = [f"sym/{p['grad']}" for p in program.meta.get("params", [])
                       if p.get("grad")]
+        # int8 forward activations (not parameters, inputs or backward values)
+        back = {k for k in (s["name"] for s in program.symbols)
+                if k.startswith("grad:") or k.endswith((".dx", ".dz", ".dxhat", ".dsum"))}
+        self.acts = [f"sym/{s['name']}" for s in program.symbols if s["dtype"] == "i8"
+                     and not s["name"].startswith(("param:", "in:")) and s["name"] not in back]
         self.saturated = self.elements = 0
         self.first = self.last = None
+        self.act = []                      # per step: fraction of activations at +-127
+        self.act_last = {}                 # per activation, the last step's fraction
         self.xtabs = []
 
     def __call__(self, i, out):
@@ -197,12 +206,23 @@ class StepStats:
         frac = s / max(1, e)
         self.first = frac if self.first is None else self.first
         self.last = frac
+        a = {k[4:]: float((np.abs(out[k]) >= 127).mean()) for k in self.acts}
+        na = sum(out[k].size for k in self.acts)
+        self.act.append(sum(a[k[4:]] * out[k].size for k in self.acts) / max(1, na))
+        self.act_last = a
         if "xtab" in out:
             self.xtabs.append({"xtab": np.array(out["xtab"], copy=True)})
 
     def summary(self) -> dict:
+        act = np.asarray(self.act or [0.0])
+        k = max(1, len(act) // 10)
+        top = sorted(self.act_last.items(), key=lambda kv: -kv[1])[:3]
         return {"fraction": self.saturated / max(1, self.elements),
-                "first_step": self.first, "last_step": self.last}
+                "first_step": self.first, "last_step": self.last,
+                "act_fraction_first10pct": float(act[:k].mean()),
+                "act_fraction_last10pct": float(act[-k:].mean()),
+                "act_fraction_max": float(act.max()),
+                "act_last_step_top": dict(top)}
 
 
 def _spread(v) -> dict:
@@ -257,7 +277,7 @@ def run_config(cfg: Config, mask_keep: float | None, steps: int, seeds, lr: floa
     res["int8_minus_fp32"] = _spread(np.subtract(acc["int8"], acc["fp32"]))
     res["int8_minus_fp32_clip"] = _spread(np.subtract(acc["int8"], acc["fp32_clip"]))
     res["fp32_clip_fraction"] = _spread(clip_frac)
-    res["int8_grad_saturation"] = sat
+    res["int8_grad_saturation"] = sat         # and forward activation saturation
     res["int8_loss"] = loss
     res["saturation"] = xtabs if any(t is not None for t in xtabs) else None
     res["emu_ms_per_step"] = _spread([1e3 * t for t in emu_s])
@@ -270,15 +290,16 @@ def table(results) -> str:
         return f"{d['mean']:6.2f}" + (f"±{d['std']:.2f}" if len(d["per_seed"]) > 1 else "")
     head = (f"{'config':<12} {'mask':<5} {'before':>7} {'pruned':>7} {'fp32':>12} "
             f"{'fp32+clip':>12} {'int8':>12} {'int8-fp32':>12} {'clip%':>6} {'sat%':>6} "
-            f"{'ms/step':>8}")
+            f"{'act%':>6} {'ms/step':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
         sat = 100 * np.mean([s["fraction"] for s in r["int8_grad_saturation"]])
+        act = 100 * np.mean([s["act_fraction_last10pct"] for s in r["int8_grad_saturation"]])
         lines.append(
             f"{r['config']:<12} {'50%' if r['mask'] else 'none':<5} {r['acc_before']:7.2f} "
             f"{r['acc_pruned']:7.2f} {ms(r['acc_fp32']):>12} {ms(r['acc_fp32_clip']):>12} "
             f"{ms(r['acc_int8']):>12} {ms(r['int8_minus_fp32']):>12} "
-            f"{100 * r['fp32_clip_fraction']['mean']:6.3f} {sat:6.3f} "
+            f"{100 * r['fp32_clip_fraction']['mean']:6.3f} {sat:6.3f} {act:6.2f} "
             f"{r['emu_ms_per_step']['mean']:8.1f}")
     return "\n".join(lines)
 
@@ -318,7 +339,8 @@ def main(argv=None) -> dict:
            "total_seconds": round(time.perf_counter() - t0, 1)}
     print(f"{args.steps} steps, lr {args.lr}, data-order seeds 0..{args.seeds - 1}; "
           "accuracy in % on the user's test split (mean±std over seeds); clip%: fp32 "
-          "gradient elements beyond the device bound; sat%: int8 gradients at +-127")
+          "gradient elements beyond the device bound; sat%: int8 gradients at +-127 (all "
+          "steps); act%: int8 forward activations at +-127 (last 10% of steps)")
     print(table(results))
     print(f"total {out['total_seconds']} s")
     if args.json:

@@ -104,6 +104,10 @@ def test_grad_bounds_are_the_device_saturation(setup):
     want = sum(int((np.abs(out[f"sym/grad:{k}"]) == 127).sum()) for k in b)
     assert col.saturated == want and col.elements == sum(
         out[f"sym/grad:{k}"].size for k in b)
+    acts = [k for k in col.acts if not k.startswith("sym/grad:")]
+    assert acts == col.acts and "sym/fc2.out" in acts and "sym/conv1.out" in acts
+    sat = sum(int((np.abs(out[k]) == 127).sum()) for k in acts)
+    assert col.act[0] == pytest.approx(sat / sum(out[k].size for k in acts))
 
 
 def test_clip_clips(setup):
