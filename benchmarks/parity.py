@@ -322,6 +322,9 @@ def main(argv=None) -> dict:
         args.config = args.config or ["personalize", "bnresnet"]
         args.mask = args.mask or [0.5]
     args.steps, args.seeds = args.steps or 300, args.seeds or 3
+    # one thread: the float32 steps are tiny (threads only add overhead, and oversubscribe
+    # a busy host badly); the emulator holds numpy's BLAS to one thread itself
+    torch.set_num_threads(1)
     names = args.config or list(CONFIGS)
     keeps = args.mask if args.mask is not None else [0.0, 0.5]
     t0 = time.perf_counter()
