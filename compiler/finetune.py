@@ -126,13 +126,14 @@ def batch_rows(i: int, n: int, m: int) -> np.ndarray:
 
 
 def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
-             every: int | None = None) -> FinetuneResult:
+             every: int | None = None, on_step=None) -> FinetuneResult:
     """Run `steps` training steps of compiled.program on one emulator machine.
     `y` may be None when the program takes its targets from a teacher (--labels pseudo,
     --loss kd); otherwise (and if given) the labels are checked.
 
     log(line) gets one progress line every `every` steps (default steps/20) and after the
-    last one.
+    last one.  on_step(i, out), if given, sees every step's out dict (benchmarks/parity.py
+    reads statistics from it); it must not change it.
     """
     from edgec.runtime_emu.host import Session, exponent_moves, read_xtab
     log = log or (lambda line: None)
@@ -159,6 +160,8 @@ def finetune(compiled, x, y, steps: int, seed: int = 0, log=None,
         if table is not None:
             moves += [{**m, "step": i} for m in exponent_moves(table, out["xtab"], names)]
             table = out["xtab"]
+        if on_step is not None:
+            on_step(i, out)
         if (i + 1) % every == 0 or i + 1 == steps:
             log(f"step {i + 1}/{steps}  loss {losses[-1]:.4f}  "
                 f"(mean of last {min(every, i + 1)}: {np.mean(losses[-every:]):.4f})  "

@@ -54,3 +54,12 @@ def test_resnet18_partial_finetuning_bit_exact_and_pruned():
     assert pct > 50.0
     got = counters(r.stdout)["macs"]
     assert abs(got / (got + saved) - (1 - pct / 100)) < 1e-3
+
+
+def test_bnresnet_masked_verifies_bit_exact():
+    r = edgec("verify", str(EX / "bnresnet/model.py"), "--mask",
+              str(EX / "bnresnet/user.mask"), "-q")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "result: BIT-EXACT" in r.stdout
+    cos = fidelity(r.stdout)
+    assert len(cos) == 26 and min(cos.values()) > 0.99, cos
