@@ -160,22 +160,25 @@ def float_finetune(c, x, y, steps: int, lr: float, bounds: dict | None = None,
 
 
 def saturation_summary(outs) -> dict | None:
-    """Summary of the on-device saturation counters: the ``xtab`` entry of each step's out
-    dict (or the out dicts themselves, a list), summed and per step.  None while the
-    emulator's step outputs carry no ``xtab`` (today)."""
-    tabs = [o["xtab"] if isinstance(o, dict) else o for o in outs
-            if not isinstance(o, dict) or "xtab" in o]
-    tabs = [np.asarray(t, dtype=np.float64) for t in tabs if t is not None]
+    """What the device's exponent table (``xtab``, docs/numerics.md section 8) saw over a
+    run, from each step's out dict (or the tables themselves): saturated elements counted
+    per step (the S' row: the statistics the rule acted on), and the exponent moves
+    (coarser, finer).  None when the steps carry no table (static formats)."""
+    tabs = [np.asarray(o["xtab"] if isinstance(o, dict) else o, dtype=np.int64).reshape(-1)
+            for o in outs if not isinstance(o, dict) or "xtab" in o]
     if not tabs:
         return None
-    per_step = [float(t.sum()) for t in tabs]
-    total = np.sum([t.reshape(-1) for t in tabs], axis=0) if \
-        len({t.size for t in tabs}) == 1 else None
-    return {"steps": len(tabs), "total": float(sum(per_step)),
-            "mean_per_step": float(np.mean(per_step)), "max_per_step": float(max(per_step)),
-            "first_step": per_step[0], "last_step": per_step[-1],
-            **({"by_entry": total.tolist()} if total is not None and total.size <= 256
-               else {})}
+    R = tabs[0].size // 10
+    sat = [int(t[5 * R:7 * R:2].sum()) for t in tabs]
+    up = down = 0
+    for a, b in zip(tabs, tabs[1:]):
+        up += int((b[:R] > a[:R]).sum())
+        down += int((b[:R] < a[:R]).sum())
+    k = max(1, len(tabs) // 10)
+    return {"steps": len(tabs), "saturated_per_step": float(np.mean(sat)),
+            "saturated_per_step_last10": float(np.mean(sat[-k:])),
+            "moves_coarser": up, "moves_finer": down,
+            "moved_from_start": int((tabs[-1][:R] != tabs[0][R:2 * R]).sum())}
 
 
 class StepStats:

@@ -158,9 +158,19 @@ def test_int8_path_is_edgec_finetune_and_keeps_the_mask(setup):
 def test_saturation_summary_hook():
     assert parity.saturation_summary([{"loss": 1.0}, {"loss": 0.5}]) is None
     assert parity.saturation_summary([]) is None
-    s = parity.saturation_summary([{"xtab": np.array([1, 0, 2])}, {"xtab": np.array([0, 0, 3])}])
-    assert s["steps"] == 2 and s["total"] == 6 and s["by_entry"] == [1, 0, 5]
-    assert s["first_step"] == 3 and s["last_step"] == 3
+    R = 2                       # two registers: rows E, P, C, [S Q], [S' Q'], lo, hi, thr
+    t0 = np.zeros(10 * R, np.int64)
+    t0[:R] = t0[R:2 * R] = [-5, -3]
+    t1 = t0.copy()
+    t1[:R] = [-4, -3]            # register 0 coarser after a step with 7 + 2 saturations
+    t1[5 * R:7 * R] = [7, 127, 2, 90]
+    t2 = t1.copy()
+    t2[R:2 * R], t2[:R] = t1[:R], [-4, -4]       # register 1 finer
+    t2[5 * R:7 * R] = [0, 60, 0, 50]
+    s = parity.saturation_summary([{"xtab": t1}, {"xtab": t2}])
+    assert s["steps"] == 2 and s["saturated_per_step"] == 4.5
+    assert s["moves_coarser"] == 0 and s["moves_finer"] == 1
+    assert parity.saturation_summary([t0, t1])["moves_coarser"] == 1
 
 
 @pytest.mark.slow
