@@ -1,14 +1,18 @@
-"""The int8-forward floor of gradient fidelity (docs/numerics.md section 7).
+"""Gradient fidelity of a fixed-point step (docs/numerics.md section 7).
 
-`edgec verify` compares each gradient of the fixed-point step with float32 autograd.  How
-close an int8 step can get depends on the model: rounding the forward activations to int8
-already moves the gradients (ReLU derivatives flip where activations are near zero, and
-every weight gradient multiplies by the rounded activations).  `floor_cosines` measures
-that part alone: the float graph after the mask pass evaluated twice in float32
-(compiler/ir/float_interp.py), plainly and with every forward int8 activation rounded to
-the format the compiler chose for it, weights, errors and gradients staying float.  A
-fixed-point cosine near its floor is the int8 forward at work; one far below it points at
-the backward numerics (a quantize op in the wrong place, a format too coarse).
+The criterion `edgec verify` passes or fails on: `criterion_cosines`, each trainable
+gradient of the fixed-point step averaged over several stochastic-rounding seeds
+(`seed_averaged_grads`) against float back-propagation through the device's own forward
+(`device_forward_backprop`: PyTorch autograd over the masked float graph with the device's
+dequantized weights and int8 activations), cosine >= THRESHOLD for every one.
+
+Information beside it: the int8-forward floor.  Rounding the forward activations to int8
+already moves the gradients away from float32 autograd of the unquantized model (ReLU
+derivatives flip where activations are near zero, and every weight gradient multiplies by
+the rounded activations).  `floor_cosines` measures that part alone: the float graph after
+the mask pass evaluated twice in float32 (compiler/ir/float_interp.py), plainly and with
+every forward int8 activation rounded to the format the compiler chose for it, weights,
+errors and gradients staying float.
 """
 from __future__ import annotations
 
