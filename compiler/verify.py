@@ -3,8 +3,12 @@
 1. emulator (runtime_emu, numpy) vs reference interpreter (torch): every symbol-table
    tensor, bit for bit; a mismatch names the first differing element and the instruction
    that last wrote it;
-2. fixed-point step vs float32 PyTorch autograd on the same masked model: per-gradient
-   cosine similarity and relative error (the fidelity table).
+2. gradient fidelity, the pass/fail criterion: the fixed-point gradients, averaged over
+   several stochastic-rounding seeds, against float back-propagation through the device's
+   own forward (its int8 weights and activations; compiler/fidelity.py), cosine >=
+   fidelity.THRESHOLD for every trainable parameter.  Beside it, as information: cosine and
+   relative error against float32 PyTorch autograd of the unquantized masked model, and the
+   int8-forward floor (docs/numerics.md section 7).
 """
 from __future__ import annotations
 
@@ -37,6 +41,11 @@ class Report:
     mismatches: list[Mismatch] = field(default_factory=list)
     fidelity: list[tuple[str, float, float]] = field(default_factory=list)  # name, cos, rel
     floor: dict[str, float] = field(default_factory=dict)   # name -> int8-forward floor
+    # the criterion: name -> cosine of the seed-averaged fixed-point gradient to float
+    # back-propagation through the device's forward (fidelity.criterion_cosines)
+    devfwd: dict[str, float] = field(default_factory=dict)
+    sr_seeds: int = 0
+    threshold: float = 0.98
     counters: dict = field(default_factory=dict)
     out: dict = field(default_factory=dict)
     machine: object = None
@@ -44,6 +53,21 @@ class Report:
     @property
     def bit_exact(self) -> bool:
         return not self.mismatches
+
+    @property
+    def fidelity_worst(self) -> tuple[str, float] | None:
+        """(parameter, cosine) of the criterion's lowest cosine; None when not checked."""
+        if not self.devfwd:
+            return None
+        name = min(self.devfwd, key=self.devfwd.get)
+        return name, self.devfwd[name]
+
+    @property
+    def fidelity_ok(self) -> bool | None:
+        """Whether every criterion cosine reaches the threshold; None when not checked (a
+        BatchNorm adaptation program, a program resumed from an IR dump)."""
+        w = self.fidelity_worst
+        return None if w is None else w[1] >= self.threshold
 
 
 def make_batch(c: Compiled, batch_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +196,9 @@ def cosine_rel(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return cos, rel
 
 
-def verify(c: Compiled, seed: int = 0, batch_seed: int = 0) -> Report:
+def verify(c: Compiled, seed: int = 0, batch_seed: int = 0, sr_seeds: int = 8) -> Report:
+    """Emulator vs reference bit for bit (seed ``seed``), then the fidelity table; the
+    criterion averages the reference's gradients over the seeds seed..seed+sr_seeds-1."""
     x, y = make_batch(c, batch_seed)
     ref = reference_step(c, x, y, seed)
     out, machine = run_step(c.program, c.target, x.numpy(), y.numpy(), seed)
@@ -202,8 +228,10 @@ def verify(c: Compiled, seed: int = 0, batch_seed: int = 0) -> Report:
             continue
         cos, rel = cosine_rel(out[f"grad/{p['name']}"], fg[p["name"]].numpy())
         rep.fidelity.append((p["name"], cos, rel))
-    from .fidelity import floor_cosines
+    from .fidelity import THRESHOLD, criterion_cosines, floor_cosines
     rep.floor = floor_cosines(c, x, y)
+    rep.devfwd = criterion_cosines(c, ref, seed, sr_seeds)
+    rep.sr_seeds, rep.threshold = sr_seeds, THRESHOLD
     return rep
 
 
@@ -219,15 +247,30 @@ def format_report(rep: Report) -> str:
                          f"emulator {m.emu}; last written by instruction {m.instr} "
                          f"({m.origin})")
     lines.append("")
-    lines.append("fidelity (fixed point vs float32 PyTorch, same masked model: gradients vs "
-                 "autograd, or adapted BatchNorm statistics vs float batch statistics):")
-    floor = rep.floor
-    lines.append(f"  {'tensor':<28} {'cosine':>8} {'rel.err':>8}"
-                 + (f" {'int8 floor':>10}" if floor else ""))
+    floor, dev = rep.floor, rep.devfwd
+    if dev:
+        lines.append(f"fidelity (fixed-point gradients; criterion: cosine, averaged over "
+                     f"{rep.sr_seeds} stochastic-rounding seeds, to float")
+        lines.append("back-propagation through the device's own int8 forward; the other "
+                     "columns are information):")
+    else:
+        lines.append("fidelity (fixed point vs float32 PyTorch, same masked model: gradients "
+                     "vs autograd, or adapted BatchNorm statistics vs float batch statistics):")
+    lines.append(f"  {'tensor':<28}" + (f" {'dev-fwd cos':>11}" if dev else "")
+                 + f" {'cosine':>8} {'rel.err':>8}" + (f" {'int8 floor':>10}" if floor else ""))
     for name, cos, rel in rep.fidelity:
+        d = (f" {dev[name]:11.4f}" if name in dev else f" {'-':>11}") if dev else ""
         f = f" {floor[name]:10.4f}" if name in floor else ""
-        lines.append(f"  {name:<28} {cos:8.4f} {rel:8.4f}{f}")
-    if floor:
+        lines.append(f"  {name:<28}{d} {cos:8.4f} {rel:8.4f}{f}")
+    if dev:
+        lines.append("  (dev-fwd cos: the criterion, >= "
+                     f"{rep.threshold} for every gradient. cosine, rel.err: vs float32 "
+                     "autograd of the")
+        lines.append("   unquantized masked model. int8 floor: float32 back-propagation with "
+                     "only the forward")
+        lines.append("   activations rounded, vs the same autograd. docs/numerics.md "
+                     "section 7)")
+    elif floor:
         lines.append("  (int8 floor: float32 back-propagation through the same forward with its "
                      "activations rounded")
         lines.append("   to their int8 formats; a cosine near its floor is the int8 forward's "
@@ -240,4 +283,16 @@ def format_report(rep: Report) -> str:
                  f"{c.get('ddr_write_bytes', 0)} written, {c.get('cycles', 0)} cycles")
     lines.append(f"result: {'BIT-EXACT' if rep.bit_exact else 'MISMATCH'} "
                  f"({len(rep.checked) - len(rep.mismatches)}/{len(rep.checked)} tensors equal)")
+    lines.append(fidelity_line(rep))
     return "\n".join(lines)
+
+
+def fidelity_line(rep: Report) -> str:
+    """``fidelity: PASS (worst: NAME COS >= 0.98 over K seeds)``, FAIL, or not checked."""
+    w = rep.fidelity_worst
+    if w is None:
+        return ("fidelity: not checked (no trainable gradients, or no float graph: a "
+                "program resumed from an IR dump or a BatchNorm adaptation program)")
+    ok = rep.fidelity_ok
+    return (f"fidelity: {'PASS' if ok else 'FAIL'} (worst: {w[0]} {w[1]:.4f} "
+            f"{'>=' if ok else '<'} {rep.threshold} over {rep.sr_seeds} seeds)")
