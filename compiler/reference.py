@@ -520,11 +520,12 @@ def _stored(fmt: _Formats | None, n: Node, r: torch.Tensor, lo: int, hi: int) ->
 def _lut(graph: Graph, at: dict, fmt: _Formats | None, z: str) -> torch.Tensor:
     """The exp table for the logits' exponent (dynamic: one of nlut tables)."""
     lut = _const_lut(graph, at["lut"])
-    if not fmt or "lut_lo" not in at:
+    if "lut_lo" not in at:
         return lut
-    j = fmt.E(z) - int(at["lut_lo"])
+    e = fmt.E(z) if fmt else graph.values[z].exp        # no table: the compiled exponent
+    j = e - int(at["lut_lo"])
     if not 0 <= j < int(at["nlut"]):
-        raise ValueError(f"no exp table for logit exponent {fmt.E(z)}")
+        raise ValueError(f"no exp table for logit exponent {e}")
     return lut[256 * j:256 * (j + 1)]
 
 
