@@ -137,7 +137,7 @@ def instr_cost(name: str, f: dict, tg: Target, index: int = 0) -> dict:
         return dict(unit="mac", cycles=cyc, macs=macs, ddr_bytes=0, index_bytes=0)
     if name == "RQ":
         n = f["n0"] * f["n1"] * f["n2"] * f["n3"]
-    elif name in ("VMASK", "VADD", "SGD"):
+    elif name in ("VMASK", "VADD", "SGD", "EXPUPD"):
         n = f["count"]
     elif name in ("MAXP", "MAXPB"):
         if not (f["sh"] and f["sw"]):

@@ -33,8 +33,9 @@ _ALIAS_OPS = ("relu", "hardtanh", "maxpool", "reshape", "relu_bwd", "hardtanh_bw
 
 
 def is_dynamic(g: Graph) -> bool:
-    """Training programs (they update parameters) have dynamic formats."""
-    return any(n.op == "sgd" for n in g.nodes)
+    """Training programs have dynamic formats: the quantize pass marks them (meta
+    ``dynamic``, printed in the IR text) and the update pass gives them sgd nodes."""
+    return bool(g.meta.get("dynamic")) and any(n.op == "sgd" for n in g.nodes)
 
 
 @dataclass

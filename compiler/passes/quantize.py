@@ -192,6 +192,8 @@ class QuantizePass:
             V[p.value].dtype = "i8" if copy_format(p)[1] == 8 else "i32"
         g.meta["init"] = initial_data(g, self.params)
         g.meta["calib_exp"] = {"x": V["x"].exp}
+        if self.dynamic:
+            g.meta["dynamic"] = True
         check_reductions(g)
         return g
 
