@@ -23,6 +23,7 @@ from .dynfmt import SPAN
 from .mask import calibration_graphs
 
 ACC_MAX = 2**31 - 1
+GRAD_HEADROOM = 1       # dynamic formats: spare exponent bits of weight/bias gradients
 BIAS_BITS = 24
 
 
@@ -172,10 +173,12 @@ class QuantizePass:
                     e_acc = e(ins[0]) + V[self._src(g, ins[1])].exp
                 else:
                     e_acc = e(ins[0]) + e(ins[1])
-                # dynamic: gradients get their full range (the rule coarsens them at
-                # the first saturation); errors trade outliers like activations
+                # dynamic: gradients get their full calibrated range and one bit of
+                # headroom (the rule coarsens them further at a saturation); errors trade
+                # outliers like activations
                 grad = self.dynamic and n.op in ("conv_wg", "linear_wg", "bias_grad")
-                self._set(g, n, out, expo(fv[out]) if grad else expo_fit(fv[out]), e_acc)
+                e_out = expo(fv[out]) + GRAD_HEADROOM if grad else expo_fit(fv[out])
+                self._set(g, n, out, e_out, e_acc)
             else:
                 raise EdgecError(f"quantize: unexpected op {n.op}")
         for n in g.nodes:          # views take their parameter's format
