@@ -21,6 +21,7 @@ import dataclasses
 import torch
 
 from .frontend.capture import float_values
+from .ir.float_interp import eval_node as float_eval
 from .ir.float_interp import _view_index, run_float
 from .reference import run_reference
 from .verify import cosine_rel, quantize_input, subset_labels
@@ -79,28 +80,14 @@ def dequantized(graph, env: dict, value: str) -> torch.Tensor:
     return env[value].to(torch.float64) * 2.0 ** graph.values[value].exp
 
 
+_FORWARD = ("conv", "linear", "relu", "hardtanh", "add", "maxpool", "reshape", "wview")
+
+
 def _float_forward(n, a: list[torch.Tensor]) -> torch.Tensor:
-    """One forward op of the float graph in float64 torch (autograd-able)."""
-    F = torch.nn.functional
-    op, at = n.op, n.attrs
-    if op == "conv":
-        return F.conv2d(a[0], a[1], a[2] if len(a) > 2 else None, stride=tuple(at["stride"]),
-                        padding=tuple(at["pad"]), groups=int(at.get("groups", 1)))
-    if op == "linear":
-        return F.linear(a[0], a[1], a[2] if len(a) > 2 else None)
-    if op == "relu":
-        return torch.relu(a[0])
-    if op == "hardtanh":
-        return F.hardtanh(a[0], float(at["lo"]), float(at["hi"]))
-    if op == "add":
-        return a[0] + a[1]
-    if op == "maxpool":
-        return F.max_pool2d(a[0], tuple(at["kernel"]), tuple(at["stride"]), tuple(at["pad"]))
-    if op == "reshape":
-        return a[0].reshape(tuple(at["shape"]))
-    if op == "wview":
-        return a[0][_view_index(a[0], at)]
-    raise ValueError(f"device_forward_backprop: {op!r} is not a forward op")
+    """One forward op of the float graph (the float interpreter's own, autograd-able)."""
+    if n.op not in _FORWARD:
+        raise ValueError(f"device_forward_backprop: {n.op!r} is not a forward op")
+    return float_eval(n, a)
 
 
 def _float_loss(n, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,8 @@ def _view_index(p: torch.Tensor, attrs) -> tuple:
     return (rows[:, None], cols[None, :])
 
 
-def _eval(n: Node, a: list[torch.Tensor]):
+def eval_node(n: Node, a: list[torch.Tensor]):
+    """One node of the float graph on float tensors (autograd-able)."""
     op, at = n.op, n.attrs
     grp = int(at.get("groups", 1))
     if op == "conv":
@@ -126,7 +127,7 @@ def run_float(graph: Graph, x: torch.Tensor, labels: torch.Tensor,
             graph.values[p.value].shape)
     with torch.no_grad():
         for n in graph.nodes:
-            res = _eval(n, [env[i] for i in n.inputs])
+            res = eval_node(n, [env[i] for i in n.inputs])
             if len(n.outputs) != 1:
                 raise ValueError(f"run_float: {n.op} with {len(n.outputs)} outputs")
             forward = forward and n.op != "loss_grad"
