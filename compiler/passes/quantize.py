@@ -122,14 +122,14 @@ class QuantizePass:
                     if a["grad"]:
                         tid += 1
                         a["tid"] = tid
-                    self._set(g, n, out, expo_fit(fv[out]), m)
+                    self._set(g, n, out, self._act_exp(a, fv[out]), m)
                 else:
                     w_exp = V[self._src(g, ins[1])].exp
                     e_acc = e(ins[0]) + w_exp
                     if len(ins) == 3:
                         bp = g.param_of_value(self._src(g, ins[2]))
                         V[bp.value].dtype, V[bp.value].exp = "i32", e_acc
-                    self._set(g, n, out, expo_fit(fv[out]), e_acc)
+                    self._set(g, n, out, self._act_exp(a, fv[out]), e_acc)
                 a["clamp"] = clamp_bounds(a.pop("act", None), V[out].exp)
             elif n.op in ("relu", "hardtanh"):
                 V[out].dtype, V[out].exp = "i8", e(ins[0])
@@ -199,6 +199,16 @@ class QuantizePass:
             g.meta["dynamic"] = True
         check_reductions(g)
         return g
+
+    @staticmethod
+    def _act_exp(a: dict, v: torch.Tensor) -> int:
+        """An activation's exponent: fit(v); a Hardtanh/ReLU6 output in a dynamic program
+        (its exponent cannot move: its clamp bounds are integers at one exponent) at least
+        coarse enough to hold its bounds, so it never saturates while the model changes."""
+        e = expo_fit(v)
+        if "act_real" in a:
+            e = max(e, _expo_of_max(max(abs(b) for b in a["act_real"])))
+        return e
 
     @staticmethod
     def _fuse_activation(g: Graph, n, fused: set) -> str:
