@@ -87,6 +87,9 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
         raise EdgecError("--adapt-bn compiles a label-free BatchNorm adaptation program; it "
                          "does not combine with --train/--freeze/--bias-only/--classes/"
                          "--labels pseudo/--loss kd")
+    if adapt_bn and (momentum or weight_decay):
+        raise EdgecError("--adapt-bn compiles a program without an update; drop "
+                         "--momentum/--weight-decay")
     frozen = frozen_params(model, train, freeze, bias_only)
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
                           graph=graph, frozen=frozen, classes=classes, adapt_bn=adapt_bn,

@@ -158,6 +158,8 @@ def test_options_rejected():
     with pytest.raises(EdgecError, match="weight"):
         UpdatePass(0.01, weight_decay=-1.0)._mom_attrs()
     assert UpdatePass(0.01)._mom_attrs() == {}
+    with pytest.raises(EdgecError, match="adapt-bn"):
+        compile_model("examples/mobilenet/model.py", adapt_bn=True, momentum=0.9)
 
 
 # ------------------------------------------------------------- the instruction itself
@@ -242,3 +244,17 @@ def test_emulator_traps_on_momentum_tile_out_of_abuf():
     ins[-1][1]["vaddr"] = (1 << 20) - 2
     with pytest.raises(TrapError, match="momentum"):
         run(ins, d)
+
+
+def test_finetune_keeps_momentum_in_ddr(lenet_mom):
+    """edgec finetune's loop: the momentum buffer lives in the session's DDR and moves."""
+    from edgec.compiler.finetune import finetune
+    from edgec.runtime_emu.host import read_symbol
+    c = lenet_mom
+    xs, ys = zip(*(make_batch(c, s) for s in range(2)))
+    x, y = torch.cat(xs).numpy(), torch.cat(ys).numpy()
+    res = finetune(c, x, y, 2, seed=3)
+    V = read_symbol(res.session.machine, "mom:fc2.weight")
+    assert V.any()
+    res3 = finetune(c, x, y, 3, seed=3)
+    assert not np.array_equal(read_symbol(res3.session.machine, "mom:fc2.weight"), V)
