@@ -258,3 +258,17 @@ def test_finetune_keeps_momentum_in_ddr(lenet_mom):
     assert V.any()
     res3 = finetune(c, x, y, 3, seed=3)
     assert not np.array_equal(read_symbol(res3.session.machine, "mom:fc2.weight"), V)
+
+
+def test_dump_resume_keeps_momentum(tmp_path):
+    """--dump-ir records momentum and weight decay in the source line; resuming from the
+    quantize, update and tile dumps gives the same program bytes."""
+    from edgec.compiler.resume import compile_ir
+    c = compile_model(*LENET, momentum=MU, weight_decay=WD, dump_ir=str(tmp_path))
+    head = (tmp_path / "04-update.ir").read_text().splitlines()[2]
+    assert f"momentum={MU}" in head and f"weight_decay={WD}" in head
+    for f in ("03-quantize.ir", "04-update.ir", "05-tile.loop"):
+        assert compile_ir(str(tmp_path / f)).blob == c.blob, f
+    plain = compile_model(*LENET, dump_ir=str(tmp_path / "plain"))
+    assert "momentum" not in (tmp_path / "plain" / "04-update.ir").read_text().splitlines()[2]
+    assert plain.blob != c.blob
