@@ -128,17 +128,20 @@ def data_order(seed: int, m: int) -> np.ndarray:
 
 
 def float_finetune(c, x, y, steps: int, lr: float, bounds: dict | None = None,
-                   stats: dict | None = None):
+                   stats: dict | None = None, momentum: float = 0.0):
     """Float32 SGD on the masked model (eval mode), batches ``batch_rows(i, N, M)`` of
     ``x, y`` as on the device; with ``bounds``, each gradient clamped to +-bounds[name]
     first.  Returns (the user's pruned state_dict, the raw state_dict); ``stats``, if given,
-    gets 'clipped' and 'elements' (gradient elements beyond their bound / all)."""
+    gets 'clipped' and 'elements' (gradient elements beyond their bound / all).
+    ``momentum``: torch.optim.SGD(momentum=...) on the (clamped) gradients instead."""
     model = masked_float_model(c).eval()
     params = dict(model.named_parameters())
     trained = [n for n in params if n in (bounds or grad_bounds(c.program))]
     n = int(c.example_input.shape[0])
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y))
     clipped = elements = 0
+    opt = (torch.optim.SGD([params[k] for k in trained], lr=lr, momentum=momentum)
+           if momentum else None)
     for i in range(steps):
         r = torch.from_numpy(batch_rows(i, n, len(x)))
         for p in params.values():
@@ -155,7 +158,12 @@ def float_finetune(c, x, y, steps: int, lr: float, bounds: dict | None = None,
                     clipped += int((g.abs() > b).sum())
                     elements += g.numel()
                     g = g.clamp(-b, b)
-                p.add_(g, alpha=-lr)
+                if opt is not None:
+                    p.grad = g
+                else:
+                    p.add_(g, alpha=-lr)
+        if opt is not None:
+            opt.step()
     if stats is not None:
         stats.update(clipped=clipped, elements=elements)
     raw = copy.deepcopy(model.state_dict())
@@ -238,7 +246,7 @@ def _spread(v) -> dict:
 
 
 def run_config(cfg: Config, mask_keep: float | None, steps: int, seeds, lr: float | None,
-               work_dir, log=lambda m: None, data=None) -> dict:
+               work_dir, log=lambda m: None, data=None, momentum: float = 0.0) -> dict:
     """One configuration: compile once, then for every data-order seed the int8, fp32 and
     fp32_clip runs; the result dict of the JSON (see the module docstring).  `lr` None:
     the configuration's own."""
@@ -246,14 +254,15 @@ def run_config(cfg: Config, mask_keep: float | None, steps: int, seeds, lr: floa
     xtr, ytr, xte, yte = data if data is not None else cfg.data()
     mask = make_mask(cfg.model, mask_keep, work_dir) if mask_keep else None
     t0 = time.perf_counter()
-    c = compile_model(str(cfg.model), mask, lr=lr, seed=0)
+    c = compile_model(str(cfg.model), mask, lr=lr, seed=0, momentum=momentum)
     compile_s = time.perf_counter() - t0
     bounds = grad_bounds(c.program)
     res = {"config": cfg.name, "model": str(cfg.model.relative_to(ROOT)), "what": cfg.what,
            "lr": lr,
            "mask": f"--keep {mask_keep:g} --by bn-gamma" if mask_keep else None,
            "kept_channels": {k: len(v) for k, v in c.mask.items()} if mask else {},
-           "lr": lr, "steps": steps, "seeds": list(seeds),
+           "lr": lr, **({"momentum": momentum} if momentum else {}),
+           "steps": steps, "seeds": list(seeds),
            "batch": int(c.example_input.shape[0]), "train_rows": len(xtr),
            "test_rows": len(xte), "compile_seconds": round(compile_s, 2),
            "grad_bound": bounds,
@@ -266,10 +275,12 @@ def run_config(cfg: Config, mask_keep: float | None, steps: int, seeds, lr: floa
         x, y = xtr[o], ytr[o]
         log(f"{cfg.name} mask={mask_keep} seed {s}: fp32")
         acc["fp32"].append(accuracy(c.model, xte, yte,
-                                    float_finetune(c, x, y, steps, lr)[0]))
+                                    float_finetune(c, x, y, steps, lr,
+                                                   momentum=momentum)[0]))
         st = {}
         acc["fp32_clip"].append(accuracy(c.model, xte, yte,
-                                         float_finetune(c, x, y, steps, lr, bounds, st)[0]))
+                                         float_finetune(c, x, y, steps, lr, bounds, st,
+                                                        momentum)[0]))
         clip_frac.append(st["clipped"] / max(1, st["elements"]))
         log(f"{cfg.name} mask={mask_keep} seed {s}: {steps} emulator steps")
         col = StepStats(c.program)
@@ -321,6 +332,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=None,
                     help="learning rate of every configuration (default: each example's "
                     "own: 0.01, bnresnet 0.005)")
+    ap.add_argument("--momentum", type=float, default=0.0, metavar="MU",
+                    help="SGD momentum for both the int8 program (--momentum) and the fp32 "
+                    "baselines (torch.optim.SGD momentum); default 0")
     ap.add_argument("--config", action="append", choices=sorted(CONFIGS),
                     help="only these configurations (repeatable; default all)")
     ap.add_argument("--mask", action="append", type=float, metavar="KEEP",
@@ -347,11 +361,14 @@ def main(argv=None) -> dict:
             data = cfg.data()
             for keep in keeps:
                 results.append(run_config(cfg, keep or None, args.steps,
-                                          range(args.seeds), args.lr, work, log, data))
-    out = {"steps": args.steps, "seeds": args.seeds, "lr": args.lr, "quick": args.quick,
+                                          range(args.seeds), args.lr, work, log, data,
+                                          args.momentum))
+    out = {"steps": args.steps, "seeds": args.seeds, "lr": args.lr,
+           **({"momentum": args.momentum} if args.momentum else {}), "quick": args.quick,
            "torch_threads": torch.get_num_threads(), "configs": results,
            "total_seconds": round(time.perf_counter() - t0, 1)}
-    print(f"{args.steps} steps, lr {args.lr or 'per configuration'}, data-order seeds 0..{args.seeds - 1}; "
+    print(f"{args.steps} steps, lr {args.lr or 'per configuration'}, momentum "
+          f"{args.momentum}, data-order seeds 0..{args.seeds - 1}; "
           "accuracy in % on the user's test split (mean±std over seeds); clip%: fp32 "
           "gradient elements beyond the device bound; sat%: int8 gradients at +-127 (all "
           "steps); act%: int8 forward activations at +-127 (last 10% of steps)")

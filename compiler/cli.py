@@ -49,6 +49,7 @@ def _compile(args, log):
         from .resume import compile_ir
         if (args.mask or args.target or getattr(args, "dump_ir", None)
                 or args.lr is not None or args.seed is not None
+                or args.momentum is not None or args.weight_decay is not None
                 or args.train or args.freeze or args.bias_only or args.classes
                 or args.labels != "given" or args.loss != "ce"
                 or args.threshold is not None or args.temperature is not None
@@ -67,7 +68,8 @@ def _compile(args, log):
                          freeze=args.freeze or (), bias_only=args.bias_only,
                          classes=_class_list(args.classes), teacher=_teacher(args),
                          adapt_bn=getattr(args, "adapt_bn", False), search=args.search,
-                         remaskable=getattr(args, "remaskable", False))
+                         remaskable=getattr(args, "remaskable", False),
+                         momentum=args.momentum or 0.0, weight_decay=args.weight_decay or 0.0)
 
 
 def _teacher(args) -> dict | None:
@@ -405,6 +407,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="SGD learning rate (default 0.01)")
         p.add_argument("--seed", type=int, default=None,
                        help="stochastic-rounding seed stored in the program (default 0)")
+        p.add_argument("--momentum", type=float, default=None, metavar="MU",
+                       help="SGD momentum as torch.optim.SGD's (0 <= MU < 1, dampening 0, "
+                       "no nesterov; default 0): each trainable parameter gets an int32 "
+                       "momentum buffer mom:<name> in DDR that persists across steps")
+        p.add_argument("--weight-decay", type=float, default=None, metavar="WD",
+                       help="SGD weight decay (L2) as torch.optim.SGD's: WD * w is added to "
+                       "the gradient (default 0; uses the momentum buffer)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
         p.add_argument("--train", action="append", metavar="PATTERN", help="train only the "
                        "parameters whose name matches this glob (repeatable), e.g. "

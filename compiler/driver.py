@@ -62,7 +62,8 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
                   dump_ir: str | None = None, calib: str | None = None,
                   train=(), freeze=(), bias_only: bool = False, classes=None,
                   adapt_bn: bool = False, search: str = "greedy",
-                  teacher: dict | None = None, remaskable: bool = False) -> Compiled:
+                  teacher: dict | None = None, remaskable: bool = False,
+                  momentum: float = 0.0, weight_decay: float = 0.0) -> Compiled:
     log = log or (lambda msg: None)
     tg = load_target(target)
     graph = None
@@ -78,15 +79,22 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
         from .ir.text import Dumper
         ab = lambda p: os.path.abspath(p) if p else None  # noqa: E731
         dump = Dumper(dump_ir, dict(model=ab(model_path), mask=ab(mask_path),
-                                    target=ab(target), lr=float(lr), seed=int(seed)))
+                                    target=ab(target), lr=float(lr), seed=int(seed),
+                                    **{k: float(v) for k, v in (("momentum", momentum),
+                                                                ("weight_decay", weight_decay))
+                                       if v}))
     if adapt_bn and (train or freeze or bias_only or classes is not None or teacher):
         raise EdgecError("--adapt-bn compiles a label-free BatchNorm adaptation program; it "
                          "does not combine with --train/--freeze/--bias-only/--classes/"
                          "--labels pseudo/--loss kd")
+    if adapt_bn and (momentum or weight_decay):
+        raise EdgecError("--adapt-bn compiles a program without an update; drop "
+                         "--momentum/--weight-decay")
     frozen = frozen_params(model, train, freeze, bias_only)
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
                           graph=graph, frozen=frozen, classes=classes, adapt_bn=adapt_bn,
-                          search=search, teacher=teacher, remaskable=remaskable)
+                          search=search, teacher=teacher, remaskable=remaskable,
+                          momentum=momentum, weight_decay=weight_decay)
 
 
 def user_mask(mask: str | dict | None, model: torch.nn.Module, logits_layer: str) -> dict:
@@ -109,14 +117,15 @@ def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) 
     return set(names) - select_trainable(names, tuple(train), tuple(freeze), bias_only, bn)
 
 
-def make_passes(mask, example, params, lr, adapt=None, abuf: int = 1 << 20) -> list:
+def make_passes(mask, example, params, lr, adapt=None, abuf: int = 1 << 20,
+                momentum: float = 0.0, weight_decay: float = 0.0) -> list:
     """The graph passes after capture, in order (names as in the IR dumps).  `adapt`
     ({BatchNorm module: eps}) makes a BatchNorm adaptation program instead of a training
     step: its last pass appends bn_adapt nodes instead of sgd nodes."""
     if adapt is None:
         return [PrunePass(), MaskPass(mask),
                 QuantizePass(example, params, dynamic=True, abuf=abuf),
-                UpdatePass(lr, dynamic=True)]
+                UpdatePass(lr, dynamic=True, momentum=momentum, weight_decay=weight_decay)]
     # BN scales get SCALE_HEADROOM spare bits: adapted variances may be smaller
     room = {f"{bn}:scale": SCALE_HEADROOM for bn in adapt}
     return [PrunePass(), MaskPass(mask), QuantizePass(example, params, room),
@@ -130,7 +139,8 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
                    mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
                    log=None, dump=None, graph: Graph | None = None, frozen=(),
                    classes=None, adapt_bn: bool = False, search: str = "greedy",
-                   teacher: dict | None = None, remaskable: bool = False) -> Compiled:
+                   teacher: dict | None = None, remaskable: bool = False,
+                   momentum: float = 0.0, weight_decay: float = 0.0) -> Compiled:
     """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
     `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
     `graph`, if given, is the float training graph (ONNX frontend) used instead of capture.
@@ -144,7 +154,9 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     the labels: TeacherPass fields, e.g. {"target": "pseudo", "threshold": 0.5} or
     {"target": "kd", "temp": 2.0} (compiler/passes/teacher.py).
     `remaskable`: fixed-point formats that do not depend on which channels the mask keeps
-    (only on how many), so `edgec remask` can give the program another user's mask."""
+    (only on how many), so `edgec remask` can give the program another user's mask.
+    `momentum`, `weight_decay`: torch.optim.SGD's (dampening 0, no nesterov); either
+    nonzero gives every trainable parameter a momentum buffer `mom:<name>` in DDR."""
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
@@ -181,11 +193,13 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
         mask[logits_layer] = ids          # a row view of the classifier (internal)
         g.meta["class_ids"] = ids
     params = float_values(g, model)
-    c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump, search, adapt)
+    opt = dict(momentum=momentum, weight_decay=weight_decay)
+    c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump, search, adapt,
+                 **opt)
     if full is not None and g.meta["pruned"]["ops"]:
         log("backward without --train/--freeze (for the comparison)")
         ref = _backend(full, mask, example, params, lr, seed, tg, model, lambda m: None,
-                       lambda *a: None, search)
+                       lambda *a: None, search, **opt)
         a, b = static_counts(ref.emitter.words), static_counts(c.emitter.words)
         c.graph.meta["pruned"]["saved"] = {k: a[k] - b[k] for k in a}
         c.graph.meta["pruned"]["full"] = a
@@ -193,8 +207,9 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
 
 
 def _backend(g: Graph, mask, example, params, lr, seed, tg, model, log, dump,
-             search: str = "greedy", adapt=None) -> Compiled:
-    for p in make_passes(mask, example, params, lr, adapt, tg.abuf):
+             search: str = "greedy", adapt=None, momentum: float = 0.0,
+             weight_decay: float = 0.0) -> Compiled:
+    for p in make_passes(mask, example, params, lr, adapt, tg.abuf, momentum, weight_decay):
         log(p.name)
         g = p.apply(g)
         try:
@@ -239,7 +254,9 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model) -> di
             "in_tab": f"tab:{a['in_tab']}" if a.get("in_tab") and a.get("in_idx") else None,
             "in_block": a.get("in_block", 1)})
     logits = mem.of_value[g.outputs["logits"]].name
-    return {"logits": logits, "params": params, "lr": lr,
+    opt = next(({"momentum": n.attrs["momentum"], "weight_decay": n.attrs["weight_decay"]}
+                for n in g.nodes if n.op == "sgd" and n.attrs.get("mom")), {})
+    return {"logits": logits, "params": params, "lr": lr, **opt,
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
             **({"xregs": em.regs.names} if em.regs is not None else {}),

@@ -1,9 +1,10 @@
 """`edgec finetune`: many training steps of one compiled program on the emulator.
 
 The program is compiled once; one emulator Machine (runtime_emu.host.Session) runs every
-step, so parameters and masters stay in emulator DDR between steps, exactly as on the
-device. Step i trains on rows `[(i*N + j) % M for j in range(N)]` of the data (N = the
-compiled batch, M = the number of rows) with stochastic-rounding seed `seed + i`
+step, so parameters, masters (and momentum buffers, --momentum) stay in emulator DDR
+between steps, exactly as on the device. Step i trains on rows
+`[(i*N + j) % M for j in range(N)]` of the data (N = the compiled batch, M = the number
+of rows) with stochastic-rounding seed `seed + i`
 (written to the `rng_seed` symbol). Accuracy before/after is measured in float32 PyTorch
 (eval mode) with the model's own weights and with the tuned weights loaded.
 """

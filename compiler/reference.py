@@ -337,13 +337,26 @@ def teacher_loss_grad(z: torch.Tensor, t: torch.Tensor, lut: torch.Tensor,
 
 
 def sgd_update(M: torch.Tensor, G: torch.Tensor, lrmul: int, cshift: int, cbits: int,
-               lrshift: int = 16, bound: int | None = None):
+               lrshift: int = 16, bound: int | None = None, mom: tuple | None = None):
     """``(M', r)`` of numerics.md section 4 (``bound`` None) or section 8 (the master's
-    bound given): ``r = rshift(M', cshift)``, the compute copy before ``sat_cbits``."""
+    bound given): ``r = rshift(M', cshift)``, the compute copy before ``sat_cbits``.
+    ``mom = (V, mumul, mushift, wdmul, wdshift)`` (momentum / weight decay): returns
+    ``(M', r, V')`` with the momentum buffer ``V'`` of section 4."""
     if bound is None:
         bound = (2 ** (cbits - 1) - 1) << cshift
-    Mn = (M.to(torch.int64) - rshift(G.to(torch.int64) * int(lrmul), lrshift, "nearest"))
-    Mn = Mn.clamp(-bound, bound)
+    Mi = M.to(torch.int64)
+    step = rshift(G.to(torch.int64) * int(lrmul), lrshift, "nearest")
+    if mom is not None:
+        V, mumul, mushift, wdmul, wdshift = (mom[0], *(int(k) for k in mom[1:]))
+        if not (0 <= mushift <= 31 and 0 <= wdshift <= 31 and 0 <= mumul <= 2**30):
+            raise ValueError(f"sgd: mushift {mushift}, wdshift {wdshift} or mumul {mumul} "
+                             f"out of range")
+        decay = rshift(Mi * wdmul, wdshift, "nearest")
+        step = (rshift(V.to(torch.int64) * mumul, mushift, "nearest") + step + decay)
+        step = step.clamp(-I32_MAX, I32_MAX)
+    Mn = (Mi - step).clamp(-bound, bound)
+    if mom is not None:
+        return Mn, rshift(Mn, cshift, "nearest"), step
     return Mn, rshift(Mn, cshift, "nearest")
 
 
@@ -636,11 +649,15 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str,
     if op == "wview":
         return [a[0][_view_of(a[0], at)].contiguous()]
     if op == "sgd":
-        ng = bool(at.get("ng"))
-        if len(a) != 3 - ng or len(n.outputs) != 2:
-            raise ValueError("a quantized sgd takes (p, master, g) (with ng: (p, master)) and "
-                             "gives (p_new, master_new)")
+        ng, mom = bool(at.get("ng")), bool(at.get("mom"))
+        if len(a) != 3 - ng + mom or len(n.outputs) != 2 + mom or (ng and mom):
+            raise ValueError("a quantized sgd takes (p, master, g) (with ng: (p, master); "
+                             "with mom: (p, master, g, mom)) and gives (p_new, master_new) "
+                             "(with mom: (p_new, master_new, mom_new))")
         p, M = a[0], a[1]
+        if mom and tuple(a[3].shape) != tuple(M.shape):
+            raise ValueError(f"momentum buffer {tuple(a[3].shape)} and master "
+                             f"{tuple(M.shape)} differ in shape")
         g = torch.zeros_like(M[_view_of(M, at)]) if ng else a[2]
         if tuple(p.shape) != tuple(M.shape):
             raise ValueError(f"compute copy {tuple(p.shape)} and master {tuple(M.shape)} "
@@ -650,23 +667,30 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str,
         if g.numel() != Msel.numel():
             raise ValueError(f"gradient of shape {tuple(g.shape)} does not fit the view "
                              f"of shape {tuple(Msel.shape)}")
+        mo = ((a[3][ix], at["mumul"], at["mushift"], at["wdmul"], at["wdshift"])
+              if mom else None)
+        Vn = None
         if fmt:
             lrshift, cshift, bound = fmt.sgd(n, graph)
             if not (0 <= lrshift <= 31 and -31 <= cshift <= 31):
                 raise ValueError(f"sgd: lrshift {lrshift} or cshift {cshift} out of range")
-            Mn, r = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], cshift,
-                               at["cbits"], lrshift, bound)
+            Mn, r, *Vn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], cshift,
+                                    at["cbits"], lrshift, bound, mo)
             Cn = sat(r, int(at["cbits"]))
             if n.outputs[0] in fmt.reg.stats and Cn.numel():
                 lim = 2 ** (int(at["cbits"]) - 1) - 1
                 fmt._add(fmt.reg.of[n.outputs[0]], int((r.abs() > lim).sum()),
                          int(Cn.abs().max()))
         else:
-            Mn, Cn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], at["cshift"],
-                                at["cbits"], at.get("lrshift", 16))
+            Mn, Cn, *Vn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], at["cshift"],
+                                     at["cbits"], at.get("lrshift", 16), None, mo)
         p_new, M_new = p.clone(), M.clone()
         p_new[ix] = Cn
         M_new[ix] = Mn
+        if mom:
+            V_new = a[3].clone()
+            V_new[ix] = Vn[0]
+            return [p_new, M_new, V_new]
         return [p_new, M_new]
     if op == "bn_adapt":
         x, b, q = a

@@ -81,7 +81,7 @@ def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> 
             ok = bias_grad_fits(t, hw, tg)
         elif n.op == "sgd":
             inner = sgd_geometry(g, gn)[2]
-            ok = sgd_fits(t, inner, tg)
+            ok = sgd_fits(t, inner, tg, mom=bool(gn.attrs.get("mom")))
         else:       # element-wise / pooling / loss: the tile pass takes the largest fit
             ok = all(t[d] <= a.tiles[d] for d in t)
         if not ok:
@@ -132,7 +132,8 @@ def compile_ir(path: str, log=None):
         mask = {k: list(v) for k, v in g.meta.get("mask", {}).items()}
     stages = ("capture",) + PIPELINE
     todo = PIPELINE[stages.index(stage):] if stage in stages else ()
-    for pas in make_passes(mask, example, params, float(lr), abuf=tg.abuf):
+    opt = {k: float(f.source.get(k, 0.0)) for k in ("momentum", "weight_decay")}
+    for pas in make_passes(mask, example, params, float(lr), abuf=tg.abuf, **opt):
         name = pas.name
         if name not in todo:
             continue

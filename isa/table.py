@@ -276,12 +276,22 @@ INSTRS: tuple[Instr, ...] = (
         Field("mbound", 32, doc="dyn: the master's saturation bound"),
         Field("ng", 1, doc="1: no gradient (G = 0, gbuf not read): re-derive the copy"),
         *_STAT,
+        Field("mom", 1, doc="1: momentum / weight decay: the int32 momentum tile V at vaddr "
+              "is read and updated in place"),
+        Field("vaddr", 20, doc="mom: ABUF address of the int32 momentum tile V"),
+        Field("mumul", 32, doc="mom: momentum mu * 2^mushift"),
+        Field("mushift", 8, doc="mom: right shift of V*mumul (0..31)"),
+        Field("wdmul", 32, signed=True, doc="mom: lr * weight decay * 2^wdshift"),
+        Field("wdshift", 8, doc="mom: right shift of M*wdmul (0..31)"),
     ), "Weight update: M = clamp(M - round(G*lrmul / 2^lrshift), +-bound), "
        "bound = (2^(cbits-1)-1) << cshift; D = round(M / 2^cshift). dyn=1: lrshift = "
        "lrbase - X[xg], cshift = X[xc] + X[xd] - emas, bound = mbound, and "
        "D = sat_cbits(r), r = round(M / 2^cshift); traps unless 0 <= lrshift <= 31 and "
        "-31 <= cshift <= 31. Statistics (st=1): X[xs] += #{|r| > 2^(cbits-1)-1}, "
-       "X[xs+1] = max(X[xs+1], max |D|)."),
+       "X[xs+1] = max(X[xs+1], max |D|). mom=1 (momentum, weight decay): "
+       "u = round(G*lrmul / 2^lrshift), d = round(M*wdmul / 2^wdshift), "
+       "V = sat32(round(V*mumul / 2^mushift) + u + d), M = clamp(M - V, +-bound); traps "
+       "unless 0 <= mushift, wdshift <= 31 and mumul <= 2^30."),
     Instr("VADD", 14, "compute", (
         *_buf("a", "A (int8)"), *_buf("b", "B (int8)"), *_buf("d", "the int8 result"),
         Field("count", 32, doc="elements"),

@@ -334,6 +334,24 @@ def _sgd_shifts(m, f) -> tuple[int, int, int]:
     return lrshift, cshift, bound
 
 
+def _momentum(m, f, Mv, u):
+    """mom=1: V = sat32(round(V*mumul / 2^mushift) + u + round(M*wdmul / 2^wdshift)),
+    written back to the momentum tile at vaddr; returns V (the master's step)."""
+    c = f["count"]
+    for k in ("mushift", "wdshift"):
+        if not 0 <= f[k] <= 31:
+            raise Trap(f"SGD field {k}={f[k]} outside [0, 31]")
+    if f["mumul"] > 1 << 30:      # keeps V*mumul + u + d inside int64
+        raise Trap(f"SGD field mumul={f['mumul']} above 2^30")
+    check_range(m, "ABUF", f["vaddr"], c, f"SGD momentum [{c}] at vaddr")
+    Vv = m.bufs["ABUF"][f["vaddr"]:f["vaddr"] + c].astype(np.int64)
+    d = rshift(Mv * np.int64(f["wdmul"]), f["wdshift"], "nearest")
+    Vn = clamp(rshift(Vv * np.int64(f["mumul"]), f["mushift"], "nearest") + u + d,
+               -INT32_MAX, INT32_MAX)
+    m.bufs["ABUF"][f["vaddr"]:f["vaddr"] + c] = Vn
+    return Vn
+
+
 def op_sgd(m, f):
     c = f["count"]
     db = buf_name(f["dbuf"], "dbuf")
@@ -351,7 +369,10 @@ def op_sgd(m, f):
     else:
         gb = buf_name(f["gbuf"], "gbuf")
         G = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
-        Mn = clamp(Mv - rshift(G * np.int64(f["lrmul"]), lrshift, "nearest"), -bound, bound)
+        step = rshift(G * np.int64(f["lrmul"]), lrshift, "nearest")
+        if f["mom"]:
+            step = _momentum(m, f, Mv, step)
+        Mn = clamp(Mv - step, -bound, bound)
     r = rshift(Mn, cshift, "nearest")
     # static: |Mn| <= bound, a multiple of 2**cshift, so |r| <= 2**(cbits-1) - 1; dyn: the
     # copy saturates.  Either way C fits an int8 buffer when cbits <= 8 and ABUF always;

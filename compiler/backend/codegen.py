@@ -403,20 +403,30 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         rows, blocks, inner = sgd_geometry(g, n)
         wide = psym.dtype == "i32"
         tile = nest.tiles["r"] * nest.tiles["b"] * inner
-        # halves: ABUF [m0 | m1 | wide copy0 | copy1], IBUF [g0 | g1], WBUF [copy0 | copy1]
-        k = copies(lambda t, c: sgd_fits(t, inner, em.tg, c), nest.tiles)
+        # halves: ABUF [m0 | m1 | wide copy0 | copy1 | mom0 | mom1], IBUF [g0 | g1],
+        # WBUF [copy0 | copy1]; mom (momentum buffer V): loaded and stored like the master
+        mom = bool(a.get("mom"))
+        vsym = mem.of_value[n.inputs[3]] if mom else None
+        k = copies(lambda t, c: sgd_fits(t, inner, em.tg, c, mom), nest.tiles)
         for i, t in enumerate(_tiles(nest, list(nest.order))):
             (r0, rt), (b0, bt) = t["r"], t["b"]
             h = (i % k) * tile
             cbuf, caddr = (ABUF, k * tile + h) if wide else (WBUF, h)
             em.view(True, ABUF, h, msym, a, r0, rt, b0, bt)
+            vaddr = 2 * k * tile + h
+            if mom:
+                em.view(True, ABUF, vaddr, vsym, a, r0, rt, b0, bt)
             if not ng:
                 em.box(True, IBUF, h, grad, (r0, b0 * inner), (rt, bt * inner),
                        (rows, blocks * inner))
+            momf = dict(mom=1, vaddr=vaddr, mumul=a["mumul"], mushift=a["mushift"],
+                        wdmul=a["wdmul"], wdshift=a["wdshift"]) if mom else {}
             em.emit("SGD", maddr=h, gbuf=IBUF, gaddr=h, dbuf=cbuf, daddr=caddr,
                     count=rt * bt * inner, lrmul=a["lrmul"], lrshift=a["lrshift"], cshift=a["cshift"],
-                    cbits=a["cbits"], **_sgd_dyn(em, n))
+                    cbits=a["cbits"], **_sgd_dyn(em, n), **momf)
             em.view(False, ABUF, h, msym, a, r0, rt, b0, bt)
+            if mom:
+                em.view(False, ABUF, vaddr, vsym, a, r0, rt, b0, bt)
             em.view(False, cbuf, caddr, psym, a, r0, rt, b0, bt)
 
 

@@ -75,7 +75,7 @@ def plan_memory(g: Graph, seed: int, ddr_limit: int, regs=None) -> MemoryPlan:
     m = plan_layout(g, seed, ddr_limit, regs)
     if regs is not None:
         for s in [*m.symbols.values(), *m.of_value.values()]:
-            if s.value is not None and s.kind != "master":
+            if s.value is not None and s.kind not in ("master", "mom"):
                 s.xreg = regs.regs(s.value) or None
     return m
 
@@ -92,15 +92,18 @@ def plan_layout(g: Graph, seed: int, ddr_limit: int, regs=None) -> MemoryPlan:
         m.place(cname, "const", (len(vals),), "i32", init=np.array(vals))
     init = g.meta["init"]
     newval = {n.inputs[i]: n.outputs[i] for n in g.nodes if n.op == "sgd" for i in (0, 1)}
+    newval.update({n.inputs[3]: n.outputs[2] for n in g.nodes
+                   if n.op == "sgd" and n.attrs.get("mom")})
     newval.update({n.inputs[i + 1]: n.outputs[i] for n in g.nodes if n.op == "bn_adapt"
                    for i in (0, 1)})
     for p in g.params.values():
-        for vname in (p.value, f"master:{p.name}"):
-            if vname not in init:         # frozen: no master copy
+        # mom: the momentum buffer (zero-initialised; only with --momentum/--weight-decay)
+        for vname in (p.value, f"master:{p.name}", f"mom:{p.name}"):
+            if vname not in init:         # frozen: no master copy; no momentum buffer
                 continue
             v = V[vname]
-            sym = m.place(vname if vname.startswith("master:") else f"param:{p.name}",
-                          "master" if vname.startswith("master:") else "param",
+            kind = vname.split(":")[0] if vname.startswith(("master:", "mom:")) else "param"
+            sym = m.place(vname if kind != "param" else f"param:{p.name}", kind,
                           v.shape, v.dtype, v.exp, newval.get(vname, vname), init[vname])
             m.of_value[vname] = sym
             if vname in newval:

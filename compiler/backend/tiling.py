@@ -65,7 +65,7 @@ def in_block(g: Graph, n) -> int:
 
 def sgd_geometry(g: Graph, n) -> tuple[int, int, int]:
     """(rows, blocks, elements per block) of the mask view an sgd node updates."""
-    if len(n.inputs) == 3:
+    if len(n.inputs) >= 3:
         gshape = g.values[n.inputs[2]].shape
     else:           # no gradient (attr ng): a bias, rows out_idx
         out_idx = n.attrs["out_idx"]
@@ -113,11 +113,11 @@ def bias_grad_fits(t: dict, hw: int, tg: Target, copies: int = 1) -> bool:
     return copies * (t["n"] * t["c"] * hw + t["c"]) <= tg.ibuf and t["c"] <= tg.abuf
 
 
-def sgd_fits(t: dict, inner: int, tg: Target, copies: int = 1) -> bool:
-    """Master tile and a (wide) compute copy in ABUF; gradient / int8 copy in IBUF / WBUF
-    (copies of each)."""
+def sgd_fits(t: dict, inner: int, tg: Target, copies: int = 1, mom: bool = False) -> bool:
+    """Master tile, a (wide) compute copy and (mom) the momentum tile in ABUF; gradient /
+    int8 copy in IBUF / WBUF (copies of each)."""
     m = t["r"] * t["b"] * inner
-    return copies * 2 * m <= tg.abuf and copies * m <= min(tg.ibuf, tg.wbuf)
+    return copies * (3 if mom else 2) * m <= tg.abuf and copies * m <= min(tg.ibuf, tg.wbuf)
 
 
 def fitted(shrink, fits, what):
@@ -227,7 +227,8 @@ def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
             rows, blocks, inner = sgd_geometry(g, n)
             dims = {"r": rows, "b": blocks}
             t = fitted(lambda f: _shrink(dims, {}, f, ("r", "b"), where),
-                       lambda t, k: sgd_fits(t, inner, tg, k), where)
+                       lambda t, k: sgd_fits(t, inner, tg, k, bool(n.attrs.get("mom"))),
+                       where)
         else:
             raise EdgecError(f"{where}: no lowering for op {n.op!r}")
         nest = LoopNest(i, n.op, n.layer, dict(dims), dict(t), par + red, unit)

@@ -149,6 +149,7 @@ def _footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
         c = f["count"]
         return [*([] if f["ng"] else [(B[f["gbuf"]], f["gaddr"], f["gaddr"] + c, False, None)]),
                 ("ABUF", f["maddr"], f["maddr"] + c, True, None),
+                *([("ABUF", f["vaddr"], f["vaddr"] + c, True, None)] if f.get("mom") else []),
                 (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True, None)]
     return []       # SYNC, END, EXPUPD (XBUF: see footprint)
 

@@ -65,9 +65,10 @@ OPS: dict[str, tuple[tuple[int, int], int, tuple[str, ...]]] = {
     # blocks in_idx of in_block consecutive elements (in_block = H*W for a linear after a
     # flatten, 1 otherwise).  None = keep all.
     "wview": ((1, 1), 1, ("out_idx", "in_idx", "in_block")),
-    # p, g -> p'  (float graph);  p8, master, g -> p8', master'  (quantized graph).
+    # p, g -> p'  (float graph);  p8, master, g -> p8', master'  (quantized graph);
+    # with attr mom (momentum / weight decay): p8, master, g, mom -> p8', master', mom'.
     # The update writes through the same view as the matching wview (attrs copied).
-    "sgd": ((2, 3), (1, 2), ("lr", "out_idx", "in_idx", "in_block")),
+    "sgd": ((2, 4), (1, 3), ("lr", "out_idx", "in_idx", "in_block")),
     # x[N,C,...], b[C], q[C,1,1,1] -> b', q'  (--adapt-bn): BatchNorm constants from the
     # statistics of the BN input x: b is the producing conv's bias (mode 0, the mean is
     # folded in) or the BN shift (mode 1), q the int8 scale.  Rows out_idx of b and q
@@ -197,7 +198,7 @@ class Graph:
     def verify(self) -> None:
         """Structural checks: known ops, arity, SSA, defined-before-use, attrs present."""
         defined = set(self.inputs) | {p.value for p in self.params.values()}
-        defined |= {v for v in self.values if v.startswith("master:")}
+        defined |= {v for v in self.values if v.startswith(("master:", "mom:"))}
         for i, n in enumerate(self.nodes):
             where = f"node {i} ({n.op}{' in ' + n.layer if n.layer else ''})"
             if n.op not in OPS:

@@ -28,6 +28,7 @@ from .loops import LoopNest
 
 STAGES = ("capture", "prune", "mask", "quantize", "update", "tile")
 SOURCE_KEYS = ("model", "mask", "target", "lr", "seed")
+OPTIONAL_SOURCE_KEYS = ("momentum", "weight_decay")    # printed only when given
 _NAME = re.compile(r"[A-Za-z_]([A-Za-z0-9_.:]*[A-Za-z0-9_])?\Z")
 _KEYWORDS = {"true", "false", "none", "of", "frozen", "tile", "unit", "at"}
 _DTYPES = ("f32", "i8", "i16", "i32")
@@ -108,7 +109,8 @@ def _type(v: Value) -> str:
 
 
 def _header(kind: str, stage: str, source: dict) -> list[str]:
-    src = " ".join(f"{k}={_lit(source.get(k))}" for k in SOURCE_KEYS)
+    src = " ".join(f"{k}={_lit(source.get(k))}" for k in SOURCE_KEYS
+                   + tuple(k for k in OPTIONAL_SOURCE_KEYS if source.get(k)))
     what = ("graph IR: values with dtype<2^exp>[shape] (real = q * 2^exp), nodes "
             "`N: results = op operands {attrs} @layer at \"file:line\"`"
             if kind == "graph" else
@@ -323,9 +325,9 @@ def _build(tree, kind: str) -> IRFile:
     stage, source_t, *stmts = tree.children
     src = {}
     for k, v in source_t.children:
-        if k not in SOURCE_KEYS:
+        if k not in SOURCE_KEYS + OPTIONAL_SOURCE_KEYS:
             raise _Err(source_t.meta, f"unknown source key {k!r} (expected "
-                       f"{', '.join(SOURCE_KEYS)})")
+                       f"{', '.join(SOURCE_KEYS + OPTIONAL_SOURCE_KEYS)})")
         src[k] = v
     if stage not in STAGES or (kind == "loop") != (stage == "tile"):
         raise _Err(tree.meta, f"stage {stage!r} is not valid for a {kind} file (expected "

@@ -204,7 +204,7 @@ def _constraints(g: Graph, R: Registers):
             z = R.of[n.inputs[0]]
             lo = R.e0[z] if lo is None else lo
             yield (z,), lambda e, b=lo: e[0] - b, 0, k - 1
-        elif n.op == "sgd" and len(n.inputs) == 3:
+        elif n.op == "sgd" and len(n.inputs) >= 3:
             g_reg = R.of[n.inputs[2]]
             base = n.attrs["lrshift"] + V[n.inputs[2]].exp
             yield (g_reg,), lambda e, b=base: b - e[0], 0, 31

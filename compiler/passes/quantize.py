@@ -20,6 +20,8 @@ from edgec.isa.errors import EdgecError
 from ..ir.float_interp import run_float
 from ..ir.graph import Graph
 from .dynfmt import SPAN
+
+MU_SHIFT = 16       # momentum mu ~ mumul / 2**MU_SHIFT
 from .mask import calibration_graphs
 
 ACC_MAX = 2**31 - 1
@@ -278,6 +280,8 @@ def initial_data(g: Graph, params: dict) -> dict[str, np.ndarray]:
         if master is not None:
             init[f"master:{p.name}"] = m.astype(np.int32)
         init[p.value] = rshift_nearest(m, cshift).astype(np.int32 if cbits > 8 else np.int8)
+        if f"mom:{p.name}" in V:            # momentum buffer (--momentum): starts at zero
+            init[f"mom:{p.name}"] = np.zeros(V[p.value].shape, np.int32)
     return init
 
 
@@ -333,9 +337,29 @@ class UpdatePass:
     name = "update"
     lr: float = 0.01
     dynamic: bool = False           # leave room for the gradient's exponent to move
+    momentum: float = 0.0           # torch.optim.SGD momentum (dampening 0, no nesterov)
+    weight_decay: float = 0.0       # torch.optim.SGD weight_decay (L2 added to the gradient)
+
+    def _mom_attrs(self) -> dict:
+        """Fixed-point momentum and weight decay (numerics.md section 4): mu ~ mumul /
+        2^MU_SHIFT, lr * wd ~ wdmul / 2^wdshift; {} without either (today's program)."""
+        mu, wd = float(self.momentum), float(self.weight_decay)
+        if not (0.0 <= mu < 1.0) or not math.isfinite(mu):
+            raise EdgecError(f"--momentum {mu}: need 0 <= momentum < 1")
+        if not (wd >= 0.0) or not math.isfinite(wd):
+            raise EdgecError(f"--weight-decay {wd}: need a weight decay >= 0")
+        if mu == 0.0 and wd == 0.0:
+            return {}
+        wdshift, wdmul = lr_fixed(self.lr * wd, 0, 31) if wd else (0, 0)
+        if wdshift is None:
+            raise EdgecError(f"--weight-decay {wd} with --lr {self.lr}: lr * wd is too large")
+        return {"mom": True, "momentum": mu, "weight_decay": wd,
+                "mumul": int(round(mu * 2**MU_SHIFT)), "mushift": MU_SHIFT,
+                "wdmul": int(wdmul), "wdshift": int(wdshift)}
 
     def apply(self, g: Graph) -> Graph:
         V = g.values
+        mom = self._mom_attrs()
         for p in g.params.values():
             master = f"master:{p.name}"
             if not p.trainable and master in V:     # dynamic: a frozen bias, re-derived
@@ -353,8 +377,16 @@ class UpdatePass:
             newp, newm = f"new:{p.name}", f"newmaster:{p.name}"
             g.add_value(newp, V[p.value].shape, V[p.value].dtype, V[p.value].exp)
             g.add_value(newm, V[p.value].shape, "i32", V[master].exp)
-            g.add_node("sgd", [p.value, master, grad], [newp, newm],
+            ins, outs = [p.value, master, grad], [newp, newm]
+            if mom:     # the momentum buffer: int32 at the master's exponent, zero at first
+                vm, newv = f"mom:{p.name}", f"newmom:{p.name}"
+                g.add_value(vm, V[p.value].shape, "i32", V[master].exp)
+                g.add_value(newv, V[p.value].shape, "i32", V[master].exp)
+                g.meta.setdefault("init", {})[vm] = np.zeros(V[p.value].shape, np.int32)
+                ins, outs = ins + [vm], outs + [newv]
+            g.add_node("sgd", ins, outs,
                        {"lr": self.lr, "lrmul": lrmul, "lrshift": lrshift, "cshift": cshift, "cbits": cbits,
+                        **mom,
                         **{k: va[k] for k in ("out_idx", "in_idx", "in_block", "out_tab",
                                               "in_tab")}},
                        layer=p.module, loc=next((n.loc for n in g.nodes
