@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from edgec.compiler.driver import compile_module
-from edgec.compiler.verify import verify
+from edgec.compiler.verify import float_grads, make_batch, verify
 from edgec.isa.target import load_target
 
 from randmodels import random_case
@@ -21,9 +21,14 @@ def test_random_model_bit_exact(seed):
     rep = verify(c, seed=seed, batch_seed=seed)
     assert rep.bit_exact, [(m.symbol, m.index, m.ref, m.emu, m.origin) for m in rep.mismatches]
     assert len(rep.checked) >= 6
-    # the fixed-point step points the same way as float autograd
+    # the fixed-point step points the same way as float autograd, unless the whole float
+    # gradient is below one step of its int8 format (stochastic rounding may then give 0)
+    fg = float_grads(c, *make_batch(c, seed))
+    g = c.graph
     for name, cos, _ in rep.fidelity:
-        assert cos > 0.5, (name, cos)
+        step = 2.0 ** g.values[g.outputs[f"grad:{name}"]].exp
+        if float(fg[name].abs().max()) >= step:
+            assert cos > 0.5, (name, cos)
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
