@@ -439,10 +439,13 @@ class _Formats:
     """The exponent table of a training program (numerics.md section 8) while the step
     runs: shifts derived from E, statistics, the rule, the update's shifts."""
 
-    def __init__(self, graph: Graph, table):
+    def __init__(self, graph: Graph, table=None):
+        """`table`: the step's starting table (None: the compiled one)."""
         self.reg = exponent_registers(graph)
         self.R = R = self.reg.count
         self.calm = CALM_STEPS
+        if table is None:
+            table = self.reg.table()
         t = [int(v) for v in torch.as_tensor(table).reshape(-1).tolist()]
         if len(t) != ROWS * R:
             raise EdgecError(f"run_reference: xtab has {len(t)} entries, the program's "
@@ -460,12 +463,18 @@ class _Formats:
         return self.E(n.outputs[0]) - sum(self.E(v) for v in n.inputs[:2])
 
     def count(self, out: str, r: torch.Tensor, q: torch.Tensor, lo: int, hi: int) -> None:
-        """Statistics of a result (r rounded, q stored) of a dynamic register."""
+        """Statistics of an int8 result (r rounded, q stored) of a dynamic register."""
         if out not in self.reg.stats or q.numel() == 0:
             return
-        k = self.reg.of[out]
         sat = ((r > 127) & (hi == 127)) | ((r < -127) & (lo == -127))
-        self._add(k, int(sat.sum()), int(q.abs().max()))
+        self._add(self.reg.of[out], int(sat.sum()), int(q.abs().max()))
+
+    def count_copy(self, out: str, r: torch.Tensor, c: torch.Tensor, cbits: int) -> None:
+        """Statistics of an update's new compute copy (r rounded, c = sat_cbits(r))."""
+        if out not in self.reg.stats or c.numel() == 0:
+            return
+        lim = 2 ** (cbits - 1) - 1
+        self._add(self.reg.of[out], int((r.abs() > lim).sum()), int(c.abs().max()))
 
     def _add(self, k: int, nsat: int, qmax: int) -> None:
         a = 3 * self.R + 2 * k
@@ -677,10 +686,7 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str,
             Mn, r, *Vn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], cshift,
                                     at["cbits"], lrshift, bound, mo)
             Cn = sat(r, int(at["cbits"]))
-            if n.outputs[0] in fmt.reg.stats and Cn.numel():
-                lim = 2 ** (int(at["cbits"]) - 1) - 1
-                fmt._add(fmt.reg.of[n.outputs[0]], int((r.abs() > lim).sum()),
-                         int(Cn.abs().max()))
+            fmt.count_copy(n.outputs[0], r, Cn, int(at["cbits"]))
         else:
             Mn, Cn, *Vn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], at["cshift"],
                                      at["cbits"], at.get("lrshift", 16), None, mo)
@@ -755,10 +761,7 @@ def run_reference(graph: Graph, inputs: dict[str, torch.Tensor], seed: int) -> d
     names += [k for k in inputs if k in graph.values and k not in produced and k not in names]
     for name in names:
         env[name] = _take_input(name, inputs, graph)
-    fmt = None
-    if is_dynamic(graph):
-        fmt = _Formats(graph, inputs["xtab"] if "xtab" in inputs else
-                       _initial_table(graph))
+    fmt = _Formats(graph, inputs.get("xtab")) if is_dynamic(graph) else None
     with torch.no_grad():
         for i, n in enumerate(graph.nodes):
             where = _where(i, n)
@@ -795,7 +798,3 @@ def run_reference(graph: Graph, inputs: dict[str, torch.Tensor], seed: int) -> d
     if fmt:
         env["xtab"] = fmt.tensor()
     return env
-
-
-def _initial_table(graph: Graph) -> torch.Tensor:
-    return torch.as_tensor(exponent_registers(graph).table(), dtype=torch.int64)

@@ -87,7 +87,8 @@ def plan_layout(g: Graph, seed: int, ddr_limit: int, regs=None) -> MemoryPlan:
         m.place(f"tab:{layer}", "table", (len(kept),), "i32", init=np.array(kept))
     m.place("rng_seed", "seed", (1,), "i32", init=np.array([seed], np.uint32).view(np.int32))
     if regs is not None:
-        m.place("xtab", "xtab", (len(regs.table()),), "i32", value="xtab", init=regs.table())
+        table = regs.table()
+        m.place("xtab", "xtab", table.shape, "i32", value="xtab", init=table)
     for cname, vals in sorted(g.consts.items()):
         m.place(cname, "const", (len(vals),), "i32", init=np.array(vals))
     init = g.meta["init"]

@@ -153,7 +153,7 @@ def exponent_registers(g: Graph) -> Registers:
             R.hi.append(e + span)
             R.thr.append(0)
         R.of[v] = root_reg[r]
-    _thresholds(g, R, static, u)
+    _thresholds(g, R)
     for b, (x, w) in _bias_operands(g).items():
         R.bias[b] = (R.of[x], R.of[w])
     _narrow(g, R)
@@ -163,17 +163,17 @@ def exponent_registers(g: Graph) -> Registers:
     return R
 
 
-def _thresholds(g: Graph, R: Registers, static: set, u: _Union) -> None:
-    """Which producers count statistics, and thr per register: count // 256 elements for
-    activations and errors, 0 for gradients and weights."""
+def _thresholds(g: Graph, R: Registers) -> None:
+    """Which producers of dynamic registers count statistics, and thr per register:
+    count // 256 elements for activations and errors, 0 for gradients and weights."""
     V = g.values
     count = [0] * R.count
     exact = [False] * R.count
     for n in g.nodes:
         out = n.outputs[0]
-        if u.find(out) in static or out not in R.of:
+        r = R.of.get(out)
+        if r is None or R.lo[r] == R.hi[r]:         # static: nothing to count
             continue
-        r = R.of[out]
         if n.op in MAC_OPS or n.op in ("add", "bias_grad"):
             R.stats.add(out)
             count[r] += int(np.prod(V[out].shape))
