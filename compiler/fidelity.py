@@ -24,7 +24,7 @@ from .frontend.capture import float_values
 from .ir.float_interp import eval_node as float_eval
 from .ir.float_interp import _view_index, run_float
 from .reference import run_reference
-from .verify import cosine_rel, quantize_input, subset_labels
+from .verify import cosine_rel, quantize_input, subset_labels, teacher_target_loss
 
 
 def float_params(c) -> dict[str, torch.Tensor]:
@@ -92,21 +92,13 @@ def _float_forward(n, a: list[torch.Tensor]) -> torch.Tensor:
 
 def _float_loss(n, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The float loss whose gradient the loss_grad node ``n`` computes (numerics.md
-    section 4): mean cross-entropy with the labels, or with a teacher's logits ``target``
-    (pseudo labels: its first argmax, rows below the confidence threshold weigh 0; kd:
-    ``T * mean_n CE(softmax(t/T), softmax(z/T))``)."""
-    F = torch.nn.functional
+    section 4): mean cross-entropy with the labels, or the teacher loss with a teacher's
+    logits ``target``."""
     at = n.attrs
     kind = at.get("target", "labels")
     if kind == "labels":
-        return F.cross_entropy(z, target.long())
-    t = target.detach()
-    if kind == "pseudo":
-        pt = torch.softmax(t, dim=1)
-        keep = (pt.max(dim=1).values >= float(at["threshold"])).to(z.dtype)
-        return (F.cross_entropy(z, pt.argmax(dim=1), reduction="none") * keep).mean()
-    T = float(at["temp"])
-    return T * -(torch.softmax(t / T, dim=1) * F.log_softmax(z / T, dim=1)).sum(1).mean()
+        return torch.nn.functional.cross_entropy(z, target.long())
+    return teacher_target_loss(z, target, kind, at.get("threshold"), at.get("temp"))
 
 
 def device_forward_backprop(float_graph, graph, env: dict) -> dict[str, torch.Tensor]:

@@ -171,12 +171,22 @@ def float_loss(c: Compiled, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -
         return F.cross_entropy(subset_logits(c, z), subset_labels(c, y))
     with torch.no_grad():
         zt = copy.deepcopy(c.model).float().eval()(x)
-    if t["target"] == "pseudo":
-        pt = torch.softmax(zt, dim=1)
-        keep = (pt.max(dim=1).values >= t["threshold"]).to(z.dtype)
+    return teacher_target_loss(z, zt, t["target"], t.get("threshold"), t.get("temp"))
+
+
+def teacher_target_loss(z: torch.Tensor, t: torch.Tensor, kind: str, threshold=None,
+                        temp=None) -> torch.Tensor:
+    """The float loss of logits ``z`` against a teacher's logits ``t``: pseudo labels (its
+    first argmax; rows below the confidence ``threshold`` weigh 0, mean over all N) or
+    distillation ``T * mean_n CE(softmax(t/T), softmax(z/T))`` (kd, T = ``temp``)."""
+    F = torch.nn.functional
+    t = t.detach()
+    if kind == "pseudo":
+        pt = torch.softmax(t, dim=1)
+        keep = (pt.max(dim=1).values >= float(threshold)).to(z.dtype)
         return (F.cross_entropy(z, pt.argmax(dim=1), reduction="none") * keep).mean()
-    T = float(t["temp"])
-    return T * -(torch.softmax(zt / T, dim=1) * F.log_softmax(z / T, dim=1)).sum(1).mean()
+    T = float(temp)
+    return T * -(torch.softmax(t / T, dim=1) * F.log_softmax(z / T, dim=1)).sum(1).mean()
 
 
 def float_grads(c: Compiled, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
