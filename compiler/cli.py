@@ -41,7 +41,8 @@ def _progress(quiet: bool):
     return log
 
 
-def _compile(args, log):
+def _compile(args, log, **over):
+    """Compile args.model with the command line's options (`over` replaces some)."""
     from .driver import compile_model
     if args.model.endswith((".ir", ".loop")):     # resume from an IR dump (--dump-ir)
         from edgec.isa.errors import EdgecError
@@ -60,16 +61,17 @@ def _compile(args, log):
                              "--freeze/--bias-only/--classes/--labels/--loss/--threshold/"
                              "--temperature/--adapt-bn/--remaskable or edit the dump")
         return compile_ir(args.model, log)
-    return compile_model(args.model, args.mask, args.target,
-                         lr=0.01 if args.lr is None else args.lr,
-                         seed=args.seed or 0,
-                         log=log, dump_ir=getattr(args, "dump_ir", None),
-                         calib=getattr(args, "calib", None), train=args.train or (),
-                         freeze=args.freeze or (), bias_only=args.bias_only,
-                         classes=_class_list(args.classes), teacher=_teacher(args),
-                         adapt_bn=getattr(args, "adapt_bn", False), search=args.search,
-                         remaskable=getattr(args, "remaskable", False),
-                         momentum=args.momentum or 0.0, weight_decay=args.weight_decay or 0.0)
+    opt = dict(lr=0.01 if args.lr is None else args.lr,
+               seed=args.seed or 0,
+               log=log, dump_ir=getattr(args, "dump_ir", None),
+               calib=getattr(args, "calib", None), train=args.train or (),
+               freeze=args.freeze or (), bias_only=args.bias_only,
+               classes=_class_list(args.classes), teacher=_teacher(args),
+               adapt_bn=getattr(args, "adapt_bn", False), search=args.search,
+               remaskable=getattr(args, "remaskable", False),
+               momentum=args.momentum or 0.0, weight_decay=args.weight_decay or 0.0)
+    opt = {"mask_path": args.mask, **opt, **over}
+    return compile_model(args.model, target=args.target, **opt)
 
 
 def _teacher(args) -> dict | None:
@@ -215,18 +217,24 @@ def cmd_run(args) -> int:
 def cmd_finetune(args) -> int:
     import torch
 
+    from edgec.isa.errors import EdgecError
+
     from .finetune import accuracy, check_data, finetune, load_data
-    if args.adapt_bn:
+    teacher = _teacher(args)                       # bad flag combinations: fail early
+    if (args.adapt_steps is not None or args.teacher_bn is not None) and not (
+            args.adapt_bn and teacher):
+        raise EdgecError("--adapt-steps and --teacher-bn apply to --adapt-bn with --labels "
+                         "pseudo / --loss kd (BatchNorm adaptation before the training steps)")
+    if args.adapt_bn and teacher is None:
         return _finetune_adapt(args)
     log = _progress(args.quiet)
-    teacher = _teacher(args)                       # bad flag combinations: fail early
     x, y = load_data(args.data, need_y=teacher is None)   # unreadable / missing arrays too
     ev = load_data(args.eval) if args.eval else None
     if y is None and ev is None:
-        from edgec.isa.errors import EdgecError
         raise EdgecError(f"{args.data} has no labels y: give --eval TEST.npz (with labels) "
                          "to measure accuracy")
-    c = _compile(args, log)
+    stats = _domain_bn(args, x, log) if args.adapt_bn else {}
+    c = _compile(args, log, adapt_bn=False, **stats)
     if y is None:
         import numpy as np
         y = np.zeros(len(x), dtype=np.int64)     # not read by a teacher-target program
@@ -239,10 +247,16 @@ def cmd_finetune(args) -> int:
     else:
         ex, ey = x, y
     from .verify import prune_state_dict, pruned_channels
-    acc0 = accuracy(c.model, ex, ey, class_ids=ids)
+    pre = c.model
+    if args.adapt_bn:                   # c.model has the adapted BatchNorm statistics
+        from .frontend.load import load_model
+        pre = load_model(args.model)[0]
+    acc0 = accuracy(pre, ex, ey, class_ids=ids)
     pruned = bool(pruned_channels(c))
-    pacc0 = accuracy(c.model, ex, ey, prune_state_dict(c, c.model.state_dict()),
+    pacc0 = accuracy(c.model, ex, ey, prune_state_dict(c, pre.state_dict()),
                      class_ids=ids) if pruned else acc0
+    bn_acc = accuracy(c.model, ex, ey, prune_state_dict(c, c.model.state_dict()),
+                      class_ids=ids) if args.adapt_bn else None
     res = finetune(c, x, y, args.steps, seed=args.seed or 0,
                    log=(lambda line: None) if args.quiet else
                    (lambda line: print(f"  {line}", file=sys.stderr)))
@@ -256,10 +270,40 @@ def cmd_finetune(args) -> int:
         print(res.moves_summary())
     print(f"accuracy on {on} ({len(ey)} rows, float32 PyTorch): pretrained {acc0:.2f}%"
           + (f", pruned by the mask {pacc0:.2f}%" if pruned else "")
+          + (f", BN-adapted {bn_acc:.2f}%" if bn_acc is not None else "")
           + f", tuned {acc1:.2f}%")
     print(f"wrote {args.output}: tuned state_dict" + (" (pruned channels zeroed: the "
                                                       "user's pruned model)" if pruned else ""))
     return 0
+
+
+def _domain_bn(args, x, log) -> dict:
+    """finetune --adapt-bn with a teacher (BatchNorm per domain): the student's BatchNorm
+    statistics adapted on the device to --data's x (--adapt-steps runs of the masked
+    adapt-bn program; default two passes over x); with --teacher-bn adapted, the teacher's
+    too (the same runs of the unmasked program).  compile_model's bn_stats options."""
+    import numpy as np
+
+    from .adapt import adapt_bn
+    from .finetune import check_data
+    out = {}
+    for key, mask in (("bn_stats", args.mask), ("teacher_bn_stats", None)):
+        if key == "teacher_bn_stats" and args.teacher_bn != "adapted":
+            break
+        a = _compile(args, log, adapt_bn=True, teacher=None, momentum=0.0, weight_decay=0.0,
+                     train=(), freeze=(), bias_only=False, classes=None, mask_path=mask)
+        shape, n = tuple(a.example_input.shape[1:]), int(a.example_input.shape[0])
+        x, _ = check_data(x, np.zeros(len(x), np.int64), shape, 1, n, args.data)
+        steps = args.adapt_steps if args.adapt_steps is not None else 2 * -(-len(x) // n)
+        who = "student" if key == "bn_stats" else "teacher"
+        res = adapt_bn(a, x, steps, log=(lambda line: None) if args.quiet else
+                       (lambda line: print(f"  adapt-bn ({who}) {line}", file=sys.stderr)))
+        out[key] = res.stats
+        print(f"{steps} BatchNorm adaptation runs of the {who} in {res.seconds:.2f}s "
+              f"({len(res.stats)} BatchNorm layers"
+              + ("; the teacher keeps the pretrained statistics)"
+                 if args.teacher_bn != "adapted" else ")"))
+    return out
 
 
 def _finetune_adapt(args) -> int:
@@ -498,6 +542,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, required=True, help="number of training steps "
                    "(step i uses stochastic-rounding seed SEED + i); with --adapt-bn, "
                    "adaptation runs (y in --data is then optional)")
+    p.add_argument("--adapt-steps", type=_positive_int, default=None, metavar="K",
+                   help="--adapt-bn with --labels pseudo / --loss kd (BatchNorm per domain): "
+                   "first K adaptation runs of the student's BatchNorm statistics on --data "
+                   "(default: two passes over it), then --steps training steps whose "
+                   "teacher keeps the pretrained statistics (see --teacher-bn)")
+    p.add_argument("--teacher-bn", choices=("pretrained", "adapted"), default=None,
+                   help="with --adapt-bn and a teacher: the teacher's BatchNorm statistics, "
+                   "the pretrained ones (default) or adapted to --data too (the unmasked "
+                   "model, the same --adapt-steps runs)")
     p.add_argument("-o", "--output", default="tuned.pt", help="tuned state_dict (default "
                    "tuned.pt)")
     p.set_defaults(func=cmd_finetune)

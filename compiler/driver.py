@@ -41,6 +41,7 @@ class Compiled:
     example_input: torch.Tensor
     mask: dict[str, list[int]]
     float_graph: Graph | None = None    # the float graph after the mask pass (fidelity.py)
+    float_params: dict | None = None    # the float values of its parameters and constants
 
 
 def mask_layers(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, str]]:
@@ -63,7 +64,14 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
                   train=(), freeze=(), bias_only: bool = False, classes=None,
                   adapt_bn: bool = False, search: str = "greedy",
                   teacher: dict | None = None, remaskable: bool = False,
-                  momentum: float = 0.0, weight_decay: float = 0.0) -> Compiled:
+                  momentum: float = 0.0, weight_decay: float = 0.0,
+                  bn_stats: dict | None = None,
+                  teacher_bn_stats: dict | None = None) -> Compiled:
+    """Compile a model file (model.py or .onnx) into a Compiled program; the options are
+    compile_module's.  `bn_stats` ({BatchNorm module: (running_mean, running_var)}): the
+    student's BatchNorm statistics instead of the model's (adapted to the user's domain);
+    with a teacher, the teacher gets its own BatchNorm constants (BatchNorm per domain):
+    the model's statistics, or `teacher_bn_stats` where given."""
     log = log or (lambda msg: None)
     tg = load_target(target)
     graph = None
@@ -86,15 +94,51 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
     if adapt_bn and (train or freeze or bias_only or classes is not None or teacher):
         raise EdgecError("--adapt-bn compiles a label-free BatchNorm adaptation program; it "
                          "does not combine with --train/--freeze/--bias-only/--classes/"
-                         "--labels pseudo/--loss kd")
+                         "--labels pseudo/--loss kd (`edgec finetune --adapt-bn` with "
+                         "--labels pseudo or --loss kd adapts the statistics first, then "
+                         "fine-tunes with a teacher that keeps the pretrained ones)")
     if adapt_bn and (momentum or weight_decay):
         raise EdgecError("--adapt-bn compiles a program without an update; drop "
                          "--momentum/--weight-decay")
     frozen = frozen_params(model, train, freeze, bias_only)
+    teacher_bn = None
+    if teacher_bn_stats is not None and (bn_stats is None or not teacher):
+        raise EdgecError("teacher BatchNorm statistics need the student's (bn_stats) and a "
+                         "teacher (--labels pseudo / --loss kd)")
+    if bn_stats is not None:
+        teacher_bn = bn_statistics(with_bn_statistics(model, teacher_bn_stats or {}))
+        model = with_bn_statistics(model, bn_stats)
     return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
                           graph=graph, frozen=frozen, classes=classes, adapt_bn=adapt_bn,
                           search=search, teacher=teacher, remaskable=remaskable,
-                          momentum=momentum, weight_decay=weight_decay)
+                          momentum=momentum, weight_decay=weight_decay,
+                          teacher_bn=teacher_bn if teacher else None)
+
+
+def bn_statistics(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{BatchNorm module: (running_mean, running_var)} of a model (copies)."""
+    return {name: (m.running_mean.detach().clone(), m.running_var.detach().clone())
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+
+def with_bn_statistics(model: torch.nn.Module, stats: dict) -> torch.nn.Module:
+    """A copy of `model` whose BatchNorms have the running statistics `stats` (a module
+    the model does not have, or a shape that does not match, is an error)."""
+    have = bn_statistics(model)
+    out = copy.deepcopy(model)
+    for name, (mean, var) in stats.items():
+        if name not in have:
+            raise EdgecError(f"BatchNorm statistics for {name!r}: the model has no "
+                             f"BatchNorm of that name")
+        bn = out.get_submodule(name)
+        for buf, v in (("running_mean", mean), ("running_var", var)):
+            t = torch.as_tensor(v)
+            if tuple(t.shape) != tuple(getattr(bn, buf).shape):
+                raise EdgecError(f"BatchNorm {name!r}: {buf} has shape {tuple(t.shape)}, "
+                                 f"the model's is {tuple(getattr(bn, buf).shape)}")
+            getattr(bn, buf).copy_(t.to(getattr(bn, buf).dtype))
+    return out
 
 
 def user_mask(mask: str | dict | None, model: torch.nn.Module, logits_layer: str) -> dict:
@@ -140,7 +184,8 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
                    log=None, dump=None, graph: Graph | None = None, frozen=(),
                    classes=None, adapt_bn: bool = False, search: str = "greedy",
                    teacher: dict | None = None, remaskable: bool = False,
-                   momentum: float = 0.0, weight_decay: float = 0.0) -> Compiled:
+                   momentum: float = 0.0, weight_decay: float = 0.0,
+                   teacher_bn: dict | None = None) -> Compiled:
     """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
     `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
     `graph`, if given, is the float training graph (ONNX frontend) used instead of capture.
@@ -156,7 +201,10 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     `remaskable`: fixed-point formats that do not depend on which channels the mask keeps
     (only on how many), so `edgec remask` can give the program another user's mask.
     `momentum`, `weight_decay`: torch.optim.SGD's (dampening 0, no nesterov); either
-    nonzero gives every trainable parameter a momentum buffer `mom:<name>` in DDR."""
+    nonzero gives every trainable parameter a momentum buffer `mom:<name>` in DDR.
+    `teacher_bn` ({BatchNorm module: (running_mean, running_var)}, with `teacher`): the
+    teacher gets its own BatchNorm constants with these statistics, while the student's
+    come from `model` (BatchNorm per domain)."""
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
@@ -173,7 +221,7 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
         if classes is not None:
             raise EdgecError("--classes cannot be combined with --labels pseudo / --loss kd "
                              "(the teacher predicts every class)")
-        g = TeacherPass(**teacher).apply(g)
+        g = TeacherPass(**teacher, own_bn=teacher_bn is not None).apply(g)
         if full is not None:        # the comparison graph: the same teacher, all trainable
             full = copy.deepcopy(g)
             for name in frozen:
@@ -192,10 +240,11 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
                              f"distinct class ids in [0, {K})")
         mask[logits_layer] = ids          # a row view of the classifier (internal)
         g.meta["class_ids"] = ids
-    params = float_values(g, model)
+    params = float_values(g, model, teacher_bn)
     opt = dict(momentum=momentum, weight_decay=weight_decay)
     c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump, search, adapt,
                  **opt)
+    c.float_params = params
     if full is not None and g.meta["pruned"]["ops"]:
         log("backward without --train/--freeze (for the comparison)")
         ref = _backend(full, mask, example, params, lr, seed, tg, model, lambda m: None,

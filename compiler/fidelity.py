@@ -29,7 +29,8 @@ from .verify import cosine_rel, quantize_input, subset_labels, teacher_target_lo
 
 def float_params(c) -> dict[str, torch.Tensor]:
     """The float values of the graph's parameters and constants (c.model's weights)."""
-    return float_values(c.float_graph, c.model)
+    return c.float_params if c.float_params is not None else float_values(c.float_graph,
+                                                                          c.model)
 
 
 def forward_formats(c) -> dict[str, int]:

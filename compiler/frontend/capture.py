@@ -434,33 +434,46 @@ def _const_param(ctx: _Ctx, name: str, kind: str, module: str, shape) -> str:
     return f"param:{name}"
 
 
-def float_values(g: Graph, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def float_values(g: Graph, model: torch.nn.Module,
+                 teacher_bn: dict | None = None) -> dict[str, torch.Tensor]:
     """Float values of every graph parameter: the model's own (copies) and the frozen
     constants (const_values)."""
     out = {k: v.detach().clone() for k, v in model.named_parameters()}
-    out.update(const_values(g, model))
+    out.update(const_values(g, model, teacher_bn))
     return out
 
 
-def const_values(g: Graph, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Float values of the graph's frozen constants (docs/numerics.md, lowerings)."""
+def const_values(g: Graph, model: torch.nn.Module,
+                 teacher_bn: dict | None = None) -> dict[str, torch.Tensor]:
+    """Float values of the graph's frozen constants (docs/numerics.md, lowerings).  A
+    teacher's own BatchNorm constants (``teacher:<bn>:scale`` ..., compiler/passes/teacher.py)
+    take their statistics from `teacher_bn` ({module: (running_mean, running_var)}) where
+    given, else from the model's BatchNorm, like the student's."""
     out = {}
     for p in g.params.values():
         if p.kind == "avg":
             kh, kw = p.shape[2:]
             out[p.name] = torch.full(p.shape, 1.0 / (kh * kw), dtype=torch.float64)
-        elif p.kind in ("bn_scale", "bn_shift"):
-            bn = model.get_submodule(p.module)
-            inv = 1.0 / torch.sqrt(bn.running_var.double() + float(bn.eps))
-            v = inv if p.kind == "bn_scale" else -bn.running_mean.double() * inv
+        elif p.kind in ("bn_scale", "bn_shift", "bn_mean"):
+            mean, var, eps = _bn_statistics(model, p, teacher_bn or {})
+            inv = 1.0 / torch.sqrt(var + eps)
+            v = inv if p.kind == "bn_scale" else (
+                -mean * inv if p.kind == "bn_shift" else -mean)
             out[p.name] = v.reshape(p.shape)
-        elif p.kind == "bn_mean":
-            bn = model.get_submodule(p.module)
-            out[p.name] = -bn.running_mean.double().reshape(p.shape)
         elif p.kind in ("teacher", "teacher_bias"):       # the pretrained value
             src = dict(model.named_parameters())[p.name.split(":", 1)[1]]
             out[p.name] = src.detach().clone().reshape(p.shape)
     return out
+
+
+def _bn_statistics(model: torch.nn.Module, p, teacher_bn: dict):
+    """(running_mean, running_var, eps) in float64 for a BatchNorm constant `p`."""
+    own = p.name.startswith("teacher:")
+    mod = p.module[len("teacher."):] if own else p.module
+    bn = model.get_submodule(mod)
+    mean, var = (teacher_bn[mod] if own and mod in teacher_bn
+                 else (bn.running_mean, bn.running_var))
+    return (torch.as_tensor(mean).double(), torch.as_tensor(var).double(), float(bn.eps))
 
 
 def _claim_params(ctx: _Ctx, values: list[str], loc: str | None) -> None:

@@ -7,7 +7,10 @@ parameter is replaced by a frozen constant copy of its pretrained value (paramet
 constants (BatchNorm statistics, pooling weights, ``--freeze``) are shared.  Values and
 layers of the clone are named ``teacher.<name>``; the user's mask does not apply to them
 (the teacher is the unpruned pretrained model).  The loss then takes the teacher's logits
-instead of the labels (``loss_grad`` with attribute ``target``):
+instead of the labels (``loss_grad`` with attribute ``target``).  With ``own_bn`` the teacher
+also gets its own copies of the BatchNorm constants (``teacher:<bn>:scale``, ``:shift``,
+``:mean``; same kinds), so the student's statistics can differ from the pretrained ones the
+teacher keeps (BatchNorm per domain, docs/numerics.md):
 
 * ``pseudo``: the target class is the teacher's argmax (first maximum); a sample whose
   teacher confidence (softmax maximum) is below ``threshold`` contributes no gradient;
@@ -27,6 +30,7 @@ from ..ir.graph import Graph, Param
 
 TARGETS = ("pseudo", "kd")
 PREFIX = "teacher."
+BN_KINDS = ("bn_scale", "bn_shift", "bn_mean")
 
 
 def forward_slice(g: Graph, value: str) -> list:
@@ -61,6 +65,7 @@ class TeacherPass:
     target: str = "pseudo"
     threshold: float = 0.5          # pseudo: minimum teacher softmax maximum
     temp: float = 1.0               # kd: softmax temperature (a power of two)
+    own_bn: bool = False            # the teacher keeps its own BatchNorm constants
 
     def apply(self, g: Graph) -> Graph:
         check_options(self.target, self.threshold, self.temp)
@@ -70,9 +75,11 @@ class TeacherPass:
         logits = g.outputs["logits"]
         ren = {}
         for p in list(g.params.values()):
-            if p.trainable:
+            if p.trainable or (self.own_bn and p.kind in BN_KINDS):
+                kind = p.kind if not p.trainable else (
+                    "teacher_bias" if p.is_bias else "teacher")
                 t = Param(f"teacher:{p.name}", g.fresh(f"param:teacher:{p.name}"), p.shape,
-                          PREFIX + p.module, "teacher_bias" if p.is_bias else "teacher", False)
+                          PREFIX + p.module, kind, False)
                 v = g.values[p.value]
                 g.add_value(t.value, v.shape, v.dtype)
                 g.params[t.name] = t
@@ -90,5 +97,6 @@ class TeacherPass:
         opt = ({"threshold": float(self.threshold)} if self.target == "pseudo"
                else {"temp": float(self.temp)})
         loss.attrs.update(target=self.target, **opt)
-        g.meta["teacher"] = {"target": self.target, **opt}
+        g.meta["teacher"] = {"target": self.target, **opt,
+                             **({"own_bn": True} if self.own_bn else {})}
         return g

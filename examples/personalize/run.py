@@ -19,6 +19,11 @@ user's training split and evaluated on the user's held-out split:
   acc_adapt_bn --adapt-bn: no user labels; the BN statistics re-estimated on the device
                from the unlabeled user training split (2 passes), masked model
   acc_adapt_bn_unpruned  the same for the unmasked model
+  acc_pseudo_bn, acc_kd_bn   BatchNorm per domain: the student's BN statistics adapted
+               first (acc_adapt_bn), then pseudo labels / distillation from a teacher that
+               keeps the pretrained statistics (`finetune --adapt-bn --labels pseudo`)
+  acc_pseudo_bn_teacher, acc_kd_bn_teacher   the same with the teacher's statistics
+               adapted too (the unmasked model's, acc_adapt_bn_unpruned; --teacher-bn adapted)
 """
 import argparse
 import json
@@ -58,12 +63,22 @@ def float_finetune(c, x, y, steps: int, lr: float) -> dict:
 
 def adapt_bn(args, xtr, xte, yte, mask=MASK):
     """--adapt-bn: the BN statistics re-estimated on the device from the unlabeled user
-    training split (two passes over it), no training; float32 accuracy of the result."""
+    training split (two passes over it), no training; (float32 accuracy of the result,
+    the adapted statistics)."""
     from edgec.compiler.adapt import adapt_bn as run_adapt
     c = compile_model(MODEL, mask, adapt_bn=True)
     n = int(c.example_input.shape[0])
     res = run_adapt(c, xtr, steps=2 * -(-len(xtr) // n))
-    return accuracy(c.model, xte, yte, res.state_dict)
+    return accuracy(c.model, xte, yte, res.state_dict), res.stats
+
+
+def teacher_finetune(args, xtr, xte, yte, teacher, log, **bn) -> float:
+    """Teacher targets (no user labels), N emulator steps; float32 accuracy.  `bn`:
+    compile_model's bn_stats / teacher_bn_stats (BatchNorm per domain)."""
+    ct = compile_model(MODEL, MASK, lr=args.lr, seed=args.seed, teacher=teacher, **bn)
+    ftt = finetune(ct, xtr, None, args.steps, seed=args.seed, log=log,
+                   every=max(1, args.steps // 5))
+    return accuracy(ct.model, xte, yte, ftt.state_dict)
 
 
 def main(argv=None):
@@ -99,17 +114,21 @@ def main(argv=None):
     log("int8 forward on the emulator (test split)")
     res["acc_int8_emu"] = emulator_accuracy(c, ft.session, xte, yte)
     res["emu_seconds"] = round(ft.seconds, 2)
-    for key, teacher in (("acc_pseudo", {"target": "pseudo", "threshold": args.threshold}),
-                         ("acc_kd", {"target": "kd", "temp": args.temperature})):
-        log(f"compile ({key[4:]}: targets from the frozen teacher, no user labels)")
-        ct = compile_model(MODEL, MASK, lr=args.lr, seed=args.seed, teacher=teacher)
-        log(f"{args.steps} emulator steps ({key[4:]})")
-        ftt = finetune(ct, xtr, None, args.steps, seed=args.seed, log=log,
-                       every=max(1, args.steps // 5))
-        res[key] = accuracy(ct.model, xte, yte, ftt.state_dict)
+    teachers = (("acc_pseudo", {"target": "pseudo", "threshold": args.threshold}),
+                ("acc_kd", {"target": "kd", "temp": args.temperature}))
+    for key, teacher in teachers:
+        log(f"{key[4:]}: targets from the frozen teacher, no user labels")
+        res[key] = teacher_finetune(args, xtr, xte, yte, teacher, log)
     res["threshold"], res["temperature"] = args.threshold, args.temperature
-    res["acc_adapt_bn"] = adapt_bn(args, xtr, xte, yte)
-    res["acc_adapt_bn_unpruned"] = adapt_bn(args, xtr, xte, yte, mask=None)
+    res["acc_adapt_bn"], student = adapt_bn(args, xtr, xte, yte)
+    res["acc_adapt_bn_unpruned"], full = adapt_bn(args, xtr, xte, yte, mask=None)
+    for key, teacher in teachers:
+        log(f"{key[4:]} with BatchNorm per domain (teacher: pretrained statistics)")
+        res[f"{key}_bn"] = teacher_finetune(args, xtr, xte, yte, teacher, log,
+                                            bn_stats=student)
+        log(f"{key[4:]} with BatchNorm per domain (teacher: adapted statistics)")
+        res[f"{key}_bn_teacher"] = teacher_finetune(args, xtr, xte, yte, teacher, log,
+                                                    bn_stats=student, teacher_bn_stats=full)
     res["seconds"] = round(time.perf_counter() - t0, 1)
 
     print(f"user test split: {len(xte)} digits, thick strokes; {args.steps} steps of "
@@ -121,7 +140,11 @@ def main(argv=None):
             ("acc_pseudo", "pseudo labels (no user labels), state_dict in float32"),
             ("acc_kd", "distillation (no user labels), state_dict in float32"),
             ("acc_adapt_bn", "BN statistics adapted on the device, masked (no labels)"),
-            ("acc_adapt_bn_unpruned", "the same without the mask (no labels)")]
+            ("acc_adapt_bn_unpruned", "the same without the mask (no labels)"),
+            ("acc_pseudo_bn", "BN adapted, then pseudo labels (teacher: pretrained BN)"),
+            ("acc_kd_bn", "BN adapted, then distillation (teacher: pretrained BN)"),
+            ("acc_pseudo_bn_teacher", "BN adapted, then pseudo labels (teacher: adapted BN)"),
+            ("acc_kd_bn_teacher", "BN adapted, then distillation (teacher: adapted BN)")]
     for k, what in rows:
         v = res[k]
         print(f"  {k:<22} {'not built' if v is None else f'{v:6.2f}%':>9}  {what}")
