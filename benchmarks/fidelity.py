@@ -16,7 +16,7 @@ pass, before quantization):
                forward activations with a power-of-two scale per tensor (DESIGN.md section 4),
                and nothing else quantized -- float weights, float back-propagation
 
-and the pass/fail criterion of `edgec verify` (compiler/fidelity.py): `fixed` averaged over
+and the pass/fail criterion of `edgec verify` (compiler/workflows/fidelity.py): `fixed` averaged over
 --sr-seeds stochastic-rounding seeds against float back-propagation through the device's
 own int8 forward (`devfwd`, required >= 0.98 for every gradient).  It prints, per
 configuration, the criterion's minimum cosine, and, as information, the minimum cosine to `float` over every weight gradient and
@@ -44,8 +44,9 @@ def log(msg: str, t0=[time.perf_counter()]) -> None:       # noqa: B006 (start t
 def measure(name: str, model_path: Path, mask: Path | None, batches: int,
             sr_seeds: int = 8) -> dict:
     from edgec.compiler.driver import compile_model
-    from edgec.compiler.fidelity import THRESHOLD, criterion_cosines, float_and_floor, float_params
-    from edgec.compiler.verify import cosine_rel, float_grads, make_batch, reference_step
+    from edgec.compiler.workflows.fidelity import THRESHOLD, criterion_cosines, float_and_floor, float_params
+    from edgec.compiler.workflows.floatmodel import cosine_rel, float_grads
+    from edgec.compiler.workflows.verify import make_batch, reference_step
     log(f"{name}: compile")
     c = compile_model(str(model_path), str(mask) if mask else None)
     G, params = c.graph, float_params(c)

@@ -626,7 +626,7 @@ def mutate_onnx(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
 
 def _cli(base: Base, argv: list[str], out: Path, desc: str, repro, suffix, located):
     """cli.main with an existing output that must survive a failed run."""
-    from edgec.compiler import cli
+    from edgec.compiler.workflows import cli
     out.write_bytes(base.out_bytes)
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
@@ -706,7 +706,7 @@ def case(i: int, kind: str, rng: random.Random, base: Base, work: Path):
             p2 = Program(tg.fingerprint, p.code, p.data, p.ddr_size, p.symbols, p.meta)
             run_step(p2, tg, base.x, base.y)
         elif kind == "batch":
-            from edgec.compiler import cli
+            from edgec.compiler.workflows import cli
             bpath = work / "case.npz"
             desc = make_batch(rng, base, bpath)
             repro, suffix = bpath.read_bytes(), ".npz"

@@ -8,7 +8,7 @@ For every configuration (an example model, unmasked or with a ``edgec mask --kee
 bn-gamma`` mask) and every data-order seed, three fine-tuning runs see the SAME batches,
 learning rate, steps and mask:
 
-  int8       the compiled program on the emulator: ``edgec.compiler.finetune.finetune``,
+  int8       the compiled program on the emulator: ``edgec.compiler.workflows.finetune.finetune``,
              i.e. exactly what ``edgec finetune`` runs (compile once, N steps on one
              machine, step i on rows i*N.. cyclically, stochastic-rounding seed base + i);
              its tuned state_dict (master weights read back as float, pruned channels
@@ -55,10 +55,10 @@ import numpy as np
 import torch
 
 from edgec.compiler.driver import compile_model
-from edgec.compiler.finetune import accuracy, batch_rows, finetune
+from edgec.compiler.workflows.finetune import accuracy, batch_rows, finetune
 from edgec.compiler.frontend.derive_mask import derive_mask, format_mask
 from edgec.compiler.frontend.load import load_model
-from edgec.compiler.verify import masked_float_model, prune_state_dict
+from edgec.compiler.workflows.floatmodel import masked_float_model, prune_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 EX = ROOT / "examples"

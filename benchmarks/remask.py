@@ -60,7 +60,7 @@ def log(msg: str, t0=[time.perf_counter()]) -> None:       # noqa: B006 (start t
 
 def edgec_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "edgec"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "edgec.compiler.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "edgec.compiler.workflows.cli"]
 
 
 def env() -> dict:
@@ -143,7 +143,7 @@ def bench(name: str, work: Path, runs: int) -> dict:
 def startup(runs: int) -> dict:
     """Medians of python start-up, `import lark` and remask's other imports (seconds)."""
     py = sys.executable
-    need = ("import edgec.compiler.cli, edgec.compiler.remask; "
+    need = ("import edgec.compiler.workflows.cli, edgec.compiler.remask; "
             "from edgec.compiler.frontend.maskfile import _parser; _parser()")
     timed([py, "-c", need])                      # caches written
     python_s = median_of(runs, lambda: timed([py, "-c", "pass"]))

@@ -149,7 +149,7 @@ def utilisation(rep: dict, layers: set[str]) -> tuple[float, int, int]:
 def search_ratios(c) -> list[tuple[str, float, float]]:
     """(nest shape, greedy / exhaustive model cycles, seconds) per distinct MAC nest."""
     from edgec.compiler.backend.schedule import nest_cost, search
-    from edgec.compiler.backend.tiling import _PRIORITY, _fits, _shrink, geometry
+    from edgec.compiler.backend.tilefit import PRIORITY, geometry, shrink, tile_fits
     seen, out = set(), []
     for nest in c.nests:
         n = c.graph.nodes[nest.node]
@@ -164,8 +164,8 @@ def search_ratios(c) -> list[tuple[str, float, float]]:
             continue
         seen.add(key)
         t0 = time.perf_counter()
-        start = _shrink(nest.dims, nest.unit, lambda t: _fits(base, G, t, c.target, 2),
-                        _PRIORITY[base], n.layer)
+        start = shrink(nest.dims, nest.unit, lambda t: tile_fits(base, G, t, c.target, 2),
+                        PRIORITY[base], n.layer)
         tiles = {m: search(base, G, nest.dims, nest.unit, c.target, bias, m, start, n.layer)
                  for m in ("greedy", "exhaustive")}
         cyc = {m: nest_cost(base, G, nest.dims, t, c.target, bias) for m, t in tiles.items()}

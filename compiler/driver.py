@@ -42,6 +42,7 @@ class Compiled:
     mask: dict[str, list[int]]
     float_graph: Graph | None = None    # the float graph after the mask pass (fidelity.py)
     float_params: dict | None = None    # the float values of its parameters and constants
+    teacher_model: torch.nn.Module | None = None    # a teacher with its own BN statistics
 
 
 def mask_layers(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, str]]:
@@ -245,6 +246,8 @@ def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: st
     c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump, search, adapt,
                  **opt)
     c.float_params = params
+    if teacher_bn is not None:
+        c.teacher_model = with_bn_statistics(model, teacher_bn)
     if full is not None and g.meta["pruned"]["ops"]:
         log("backward without --train/--freeze (for the comparison)")
         ref = _backend(full, mask, example, params, lr, seed, tg, model, lambda m: None,

@@ -17,8 +17,8 @@ import numpy as np
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import load_target
 
-from .backend.tiling import (_fits, bias_grad_fits, geometry, sgd_fits, sgd_geometry,
-                             tile_graph)
+from .backend.tilefit import bias_grad_fits, geometry, sgd_fits, sgd_geometry, tile_fits
+from .backend.tiling import tile_graph
 from .frontend.capture import const_values
 from .frontend.load import load_model
 from .ir.graph import Graph
@@ -75,7 +75,7 @@ def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> 
         if n.op.startswith(("conv", "linear")):
             kind = n.op.split("_")[-1] if "_" in n.op else "fp"
             base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
-            ok = _fits(base, geometry(g, gn), t, tg)
+            ok = tile_fits(base, geometry(g, gn), t, tg)
         elif n.op == "bias_grad":
             hw = int(np.prod(g.values[gn.inputs[0]].shape[2:], dtype=np.int64))
             ok = bias_grad_fits(t, hw, tg)

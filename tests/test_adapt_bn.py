@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgec.compiler.adapt import adapt_bn, float_adapted
+from edgec.compiler.workflows.adapt import adapt_bn, float_adapted
 from edgec.compiler.driver import compile_model
-from edgec.compiler.verify import verify
+from edgec.compiler.workflows.verify import verify
 from edgec.isa.errors import EdgecError
 
 from test_emu_util import ABUF, DDR, IBUF, WBUF, ld, run
@@ -162,7 +162,7 @@ def test_adapt_errors(model_path, tmp_path):
         compile_model(str(model_path / "model.py"), None, adapt_bn=True, train=("fc.*",))
     out = tmp_path / "t.pt"
     np.savez(tmp_path / "bad.npz", x=np.zeros((8, 1, 4, 4), np.float32))
-    r = subprocess.run([sys.executable, "-m", "edgec.compiler.cli", "finetune",
+    r = subprocess.run([sys.executable, "-m", "edgec.compiler.workflows.cli", "finetune",
                         str(model_path / "model.py"), "--adapt-bn", "--data",
                         str(tmp_path / "bad.npz"), "--steps", "2", "-q", "-o", str(out)],
                        capture_output=True, text=True)
@@ -174,7 +174,7 @@ def test_cli_finetune_adapt_bn(model_path, tmp_path):
     x = (np.random.default_rng(0).standard_normal((32, 1, 8, 8)) * 1.3 + 0.3)
     np.savez(tmp_path / "u.npz", x=x.astype(np.float32))      # no labels
     out = tmp_path / "bn.pt"
-    r = subprocess.run([sys.executable, "-m", "edgec.compiler.cli", "finetune",
+    r = subprocess.run([sys.executable, "-m", "edgec.compiler.workflows.cli", "finetune",
                         str(model_path / "model.py"), "--mask", str(model_path / "user.mask"),
                         "--adapt-bn", "--data", str(tmp_path / "u.npz"), "--steps", "3",
                         "-q", "-o", str(out)], capture_output=True, text=True)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from edgec.compiler import cli
+from edgec.compiler.workflows import cli
 from edgec.compiler.asm import assemble
 from edgec.isa.container import read_program
 from edgec.isa.disasm import disassemble
@@ -195,7 +195,7 @@ def test_closed_pipe_is_not_a_traceback(tmp_path):
     from edgec.compiler.driver import compile_model
     prog = tmp_path / "p.bin"
     prog.write_bytes(compile_model("examples/lenet/model.py").blob)
-    p = subprocess.Popen([sys.executable, "-m", "edgec.compiler.cli", "disasm", str(prog)],
+    p = subprocess.Popen([sys.executable, "-m", "edgec.compiler.workflows.cli", "disasm", str(prog)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.readline()
     p.stdout.close()                  # like head -1

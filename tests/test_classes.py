@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from edgec.compiler.driver import compile_model
-from edgec.compiler.finetune import finetune
-from edgec.compiler.verify import verify
+from edgec.compiler.workflows.finetune import finetune
+from edgec.compiler.workflows.verify import verify
 from edgec.isa.errors import EdgecError
 from edgec.runtime_emu.host import run_step
 

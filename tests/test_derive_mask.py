@@ -5,7 +5,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from edgec.compiler.cli import main
+from edgec.compiler.workflows.cli import main
 from edgec.compiler.driver import compile_model, mask_layers
 from edgec.compiler.frontend import capture as capture_mod
 from edgec.compiler.frontend.capture import capture

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgec.compiler.cli import main
+from edgec.compiler.workflows.cli import main
 from edgec.compiler.driver import bn_statistics, compile_model
 from edgec.compiler.frontend.load import load_model
-from edgec.compiler.verify import verify
+from edgec.compiler.workflows.verify import verify
 from edgec.runtime_emu.host import Session, read_real
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +112,23 @@ def test_cli_finetune_adapt_bn_with_teacher(tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
         assert not o.exists()
+
+
+def test_float_autograd_uses_the_teachers_statistics(domain):
+    """The float loss (verify's information cosine) takes its targets from the teacher with
+    the teacher's statistics, not from the student model."""
+    from edgec.compiler.workflows.floatmodel import float_loss
+    model, _, c = domain
+    x = torch.from_numpy(np.random.default_rng(2).random(tuple(c.example_input.shape),
+                                                           dtype=np.float32))
+    z = torch.randn(x.shape[0], 10, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(z, model.eval()(x).argmax(1),
+                                                 reduction="none")
+        conf = torch.softmax(model(x), 1).max(1).values >= 0.5
+    torch.testing.assert_close(float_loss(c, z, x, None), (want * conf).mean())
+    with torch.no_grad():                                   # the student's would differ
+        other = c.model.eval()(x)
+    alt = torch.nn.functional.cross_entropy(z, other.argmax(1), reduction="none")
+    alt_conf = torch.softmax(other, 1).max(1).values >= 0.5
+    assert abs(float((alt * alt_conf).mean() - (want * conf).mean())) > 1e-3

@@ -9,7 +9,8 @@ import torch
 from edgec.compiler.driver import compile_model
 from edgec.compiler.passes.dynfmt import CALM_STEPS, SPAN, exponent_registers
 from edgec.compiler.reference import run_reference
-from edgec.compiler.verify import make_batch, quantize_input
+from edgec.compiler.workflows.floatmodel import quantize_input
+from edgec.compiler.workflows.verify import make_batch
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from edgec.compiler.driver import compile_model, compile_module, frozen_params
 from edgec.compiler.frontend.capture import capture, const_values
 from edgec.compiler.frontend.load import load_model
 from edgec.compiler.ir.float_interp import run_float
-from edgec.compiler.verify import verify
+from edgec.compiler.workflows.verify import verify
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import load_target
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgec.compiler.driver import compile_model
-from edgec.compiler.verify import verify
+from edgec.compiler.workflows.verify import verify
 from edgec.isa.container import read_program
 from edgec.isa.errors import EdgecError
 from edgec.runtime_emu.host import run_step
@@ -113,7 +113,7 @@ def test_compile_is_deterministic_across_processes(tmp_path, masked):
     outs = []
     for i in range(2):
         o = tmp_path / f"p{i}.bin"
-        subprocess.run([sys.executable, "-m", "edgec.compiler.cli", "compile", LENET,
+        subprocess.run([sys.executable, "-m", "edgec.compiler.workflows.cli", "compile", LENET,
                         "--mask", MASK, "-o", str(o), "-q"], check=True,
                        env={"PYTHONHASHSEED": str(i + 1), "PATH": "/usr/bin:/bin"})
         outs.append(o.read_bytes())

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from edgec.compiler.driver import compile_module
-from edgec.compiler.verify import float_grads, make_batch, verify
+from edgec.compiler.workflows.floatmodel import float_grads
+from edgec.compiler.workflows.verify import make_batch, verify
 from edgec.isa.target import load_target
 
 from randmodels import random_case

@@ -12,7 +12,7 @@ EX = ROOT / "examples"
 
 
 def edgec(*args):
-    return subprocess.run([sys.executable, "-m", "edgec.compiler.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "edgec.compiler.workflows.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
 
 

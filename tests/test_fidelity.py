@@ -1,4 +1,4 @@
-"""verify's fidelity criterion (compiler/fidelity.py, docs/numerics.md section 7): the
+"""verify's fidelity criterion (compiler/workflows/fidelity.py, docs/numerics.md section 7): the
 fixed-point gradients, averaged over stochastic-rounding seeds, against float
 back-propagation through the device's own int8 forward.
 
@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgec.compiler import cli, fidelity
+from edgec.compiler.workflows import cli, fidelity
 from edgec.compiler.driver import compile_model
-from edgec.compiler.fidelity import (backward_graph, criterion_cosines, dequantized,
+from edgec.compiler.workflows.fidelity import (backward_graph, criterion_cosines, dequantized,
                                      device_forward_backprop, device_grad,
                                      seed_averaged_grads)
 from edgec.compiler.reference import run_reference
-from edgec.compiler.verify import cosine_rel, format_report, make_batch, reference_step, verify
+from edgec.compiler.workflows.floatmodel import cosine_rel
+from edgec.compiler.workflows.verify import format_report, make_batch, reference_step, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = str(ROOT / "examples" / "lenet" / "model.py")

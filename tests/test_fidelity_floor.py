@@ -1,4 +1,4 @@
-"""The int8-forward floor (compiler/fidelity.py) against an independent computation:
+"""The int8-forward floor (compiler/workflows/fidelity.py) against an independent computation:
 PyTorch autograd through lenet's forward with each activation rounded to its compiled
 int8 format by a straight-through fake-quant (forward: the rounded value; backward:
 identity; a ReLU's derivative read from its rounded output, as the device reads it), and
@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from edgec.compiler.driver import compile_model
-from edgec.compiler.fidelity import float_and_floor, forward_formats
-from edgec.compiler.verify import cosine_rel, make_batch, quantize_input, verify
+from edgec.compiler.workflows.fidelity import float_and_floor, forward_formats
+from edgec.compiler.workflows.floatmodel import cosine_rel, quantize_input
+from edgec.compiler.workflows.verify import make_batch, verify
 
 LENET = str(Path(__file__).resolve().parents[1] / "examples" / "lenet" / "model.py")
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgec.compiler.cli import main
+from edgec.compiler.workflows.cli import main
 from edgec.compiler.driver import compile_model
 from edgec.compiler.frontend.load import load_model
-from edgec.compiler.finetune import accuracy, batch_rows, check_data, finetune
+from edgec.compiler.workflows.finetune import accuracy, batch_rows, check_data, finetune
 from edgec.isa.errors import EdgecError
 from edgec.runtime_emu.host import Session, read_symbol, run_step
 from edgec.runtime_emu.machine import Machine

@@ -9,12 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from edgec.compiler.cli import main
+from edgec.compiler.workflows.cli import main
 from edgec.compiler.driver import compile_module
 from edgec.compiler.frontend.load import load_model
 from edgec.compiler.ir.text import Dumper, format_ir, ir_diff, parse_ir, read_ir
 from edgec.compiler.resume import compile_ir
-from edgec.compiler.verify import verify
+from edgec.compiler.workflows.verify import verify
 from edgec.isa.target import load_target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

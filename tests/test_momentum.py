@@ -9,7 +9,8 @@ import torch
 from edgec.compiler.driver import compile_model
 from edgec.compiler.passes.quantize import UpdatePass
 from edgec.compiler.reference import run_reference
-from edgec.compiler.verify import make_batch, quantize_input, verify
+from edgec.compiler.workflows.floatmodel import quantize_input
+from edgec.compiler.workflows.verify import make_batch, verify
 from edgec.isa.encoding import decode_all
 from edgec.isa.errors import EdgecError, TrapError
 
@@ -248,7 +249,7 @@ def test_emulator_traps_on_momentum_tile_out_of_abuf():
 
 def test_finetune_keeps_momentum_in_ddr(lenet_mom):
     """edgec finetune's loop: the momentum buffer lives in the session's DDR and moves."""
-    from edgec.compiler.finetune import finetune
+    from edgec.compiler.workflows.finetune import finetune
     from edgec.runtime_emu.host import read_symbol
     c = lenet_mom
     xs, ys = zip(*(make_batch(c, s) for s in range(2)))

@@ -17,7 +17,8 @@ from edgec.compiler.frontend.capture import capture
 from edgec.compiler.frontend.load import load_model
 from edgec.compiler.frontend.onnx_in import load_onnx
 from edgec.compiler.ir.float_interp import run_float
-from edgec.compiler.verify import make_batch, quantize_input, verify
+from edgec.compiler.workflows.floatmodel import quantize_input
+from edgec.compiler.workflows.verify import make_batch, verify
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import load_target
 from edgec.runtime_emu.host import run_step
@@ -239,7 +240,7 @@ def test_onnx_malformed(tmp_path):
 
 
 def test_cli_export_onnx(tmp_path, lenet_onnx):
-    from edgec.compiler.cli import main
+    from edgec.compiler.workflows.cli import main
     out = tmp_path / "fwd.onnx"
     assert main(["export-onnx", LENET, "--mask", MASK, "-o", str(out), "-q"]) == 0
     onnx.checker.check_model(onnx.load(str(out)))

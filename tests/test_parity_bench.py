@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from edgec.compiler.driver import compile_model
-from edgec.compiler.finetune import batch_rows, finetune
-from edgec.compiler.verify import masked_float_model, pruned_channels
+from edgec.compiler.workflows.finetune import batch_rows, finetune
+from edgec.compiler.workflows.floatmodel import masked_float_model, pruned_channels
 from edgec.runtime_emu.host import Session, read_symbol
 
 ROOT = Path(__file__).resolve().parents[1]

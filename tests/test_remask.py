@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgec.compiler.cli import main
+from edgec.compiler.workflows.cli import main
 from edgec.compiler.driver import compile_model
-from edgec.compiler.verify import verify
+from edgec.compiler.workflows.verify import verify
 from edgec.isa.errors import EdgecError
 
 from test_e2e_blocks import BLOCK, write
@@ -184,7 +184,7 @@ def test_remask_imports_no_torch(lenet, tmp_path):
     _, _, mb, ca, cb = lenet
     src, out = tmp_path / "a.bin", tmp_path / "b.bin"
     src.write_bytes(ca.blob)
-    code = ("import sys; from edgec.compiler.cli import main; "
+    code = ("import sys; from edgec.compiler.workflows.cli import main; "
             f"rc = main(['remask', {str(src)!r}, '--mask', {mb!r}, '-o', {str(out)!r}]); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx') "
             "or m.startswith('edgec.compiler.frontend.capture')]; "
@@ -236,7 +236,7 @@ def test_calibration_graph_is_the_unmasked_model(tmp_path):
 def test_cli_builds_one_subcommand_the_same_way():
     """main() builds only the subcommand it runs (start-up time); COMMANDS lists them all
     and the one-subcommand parser reads its arguments like the full one."""
-    from edgec.compiler import cli
+    from edgec.compiler.workflows import cli
     full = cli.build_parser()
     sub = next(a for a in full._actions if a.dest == "cmd")
     assert tuple(sub.choices) == cli.COMMANDS

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgec.compiler.backend.stats import static_counts
-from edgec.compiler.cli import main
+from edgec.compiler.workflows.cli import main
 from edgec.compiler.driver import compile_model
 from edgec.compiler.pipeline import replay
 from edgec.compiler.report import (PHASES, format_report, instr_cost, instruction_groups,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from edgec.compiler import cli
+from edgec.compiler.workflows import cli
 from edgec.compiler.driver import compile_model
 from edgec.isa.container import (SECTIONS, VERSION, Program, read_program, reseal,
                                   write_program)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgec.compiler import cli
+from edgec.compiler.workflows import cli
 from edgec.compiler.frontend.load import load_model
 from edgec.compiler.frontend.maskfile import parse_mask
 from edgec.isa.errors import EdgecError

@@ -11,7 +11,7 @@ import pytest
 
 from edgec.compiler.backend import schedule
 from edgec.compiler.backend.schedule import ladder, nest_cost, nest_instructions, search
-from edgec.compiler.backend.tiling import _PRIORITY, _fits, _shrink, geometry
+from edgec.compiler.backend.tilefit import PRIORITY, geometry, shrink, tile_fits
 from edgec.compiler.driver import compile_model
 from edgec.compiler.pipeline import replay
 from edgec.compiler.report import instr_cost
@@ -94,8 +94,8 @@ def test_exhaustive_is_never_worse_than_greedy(greedy):
     slower than its start beyond the tolerance, never smaller than exhaustive's pick."""
     tg, tol = greedy.target, schedule.TOLERANCE
     for nest, n, base, G, bias in _mac_nests(greedy):
-        fits = lambda t: _fits(base, G, t, tg, 2)                          # noqa: E731
-        start = _shrink(nest.dims, nest.unit, fits, _PRIORITY[base], n.layer)
+        fits = lambda t: tile_fits(base, G, t, tg, 2)                          # noqa: E731
+        start = shrink(nest.dims, nest.unit, fits, PRIORITY[base], n.layer)
         g = search(base, G, nest.dims, nest.unit, tg, bias, "greedy", start, n.layer)
         e = search(base, G, nest.dims, nest.unit, tg, bias, "exhaustive", start, n.layer)
         assert fits(g) and fits(e) and g == nest.tiles

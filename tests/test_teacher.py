@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgec.compiler.cli import main
+from edgec.compiler.workflows.cli import main
 from edgec.compiler.driver import compile_model
-from edgec.compiler.finetune import finetune
+from edgec.compiler.workflows.finetune import finetune
 from edgec.compiler.reference import teacher_loss_grad
-from edgec.compiler.verify import verify
+from edgec.compiler.workflows.verify import verify
 from edgec.runtime_emu.host import Session, read_symbol
 from test_emu_util import DDR, IBUF, rshift_py, run, sat_py
 from test_emu_vector import _load_abuf, _load_i8

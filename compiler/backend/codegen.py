@@ -24,8 +24,8 @@ from ..ir.graph import Graph
 from ..ir.loops import LoopNest
 from ..passes.dynfmt import CALM_STEPS, Registers, master_bound
 from .memory import MemoryPlan, Symbol
-from .tiling import (_fits, bias_grad_fits, copies, geometry, sgd_fits, sgd_geometry,
-                     tile_words)
+from .tilefit import (bias_grad_fits, copies, geometry, sgd_fits, sgd_geometry, tile_fits,
+                      tile_words)
 from .tokens import QUEUE, TokenPlanner, footprint
 
 IBUF, WBUF, ABUF, XBUF = 0, 1, 2, 3
@@ -193,7 +193,7 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
     # (k = 1 copy when the tile does not fit twice: no overlap, same program)
     base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
     words = tile_words(base, G, nest.tiles)
-    k = copies(lambda t, c: _fits(base, G, t, em.tg, c), nest.tiles)
+    k = copies(lambda t, c: tile_fits(base, G, t, em.tg, c), nest.tiles)
     xin, xout = words["ibuf"]
     win, cw = words["wbuf"][0], words["abuf"][1]
     blk = nest.unit.get("ci", 1)

@@ -23,7 +23,7 @@ buffer half).
 
 Search space: a tile size per dim from the halving ladder D, ceil(D/2), ceil(D/4) ... 1
 (multiples of the dim's unit), restricted to tiles whose double-buffered footprint fits
-the buffers (tiling._fits).  `exhaustive` scores every combination; `greedy` (the
+the buffers (tilefit.tile_fits).  `exhaustive` scores every combination; `greedy` (the
 default) starts from whole-tensor tiles shrunk to fit and then takes the best move while
 one lowers the cost: one dim one or two ladder steps down, or one dim up with the other
 dims shrunk again until the tile fits (`_neighbours`).  Loop order: the parallel dims
@@ -47,7 +47,7 @@ import itertools
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import Target
 
-from .tiling import _fits, x_rows, y_rows
+from .tilefit import PRIORITY, shrink, tile_fits, x_rows, y_rows
 
 MODES = ("greedy", "exhaustive")
 TOLERANCE = 0.01        # cycles given up (relative) for a program with fewer instructions
@@ -162,7 +162,7 @@ def search(base: str, G: dict, dims: dict, unit: dict, tg: Target, bias: bool,
     shrink heuristic; 2 = double buffering, 1 when not even the smallest tile fits
     twice)."""
     lad = {d: ladder(dims[d], unit.get(d, 1)) for d in dims}
-    fits = lambda t: _fits(base, G, t, tg, copies)                        # noqa: E731
+    fits = lambda t: tile_fits(base, G, t, tg, copies)                        # noqa: E731
     cost = lambda t: nest_cost(base, G, dims, t, tg, bias)               # noqa: E731
     size = lambda t: nest_instructions(base, dims, t, bias)              # noqa: E731
     if mode == "exhaustive":
@@ -205,7 +205,6 @@ def _neighbours(t: dict, lad: dict, unit: dict, fits, base: str, where: str):
     """Tiles one greedy move away: one dim one or two ladder steps smaller; or one dim one
     or two steps larger with the others re-shrunk to fit (each other dim tried first,
     then the default priority), so a move can trade, e.g., batch for channels."""
-    from .tiling import _PRIORITY, _shrink
     for d in t:
         i = lad[d].index(t[d])
         for j in (i + 1, i + 2):
@@ -220,12 +219,12 @@ def _neighbours(t: dict, lad: dict, unit: dict, fits, base: str, where: str):
             if fits(grown):
                 yield grown
                 continue
-            rest = [e for e in _flat(_PRIORITY[base]) if e != d]
+            rest = [e for e in _flat(PRIORITY[base]) if e != d]
             for first in [None] + rest:
                 order = ([first] if first else []) + [e for e in rest if e != first]
                 keep = dict(unit, **{d: grown[d]})      # d may not shrink back
                 try:
-                    yield _shrink(grown, keep, fits, order, where)
+                    yield shrink(grown, keep, fits, order, where)
                 except EdgecError:
                     pass
 

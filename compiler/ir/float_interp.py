@@ -114,7 +114,7 @@ def run_float(graph: Graph, x: torch.Tensor, labels: torch.Tensor,
     """Evaluate ``graph`` in float32; returns every value (name -> tensor).
     ``round_forward`` {value: exponent e}: each of those values produced before the loss
     gradient is rounded to the int8 grid ``clamp(round(v * 2**-e), -127, 127) * 2**e``
-    (the int8-forward floor of compiler/fidelity.py); the rest stays float."""
+    (the int8-forward floor of compiler/workflows/fidelity.py); the rest stays float."""
     round_forward = round_forward or {}
     forward = True
     env: dict[str, torch.Tensor] = {}

@@ -39,9 +39,9 @@ sys.path.insert(0, str(HERE))
 from user_digits import splits  # noqa: E402
 
 from edgec.compiler.driver import compile_model  # noqa: E402
-from edgec.compiler.finetune import (accuracy, batch_rows, emulator_accuracy,  # noqa: E402
+from edgec.compiler.workflows.finetune import (accuracy, batch_rows, emulator_accuracy,  # noqa: E402
                                      finetune)
-from edgec.compiler.verify import masked_float_model, prune_state_dict  # noqa: E402
+from edgec.compiler.workflows.floatmodel import masked_float_model, prune_state_dict  # noqa: E402
 
 MODEL, MASK = str(HERE / "model.py"), str(HERE / "user.mask")
 
@@ -65,7 +65,7 @@ def adapt_bn(args, xtr, xte, yte, mask=MASK):
     """--adapt-bn: the BN statistics re-estimated on the device from the unlabeled user
     training split (two passes over it), no training; (float32 accuracy of the result,
     the adapted statistics)."""
-    from edgec.compiler.adapt import adapt_bn as run_adapt
+    from edgec.compiler.workflows.adapt import adapt_bn as run_adapt
     c = compile_model(MODEL, mask, adapt_bn=True)
     n = int(c.example_input.shape[0])
     res = run_adapt(c, xtr, steps=2 * -(-len(xtr) // n))

@@ -19,7 +19,7 @@ import torch
 from edgec.isa.errors import EdgecError
 
 from .finetune import batch_rows
-from .verify import prune_state_dict
+from .floatmodel import prune_state_dict
 
 
 @dataclass
@@ -38,7 +38,7 @@ def float_adapted(c, x: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]
     """The float32 counterpart of one adapt-bn run on batch x: each BatchNorm's input
     statistics in the masked model's eval-mode forward (population variance), and the
     constants moved 2^-m of the way toward them, returned as (running_mean, running_var)."""
-    from .verify import masked_float_model
+    from .floatmodel import masked_float_model
     model = masked_float_model(c).eval()
     seen = {}
     for b in c.program.meta["adapt_bn"]:
@@ -68,7 +68,7 @@ def float_adapted(c, x: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]
 def adapt_fidelity(c, x: torch.Tensor, out: dict) -> list[tuple[str, float, float]]:
     """(name, cosine, relative error) of the emulator's adapted running statistics vs
     float_adapted, over each BatchNorm's kept channels."""
-    from .verify import cosine_rel
+    from .floatmodel import cosine_rel
     want = float_adapted(c, x)
     node = _adapt_nodes(c)
     rows = []

@@ -20,11 +20,11 @@ import dataclasses
 
 import torch
 
-from .frontend.capture import float_values
-from .ir.float_interp import eval_node as float_eval
-from .ir.float_interp import _view_index, run_float
-from .reference import run_reference
-from .verify import cosine_rel, quantize_input, subset_labels, teacher_target_loss
+from ..frontend.capture import float_values
+from ..ir.float_interp import eval_node as float_eval
+from ..ir.float_interp import _view_index, run_float
+from ..reference import run_reference
+from .floatmodel import cosine_rel, quantize_input, subset_labels, teacher_target_loss
 
 
 def float_params(c) -> dict[str, torch.Tensor]:

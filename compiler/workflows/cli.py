@@ -43,11 +43,11 @@ def _progress(quiet: bool):
 
 def _compile(args, log, **over):
     """Compile args.model with the command line's options (`over` replaces some)."""
-    from .driver import compile_model
+    from ..driver import compile_model
     if args.model.endswith((".ir", ".loop")):     # resume from an IR dump (--dump-ir)
         from edgec.isa.errors import EdgecError
 
-        from .resume import compile_ir
+        from ..resume import compile_ir
         if (args.mask or args.target or getattr(args, "dump_ir", None)
                 or args.lr is not None or args.seed is not None
                 or args.momentum is not None or args.weight_decay is not None
@@ -143,7 +143,7 @@ def _program_seed(c) -> int:
 
 
 def cmd_export_onnx(args) -> int:
-    from .backend.onnx_out import export_forward
+    from ..backend.onnx_out import export_forward
     c = _compile(args, _progress(args.quiet))
     model = export_forward(c.graph)
     data = model.SerializeToString()
@@ -155,7 +155,7 @@ def cmd_export_onnx(args) -> int:
 
 
 def cmd_ir(args) -> int:
-    from .ir.text import format_ir, read_ir
+    from ..ir.text import format_ir, read_ir
     sys.stdout.write(format_ir(read_ir(args.file)))
     return 0
 
@@ -172,7 +172,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_remask(args) -> int:
-    from .remask import remask       # no torch, no compiler front end: milliseconds
+    from ..remask import remask       # no torch, no compiler front end: milliseconds
     t0 = time.perf_counter()
     remask(args.program, args.mask, lambda write: _atomic_write(args.output, write))
     print(f"wrote {args.output}: {args.program} with the channel index tables of "
@@ -246,10 +246,10 @@ def cmd_finetune(args) -> int:
         ex, ey = check_data(ev[0], ev[1], shape, k, 1, args.eval)
     else:
         ex, ey = x, y
-    from .verify import prune_state_dict, pruned_channels
+    from .floatmodel import prune_state_dict, pruned_channels
     pre = c.model
     if args.adapt_bn:                   # c.model has the adapted BatchNorm statistics
-        from .frontend.load import load_model
+        from ..frontend.load import load_model
         pre = load_model(args.model)[0]
     acc0 = accuracy(pre, ex, ey, class_ids=ids)
     pruned = bool(pruned_channels(c))
@@ -313,7 +313,7 @@ def _finetune_adapt(args) -> int:
 
     from .adapt import adapt_bn
     from .finetune import accuracy, check_data, load_data
-    from .verify import prune_state_dict
+    from .floatmodel import prune_state_dict
     log = _progress(args.quiet)
     x, _ = load_data(args.data, need_y=False)   # unreadable: fail early; labels not used
     ev = load_data(args.eval) if args.eval else None
@@ -363,7 +363,7 @@ def cmd_report(args) -> int:
     from edgec.isa.container import load_program
     from edgec.isa.target import load_target
 
-    from .report import format_report, plot_roofline, program_report
+    from ..report import format_report, plot_roofline, program_report
     prog = load_program(args.program)
     rep = program_report(prog, load_target(args.target))
     if args.plot:           # before printing anything: a missing matplotlib fails cleanly
@@ -379,7 +379,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_asm(args) -> int:
-    from .asm import assemble_file
+    from ..asm import assemble_file
     blob = assemble_file(args.source)
     _atomic_write(args.output, lambda f: f.write(blob))
     print(f"wrote {args.output}: {len(blob)} bytes")
@@ -389,8 +389,8 @@ def cmd_asm(args) -> int:
 def cmd_mask(args) -> int:
     from edgec.isa.errors import EdgecError
 
-    from .frontend.derive_mask import derive_mask, format_mask
-    from .frontend.load import load_model
+    from ..frontend.derive_mask import derive_mask, format_mask
+    from ..frontend.load import load_model
     if not 0 < args.keep <= 1:      # also refuses nan
         raise EdgecError(f"--keep {args.keep}: must be a fraction in (0, 1], e.g. 0.5")
     if str(args.model).lower().endswith((".onnx", ".ir", ".loop")):

@@ -21,7 +21,7 @@ import torch
 
 from edgec.isa.errors import EdgecError
 
-from .verify import prune_state_dict
+from .floatmodel import prune_state_dict
 
 
 @dataclass
