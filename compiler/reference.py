@@ -424,6 +424,33 @@ def _clamp_attr(at: dict, key: str, default) -> tuple[int, int]:
     return lo, hi
 
 
+def _dclamp_bounds(at: dict, fmt: "_Formats | None", v: str) -> tuple[int, int] | None:
+    """A dynamic Hardtanh/ReLU6 (numerics.md section 8): its bounds (clo, chi) at exponent
+    ce in integer units of v's current exponent E, rshift(c, E - ce, nearest), before any
+    int8 limit; None for a fixed clamp (or without a table: the compiled bounds)."""
+    if fmt is None or at.get("dclamp") is None:
+        return None
+    clo, chi, ce = (int(c) for c in at["dclamp"])
+    k = fmt.E(v) - ce
+    if not 0 <= k <= 31:
+        raise ValueError(f"dynamic clamp: exponent {fmt.E(v)} - ce {ce} outside [0, 31]")
+    if k == 0:
+        return clo, chi
+    return (clo + 2 ** (k - 1)) // 2 ** k, (chi + 2 ** (k - 1)) // 2 ** k
+
+
+def _clamp_of(at: dict, fmt, v: str, default) -> tuple[int, int]:
+    """The clamp (lo, hi) of an op writing v: dynamic bounds limited to +-127, else the
+    clamp attribute."""
+    b = _dclamp_bounds(at, fmt, v)
+    if b is None:
+        return _clamp_attr(at, "clamp", default)
+    lo, hi = max(b[0], -127), min(b[1], 127)
+    if not lo <= hi:
+        raise ValueError(f"dynamic clamp bounds {(lo, hi)} are empty")
+    return lo, hi
+
+
 def _pass_range(at: dict, default) -> tuple[int, int]:
     """``pass_range = (lo, hi)`` of relu_bwd / hardtanh_bwd: dy passes where lo < y < hi."""
     if "pass_range" not in at or at["pass_range"] is None:
@@ -573,10 +600,10 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str,
         else:
             acc = conv_acc(x, w, b, at["stride"], at["pad"], at.get("groups", 1))
         r = rshift(chk(acc), fmt.mac_shift(n) if fmt else at["shift"], "nearest")
-        return [_stored(fmt, n, r, *_clamp_attr(at, "clamp", (-127, 127)))]
+        return [_stored(fmt, n, r, *_clamp_of(at, fmt, n.outputs[0], (-127, 127)))]
     if op in ("relu", "hardtanh"):
         # standalone activation on int8: q = clamp(x, lo, hi), same exponent
-        bounds = _clamp_attr(at, "clamp", (0, 127) if op == "relu" else None)
+        bounds = _clamp_of(at, fmt, n.outputs[0], (0, 127) if op == "relu" else None)
         return [clamp(a[0], *bounds)]
     if op == "add":
         x, y = a
@@ -592,7 +619,7 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str,
             if not 0 <= sv <= 31:
                 raise ValueError(f"add: {nm} = {sv} outside [0, 31]")
         v = x.to(torch.int64) * (1 << sa) + y.to(torch.int64) * (1 << sb)
-        lo, hi = _clamp_attr(at, "clamp", (-127, 127))
+        lo, hi = _clamp_of(at, fmt, n.outputs[0], (-127, 127))
         if at["grad"]:
             r = _stochastic(v, shift, seed, at["tid"])
         else:
@@ -651,6 +678,9 @@ def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str,
             raise ValueError(f"{op}: dy {tuple(dy.shape)} and y {tuple(y.shape)} differ in "
                              f"shape")
         lo, hi = _pass_range(at, (0, 128) if op == "relu_bwd" else None)
+        b = _dclamp_bounds(at, fmt, n.inputs[1])
+        if b is not None:       # a bound beyond int8: the saturated +-127 still passes
+            lo, hi = (b[0] if b[0] >= -127 else -128), (b[1] if b[1] <= 127 else 128)
         return [torch.where((y > lo) & (y < hi), dy, torch.zeros_like(dy))]
     if op == "maxpool_bwd":
         dx = maxpool_bwd(a[0], a[1], at["kernel"], at["stride"], at["pad"])

@@ -134,6 +134,17 @@ _CLAMP = (
     Field("hi", 8, signed=True, doc="clamp: upper bound of the int8 result (lo..127)"),
 )
 
+_DCLAMP = (
+    Field("dcl", 1, doc="1: the clamp bounds follow the exponent X[xo] (dynamic "
+          "Hardtanh/ReLU6; see the description); 0: the lo/hi fields"),
+    Field("clo", 16, signed=True, doc="dcl: the lower clamp bound in units of 2^ce"),
+    Field("chi", 16, signed=True, doc="dcl: the upper clamp bound in units of 2^ce"),
+    Field("ce", 8, signed=True, doc="dcl: the exponent of clo and chi"),
+)
+_DCLAMP_DOC = (" Dynamic clamp (dcl=1): with k = X[xo] - ce (traps unless 0 <= k <= 31), "
+               "lo = max(rshift(clo, k, nearest), -127), hi = min(rshift(chi, k, nearest), "
+               "127) instead of the lo/hi fields.")
+
 _LUTSEL = (_DYN, _x("xz", "the logits' exponent"),
            Field("lutlo", 8, signed=True, doc="dyn: the logit exponent of table 0"),
            Field("nlut", 8, doc="dyn: number of consecutive 256-entry tables at lutaddr"))
@@ -199,21 +210,27 @@ INSTRS: tuple[Instr, ...] = (
         Field("g0", 32), Field("g1", 32), Field("g2", 32), Field("g3", 32, doc=""),
         *_CLAMP,
         _DYN, _x("xo", "the result's exponent"), _x("xa", "the first operand's exponent"),
-        _x("xb", "the second operand's exponent"), *_STAT,
+        _x("xb", "the second operand's exponent"), *_STAT, *_DCLAMP,
     ), "Requantize int32 -> int8: q = min(max(sat8(rshift(v, shift, mode, r)), lo), hi) "
        "(lo=-127, hi=127: no activation; lo=0: ReLU). "
        "Stochastic mode adds rand32(seed, tid, idx) >> (32-shift) before the floor, where "
        "idx = gbase + i0*g0 + i1*g1 + i2*g2 + i3*g3. dyn=1: shift = X[xo] - X[xa] - X[xb] "
        "(the accumulator's exponent is the sum of its operands'; the shift field is "
-       "ignored). Traps unless -127 <= lo <= hi <= 127 and -31 <= shift <= 31." + _STAT_DOC),
+       "ignored). Traps unless -127 <= lo <= hi <= 127 and -31 <= shift <= 31." + _STAT_DOC
+       + _DCLAMP_DOC),
     Instr("VMASK", 8, "compute", (
         *_buf("a", "A"), *_buf("b", "B"), *_buf("d", "the result"),
         Field("count", 32, doc="elements"),
         Field("lo", 16, signed=True, doc="exclusive lower bound on B"),
         Field("hi", 16, signed=True, doc="exclusive upper bound on B"),
+        _x("xo", "B's exponent (dcl)"), *_DCLAMP,
     ), "Range mask: D[i] = A[i] if lo < B[i] < hi else 0. ReLU backward: A=dY, B=Y, "
        "lo=0, hi=128 (a saturated 127 still passes); Hardtanh backward: A=dY, B=Y, lo/hi = "
-       "its integer clamp bounds (an output at a bound came from an input at or beyond it)."),
+       "its integer clamp bounds (an output at a bound came from an input at or beyond it). "
+       "dcl=1 (a dynamic Hardtanh's backward): with k = X[xo] - ce (traps unless 0 <= k <= "
+       "31), bl = rshift(clo, k, nearest), bh = rshift(chi, k, nearest): lo = bl if bl >= "
+       "-127 else -128, hi = bh if bh <= 127 else 128 (a bound beyond int8: the saturated "
+       "+-127 still passes)."),
     Instr("MAXP", 9, "compute", (*_buf("s", "the input planes"), *_buf("d", "the output"),
                                  *_POOL_GEOM),
           "Max pooling over planes (floor mode, -inf padding)."),
@@ -304,7 +321,7 @@ INSTRS: tuple[Instr, ...] = (
         Field("gbase", 32, doc="flat index in the whole tensor of element 0"),
         *_CLAMP,
         _DYN, _x("xa", "A's exponent"), _x("xb", "B's exponent"),
-        _x("xo", "the result's exponent"), *_STAT,
+        _x("xo", "the result's exponent"), *_STAT, *_DCLAMP,
     ), "Elementwise add with power-of-two alignment, rounding, saturation and clamp: "
        "residual adds (nearest), sums of back-propagated errors (stochastic), standalone "
        "ReLU/Hardtanh (nb=0, sa=0, shift=0). "
@@ -312,7 +329,8 @@ INSTRS: tuple[Instr, ...] = (
        "int64, r = rand32(seed, tid, gbase + i) (drawn only when stochastic and shift > 0). "
        "A, B, D must be IBUF or WBUF. dyn=1: with m = min(X[xa], X[xb]) (nb=0: m = X[xa]), "
        "sa = X[xa] - m, sb = X[xb] - m, shift = X[xo] - m instead of the fields. Traps "
-       "unless 0 <= sa, sb <= 31, -31 <= shift <= 31 and -127 <= lo <= hi <= 127." + _STAT_DOC),
+       "unless 0 <= sa, sb <= 31, -31 <= shift <= 31 and -127 <= lo <= hi <= 127." + _STAT_DOC
+       + _DCLAMP_DOC),
     Instr("CSTAT", 24, "compute", (
         *_buf("s", "the int8 tile [n, c, hw]"),
         Field("daddr", 20, doc="ABUF element address of the int32 [2, c] result"),

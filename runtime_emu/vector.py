@@ -32,6 +32,24 @@ def _clamp_bounds(f, mnemonic):
     return lo, hi
 
 
+def _dyn_bounds(m, f, mnemonic) -> tuple[int, int]:
+    """dcl=1: the real clamp bounds (clo, chi at exponent ce) in integer units of the
+    exponent X[xo]: rshift(c, X[xo] - ce, nearest), not yet limited to int8."""
+    k = _in_range(x_get(m, f, "xo") - f["ce"], 0, 31, f"{mnemonic} dcl X[xo] - ce")
+    if k == 0:
+        return f["clo"], f["chi"]
+    half = 1 << (k - 1)
+    return (f["clo"] + half) >> k, (f["chi"] + half) >> k
+
+
+def _op_clamp(m, f, mnemonic) -> tuple[int, int]:
+    """RQ/VADD (lo, hi): the fields, or with dcl=1 the bounds at X[xo] limited to +-127."""
+    if not f["dcl"]:
+        return _clamp_bounds(f, mnemonic)
+    bl, bh = _dyn_bounds(m, f, mnemonic)
+    return _clamp_bounds({"lo": max(bl, -127), "hi": min(bh, 127)}, f"{mnemonic} dcl")
+
+
 def _shift(f):
     s = f["shift"]
     if not -31 <= s <= 31:
@@ -93,7 +111,7 @@ def op_rq(m, f):
     count = n0 * n1 * n2 * n3
     dbuf = buf_name(f["dbuf"], "dbuf")
     s = _rq_dyn_shift(m, f) if f["dyn"] else _shift(f)
-    lo, hi = _clamp_bounds(f, "RQ")
+    lo, hi = _op_clamp(m, f, "RQ")
     mode = ROUND_MODES[f["mode"]]
     if f["st"]:
         x_check(f["xs"], 2, "xs")
@@ -121,7 +139,11 @@ def op_vmask(m, f):
     check_range(m, d, f["daddr"], c, "VMASK result at daddr")
     A = read_buf(m, a, f["aaddr"], c, "VMASK operand A at aaddr").astype(np.int64)
     B = read_buf(m, b, f["baddr"], c, "VMASK operand B at baddr").astype(np.int64)
-    keep = (B > f["lo"]) & (B < f["hi"])
+    lo, hi = f["lo"], f["hi"]
+    if f["dcl"]:        # a bound beyond int8: the saturated +-127 still passes
+        bl, bh = _dyn_bounds(m, f, "VMASK")
+        lo, hi = (bl if bl >= -127 else -128), (bh if bh <= 127 else 128)
+    keep = (B > lo) & (B < hi)
     write_buf(m, d, f["daddr"], np.where(keep, A, 0), "VMASK result")
     return vector_cycles(m, c)
 
@@ -139,7 +161,7 @@ def op_vadd(m, f):
         sa, sb, s = _vadd_dyn_shifts(m, f)
     else:
         sa, sb, s = f["sa"], f["sb"], _shift(f)
-    lo, hi = _clamp_bounds(f, "VADD")
+    lo, hi = _op_clamp(m, f, "VADD")
     mode = ROUND_MODES[f["mode"]]
     if f["st"]:
         x_check(f["xs"], 2, "xs")

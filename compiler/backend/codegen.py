@@ -141,6 +141,14 @@ class Emitter:
             f[k] = R.of[v]
         return {**f, **self.stat(out)}
 
+    def dclamp(self, n, value: str) -> dict:
+        """Fields of a dynamic clamp (a Hardtanh/ReLU6 of a dynamic program, numerics.md
+        section 8): its bounds follow the exponent of ``value``; {} for a fixed clamp."""
+        if self.regs is None or "dclamp" not in n.attrs:
+            return {}
+        clo, chi, ce = n.attrs["dclamp"]
+        return {"dcl": 1, "clo": clo, "chi": chi, "ce": ce, "xo": self.regs.of[value]}
+
     def stat(self, out: str) -> dict:
         R = self.regs
         if R is None or out not in R.stats:
@@ -263,7 +271,7 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
         lo, hi = a.get("clamp", (-127, 127))
         em.emit("RQ", saddr=cacc, dbuf=IBUF, daddr=obase, shift=a["shift"],
                 mode=int(kind != "fp"), lo=lo, hi=hi, tid=a.get("tid", 0), **idx,
-                **em.dyn(n.outputs[0], *n.inputs[:2]))
+                **{**em.dyn(n.outputs[0], *n.inputs[:2]), **em.dclamp(n, n.outputs[0])})
         em.box(False, IBUF, obase, out, start, ext, full)
 
 
@@ -303,14 +311,15 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
             if n.op.endswith("_bwd"):
                 lo, hi = a["pass_range"]
                 em.emit("VMASK", abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=h, dbuf=IBUF, daddr=d,
-                        count=et, lo=lo, hi=hi)
+                        count=et, lo=lo, hi=hi, **em.dclamp(n, n.inputs[1]))
             else:
                 lo, hi = a["clamp"]
                 em.emit("VADD", abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=h, dbuf=IBUF, daddr=d,
                         count=et, nb=int(two), sa=a.get("sa", 0), sb=a.get("sb", 0),
                         shift=a.get("shift", 0), mode=int(bool(a.get("grad"))),
                         tid=a.get("tid", 0), gbase=e0, lo=lo, hi=hi,
-                        **(em.dyn(n.outputs[0], *n.inputs) if n.op == "add" else {}))
+                        **{**(em.dyn(n.outputs[0], *n.inputs) if n.op == "add" else {}),
+                           **em.dclamp(n, n.outputs[0])})
             _flat(em, False, IBUF, d, out, e0, et)
     elif n.op in ("maxpool", "maxpool_bwd"):
         x = mem.of_value[n.inputs[0] if n.op == "maxpool" else n.inputs[1]]

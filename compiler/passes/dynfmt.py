@@ -120,10 +120,6 @@ def _static_roots(g: Graph, u: _Union) -> set[str]:
             fixed.add(n.outputs[0])
             if a.get("target", "labels") != "labels":
                 fixed.add(n.inputs[1])                  # the teacher's logits
-        elif n.op == "hardtanh" or (n.op in ("conv", "linear", "add") and a.get("act_real")):
-            fixed.add(n.outputs[0])                     # clamp bounds depend on the exponent
-        elif n.op == "hardtanh_bwd":
-            fixed.add(n.inputs[1])
     return {u.find(v) for v in fixed if v in V}
 
 
@@ -204,7 +200,10 @@ def _constraints(g: Graph, R: Registers):
             z = R.of[n.inputs[0]]
             lo = R.e0[z] if lo is None else lo
             yield (z,), lambda e, b=lo: e[0] - b, 0, k - 1
-        elif n.op == "sgd" and len(n.inputs) >= 3:
+        if "dclamp" in n.attrs:         # clamp bounds rshift(c, E - ce): 0 <= E - ce <= 31
+            v = n.inputs[1] if n.op == "hardtanh_bwd" else o
+            yield (R.of[v],), lambda e, c=n.attrs["dclamp"][2]: e[0] - c, 0, 31
+        if n.op == "sgd" and len(n.inputs) >= 3:
             g_reg = R.of[n.inputs[2]]
             base = n.attrs["lrshift"] + V[n.inputs[2]].exp
             yield (g_reg,), lambda e, b=base: b - e[0], 0, 31

@@ -113,7 +113,7 @@ class QuantizePass:
                 out = self._fuse_activation(g, n, fused)
                 act = a.get("act")
                 if self.dynamic and act is not None and act.op == "hardtanh":
-                    a["act_real"] = [float(act.attrs["lo"]), float(act.attrs["hi"])]
+                    a["act_real"] = _real_bounds(act)
                 if n.op == "add":
                     ea, eb = e(ins[0]), e(ins[1])
                     m = min(ea, eb)
@@ -132,10 +132,17 @@ class QuantizePass:
                         bp = g.param_of_value(self._src(g, ins[2]))
                         V[bp.value].dtype, V[bp.value].exp = "i32", e_acc
                     self._set(g, n, out, self._act_exp(a, fv[out]), e_acc)
-                a["clamp"] = clamp_bounds(a.pop("act", None), V[out].exp)
+                act = a.pop("act", None)
+                a["clamp"] = clamp_bounds(act, V[out].exp)
+                if "act_real" in a:
+                    a["dclamp"] = dynamic_clamp(a["act_real"], V[out].exp)
+                    a["clamp"] = clamp_at(a["dclamp"], V[out].exp)
             elif n.op in ("relu", "hardtanh"):
                 V[out].dtype, V[out].exp = "i8", e(ins[0])
                 a["clamp"] = clamp_bounds(n, e(ins[0]))
+                if self.dynamic and n.op == "hardtanh":
+                    a["dclamp"] = dynamic_clamp(_real_bounds(n), e(ins[0]))
+                    a["clamp"] = clamp_at(a["dclamp"], e(ins[0]))
             elif n.op in ("maxpool", "reshape", "maxpool_bwd"):
                 V[out].dtype, V[out].exp = "i8", e(ins[0])
             elif n.op == "relu_bwd":
@@ -144,6 +151,9 @@ class QuantizePass:
             elif n.op == "hardtanh_bwd":
                 V[out].dtype, V[out].exp = "i8", e(ins[0])
                 a["pass_range"] = clamp_bounds(n, e(ins[1]))
+                if self.dynamic:
+                    a["dclamp"] = dynamic_clamp(_real_bounds(n), e(ins[1]))
+                    a["pass_range"] = pass_range_at(a["dclamp"], e(ins[1]))
             elif n.op == "loss_grad":
                 e_dz = expo(torch.tensor(1.0 / N))      # |dz| <= 1/N
                 a["rmul"] = round(2**16 / N)
@@ -204,13 +214,9 @@ class QuantizePass:
 
     @staticmethod
     def _act_exp(a: dict, v: torch.Tensor) -> int:
-        """An activation's exponent: fit(v); a Hardtanh/ReLU6 output in a dynamic program
-        (its exponent cannot move: its clamp bounds are integers at one exponent) at least
-        coarse enough to hold its bounds, so it never saturates while the model changes."""
-        e = expo_fit(v)
-        if "act_real" in a:
-            e = max(e, _expo_of_max(max(abs(b) for b in a["act_real"])))
-        return e
+        """An activation's exponent: fit(v), a Hardtanh/ReLU6 output too (in a dynamic
+        program its clamp bounds follow its exponent, ``dclamp``)."""
+        return expo_fit(v)
 
     @staticmethod
     def _fuse_activation(g: Graph, n, fused: set) -> str:
@@ -256,6 +262,43 @@ def clamp_bounds(act, e: int) -> tuple[int, int]:
     lo = int(np.rint(float(act.attrs["lo"]) * 2.0 ** -e))
     hi = int(np.rint(float(act.attrs["hi"]) * 2.0 ** -e))
     return (max(-127, min(127, lo)), max(-127, min(127, hi)))
+
+
+def _real_bounds(act) -> list[float]:
+    return [float(act.attrs["lo"]), float(act.attrs["hi"])]
+
+
+DCLAMP_BITS = 16        # RQ/VADD/VMASK fields clo, chi
+
+
+def dynamic_clamp(bounds, e: int) -> tuple[int, int, int]:
+    """(clo, chi, ce) of a Hardtanh/ReLU6 in a dynamic program whose output starts at
+    exponent ``e`` (docs/numerics.md section 8): the real bounds in units of 2**ce, ce =
+    e - SPAN (the finest exponent the register can reach), saturated to 16 bits (a bound
+    that does not fit is beyond int8 at every reachable exponent anyway)."""
+    ce = e - SPAN
+    lim = 2 ** (DCLAMP_BITS - 1) - 1
+    lo, hi = (max(-lim, min(lim, int(np.rint(b * 2.0 ** -ce)))) for b in bounds)
+    return lo, hi, ce
+
+
+def dynamic_bounds(dclamp, e: int) -> tuple[int, int]:
+    """The bounds of ``dclamp`` in integer units of exponent ``e``, not limited to int8:
+    rshift(c, e - ce, nearest)."""
+    clo, chi, ce = dclamp
+    k = e - ce
+    half = (1 << (k - 1)) if k > 0 else 0
+    return (clo + half) >> k, (chi + half) >> k
+
+
+def clamp_at(dclamp, e: int) -> tuple[int, int]:
+    lo, hi = dynamic_bounds(dclamp, e)
+    return max(lo, -127), min(hi, 127)
+
+
+def pass_range_at(dclamp, e: int) -> tuple[int, int]:
+    lo, hi = dynamic_bounds(dclamp, e)
+    return (lo if lo >= -127 else -128), (hi if hi <= 127 else 128)
 
 
 def copy_format(p) -> tuple[int, int]:
