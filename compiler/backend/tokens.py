@@ -57,7 +57,7 @@ def footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
     counts statistics (dyn, st, EXPUPD) counts as reading and writing all of XBUF: only
     the table's LD and ST on the other queues meet it."""
     acc = _footprint(name, f, sym, rows)
-    if name == "EXPUPD" or f.get("dyn") or f.get("st"):
+    if name == "EXPUPD" or f.get("dyn") or f.get("st") or f.get("dcl"):
         acc.append(_XBUF_ALL)
     return acc
 
