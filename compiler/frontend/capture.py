@@ -7,6 +7,11 @@ node with the module that was running (``node.meta["custom"]["edgec_module"]``) 
 one is attributed through data flow: a backward op consumes ``dy``, the gradient of some
 forward value ``y``, and inherits the layer and location of ``y``'s producer.
 
+Each traced call_function node is converted by the handler of its aten op
+(``aten/table.py``: one module per op family under ``aten/``, the shared capture context
+in ``aten/context.py``); an op without a handler is reported as unsupported, naming the
+op (or the torch.nn layer edgec lacks), the layer and the model.py line.
+
 Value naming (deterministic):
   forward   ``<base>.out``     base = owning module name (``conv1``, ``features.3``) for
                                module ops; ``relu``, ``flatten``, ``<module>.relu`` ... for

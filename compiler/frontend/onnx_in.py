@@ -20,8 +20,8 @@ its transpose ``[O, F]`` (PyTorch's Linear layout).
 The forward ops come from the ONNX nodes (loc ``model.onnx:node <i> (<name>)``); the loss
 gradient and the backward ops are derived by the autodiff pass
 (:func:`edgec.compiler.passes.autodiff.derive_backward`) over edgec's forward ops; each
-ONNX op_type is imported by its handler in ``onnx_ops/`` (``onnx_ops/table.py``).  ``example_input`` (calibration data, numerics.md section 6) is
-``x`` from ``--calib FILE.npz`` if given, else ``torch.randn(shape)`` drawn from
+ONNX op_type is imported by its handler in ``onnx_ops/`` (``onnx_ops/table.py``).
+``example_input`` (calibration data, numerics.md section 6) is ``x`` from ``--calib FILE.npz`` if given, else ``torch.randn(shape)`` drawn from
 ``torch.Generator().manual_seed(0)``.  An equivalent ``torch.nn.Module`` is built from the
 same parsed layers (for verify's float autograd fidelity check).
 """

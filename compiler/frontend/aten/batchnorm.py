@@ -9,7 +9,7 @@ import torch
 from edgec.isa.errors import EdgecError
 from edgec.compiler.frontend.aten.context import (AtenCall, Desc, add_const_param, aten_name,
                                                   claim_params, desc_of, emit, grad_info,
-                                                  module_of, shape_of)
+                                                  lazy_tuple, module_of, shape_of)
 
 
 def _normalise(c: AtenCall, xa, xd: Desc, mod: str, info, one: dict) -> tuple[str, str]:
@@ -75,30 +75,23 @@ def convert_batchnorm_backward(c: AtenCall) -> Desc:
     binf = rec["info"]
     xs = shape_of(ctx, xd.name)
     one = {"stride": (1, 1), "pad": (0, 0), "groups": xs[1]}
-    made: dict[int, Desc] = {}
-
-    def pick_bn(i):
-        if i in made:
-            return made[i]
+    def member(i):
         if i == 0:
             d = dy.name
             if rec["gamma"] is not None:
                 d = emit(ctx, "conv_eb", [d, rec["gamma"]], f"{binf.base}.dxhat", xs,
                          {**one, "in_shape": xs}, grad_info(binf, rec["xhat"]))
-            d = emit(ctx, "conv_eb", [d, rec["scale"]], f"{binf.base}.dx", xs,
-                     {**one, "in_shape": xs}, grad_info(binf, xd.name))
-        elif i == 1 and rec["gamma"] is not None:
-            d = emit(ctx, "conv_wg", [dy.name, rec["xhat"]], ctx.g.fresh(f"{binf.base}.dw"),
-                     (xs[1], 1, 1, 1), {**one, "kernel": (1, 1)}, grad_info(binf, rec["gamma"]))
-        elif i == 2 and rec["beta"] is not None:
-            d = emit(ctx, "bias_grad", [dy.name], ctx.g.fresh(f"{binf.base}.db"), (xs[1],),
-                     {}, grad_info(binf, rec["beta"]))
-        else:
-            return Desc("none")
-        made[i] = Desc("val", d)
-        return made[i]
-    return Desc("tuple", data=pick_bn)
-
+            return emit(ctx, "conv_eb", [d, rec["scale"]], f"{binf.base}.dx", xs,
+                        {**one, "in_shape": xs}, grad_info(binf, xd.name))
+        if i == 1 and rec["gamma"] is not None:
+            return emit(ctx, "conv_wg", [dy.name, rec["xhat"]], ctx.g.fresh(f"{binf.base}.dw"),
+                        (xs[1], 1, 1, 1), {**one, "kernel": (1, 1)},
+                        grad_info(binf, rec["gamma"]))
+        if i == 2 and rec["beta"] is not None:
+            return emit(ctx, "bias_grad", [dy.name], ctx.g.fresh(f"{binf.base}.db"), (xs[1],),
+                        {}, grad_info(binf, rec["beta"]))
+        return None
+    return lazy_tuple(member)
 
 HANDLERS = {
     "native_batch_norm": convert_batchnorm,

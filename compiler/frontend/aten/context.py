@@ -186,6 +186,23 @@ def forward_matching(ctx: CaptureCtx, what: str, pred) -> tuple[Node, ValueInfo]
     raise EdgecError(f"internal error: cannot attribute backward op {what}")
 
 
+def lazy_tuple(member) -> Desc:
+    """A tuple-valued node (a backward returning dx, dw, db) whose member ``i`` is emitted
+    once, when first read by getitem: ``member(i)`` -> the edgec value, or None for a
+    member that is not there (``Desc("none")``)."""
+    made: dict[int, Desc] = {}
+
+    def pick(i):
+        if i in made:
+            return made[i]
+        d = member(i)
+        if d is None:
+            return Desc("none")
+        made[i] = Desc("val", d)
+        return made[i]
+    return Desc("tuple", data=pick)
+
+
 def arg_of(fxn, i: int, name: str, default):
     if len(fxn.args) > i:
         return fxn.args[i]

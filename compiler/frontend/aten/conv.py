@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from edgec.compiler.frontend.aten.context import (AtenCall, Desc, claim_params, emit,
-                                                  forward_matching, grad_info, pair, shape_of)
+                                                  forward_matching, grad_info, lazy_tuple, pair,
+                                                  shape_of)
 
 
 def convert_conv(c: AtenCall) -> Desc:
@@ -40,29 +41,24 @@ def convert_conv_backward(c: AtenCall) -> Desc:
                                    and n.inputs[:2] == [xd.name, wd.name])
     st, pd = fnode.attrs["stride"], fnode.attrs["pad"]
     grp = {"groups": fnode.attrs["groups"]} if "groups" in fnode.attrs else {}
-    created: dict[int, Desc] = {}
 
-    def pick(i):
-        if i in created:
-            return created[i]
+    def member(i):
         if i == 0:
             xs = shape_of(ctx, xd.name)
-            d = emit(ctx, "conv_eb", [dy.name, wd.name], f"{finf.base}.dx", xs,
-                     {"stride": st, "pad": pd, "in_shape": xs, **grp}, grad_info(finf, xd.name))
-        elif i == 1:
+            return emit(ctx, "conv_eb", [dy.name, wd.name], f"{finf.base}.dx", xs,
+                        {"stride": st, "pad": pd, "in_shape": xs, **grp},
+                        grad_info(finf, xd.name))
+        if i == 1:
             ws = shape_of(ctx, wd.name)
-            d = emit(ctx, "conv_wg", [dy.name, xd.name], ctx.g.fresh(f"{finf.base}.dw"), ws,
-                     {"stride": st, "pad": pd, "kernel": tuple(ws[2:]), **grp},
-                     grad_info(finf, wd.name))
-        else:
-            if len(fnode.inputs) < 3:
-                return Desc("none")
-            b = fnode.inputs[2]
-            d = emit(ctx, "bias_grad", [dy.name], ctx.g.fresh(f"{finf.base}.db"),
-                     shape_of(ctx, b), {}, grad_info(finf, b))
-        created[i] = Desc("val", d)
-        return created[i]
-    return Desc("tuple", data=pick)
+            return emit(ctx, "conv_wg", [dy.name, xd.name], ctx.g.fresh(f"{finf.base}.dw"), ws,
+                        {"stride": st, "pad": pd, "kernel": tuple(ws[2:]), **grp},
+                        grad_info(finf, wd.name))
+        if len(fnode.inputs) < 3:
+            return None
+        b = fnode.inputs[2]
+        return emit(ctx, "bias_grad", [dy.name], ctx.g.fresh(f"{finf.base}.db"),
+                    shape_of(ctx, b), {}, grad_info(finf, b))
+    return lazy_tuple(member)
 
 
 HANDLERS = {
