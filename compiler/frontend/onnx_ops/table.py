@@ -1,0 +1,8 @@
+"""The ONNX import handler table: ONNX op_type -> the function importing such a node
+(``handler(OnnxCall) -> None``), gathered from one module per op family."""
+from __future__ import annotations
+
+from edgec.compiler.frontend.handler_table import gather_handlers
+from edgec.compiler.frontend.onnx_ops import activation, conv, linear, pool, shape
+
+HANDLERS = gather_handlers((conv, linear, activation, pool, shape), "ONNX")
