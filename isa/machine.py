@@ -268,9 +268,21 @@ def vector_cycles(elements: int, tg) -> int:
     return 4 + -(-elements // tg.vector_lanes)
 
 
+# The cycle formulas run once per executed instruction in the emulator: one call each,
+# the arithmetic inline.
+
 def cy_dma(f, tg) -> int:
+    """latency + ceil(box bytes / DDR bytes per cycle)."""
+    return tg.ddr_latency + -(-(f["esize"] * f["n0"] * f["n1"] * f["n2"] * f["n3"])
+                              // tg.ddr_bytes_per_cycle)
+
+
+def cy_dma_gather(f, tg) -> int:
     """latency + ceil((box bytes + index table bytes) / DDR bytes per cycle)."""
-    return dma_cycles(f["esize"] * _box_count(f) + _table_bytes(f), tg)
+    g = f["gather"]
+    n = (f["esize"] * f["n0"] * f["n1"] * f["n2"] * f["n3"]
+         + 4 * f["n0"] * (g & 1) + 4 * f["n1"] * (g >> 1 & 1))
+    return tg.ddr_latency + -(-n // tg.ddr_bytes_per_cycle)
 
 
 def cy_one(f, tg) -> int:
@@ -286,27 +298,40 @@ def cy_mac(f, tg) -> int:
             * tg.mac_group_passes(a, b, f["g"]))
 
 
-def _vector(elements, what: str):
-    def cycles(f, tg) -> int:
-        return vector_cycles(elements(f), tg)
-    cycles.__doc__ = f"4 + ceil({what} / lanes)."
-    return cycles
+def cy_box(f, tg) -> int:
+    """4 + ceil(n0*n1*n2*n3 / lanes)."""
+    return 4 + -(-(f["n0"] * f["n1"] * f["n2"] * f["n3"]) // tg.vector_lanes)
 
 
-cy_box = _vector(_box_count, "n0*n1*n2*n3")
-cy_count = _vector(lambda f: f["count"], "count")
+def cy_count(f, tg) -> int:
+    """4 + ceil(count / lanes)."""
+    return 4 + -(-f["count"] // tg.vector_lanes)
 
 
-def _pool_taps(f) -> int:
+def cy_pool(f, tg) -> int:
+    """4 + ceil(planes*oh*ow*kh*kw / lanes)."""
     oh, ow = _pool_out(f)
-    return f["planes"] * max(0, oh) * max(0, ow) * f["kh"] * f["kw"]
+    return vector_cycles(f["planes"] * max(0, oh) * max(0, ow) * f["kh"] * f["kw"], tg)
 
 
-cy_pool = _vector(_pool_taps, "planes*oh*ow*kh*kw")
-cy_sums = _vector(lambda f: f["n"] * f["c"] * f["hw"], "n*c*hw")
-cy_bnadapt = _vector(lambda f: 8 * f["c"], "8*c")
-cy_lossg = _vector(lambda f: f["n"] * f["k"], "n*k")
-cy_losst = _vector(lambda f: 2 * f["n"] * f["k"], "2*n*k (student and teacher rows)")
+def cy_sums(f, tg) -> int:
+    """4 + ceil(n*c*hw / lanes)."""
+    return 4 + -(-(f["n"] * f["c"] * f["hw"]) // tg.vector_lanes)
+
+
+def cy_bnadapt(f, tg) -> int:
+    """4 + ceil(8*c / lanes)."""
+    return vector_cycles(8 * f["c"], tg)
+
+
+def cy_lossg(f, tg) -> int:
+    """4 + ceil(n*k / lanes)."""
+    return vector_cycles(f["n"] * f["k"], tg)
+
+
+def cy_losst(f, tg) -> int:
+    """4 + ceil(2*n*k / lanes) (student and teacher rows)."""
+    return vector_cycles(2 * f["n"] * f["k"], tg)
 
 
 class Work(NamedTuple):

@@ -173,12 +173,12 @@ INSTRS: tuple[Instr, ...] = (
           "Dynamic channel-bank load: LD whose dim 0 and/or dim 1 index is looked up in an "
           "int32 channel index table in DDR (j0=tab0[i0] if gather bit0, j1=tab1[i1] if "
           "bit1), so only kept channels are fetched. " + _DMA_DOC + ".",
-          unit="dma", footprint=M.fp_load, cycles=M.cy_dma, work=M.wk_dma, ddr_port=True),
+          unit="dma", footprint=M.fp_load, cycles=M.cy_dma_gather, work=M.wk_dma, ddr_port=True),
     Instr("ST", 4, "store", _DMA, "Strided box store buffer -> DDR, the inverse of LD.",
           unit="dma", footprint=M.fp_store, cycles=M.cy_dma, work=M.wk_dma, ddr_port=True),
     Instr("STCH", 5, "store", _DMA + _GATHER,
           "Channel-bank store: the inverse of LDCH (scatters only kept channels).",
-          unit="dma", footprint=M.fp_store, cycles=M.cy_dma, work=M.wk_dma, ddr_port=True),
+          unit="dma", footprint=M.fp_store, cycles=M.cy_dma_gather, work=M.wk_dma, ddr_port=True),
     Instr("MAC", 6, "compute", (
         Field("pattern", 2, kind="pattern", doc="FP (forward), EB (error back-prop), "
               "WG (weight gradient)"),

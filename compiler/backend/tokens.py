@@ -4,9 +4,10 @@ The machine runs three queues (load, compute, store) concurrently; only tokens o
 instructions of different queues (isa/table.py).  Codegen emits instructions in program
 order with double-buffered addresses; for each one this planner
 
-1. computes its footprint: element ranges of IBUF/WBUF/ABUF and a byte range of DDR that
-   it reads or writes (`footprint`; a gathered DMA dimension may touch any row of its
-   tensor, so those count the whole tensor);
+1. computes its footprint: the ranges the machine model says it reads or writes
+   (Instr.footprint, isa/machine.py), element ranges of IBUF/WBUF/ABUF/XBUF and a byte
+   range of DDR per tensor (`footprint`; a gathered DMA dimension may touch any row of
+   its tensor, so those count the whole tensor unless codegen names the rows);
 2. finds the earlier instructions of OTHER queues it conflicts with (read after write,
    write after read, write after write on overlapping ranges);
 3. drops the ones already ordered before it: every queue carries a vector clock
