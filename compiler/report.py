@@ -26,8 +26,9 @@ max(MACs / (rows * cols), (DDR bytes + index bytes) / DDR bytes per cycle) and
 cycles / bound.  The bound of a phase or of the whole program is the SUM of its groups'
 bounds (each group is one operator).
 
-Cycles follow the emulator's timing model (per-instruction costs below, the queues and
-tokens replayed by compiler/pipeline.py; tests check both equal the emulator's counters):
+Cycles follow the emulator's timing model (per-instruction costs from isa/table.py, the
+queues and tokens replayed by compiler/pipeline.py; tests check both equal the emulator's
+counters):
 the load, compute and store queues overlap, so a group's cycles are the cycles by which
 its instructions extend the program's timeline (each instruction, in program order, is
 charged max(0, its end - the latest end before it)); the groups' cycles sum to the
@@ -43,7 +44,8 @@ import math
 from edgec.isa.container import Program
 from edgec.isa.encoding import decode_all
 from edgec.isa.errors import EdgecError
-from edgec.isa.table import PATTERNS
+from edgec.isa.machine import FieldError
+from edgec.isa.table import BY_NAME
 from edgec.isa.target import Target
 
 from .pipeline import replay
@@ -52,7 +54,6 @@ PATTERN_ORDER = ("FP", "EB", "WG", "BWD", "LOSS", "UPDATE", "OTHER")
 PHASE_OF = {"FP": "forward", "EB": "backward", "WG": "backward", "BWD": "backward",
             "LOSS": "backward", "UPDATE": "update", "OTHER": "other"}
 PHASES = ("forward", "backward", "update", "other", "overall")
-DMA = ("LD", "LDCH", "ST", "STCH")
 _SUMS = ("instructions", "macs", "ddr_bytes", "index_bytes", "cycles", "cycles_mac",
          "cycles_dma", "cycles_vector", "bound")
 
@@ -103,59 +104,21 @@ def instruction_groups(program: Program) -> list[tuple[str, str, str]]:
     return out
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def instr_cost(name: str, f: dict, tg: Target, index: int = 0) -> dict:
     """Cycles (and the unit that spends them), MACs, DDR box bytes and index-table bytes
-    of one instruction, with the emulator's cost model (runtime_emu: dma._cycles,
-    mac.op_mac, state.vector_cycles; SEED and END take 1 cycle)."""
-    def bad(msg):
-        raise EdgecError(f"instruction {index} ({name}): {msg}; the emulator would trap")
-    vec = lambda n: 4 + _ceil(int(n), tg.vector_lanes)  # noqa: E731
-    if name in DMA:
-        count = f["n0"] * f["n1"] * f["n2"] * f["n3"]
-        nbytes = f["esize"] * count
-        tab = 0
-        if name in ("LDCH", "STCH"):
-            tab = 4 * f["n0"] * (f["gather"] & 1) + 4 * f["n1"] * ((f["gather"] >> 1) & 1)
-        cyc = tg.ddr_latency + _ceil(nbytes + tab, tg.ddr_bytes_per_cycle)
-        return dict(unit="dma", cycles=cyc, macs=0, ddr_bytes=nbytes, index_bytes=tab)
-    if name == "SEED":
-        return dict(unit="dma", cycles=1, macs=0, ddr_bytes=0, index_bytes=4)
-    if name in ("END", "SYNC"):
-        return dict(unit="vector", cycles=1, macs=0, ddr_bytes=0, index_bytes=0)
-    if name == "MAC":
-        if f["pattern"] >= len(PATTERNS):
-            bad(f"pattern {f['pattern']} is not FP/EB/WG")
-        g = f["g"]
-        base = f["n"] * f["yh"] * f["yw"] * f["kh"] * f["kw"]
-        macs = base * f["ci"] * f["co"] * g
-        a, b = (f["ci"], f["co"]) if PATTERNS[f["pattern"]] == "FP" else (f["co"], f["ci"])
-        cyc = base * tg.mac_group_passes(a, b, g)
-        return dict(unit="mac", cycles=cyc, macs=macs, ddr_bytes=0, index_bytes=0)
-    if name == "RQ":
-        n = f["n0"] * f["n1"] * f["n2"] * f["n3"]
-    elif name in ("VMASK", "VADD", "SGD", "EXPUPD"):
-        n = f["count"]
-    elif name in ("MAXP", "MAXPB"):
-        if not (f["sh"] and f["sw"]):
-            bad("pooling stride 0")
-        oh = (f["h"] + 2 * f["ph"] - f["kh"]) // f["sh"] + 1
-        ow = (f["w"] + 2 * f["pw"] - f["kw"]) // f["sw"] + 1
-        n = f["planes"] * max(0, oh) * max(0, ow) * f["kh"] * f["kw"]
-    elif name == "BNADAPT":
-        n = 8 * f["c"]
-    elif name in ("RSUM", "CSTAT"):
-        n = f["n"] * f["c"] * f["hw"]
-    elif name == "LOSSG":
-        n = f["n"] * f["k"]
-    elif name == "LOSST":               # student and teacher rows
-        n = 2 * f["n"] * f["k"]
-    else:
+    of one instruction: its row of isa/table.py (Instr.unit, cycles, work; the formulas
+    the emulator charges, isa/machine.py)."""
+    ins = BY_NAME.get(name)
+    if ins is None:
         raise EdgecError(f"instruction {index}: no cost model for {name}")
-    return dict(unit="vector", cycles=vec(n), macs=0, ddr_bytes=0, index_bytes=0)
+    try:
+        cycles = ins.cycles(f, tg)
+    except FieldError as e:
+        raise EdgecError(f"instruction {index} ({name}): {e}; the emulator would trap") \
+            from None
+    macs, ddr_bytes, index_bytes = ins.work(f)
+    return dict(unit=ins.unit, cycles=cycles, macs=macs, ddr_bytes=ddr_bytes,
+                index_bytes=index_bytes)
 
 
 def _finish(d: dict, tg: Target) -> dict:
@@ -190,9 +153,8 @@ def program_report(program: Program, target: Target, counters: dict | None = Non
     groups: dict[tuple, dict] = {}
     mnem: dict[str, int] = {}
     costs = [instr_cost(ins.name, f, target, i) for i, (ins, f) in enumerate(instrs)]
-    ends = replay([ins.name for ins, _ in instrs], [ins.queue for ins, _ in instrs],
-                  [f["dep"] for _, f in instrs], [c["cycles"] for c in costs],
-                  target.ddr_latency)
+    ends = replay([ins.name for ins, _ in instrs], [f["dep"] for _, f in instrs],
+                  [c["cycles"] for c in costs], target.ddr_latency)
     frontier = 0
     for i, ((ins, f), key, c, end) in enumerate(zip(instrs, keys, costs, ends)):
         share = max(0, end - frontier)      # cycles by which it extends the timeline

@@ -75,7 +75,7 @@ def format_instruction(ins, vals: dict[str, int], symbols: list[dict]) -> tuple[
         if f.name == "dep" and v == 0:
             continue
         parts.append(f"{f.name}={format_field(f, v)}")
-        if f.kind == "ddr" and (ins.name not in ("LDCH", "STCH") or f.name == "ddr"
+        if f.kind == "ddr" and ("gather" not in vals or f.name == "ddr"
                                 or vals.get("gather", 0) & (1 if f.name == "tab0" else 2)):
             sym = _symbol_at(symbols, v)
             if sym:

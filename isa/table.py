@@ -1,5 +1,9 @@
 """The instruction set, as data.  This table is the single source of truth: the encoder,
-decoder, assembler, disassembler, docs/isa.md and the emulator's dispatch all derive from it.
+decoder, assembler, disassembler, docs/isa.md and the emulator's dispatch all derive from it,
+and so does every model of the machine: each row also names its unit, its footprint (what
+it reads and writes) and its cost, formulas of the fields in isa/machine.py, from which
+the emulator's timing, the compiler's dependency tokens, its timing replay and its report
+are computed.
 
 Every instruction is one fixed-width little-endian word of WORD_BYTES bytes.  Fields are
 packed from bit 0 upwards in the order listed: first the common fields (opcode, dep), then
@@ -27,23 +31,21 @@ Machine model (see docs/isa.md for the full text):
   Results never depend on timing: data effects happen in program order, so a program
   whose tokens miss a real dependency computes the same values but its cycle count is
   not achievable by hardware.  The compiler derives the tokens from every
-  instruction's buffer and DDR footprint (compiler/backend/tokens.py).
+  instruction's buffer and DDR footprint (below; compiler/backend/tokens.py).
 * Tensors in buffers are dense row-major tiles; each instruction names its tile shapes.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from . import machine as M
+from .machine import (BUFFER_DTYPE, BUFFERS, DEP_BITS, PATTERNS, QUEUES,  # noqa: F401
+                      ROUND_MODES, XBUF_WORDS)
 
 WORD_BYTES = 64
 WORD_BITS = WORD_BYTES * 8
 
-BUFFERS = ("IBUF", "WBUF", "ABUF", "XBUF")          # buffer id -> name
-BUFFER_DTYPE = {"IBUF": "int8", "WBUF": "int8", "ABUF": "int32", "XBUF": "int32"}
-XBUF_WORDS = 16384      # the scale unit's table (not a target parameter: a register file)
-QUEUES = ("load", "compute", "store")
-PATTERNS = ("FP", "EB", "WG")              # MAC training patterns
-ROUND_MODES = ("nearest", "stochastic")
-DEP_BITS = ("pop_prev", "pop_next", "push_prev", "push_next")     # dep bit 0..3
 # the spelling of every dep value in assembly, e.g. 5 = pop_prev_push_prev, 0 = none
 DEP_NAMES = tuple("_".join(b for k, b in enumerate(DEP_BITS) if v >> k & 1) or "none"
                   for v in range(16))
@@ -60,11 +62,23 @@ class Field:
 
 @dataclass(frozen=True)
 class Instr:
+    """One instruction: its encoding (opcode, fields), its documentation, and its machine
+    model (isa/machine.py): the queue it runs on, the unit whose busy cycles it counts,
+    what it reads and writes (`footprint(f)`, a list of machine.Access), its cycles
+    (`cycles(f, target)`) and its work (`work(f)`: MACs, DDR bytes); `ddr_port`: a DMA
+    whose transfer waits for the shared DDR port; `barrier`: END, which waits for every
+    queue."""
     name: str
     opcode: int
     queue: str
     fields: tuple[Field, ...]
     doc: str
+    unit: str
+    footprint: Callable
+    cycles: Callable
+    work: Callable = M.wk_none
+    ddr_port: bool = False
+    barrier: bool = False
 
     @property
     def all_fields(self) -> tuple[Field, ...]:
@@ -153,22 +167,29 @@ _LUTSEL_DOC = (" dyn=1: the exp table is the j-th of nlut consecutive 256-entry 
                "0 <= j < nlut.")
 
 INSTRS: tuple[Instr, ...] = (
-    Instr("END", 0, "compute", (), "Stop the machine."),
+    Instr("END", 0, "compute", (), "Stop the machine.",
+          unit="vector", footprint=M.fp_none, cycles=M.cy_one, barrier=True),
     Instr("SYNC", 15, "compute", (),
           "No data effect (1 cycle): carries tokens between the load and store queues, "
-          "e.g. pop_next (wait for a store) + push_prev (release a load)."),
+          "e.g. pop_next (wait for a store) + push_prev (release a load).",
+          unit="vector", footprint=M.fp_none, cycles=M.cy_one),
     Instr("SEED", 1, "load", (Field("ddr", 32, kind="ddr", doc="DDR byte address of a uint32"),),
-          "Load the stochastic-rounding seed register from a uint32 in DDR."),
+          "Load the stochastic-rounding seed register from a uint32 in DDR.",
+          unit="dma", footprint=M.fp_seed, cycles=M.cy_one, work=M.wk_seed),
     Instr("LD", 2, "load", _DMA,
           "Strided box load DDR -> buffer (4-D). " + _DMA_DOC +
-          " with j0=i0, j1=i1. DDR elements are signed little-endian."),
+          " with j0=i0, j1=i1. DDR elements are signed little-endian.",
+          unit="dma", footprint=M.fp_load, cycles=M.cy_dma, work=M.wk_dma, ddr_port=True),
     Instr("LDCH", 3, "load", _DMA + _GATHER,
           "Dynamic channel-bank load: LD whose dim 0 and/or dim 1 index is looked up in an "
           "int32 channel index table in DDR (j0=tab0[i0] if gather bit0, j1=tab1[i1] if "
-          "bit1), so only kept channels are fetched. " + _DMA_DOC + "."),
-    Instr("ST", 4, "store", _DMA, "Strided box store buffer -> DDR, the inverse of LD."),
+          "bit1), so only kept channels are fetched. " + _DMA_DOC + ".",
+          unit="dma", footprint=M.fp_load, cycles=M.cy_dma_gather, work=M.wk_dma, ddr_port=True),
+    Instr("ST", 4, "store", _DMA, "Strided box store buffer -> DDR, the inverse of LD.",
+          unit="dma", footprint=M.fp_store, cycles=M.cy_dma, work=M.wk_dma, ddr_port=True),
     Instr("STCH", 5, "store", _DMA + _GATHER,
-          "Channel-bank store: the inverse of LDCH (scatters only kept channels)."),
+          "Channel-bank store: the inverse of LDCH (scatters only kept channels).",
+          unit="dma", footprint=M.fp_store, cycles=M.cy_dma_gather, work=M.wk_dma, ddr_port=True),
     Instr("MAC", 6, "compute", (
         Field("pattern", 2, kind="pattern", doc="FP (forward), EB (error back-prop), "
               "WG (weight gradient)"),
@@ -198,7 +219,8 @@ INSTRS: tuple[Instr, ...] = (
        "Counts n*yh*yw*kh*kw*ci*co*g MACs. Cycles: n*yh*yw*kh*kw * ceil(g/P) * "
        "ceil(a/rows) * ceil(b/cols), (a, b) = (ci, co) for FP, (co, ci) for EB/WG: P = "
        "max(1, min(rows // a, cols // b)) groups share the array side by side (depthwise "
-       "and grouped convs)."),
+       "and grouped convs).",
+          unit="mac", footprint=M.fp_mac, cycles=M.cy_mac, work=M.wk_mac),
     Instr("RQ", 7, "compute", (
         Field("saddr", 20, doc="ABUF element address of the int32 source tile"),
         *_buf("d", "the int8 result"),
@@ -217,7 +239,8 @@ INSTRS: tuple[Instr, ...] = (
        "idx = gbase + i0*g0 + i1*g1 + i2*g2 + i3*g3. dyn=1: shift = X[xo] - X[xa] - X[xb] "
        "(the accumulator's exponent is the sum of its operands'; the shift field is "
        "ignored). Traps unless -127 <= lo <= hi <= 127 and -31 <= shift <= 31." + _STAT_DOC
-       + _DCLAMP_DOC),
+       + _DCLAMP_DOC,
+          unit="vector", footprint=M.fp_rq, cycles=M.cy_box),
     Instr("VMASK", 8, "compute", (
         *_buf("a", "A"), *_buf("b", "B"), *_buf("d", "the result"),
         Field("count", 32, doc="elements"),
@@ -230,21 +253,25 @@ INSTRS: tuple[Instr, ...] = (
        "dcl=1 (a dynamic Hardtanh's backward): with k = X[xo] - ce (traps unless 0 <= k <= "
        "31), bl = rshift(clo, k, nearest), bh = rshift(chi, k, nearest): lo = bl if bl >= "
        "-127 else -128, hi = bh if bh <= 127 else 128 (a bound beyond int8: the saturated "
-       "+-127 still passes)."),
+       "+-127 still passes).",
+          unit="vector", footprint=M.fp_vmask, cycles=M.cy_count),
     Instr("MAXP", 9, "compute", (*_buf("s", "the input planes"), *_buf("d", "the output"),
                                  *_POOL_GEOM),
-          "Max pooling over planes (floor mode, -inf padding)."),
+          "Max pooling over planes (floor mode, -inf padding).",
+          unit="vector", footprint=M.fp_maxp, cycles=M.cy_pool),
     Instr("MAXPB", 10, "compute", (*_buf("x", "the pooling input X"),
                                    *_buf("g", "the output error dY"),
                                    *_buf("d", "the input error dX"), *_POOL_GEOM),
           "Max-pool backward: each dY element goes to the first maximum of its window "
-          "(row-major); dX = sat8(sum of what each element receives)."),
+          "(row-major); dX = sat8(sum of what each element receives).",
+          unit="vector", footprint=M.fp_maxpb, cycles=M.cy_pool),
     Instr("RSUM", 11, "compute", (
         *_buf("s", "the int8 tile [n, c, hw]"),
         Field("daddr", 20, doc="ABUF element address of the int32 [c] result"),
         Field("n", 16), Field("c", 16), Field("hw", 32),
         Field("acc", 1, doc="1: add into the result; 0: overwrite"),
-    ), "Bias gradient: D[c] (+)= sum over n, hw of S[n, c, hw]. Traps if D leaves int32."),
+    ), "Bias gradient: D[c] (+)= sum over n, hw of S[n, c, hw]. Traps if D leaves int32.",
+          unit="vector", footprint=M.fp_rsum, cycles=M.cy_sums),
     Instr("LOSSG", 12, "compute", (
         *_buf("z", "the int8 logits [n, k]"),
         Field("laddr", 20, doc="ABUF address of the int32 labels [n]"),
@@ -256,7 +283,8 @@ INSTRS: tuple[Instr, ...] = (
         *_LUTSEL,
     ), "Softmax cross-entropy gradient in integers (docs/numerics.md): "
        "P = floor(LUT[max-z] * 2^15 / sum), G = P - 2^15*onehot, "
-       "D = sat8(round_nearest(G*rmul / 2^shift))." + _LUTSEL_DOC),
+       "D = sat8(round_nearest(G*rmul / 2^shift))." + _LUTSEL_DOC,
+          unit="vector", footprint=M.fp_lossg, cycles=M.cy_lossg),
     Instr("LOSST", 16, "compute", (
         *_buf("z", "the int8 student logits [n, k]"),
         *_buf("t", "the int8 teacher logits [n, k]"),
@@ -274,7 +302,8 @@ INSTRS: tuple[Instr, ...] = (
        "P = floor(LUT[max z - z] * 2^15 / S), F = TLUT[max t - t], ST = sum F; "
        "pseudo: G = (2^30 >= thresh*ST) ? P - 2^15*onehot(first argmax t) : 0; "
        "kd: G = P - floor(F * 2^15 / ST); D = sat8(round_nearest(G*rmul / 2^shift))."
-       + _LUTSEL_DOC + " (the student's table; the teacher's is fixed)"),
+       + _LUTSEL_DOC + " (the student's table; the teacher's is fixed)",
+          unit="vector", footprint=M.fp_losst, cycles=M.cy_losst),
     Instr("SGD", 13, "compute", (
         Field("maddr", 20, doc="ABUF address of the int32 master tile (updated in place)"),
         *_buf("g", "the int8 gradient"),
@@ -308,7 +337,8 @@ INSTRS: tuple[Instr, ...] = (
        "X[xs+1] = max(X[xs+1], max |D|). mom=1 (momentum, weight decay): "
        "u = round(G*lrmul / 2^lrshift), d = round(M*wdmul / 2^wdshift), "
        "V = sat32(round(V*mumul / 2^mushift) + u + d), M = clamp(M - V, +-bound); traps "
-       "unless 0 <= mushift, wdshift <= 31 and mumul <= 2^30."),
+       "unless 0 <= mushift, wdshift <= 31 and mumul <= 2^30.",
+          unit="vector", footprint=M.fp_sgd, cycles=M.cy_count),
     Instr("VADD", 14, "compute", (
         *_buf("a", "A (int8)"), *_buf("b", "B (int8)"), *_buf("d", "the int8 result"),
         Field("count", 32, doc="elements"),
@@ -330,14 +360,16 @@ INSTRS: tuple[Instr, ...] = (
        "A, B, D must be IBUF or WBUF. dyn=1: with m = min(X[xa], X[xb]) (nb=0: m = X[xa]), "
        "sa = X[xa] - m, sb = X[xb] - m, shift = X[xo] - m instead of the fields. Traps "
        "unless 0 <= sa, sb <= 31, -31 <= shift <= 31 and -127 <= lo <= hi <= 127." + _STAT_DOC
-       + _DCLAMP_DOC),
+       + _DCLAMP_DOC,
+          unit="vector", footprint=M.fp_vadd, cycles=M.cy_count),
     Instr("CSTAT", 24, "compute", (
         *_buf("s", "the int8 tile [n, c, hw]"),
         Field("daddr", 20, doc="ABUF element address of the int32 [2, c] result"),
         Field("n", 16), Field("c", 16), Field("hw", 32),
         Field("acc", 1, doc="1: add into the result; 0: overwrite"),
     ), "Channel statistics (BatchNorm adaptation): D[0, c] (+)= sum over n, hw of S[n, c, hw], "
-       "D[1, c] (+)= sum of S[n, c, hw]^2. Traps if D leaves int32."),
+       "D[1, c] (+)= sum of S[n, c, hw]^2. Traps if D leaves int32.",
+          unit="vector", footprint=M.fp_cstat, cycles=M.cy_sums),
     Instr("BNADAPT", 25, "compute", (
         Field("saddr", 20, doc="ABUF address of the int32 statistics [2, c] (sums, squares)"),
         Field("baddr", 20, doc="ABUF address of the int32 mean bias or shift [c] (in place)"),
@@ -355,7 +387,8 @@ INSTRS: tuple[Instr, ...] = (
        "channel A = S2*cnt - S1^2 + eps, Qb = #{q in 1..127: (2q-1)^2 A 2^max(0,-2p) <= "
        "4 cnt^2 2^max(0,2p)}, Q += rdiv(Qb - Q, 2^m); mode 0: B -= rdiv(S1 2^d, cnt 2^m); "
        "mode 1: B += rdiv(-rdiv(S1 Qb 2^d, cnt) - B, 2^m) (negative exponents move to the "
-       "divisor); rdiv(a, b) = floor((2a + b) / 2b). Exact integers; B saturates to int32."),
+       "divisor); rdiv(a, b) = floor((2a + b) / 2b). Exact integers; B saturates to int32.",
+          unit="vector", footprint=M.fp_bnadapt, cycles=M.cy_bnadapt),
     Instr("EXPUPD", 26, "compute", (
         _x("xaddr", "the exponent table T"),
         Field("count", 16, doc="R: tensors (exponent registers) in the table"),
@@ -367,12 +400,17 @@ INSTRS: tuple[Instr, ...] = (
        "S'[r], Q'[r] = X[T+5R+2r], X[T+5R+2r+1] (the last step's), lo[r] = X[T+7R+r], "
        "hi[r] = X[T+8R+r], thr[r] = X[T+9R+r]. Per r: P = E; S' = S, Q' = Q; S = Q = 0; "
        "if S' > thr: E += 1, C = 0; elif Q' < 64: C += 1, and if C >= M: E -= 1, C = 0; "
-       "else C = 0; then E = min(max(E, lo), hi). 4 + ceil(R / lanes) cycles."),
+       "else C = 0; then E = min(max(E, lo), hi). 4 + ceil(R / lanes) cycles.",
+          unit="vector", footprint=M.fp_expupd, cycles=M.cy_count),
 )
 
 BY_NAME: dict[str, Instr] = {i.name: i for i in INSTRS}
 BY_OPCODE: dict[int, Instr] = {i.opcode: i for i in INSTRS}
 
+M.check_model(INSTRS)
 for _i in INSTRS:
     assert sum(f.bits for f in _i.all_fields) <= WORD_BITS, _i.name
     assert len({f.name for f in _i.all_fields}) == len(_i.all_fields), _i.name
+
+# the DMAs: instructions whose transfer goes through the shared DDR port
+DMA: tuple[str, ...] = tuple(i.name for i in INSTRS if i.ddr_port)

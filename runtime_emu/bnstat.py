@@ -7,12 +7,12 @@ BatchNorm, so a plain loop over channels is both exact and cheap.
 from __future__ import annotations
 
 from .numerics import INT32_MAX
-from .state import INT8_BUFS, Trap, buf_name, nonzero, read_buf, vector_cycles
+from .state import INT8_BUFS, Trap, buf_name, nonzero, read_buf
 from .vector import channel_sums
 
 
 def op_cstat(m, f):
-    return channel_sums(m, f, "CSTAT", squares=True)
+    channel_sums(m, f, "CSTAT", squares=True)
 
 
 def _rdiv(a: int, b: int) -> int:
@@ -55,4 +55,3 @@ def op_bnadapt(m, f):
         newQ.append(min(max(qn, -127), 127))
     m.bufs["ABUF"][f["baddr"]:f["baddr"] + c] = newB
     m.bufs[q][f["qaddr"]:f["qaddr"] + c] = newQ
-    return vector_cycles(m, 8 * c)

@@ -77,11 +77,6 @@ def _box(m, f: dict, mnemonic: str, gathered: bool):
     return buf, esize, count, addr, tab_bytes
 
 
-def _cycles(m, nbytes: int) -> int:
-    t = m.target
-    return t.ddr_latency + -(-nbytes // t.ddr_bytes_per_cycle)
-
-
 def _load(m, f, mnemonic, gathered):
     buf, esize, count, addr, tab_bytes = _box(m, f, mnemonic, gathered)
     bytes_idx = addr[:, None] + np.arange(esize, dtype=np.int64)
@@ -90,7 +85,6 @@ def _load(m, f, mnemonic, gathered):
     m.log.read_bytes(bytes_idx)
     m.bufs[buf][f["baddr"]:f["baddr"] + count] = vals
     m.counters["ddr_read_bytes"] += count * esize
-    return _cycles(m, count * esize + tab_bytes)
 
 
 def _store(m, f, mnemonic, gathered):
@@ -108,7 +102,6 @@ def _store(m, f, mnemonic, gathered):
     m.ddr[dst] = raw
     m.log.write_bytes(m.pc, dst)
     m.counters["ddr_write_bytes"] += count * esize
-    return _cycles(m, count * esize + tab_bytes)
 
 
 class BoxPlan(NamedTuple):
@@ -164,7 +157,6 @@ def op_ld(m, f):
         p.shape, _DT[esize], m.ddr, a, p.strides)
     m.log.read_box(a, p.byte_shape, p.byte_strides)
     m.counters["ddr_read_bytes"] += p.count * esize
-    return _cycles(m, p.count * esize)
 
 
 def op_ldch(m, f):
@@ -181,7 +173,6 @@ def op_st(m, f):
         m.bufs[buf][b:b + p.count].reshape(p.shape)
     m.log.write_box(m.pc, a, p.byte_shape, p.byte_strides)
     m.counters["ddr_write_bytes"] += p.count * esize
-    return _cycles(m, p.count * esize)
 
 
 def op_stch(m, f):
@@ -194,4 +185,3 @@ def op_seed(m, f):
     m.seed = int(m.ddr[a:a + 4].view("<u4")[0])
     m.log.read_box(a, (4,), (1,))
     m.counters["ddr_read_bytes"] += 4
-    return 1

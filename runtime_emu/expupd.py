@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .state import vector_cycles, x_check
+from .state import x_check
 
 CALM_Q = 64          # a step is calm when its largest |q| stays below this
 
@@ -41,4 +41,3 @@ def op_expupd(m, f):
     X[T + 2 * R:T + 3 * R] = Cn
     X[T + 5 * R:T + 7 * R] = SQ                      # S', Q' = S, Q
     X[T + 3 * R:T + 5 * R] = 0                       # S = Q = 0
-    return vector_cycles(m, R)

@@ -14,11 +14,11 @@ import numpy as np
 from edgec.isa.container import DTYPE_BYTES, Program
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import Target
+from edgec.isa.timeline import Timeline
 
 from .accesslog import HOST, AccessLog
 from .losst import teacher_loss
 from .machine import Machine
-from .timing import Timing
 
 _NP = {"i8": np.dtype("<i1"), "i32": np.dtype("<i4")}
 # values a host may write: int8 tensors never hold -128 (docs/numerics.md section 1)
@@ -260,7 +260,7 @@ def _begin_run(m: Machine) -> None:
     m.log = AccessLog(m.ddr.size)
     for k in m.counters:
         m.counters[k] = 0
-    m.timing = Timing(m.target, m.counters)      # the queues start empty, at cycle 0
+    m.timing = Timeline(m.target.ddr_latency, m.counters)   # the queues start empty, at 0
 
 
 class Session:

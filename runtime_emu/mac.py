@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from edgec.isa.machine import mac_count
 from edgec.isa.table import BUFFERS, PATTERNS
 
 from .numerics import INT32_MAX
@@ -396,15 +397,4 @@ def op_mac(m, f):
         res = np.add(res, cs, dtype=np.float64 if res.dtype.kind == "f" else np.int64)
         _fits_int32(res, p, f, c0)
         cs[...] = res
-    macs, cycles = _cost(key, m.target)
-    m.counters["macs"] += macs
-    return cycles
-
-
-@lru_cache(maxsize=4096)
-def _cost(key: tuple, target) -> tuple[int, int]:
-    """(multiply-accumulates, cycles) of a MAC word."""
-    pat_i, n, ci, co, G, xh, xw, yh, yw, KH, KW = key[:11]
-    a, b = (ci, co) if PATTERNS[pat_i] == "FP" else (co, ci)
-    pixel_taps = n * yh * yw * KH * KW
-    return pixel_taps * ci * co * G, pixel_taps * target.mac_group_passes(a, b, G)
+    m.counters["macs"] += mac_count(f)

@@ -8,11 +8,13 @@ State: `ddr` (uint8, program.ddr_size bytes, data section at 0), `bufs` {"IBUF":
 what every DMA read and wrote; `read_map`, uint8 per DDR byte, 1 once any DMA read it, and
 `last_writer`, int32 per DDR byte, the index of the instruction that last stored it or -1
 for the initial image / host, are replayed from it on demand), `counters`.
-Execution is serial in program order.  Each instruction's cost (DMA: latency +
-ceil(bytes / bytes_per_cycle); MAC: array passes; vector: 4 + ceil(elements / lanes);
-SEED/SYNC/END: 1) goes to the timing model (runtime_emu/timing.py): load, compute and
-store queues overlap, synchronised by the dependency tokens; `cycles` is the finish time.
-`_execute` is the one place that counts an executed instruction and its cost.
+Execution is serial in program order.  Each executed instruction's cost (its row of
+isa/table.py: Instr.cycles, formulas in isa/machine.py; DMA: latency + ceil(bytes /
+bytes_per_cycle); MAC: array passes; vector: 4 + ceil(elements / lanes); SEED/SYNC/END:
+1) goes to the timing model (isa/timeline.py): load, compute and store queues
+overlap, synchronised by the dependency tokens; `cycles` is the finish time.  `_execute`
+is the one place that counts an executed instruction and its cost; the instruction
+functions (ops.py) only compute and trap.
 
 Speed: the code is decoded once, vectorised (isa.encoding.decode_all); every instruction
 runs as numpy on whole tiles (LD/ST through strided views of DDR, MAC as exact batched
@@ -28,16 +30,15 @@ from edgec.isa.encoding import decode, decode_all
 from edgec.isa.errors import EdgecError, TrapError
 from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES, XBUF_WORDS
 from edgec.isa.target import Target
+from edgec.isa.timeline import Timeline, TokenError
 
 from .accesslog import AccessLog
 from .blas import one_blas_thread
-from .ops import OPS, UNIT
+from .ops import OPS
 from .state import Trap
-from .timing import Timing
 
 COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "cycles",
                  "cycles_dma", "cycles_mac", "cycles_vector")
-_UNIT = {i.name: UNIT.get(i.name, "vector") for i in INSTRS}
 
 
 class Machine:
@@ -78,7 +79,7 @@ class Machine:
         self.halted = False
         self.counters = {k: 0 for k in COUNTER_NAMES}
         self.counters.update({i.name: 0 for i in INSTRS})
-        self.timing = Timing(target, self.counters)
+        self.timing = Timeline(target.ddr_latency, self.counters)
 
     @staticmethod
     def _trap_malformed(code: bytes) -> None:
@@ -138,8 +139,11 @@ class Machine:
         """Execute up to `count` instructions from `pc`, stopping after END.  The only
         place that counts an executed instruction: its cost goes to the timing model,
         which places it on its queue (Trap on a token-protocol violation)."""
-        instrs, n, c = self.instrs, len(self.instrs), self.counters
+        instrs, n, c, tg = self.instrs, len(self.instrs), self.counters, self.target
         issue = self.timing.issue
+        # mnemonic -> (implementation, cycle formula), looked up per run (benchmarks wrap
+        # OPS entries to time them)
+        step = {i.name: (OPS[i.name], i.cycles) for i in INSTRS}
         for _ in range(count):
             pc = self.pc
             if pc >= n:
@@ -147,9 +151,11 @@ class Machine:
                                 "instructions) without END")
             ins, fields = instrs[pc]
             name = ins.name
+            run, cycles = step[name]
             try:
-                issue(name, ins.queue, fields["dep"], OPS[name](self, fields), _UNIT[name])
-            except Trap as t:
+                run(self, fields)
+                issue(name, fields["dep"], cycles(fields, tg))
+            except (Trap, TokenError) as t:
                 raise TrapError(pc, name, str(t)) from None
             c["instructions"] += 1
             c[name] += 1

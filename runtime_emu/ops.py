@@ -1,4 +1,6 @@
-"""Dispatch table: mnemonic -> implementation(machine, fields) -> cycles.
+"""Dispatch table: mnemonic -> implementation(machine, fields): computes and traps; the
+instruction's cycles come from its row of isa/table.py (Instr.cycles), counted by
+machine.Machine._execute.
 
 Every entry of edgec.isa.table.INSTRS must have an implementation (checked at import).
 """
@@ -11,9 +13,8 @@ from .dma import op_ld, op_ldch, op_seed, op_st, op_stch
 from .expupd import op_expupd
 from .losst import op_losst
 from .mac import op_mac
-from .timing import op_sync
-from .vector import (op_end, op_lossg, op_maxp, op_maxpb, op_rq, op_rsum, op_sgd, op_vadd,
-                     op_vmask)
+from .vector import (op_end, op_lossg, op_maxp, op_maxpb, op_rq, op_rsum, op_sgd, op_sync,
+                     op_vadd, op_vmask)
 
 OPS = {
     "END": op_end, "SEED": op_seed, "SYNC": op_sync,
@@ -27,7 +28,3 @@ OPS = {
 
 _missing = {i.name for i in INSTRS} - set(OPS)
 assert not _missing, f"emulator lacks instructions {_missing}"
-
-# cycle-counter bucket of each instruction
-UNIT = {"LD": "dma", "LDCH": "dma", "ST": "dma", "STCH": "dma", "SEED": "dma",
-        "MAC": "mac", "END": "vector"}

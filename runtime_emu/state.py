@@ -107,7 +107,3 @@ def write_buf(m, buf: str, addr: int, values: np.ndarray, what: str,
                    f"{'int8' if buf in INT8_BUFS else 'int32'} buffer {buf}")
     m.bufs[buf][addr:addr + values.size] = values
 
-
-def vector_cycles(m, elements: int) -> int:
-    lanes = m.target.vector_lanes
-    return 4 + -(-int(elements) // lanes)

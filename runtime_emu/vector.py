@@ -16,12 +16,15 @@ from edgec.isa.table import ROUND_MODES
 from .numerics import INT32_MAX, clamp, rshift, rshift32, sat, sat8
 from .rng import index_hash, rand32_at
 from .state import (INT8_BUFS, Trap, buf_name, check_range, lut_addr, nonzero, read_buf,
-                    vector_cycles, write_buf, x_check, x_get, x_stats)
+                    write_buf, x_check, x_get, x_stats)
 
 
 def op_end(m, f):
     m.halted = True
-    return 1
+
+
+def op_sync(m, f):
+    """SYNC: no data effect; it exists to pass tokens between queues."""
 
 
 def _clamp_bounds(f, mnemonic):
@@ -130,7 +133,6 @@ def op_rq(m, f):
     write_buf(m, dbuf, f["daddr"], res, "RQ result", fits=True)
     if f["st"]:
         _int8_stats(m, f, q, res, lo, hi)
-    return vector_cycles(m, count)
 
 
 def op_vmask(m, f):
@@ -145,7 +147,6 @@ def op_vmask(m, f):
         lo, hi = (bl if bl >= -127 else -128), (bh if bh <= 127 else 128)
     keep = (B > lo) & (B < hi)
     write_buf(m, d, f["daddr"], np.where(keep, A, 0), "VMASK result")
-    return vector_cycles(m, c)
 
 
 def op_vadd(m, f):
@@ -182,7 +183,6 @@ def op_vadd(m, f):
     write_buf(m, bufs["dbuf"], f["daddr"], q, "VADD result", fits=True)
     if f["st"]:
         _int8_stats(m, f, rounded, q, lo, hi)
-    return vector_cycles(m, c)
 
 
 def _pool_geom(m, f, mnemonic):
@@ -237,7 +237,6 @@ def op_maxp(m, f):
     X = X.astype(np.int64).reshape(P, h, w)
     M, _, _ = _window_max(X, P, oh, ow, kh, kw, sh, sw, ph, pw, "MAXP")
     write_buf(m, d, f["daddr"], M, "MAXP output")
-    return vector_cycles(m, P * oh * ow * kh * kw)
 
 
 def op_maxpb(m, f):
@@ -263,11 +262,10 @@ def op_maxpb(m, f):
             dX[:, ri, cj] += np.where(hit, G[:, ro, co], 0)
             found[:, ro, co] |= hit
     write_buf(m, db, f["daddr"], sat8(dX), "MAXPB dX")
-    return vector_cycles(m, P * oh * ow * kh * kw)
 
 
 def op_rsum(m, f):
-    return channel_sums(m, f, "RSUM", squares=False)
+    channel_sums(m, f, "RSUM", squares=False)
 
 
 def channel_sums(m, f, mnemonic: str, squares: bool):
@@ -295,7 +293,6 @@ def channel_sums(m, f, mnemonic: str, squares: bool):
         raise Trap(f"accumulator overflow: D[{at}] = {int(tot[k])} leaves int32 "
                    f"(acc={f['acc']}, ABUF {f['daddr'] + k})")
     m.bufs["ABUF"][f["daddr"]:f["daddr"] + rows * c] = tot
-    return vector_cycles(m, n * c * hw)
 
 
 def op_lossg(m, f):
@@ -328,7 +325,6 @@ def op_lossg(m, f):
     G = P - (onehot << 15)
     D = sat8(rshift(G * f["rmul"], s, "nearest"))
     write_buf(m, db, f["daddr"], D, "LOSSG logit error")
-    return vector_cycles(m, n * k)
 
 
 def _sgd_shifts(m, f) -> tuple[int, int, int]:
@@ -405,4 +401,3 @@ def op_sgd(m, f):
     if f["st"]:
         hi = (1 << (cbits - 1)) - 1
         x_stats(m, f, int(np.count_nonzero(np.abs(r) > hi)), int(np.abs(C).max()))
-    return vector_cycles(m, c)

@@ -75,7 +75,7 @@ def _per_instruction_cycles(program, target):
 def _static_cycles(program, target):
     instrs = decode_all(program.code)
     costs = [instr_cost(ins.name, f, target, i)["cycles"] for i, (ins, f) in enumerate(instrs)]
-    ends = replay([i.name for i, _ in instrs], [i.queue for i, _ in instrs],
+    ends = replay([i.name for i, _ in instrs],
                   [f["dep"] for _, f in instrs], costs, target.ddr_latency)
     return list(zip(costs, ends))
 

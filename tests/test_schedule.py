@@ -71,7 +71,7 @@ def test_model_agrees_with_emulator_timing(greedy):
     c, tg = greedy, greedy.target
     ins = decode_all(c.program.code)
     costs = [instr_cost(i.name, f, tg)["cycles"] for i, f in ins]
-    ends = replay([i.name for i, _ in ins], [i.queue for i, _ in ins],
+    ends = replay([i.name for i, _ in ins],
                   [f["dep"] for _, f in ins], costs, tg.ddr_latency)
     share, frontier = {}, 0
     for o, e in zip(c.program.meta["origin"], ends):

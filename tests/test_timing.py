@@ -1,16 +1,16 @@
-"""Timing model (runtime_emu/timing.py): queues overlap through dependency tokens and share
+"""Timing model (isa/timeline.py): queues overlap through dependency tokens and share
 the DDR port; the token protocol is checked; the compiler's tokens cover every hazard."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgec.compiler.backend.tokens import footprint
 from edgec.compiler.driver import compile_model
 from edgec.compiler.pipeline import replay
 from edgec.compiler.report import instr_cost
 from edgec.isa.container import Program
 from edgec.isa.encoding import decode_all, encode
+from edgec.isa.machine import XBUF_WORDS
 from edgec.isa.errors import TrapError
 from edgec.isa.target import load_target
 from edgec.runtime_emu.machine import Machine
@@ -50,7 +50,7 @@ def test_queues_overlap_and_share_the_ddr_port():
     # the store waiting for VADD: serial sum is what a one-queue machine would take
     assert c["cycles"] < sum(c[k] for k in ("cycles_dma", "cycles_mac", "cycles_vector"))
     ins = decode_all(_prog(words).code)
-    ends = replay([i.name for i, _ in ins], [i.queue for i, _ in ins],
+    ends = replay([i.name for i, _ in ins],
                   [f["dep"] for _, f in ins],
                   [instr_cost(i.name, f, TG)["cycles"] for i, f in ins], TG.ddr_latency)
     assert ends == [52, 66, 104, 124, 125]
@@ -108,7 +108,8 @@ PERSONALIZE = ROOT / "examples" / "personalize"
 @pytest.mark.parametrize("kind", ["lenet", "adapt-bn", "pseudo"])
 def test_compiled_tokens_cover_every_hazard(lenet, kind):
     """Replay the compiled program's timing and sweep it in program order: an instruction
-    that reads an element (buffer element or DDR byte) must start after every earlier
+    that reads an element (buffer element, XBUF word or DDR byte; buffers from the
+    machine model's footprints, isa/machine.py) must start after every earlier
     write of it on another queue has ended, and one that writes it after every earlier
     read and write on another queue.  DDR bytes come from the fields and the tables.
     Also for a BatchNorm adaptation program and a program with an on-device teacher."""
@@ -118,20 +119,21 @@ def test_compiled_tokens_cover_every_hazard(lenet, kind):
     prog, tg = c.program, c.target
     ins = decode_all(prog.code)
     costs = [instr_cost(i.name, f, tg)["cycles"] for i, f in ins]
-    ends = replay([i.name for i, _ in ins], [i.queue for i, _ in ins],
+    ends = replay([i.name for i, _ in ins],
                   [f["dep"] for _, f in ins], costs, tg.ddr_latency)
-    size = {"IBUF": tg.ibuf, "WBUF": tg.wbuf, "ABUF": tg.abuf, "DDR": prog.ddr_size}
+    size = {"IBUF": tg.ibuf, "WBUF": tg.wbuf, "ABUF": tg.abuf, "XBUF": XBUF_WORDS,
+            "DDR": prog.ddr_size}
     last = {(sp, q, w): np.zeros(n, dtype=np.int64) for sp, n in size.items()
             for q in ("load", "compute", "store") for w in (False, True)}
     checked = 0
     for k, ((i, f), end, cost) in enumerate(zip(ins, ends, costs)):
         start, q = end - cost, i.queue
         acc = []
-        for sp, lo, hi, w, _ in footprint(i.name, f):
-            if sp in size:                              # buffers: element ranges
+        for sp, lo, hi, w, _ in i.footprint(f):      # the machine model's accesses
+            if sp != "DDR":                             # buffers: element ranges
                 acc.append((sp, np.arange(lo, hi), w))
-        if i.name in ("LD", "LDCH", "ST", "STCH"):
-            acc.append(("DDR", _ddr_bytes(prog, f), i.name.startswith("ST")))
+        if i.ddr_port:
+            acc.append(("DDR", _ddr_bytes(prog, f), i.queue == "store"))
         for sp, idx, w in acc:
             for r in ("load", "compute", "store"):
                 if r == q:

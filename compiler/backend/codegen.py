@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 
 from edgec.isa.encoding import encode_all
+from edgec.isa.machine import BUFFER_ID, PATTERN_ID
 from edgec.isa.table import BY_NAME, WORD_BYTES
 from edgec.isa.target import Target
 
@@ -28,7 +29,8 @@ from .tilefit import (bias_grad_fits, copies, geometry, sgd_fits, sgd_geometry, 
                       tile_words)
 from .tokens import QUEUE, TokenPlanner, footprint
 
-IBUF, WBUF, ABUF, XBUF = 0, 1, 2, 3
+IBUF, WBUF, ABUF, XBUF = (BUFFER_ID[b] for b in ("IBUF", "WBUF", "ABUF", "XBUF"))
+FP, EB, WG = (PATTERN_ID[p] for p in ("FP", "EB", "WG"))
 _QUEUE_OF = {name: QUEUE[ins.queue] for name, ins in BY_NAME.items()}
 
 
@@ -234,7 +236,7 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
                 em.box(True, IBUF, ia, mem.of_value[n.inputs[0]], (n0, xc0, r0, 0),
                        (nt, xct, r1 - r0, G["W"]), x4)
                 em.view(True, WBUF, wa, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
-                em.emit("MAC", pattern=0, abuf=IBUF, aaddr=ia, bbuf=WBUF, baddr=wa,
+                em.emit("MAC", pattern=FP, abuf=IBUF, aaddr=ia, bbuf=WBUF, baddr=wa,
                         xh=r1 - r0, yh=oht, xh0=r0, yh0=oh0,
                         **dict(mac, acc=int(rt_i > 0 or len(n.inputs) == 3)))
             elif kind == "eb":
@@ -245,7 +247,7 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
                     em.box(True, IBUF, ia, mem.of_value[n.inputs[0]], (n0, yc0, y0, 0),
                            (nt, yct, y1 - y0, G["OW"]), y4)
                     em.view(True, WBUF, wa, wsym, wva, yc0, yct, ci0 // blk, cit // blk)
-                em.emit("MAC", pattern=1, abuf=IBUF, aaddr=ia, bbuf=WBUF, baddr=wa,
+                em.emit("MAC", pattern=EB, abuf=IBUF, aaddr=ia, bbuf=WBUF, baddr=wa,
                         xh=iht, yh=max(1, y1 - y0), xh0=i0,
                         yh0=y0 if y1 > y0 else G["OH"] + G["kh"] + i0, **mac)
             else:   # wg
@@ -256,7 +258,7 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
                        (nt, yct, oht, G["OW"]), y4)
                 em.box(True, IBUF, ia, mem.of_value[n.inputs[1]], (n0, xc0, r0, 0),
                        (nt, xct, r1 - r0, G["W"]), x4)
-                em.emit("MAC", pattern=2, abuf=WBUF, aaddr=wa, bbuf=IBUF, baddr=ia,
+                em.emit("MAC", pattern=WG, abuf=WBUF, aaddr=wa, bbuf=IBUF, baddr=ia,
                         xh=r1 - r0, yh=oht, xh0=r0, yh0=oh0, **mac)
         # requantize the finished accumulator tile and store it
         if kind == "fp":

@@ -1,5 +1,5 @@
 """Schedule search for MAC loop nests: tile sizes chosen against an analytic cost model
-of the double-buffered load / compute / store pipeline (isa/table.py, runtime_emu/timing).
+of the double-buffered load / compute / store pipeline (isa/table.py, isa/timeline.py).
 
 Cost model of one nest (`nest_cost`).  Codegen runs one *step* per (output tile,
 reduction tile): loads (input box, weight box, the bias broadcast on the first step of
@@ -45,6 +45,7 @@ from __future__ import annotations
 import itertools
 
 from edgec.isa.errors import EdgecError
+from edgec.isa.machine import dma_cycles, vector_cycles
 from edgec.isa.target import Target
 
 from .tilefit import PRIORITY, shrink, tile_fits, x_rows, y_rows
@@ -67,8 +68,8 @@ def nest_cost(base: str, G: dict, dims: dict, t: dict, tg: Target, bias: bool = 
               detail: bool = False):
     """Modeled cycles of a MAC nest (base = conv, conv_eb or conv_wg) with tiles t
     (bias: an FP nest whose accumulator starts from the broadcast bias)."""
-    dma = lambda b: tg.ddr_latency + _ceil(b, tg.ddr_bytes_per_cycle)  # noqa: E731
-    vec = lambda n: 4 + _ceil(n, tg.vector_lanes)                         # noqa: E731
+    dma = lambda b: dma_cycles(b, tg)       # noqa: E731
+    vec = lambda n: vector_cycles(n, tg)    # noqa: E731
     kk = G["kh"] * G["kw"]
     sp = "ih" if base == "conv_eb" else "oh"
     par = ["n", "g", "co", "ci", sp] if base != "conv_wg" else ["g", "co", "ci"]

@@ -4,9 +4,10 @@ The machine runs three queues (load, compute, store) concurrently; only tokens o
 instructions of different queues (isa/table.py).  Codegen emits instructions in program
 order with double-buffered addresses; for each one this planner
 
-1. computes its footprint: element ranges of IBUF/WBUF/ABUF and a byte range of DDR that
-   it reads or writes (`footprint`; a gathered DMA dimension may touch any row of its
-   tensor, so those count the whole tensor);
+1. computes its footprint: the ranges the machine model says it reads or writes
+   (Instr.footprint, isa/machine.py), element ranges of IBUF/WBUF/ABUF/XBUF and a byte
+   range of DDR per tensor (`footprint`; a gathered DMA dimension may touch any row of
+   its tensor, so those count the whole tensor unless codegen names the rows);
 2. finds the earlier instructions of OTHER queues it conflicts with (read after write,
    write after read, write after write on overlapping ranges);
 3. drops the ones already ordered before it: every queue carries a vector clock
@@ -29,129 +30,54 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from edgec.isa.table import BUFFERS, PATTERNS, XBUF_WORDS
+from edgec.isa.machine import (NEIGHBOURS, POP_NEXT, POP_PREV, PUSH_NEXT, PUSH_PREV,
+                               QUEUE_ID, QUEUES, XBUF_WORDS)
+from edgec.isa.table import BY_NAME
 
-POP_PREV, POP_NEXT, PUSH_PREV, PUSH_NEXT = 1, 2, 4, 8
-QUEUE = {"load": 0, "compute": 1, "store": 2}
-_NAMES = ("load", "compute", "store")
+QUEUE = QUEUE_ID
 # (consumer, producer) -> pop bit of the consumer; (producer, consumer) -> push bit
-POP_BIT = {(1, 0): POP_PREV, (1, 2): POP_NEXT, (0, 1): POP_NEXT, (2, 1): POP_PREV}
-PUSH_BIT = {(0, 1): PUSH_NEXT, (1, 0): PUSH_PREV, (1, 2): PUSH_NEXT, (2, 1): PUSH_PREV}
-
-
-def _n(*xs) -> int:
-    p = 1
-    for x in xs:
-        p *= x
-    return p
-
-
-_DMA = {"LD": True, "LDCH": True, "ST": False, "STCH": False}     # name -> is a load
-
+POP_BIT = {(QUEUE_ID[q], QUEUE_ID[n]): bit for q in QUEUES
+           for bit, n in zip((POP_PREV, POP_NEXT), NEIGHBOURS[q]) if n is not None}
+PUSH_BIT = {(QUEUE_ID[q], QUEUE_ID[n]): bit for q in QUEUES
+            for bit, n in zip((PUSH_PREV, PUSH_NEXT), NEIGHBOURS[q]) if n is not None}
 
 _XBUF_ALL = ("XBUF", 0, XBUF_WORDS, True, None)
 
 
 def footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
-    """The instruction's accesses (`_footprint`); an instruction that reads exponents or
-    counts statistics (dyn, st, EXPUPD) counts as reading and writing all of XBUF: only
-    the table's LD and ST on the other queues meet it."""
-    acc = _footprint(name, f, sym, rows)
-    if name == "EXPUPD" or f.get("dyn") or f.get("st") or f.get("dcl"):
-        acc.append(_XBUF_ALL)
-    return acc
-
-
-def _footprint(name: str, f: dict, sym=None, rows=None) -> list[tuple]:
-    """[(space, lo, hi, is_write, kind)] of one instruction; spaces IBUF/WBUF/ABUF
+    """[(space, lo, hi, is_write, kind)] of one instruction: its machine footprint
+    (Instr.footprint, isa/machine.py) as the planner tracks it.  Spaces IBUF/WBUF/ABUF
     (elements, kind None) and ("DDR", tensor address) (tensors never overlap, so only
     ranges of one tensor are compared).  A DDR range is in bytes (kind None) or, for a
     channel-bank DMA, `rows` = (("tab", table), lo, hi): entries [lo, hi) of that index
     table (the mask lists kept channels once each, so disjoint entries are disjoint
     rows); ranges of different kinds always conflict.  A gathered DMA without `rows`
-    counts the whole tensor `sym`."""
-    B = BUFFERS
-    if name in _DMA:                    # the common case, without the defaultdict copy
-        v = f.get
-        n0, n1, n2, n3 = v("n0", 0), v("n1", 0), v("n2", 0), v("n3", 0)
-        kind = None
-        if rows is not None:
-            kind, lo, hi = rows
-        elif v("gather", 0) and sym is not None:
-            lo, hi = sym.addr, sym.addr + sym.nbytes
+    counts the whole tensor `sym`.  Index tables are read-only data and not tracked.
+    A compute instruction's XBUF accesses (exponents, statistics, EXPUPD) count as one
+    read and write of all of XBUF, last: only the table's LD and ST on the other queues
+    meet it.  `f` may omit fields (they encode as 0)."""
+    ins = BY_NAME[name]
+    ddr = ("DDR", sym.addr if sym else None)
+    out, xbuf = [], False
+    for space, lo, hi, write, operand in ins.footprint(defaultdict(int, f)):
+        if space == "DDR":
+            if operand.startswith("tab"):
+                continue
+            kind = None
+            if operand == "box" and rows is not None:
+                kind, lo, hi = rows
+            elif hi is None:
+                if sym is None:
+                    raise ValueError(f"{name}: a channel-bank DMA needs its tensor")
+                lo, hi = sym.addr, sym.addr + sym.nbytes
+            out.append((ddr, lo, hi, write, kind))
+        elif space == "XBUF" and ins.queue == "compute":
+            xbuf = True
         else:
-            lo = v("ddr", 0)
-            hi = lo + v("esize", 0) * ((n0 - 1) * v("s0", 0) + (n1 - 1) * v("s1", 0)
-                                       + (n2 - 1) * v("s2", 0) + (n3 - 1) * v("s3", 0) + 1)
-        load = _DMA[name]
-        baddr = v("baddr", 0)
-        return [(B[v("buf", 0)], baddr, baddr + n0 * n1 * n2 * n3, load, None),
-                (("DDR", sym.addr if sym else None), lo, hi, not load, kind)]
-    f = defaultdict(int, f)             # omitted fields encode as 0
-    if name == "SEED":
-        return [(("DDR", sym.addr if sym else None), f["ddr"], f["ddr"] + 4, False, None)]
-    if name == "MAC":
-        n, ci, co, g = f["n"], f["ci"], f["co"], f["g"]
-        x = _n(n, g * ci, f["xh"], f["xw"])
-        y = _n(n, g * co, f["yh"], f["yw"])
-        w = _n(g * co, ci, f["kh"], f["kw"])
-        a, b, c = {"FP": (x, w, y), "EB": (y, w, x), "WG": (y, x, w)}[PATTERNS[f["pattern"]]]
-        return [(B[f["abuf"]], f["aaddr"], f["aaddr"] + a, False, None),
-                (B[f["bbuf"]], f["baddr"], f["baddr"] + b, False, None),
-                ("ABUF", f["caddr"], f["caddr"] + c, True, None)]
-    if name == "RQ":
-        c = f["n0"] * f["n1"] * f["n2"] * f["n3"]
-        return [("ABUF", f["saddr"], f["saddr"] + c, False, None),
-                (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True, None)]
-    if name in ("VMASK", "VADD"):
-        c = f["count"]
-        out = [(B[f["abuf"]], f["aaddr"], f["aaddr"] + c, False, None),
-               (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True, None)]
-        if name == "VMASK" or f["nb"]:
-            out.append((B[f["bbuf"]], f["baddr"], f["baddr"] + c, False, None))
-        return out
-    if name in ("MAXP", "MAXPB"):
-        hw = f["planes"] * f["h"] * f["w"]
-        oh = (f["h"] + 2 * f["ph"] - f["kh"]) // f["sh"] + 1
-        ow = (f["w"] + 2 * f["pw"] - f["kw"]) // f["sw"] + 1
-        o = f["planes"] * oh * ow
-        if name == "MAXP":
-            return [(B[f["sbuf"]], f["saddr"], f["saddr"] + hw, False, None),
-                    (B[f["dbuf"]], f["daddr"], f["daddr"] + o, True, None)]
-        return [(B[f["xbuf"]], f["xaddr"], f["xaddr"] + hw, False, None),
-                (B[f["gbuf"]], f["gaddr"], f["gaddr"] + o, False, None),
-                (B[f["dbuf"]], f["daddr"], f["daddr"] + hw, True, None)]
-    if name == "RSUM":
-        return [(B[f["sbuf"]], f["saddr"], f["saddr"] + f["n"] * f["c"] * f["hw"], False, None),
-                ("ABUF", f["daddr"], f["daddr"] + f["c"], True, None)]
-    if name == "CSTAT":
-        return [(B[f["sbuf"]], f["saddr"], f["saddr"] + f["n"] * f["c"] * f["hw"], False, None),
-                ("ABUF", f["daddr"], f["daddr"] + 2 * f["c"], True, None)]
-    if name == "BNADAPT":
-        c = f["c"]
-        return [("ABUF", f["saddr"], f["saddr"] + 2 * c, False, None),
-                ("ABUF", f["baddr"], f["baddr"] + c, True, None),
-                (B[f["qbuf"]], f["qaddr"], f["qaddr"] + c, True, None)]
-    if name == "LOSST":
-        nk = f["n"] * f["k"]
-        return [(B[f["zbuf"]], f["zaddr"], f["zaddr"] + nk, False, None),
-                (B[f["tbuf"]], f["taddr"], f["taddr"] + nk, False, None),
-                ("ABUF", f["lutaddr"], f["lutaddr"] + 256, False, None),
-                ("ABUF", f["tlutaddr"], f["tlutaddr"] + 256, False, None),
-                (B[f["dbuf"]], f["daddr"], f["daddr"] + nk, True, None)]
-    if name == "LOSSG":
-        nk = f["n"] * f["k"]
-        return [(B[f["zbuf"]], f["zaddr"], f["zaddr"] + nk, False, None),
-                ("ABUF", f["laddr"], f["laddr"] + f["n"], False, None),
-                ("ABUF", f["lutaddr"], f["lutaddr"] + 256, False, None),
-                (B[f["dbuf"]], f["daddr"], f["daddr"] + nk, True, None)]
-    if name == "SGD":
-        c = f["count"]
-        return [*([] if f["ng"] else [(B[f["gbuf"]], f["gaddr"], f["gaddr"] + c, False, None)]),
-                ("ABUF", f["maddr"], f["maddr"] + c, True, None),
-                *([("ABUF", f["vaddr"], f["vaddr"] + c, True, None)] if f.get("mom") else []),
-                (B[f["dbuf"]], f["daddr"], f["daddr"] + c, True, None)]
-    return []       # SYNC, END, EXPUPD (XBUF: see footprint)
+            out.append((space, lo, hi, write, None))
+    if xbuf:
+        out.append(_XBUF_ALL)
+    return out
 
 
 class _Range:

@@ -1,22 +1,26 @@
-"""The emulator's timing model: decoupled load / compute / store queues that synchronise
-only through dependency tokens, and one DDR port they share.
+"""The machine's timing model: decoupled load / compute / store queues that synchronise
+only through dependency tokens, and one DDR port they share.  The emulator
+(runtime_emu/machine.py) feeds it every executed instruction; the compiler's static
+replay (compiler/pipeline.py, for `edgec report`) feeds it the whole program.
 
 Functional execution stays serial in program order (results never depend on timing);
-this model only assigns every executed instruction a start and an end cycle:
+this model only assigns every instruction a start and an end cycle:
 
-* Every instruction belongs to one queue (isa/table.py: load = LD, LDCH, SEED; compute =
-  MAC, vector ops, SYNC, END; store = ST, STCH).  A queue runs its instructions in program
-  order, one at a time.
-* Channels (FIFOs of tokens) join neighbouring queues: load->compute, compute->load,
-  compute->store, store->compute.  `dep` bits: bit0 pop_prev, bit1 pop_next, bit2
-  push_prev, bit3 push_next (the load queue has no prev, the store queue no next).
+* Every instruction belongs to one queue and one unit, and costs cycles given by its row
+  of isa/table.py (Instr.queue, unit, cycles; the formulas are in isa/machine.py).  A
+  queue runs its instructions in program order, one at a time.
+* Channels (FIFOs of tokens) join neighbouring queues (isa/machine.py: NEIGHBOURS,
+  CHANNELS): load->compute, compute->load, compute->store, store->compute.  `dep` bits:
+  bit0 pop_prev, bit1 pop_next, bit2 push_prev, bit3 push_next (the load queue has no
+  prev, the store queue no next).
 * start = max(the queue's previous end, the stamp of every token it pops); a DMA
-  (LD, LDCH, ST, STCH) then waits for the DDR port: its transfer part (cost - DDR latency)
-  takes the earliest free window of the port at or after start + latency (the setup
-  latency overlaps other transfers); end = start + cost otherwise.
+  (Instr.ddr_port: LD, LDCH, ST, STCH) then waits for the DDR port: its transfer part
+  (cost - DDR latency) takes the earliest free window of the port at or after start +
+  latency (the setup latency overlaps other transfers); end = start + cost otherwise.
 * A push puts a token stamped with the pusher's end on the channel.  A pop takes the
-  oldest token; with none there (no EARLIER instruction pushed one) the machine traps.
-* END waits for all three queues and traps if a token was never consumed.
+  oldest token; with none there (no EARLIER instruction pushed one) the machine traps
+  (TokenError here).
+* END (Instr.barrier) waits for all three queues and traps if a token was never consumed.
 * Counters: cycles = the latest end so far (END's end when the program finishes);
   cycles_dma / cycles_mac / cycles_vector stay the busy cycles of each unit.
 """
@@ -26,18 +30,13 @@ import bisect
 from collections import deque
 from typing import NamedTuple
 
-from edgec.isa.table import QUEUES
+from .machine import (CHANNELS, NEIGHBOURS, POP_NEXT, POP_PREV, PUSH_NEXT, PUSH_PREV,
+                      QUEUE_ID, QUEUES, UNITS)
+from .table import BY_NAME
 
-from .state import Trap
 
-POP_PREV, POP_NEXT, PUSH_PREV, PUSH_NEXT = 1, 2, 4, 8
-DMA = frozenset(("LD", "LDCH", "ST", "STCH"))
-# (queue, direction) -> channel; None: no neighbour on that side
-_NEIGHBOUR = {("load", "prev"): None, ("load", "next"): "compute",
-              ("compute", "prev"): "load", ("compute", "next"): "store",
-              ("store", "prev"): "compute", ("store", "next"): None}
-_CHANNELS = (("load", "compute"), ("compute", "load"), ("compute", "store"),
-             ("store", "compute"))
+class TokenError(Exception):
+    """The token protocol is broken (the machine traps); the message says how."""
 
 
 class _Plan(NamedTuple):
@@ -45,10 +44,10 @@ class _Plan(NamedTuple):
     queue: int                  # index into QUEUES
     dma: bool                   # waits for the DDR port
     end: bool                   # END: waits for every queue, checks the channels drained
-    pops: tuple                 # (channel deque, or None without a neighbour; the Trap
+    pops: tuple                 # (channel deque, or None without a neighbour; the
                                 #  message when it is None or empty)
     pushes: tuple               # channel deques (None: no neighbour, see bad_push)
-    bad_push: str | None        # Trap message of the first push to a missing neighbour
+    bad_push: str | None        # TokenError message of the first push to a missing neighbour
     counter: str                # the busy-cycle counter of the unit
 
 
@@ -84,12 +83,16 @@ class DdrPort:
             del self.starts[:k], self.ends[:k]
 
 
-class Timing:
-    def __init__(self, target, counters: dict):
-        self.tg = target
-        self.c = counters
+class Timeline:
+    """Places instructions, in program order, on the queues (`issue`).  `counters` (the
+    emulator's, or a fresh dict) gets cycles and cycles_<unit>."""
+
+    def __init__(self, ddr_latency: int, counters: dict | None = None):
+        self.latency = ddr_latency
+        self.c = counters if counters is not None else dict.fromkeys(
+            ("cycles", *("cycles_" + u for u in UNITS)), 0)
         self._free = [0] * len(QUEUES)
-        self.chan = {ch: deque() for ch in _CHANNELS}   # live tokens: their stamps
+        self.chan = {ch: deque() for ch in CHANNELS}   # live tokens: their stamps
         self.port = DdrPort()
         self.issued = 0
         self._plans: dict[tuple, _Plan] = {}
@@ -99,10 +102,13 @@ class Timing:
         """Queue -> the cycle its last instruction ends."""
         return dict(zip(QUEUES, self._free))
 
-    def _plan(self, name: str, queue: str, dep: int, unit: str) -> _Plan:
-        """What `dep` means for an instruction `name` of `queue` (cached per (name, dep))."""
+    def _plan(self, name: str, dep: int) -> _Plan:
+        """What `dep` means for the instruction `name` (cached per (name, dep))."""
+        ins = BY_NAME[name]
+        queue = ins.queue
+
         def channel(side, push):
-            other = _NEIGHBOUR[queue, side]
+            other = NEIGHBOURS[queue][side == "next"]
             if other is None:
                 return None, (f"dep {'push' if push else 'pop'}_{side}: the {queue} queue "
                               f"has no {side} queue")
@@ -114,36 +120,37 @@ class Timing:
         pushes = tuple(channel(side, True) for side, bit in (("prev", PUSH_PREV),
                                                             ("next", PUSH_NEXT)) if dep & bit)
         bad_push = next((msg for ch, msg in pushes if ch is None), None)
-        p = _Plan(QUEUES.index(queue), name in DMA, name == "END", pops,
-                  tuple(ch for ch, _ in pushes), bad_push, "cycles_" + unit)
+        p = _Plan(QUEUE_ID[queue], ins.ddr_port, ins.barrier, pops,
+                  tuple(ch for ch, _ in pushes), bad_push, "cycles_" + ins.unit)
         self._plans[name, dep] = p
         return p
 
-    def issue(self, name: str, queue: str, dep: int, cost: int, unit: str) -> None:
-        """Account one executed instruction (Trap on a token-protocol violation)."""
-        p = self._plans.get((name, dep)) or self._plan(name, queue, dep, unit)
+    def issue(self, name: str, dep: int, cost: int) -> int:
+        """Place one instruction of `cost` cycles; return its end cycle (TokenError on a
+        token-protocol violation)."""
+        p = self._plans.get((name, dep)) or self._plan(name, dep)
         free = self._free
         start = max(free) if p.end else free[p.queue]
         for ch, msg in p.pops:                      # check every pop before taking any
             if not ch:                              # no neighbour, or no token
-                raise Trap(msg)
+                raise TokenError(msg)
         for ch, _ in p.pops:
             t = ch.popleft()
             if t > start:
                 start = t
         if p.dma:
-            lat = self.tg.ddr_latency
+            lat = self.latency
             start = self.port.reserve(start + lat, cost - lat) - lat
         end = start + cost
         if p.bad_push:
-            raise Trap(p.bad_push)
+            raise TokenError(p.bad_push)
         for ch in p.pushes:
             ch.append(end)
         free[p.queue] = end
         if p.end:
             left = {f"{a}->{b}": len(v) for (a, b), v in self.chan.items() if v}
             if left:
-                raise Trap("END with unconsumed dependency tokens: " + ", ".join(
+                raise TokenError("END with unconsumed dependency tokens: " + ", ".join(
                     f"{n} on {k}" for k, n in left.items()))
         c = self.c
         if end > c["cycles"]:
@@ -152,8 +159,5 @@ class Timing:
         self.issued += 1
         if not self.issued & 4095:
             self.port.forget_before(min(free))
+        return end
 
-
-def op_sync(m, f):
-    """SYNC: no data effect; it exists to pass tokens between queues (1 cycle)."""
-    return 1
