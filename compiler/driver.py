@@ -19,6 +19,7 @@ from .frontend.load import load_model
 from .frontend.maskfile import drop_full, parse_mask
 from .ir.graph import Graph
 from .ir.loops import LoopNest
+from .options import CompileOptions
 from .passes.adapt_bn import SCALE_HEADROOM, AdaptBNPass
 from .passes.dynfmt import exponent_registers, is_dynamic
 from .passes.mask import MaskPass
@@ -60,25 +61,27 @@ def mask_layers(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, str]]
 
 
 def compile_model(model_path: str, mask_path: str | None = None, target: str | None = None,
-                  lr: float = 0.01, seed: int = 0, log=None,
-                  dump_ir: str | None = None, calib: str | None = None,
-                  train=(), freeze=(), bias_only: bool = False, classes=None,
-                  adapt_bn: bool = False, search: str = "greedy",
-                  teacher: dict | None = None, remaskable: bool = False,
-                  momentum: float = 0.0, weight_decay: float = 0.0,
-                  bn_stats: dict | None = None,
-                  teacher_bn_stats: dict | None = None) -> Compiled:
-    """Compile a model file (model.py or .onnx) into a Compiled program; the options are
-    compile_module's.  `bn_stats` ({BatchNorm module: (running_mean, running_var)}): the
-    student's BatchNorm statistics instead of the model's (adapted to the user's domain);
-    with a teacher, the teacher gets its own BatchNorm constants (BatchNorm per domain):
-    the model's statistics, or `teacher_bn_stats` where given."""
+                  options: CompileOptions | None = None, *, log=None,
+                  dump_ir: str | None = None, bn_stats: dict | None = None,
+                  teacher_bn_stats: dict | None = None, **kw) -> Compiled:
+    """Compile a model file (model.py or .onnx) with a user.mask (path, or None) for a
+    target (TOML path, or None: the bundled default).  `options`: a CompileOptions, whose
+    fields the keyword arguments `kw` replace (e.g. lr=0.05, teacher={...}); checked once,
+    before the model is loaded.  `dump_ir`: write the IR after every stage to that folder.
+    `bn_stats` ({BatchNorm module: (running_mean, running_var)}): the student's BatchNorm
+    statistics instead of the model's (adapted to the user's domain); with a teacher, the
+    teacher gets its own BatchNorm constants (BatchNorm per domain): the model's
+    statistics, or `teacher_bn_stats` where given."""
+    opts = CompileOptions.of(options, **kw).check()
+    if teacher_bn_stats is not None and (bn_stats is None or not opts.teacher):
+        raise EdgecError("teacher BatchNorm statistics need the student's (bn_stats) and a "
+                         "teacher (--labels pseudo / --loss kd)")
     log = log or (lambda msg: None)
     tg = load_target(target)
     graph = None
     if str(model_path).lower().endswith(".onnx"):   # float ONNX model: no user code runs
         from .frontend.onnx_in import load_onnx
-        model, example, graph = load_onnx(model_path, calib)
+        model, example, graph = load_onnx(model_path, opts.calib)
     else:
         model, example = load_model(model_path)
     dump = None
@@ -88,32 +91,15 @@ def compile_model(model_path: str, mask_path: str | None = None, target: str | N
         from .ir.text import Dumper
         ab = lambda p: os.path.abspath(p) if p else None  # noqa: E731
         dump = Dumper(dump_ir, dict(model=ab(model_path), mask=ab(mask_path),
-                                    target=ab(target), lr=float(lr), seed=int(seed),
-                                    **{k: float(v) for k, v in (("momentum", momentum),
-                                                                ("weight_decay", weight_decay))
-                                       if v}))
-    if adapt_bn and (train or freeze or bias_only or classes is not None or teacher):
-        raise EdgecError("--adapt-bn compiles a label-free BatchNorm adaptation program; it "
-                         "does not combine with --train/--freeze/--bias-only/--classes/"
-                         "--labels pseudo/--loss kd (`edgec finetune --adapt-bn` with "
-                         "--labels pseudo or --loss kd adapts the statistics first, then "
-                         "fine-tunes with a teacher that keeps the pretrained ones)")
-    if adapt_bn and (momentum or weight_decay):
-        raise EdgecError("--adapt-bn compiles a program without an update; drop "
-                         "--momentum/--weight-decay")
-    frozen = frozen_params(model, train, freeze, bias_only)
+                                    target=ab(target), **opts.dump_header()))
+    frozen = frozen_params(model, opts.train, opts.freeze, opts.bias_only)
     teacher_bn = None
-    if teacher_bn_stats is not None and (bn_stats is None or not teacher):
-        raise EdgecError("teacher BatchNorm statistics need the student's (bn_stats) and a "
-                         "teacher (--labels pseudo / --loss kd)")
     if bn_stats is not None:
         teacher_bn = bn_statistics(with_bn_statistics(model, teacher_bn_stats or {}))
         model = with_bn_statistics(model, bn_stats)
-    return compile_module(model, example, model_path, mask_path, tg, lr, seed, log, dump,
-                          graph=graph, frozen=frozen, classes=classes, adapt_bn=adapt_bn,
-                          search=search, teacher=teacher, remaskable=remaskable,
-                          momentum=momentum, weight_decay=weight_decay,
-                          teacher_bn=teacher_bn if teacher else None)
+    return compile_module(model, example, model_path, mask_path, tg, opts, log=log,
+                          dump=dump, graph=graph, frozen=frozen,
+                          teacher_bn=teacher_bn if opts.teacher else None)
 
 
 def bn_statistics(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -162,15 +148,16 @@ def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) 
     return set(names) - select_trainable(names, tuple(train), tuple(freeze), bias_only, bn)
 
 
-def make_passes(mask, example, params, lr, adapt=None, abuf: int = 1 << 20,
-                momentum: float = 0.0, weight_decay: float = 0.0) -> list:
+def make_passes(mask, example, params, opts: CompileOptions, adapt=None,
+                abuf: int = 1 << 20) -> list:
     """The graph passes after capture, in order (names as in the IR dumps).  `adapt`
     ({BatchNorm module: eps}) makes a BatchNorm adaptation program instead of a training
     step: its last pass appends bn_adapt nodes instead of sgd nodes."""
     if adapt is None:
         return [PrunePass(), MaskPass(mask),
                 QuantizePass(example, params, dynamic=True, abuf=abuf),
-                UpdatePass(lr, dynamic=True, momentum=momentum, weight_decay=weight_decay)]
+                UpdatePass(opts.lr, dynamic=True, momentum=opts.momentum,
+                           weight_decay=opts.weight_decay)]
     # BN scales get SCALE_HEADROOM spare bits: adapted variances may be smaller
     room = {f"{bn}:scale": SCALE_HEADROOM for bn in adapt}
     return [PrunePass(), MaskPass(mask), QuantizePass(example, params, room),
@@ -181,87 +168,73 @@ PIPELINE = ("prune", "mask", "quantize", "update")
 
 
 def compile_module(model: torch.nn.Module, example: torch.Tensor, model_path: str,
-                   mask: str | dict | None, tg: Target, lr: float = 0.01, seed: int = 0,
-                   log=None, dump=None, graph: Graph | None = None, frozen=(),
-                   classes=None, adapt_bn: bool = False, search: str = "greedy",
-                   teacher: dict | None = None, remaskable: bool = False,
-                   momentum: float = 0.0, weight_decay: float = 0.0,
-                   teacher_bn: dict | None = None) -> Compiled:
-    """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict.
+                   mask: str | dict | None, tg: Target, options: CompileOptions | None = None,
+                   *, log=None, dump=None, graph: Graph | None = None, frozen=(),
+                   teacher_bn: dict | None = None, **kw) -> Compiled:
+    """Compile an in-memory module; `mask` is a user.mask path or a {layer: kept} dict;
+    `options` (a CompileOptions, its fields replaced by `kw`) as in compile_model.
     `dump(stage, graph, nests=None)`, if given, sees the IR after every stage.
     `graph`, if given, is the float training graph (ONNX frontend) used instead of capture.
-    `frozen`: parameter names that get no gradient and no update.
-    `classes`: fine-tune for this subset of the classes only (the logits layer computes
-    only their rows; labels are original class ids, mapped by the host).
-    `adapt_bn`: compile the BatchNorm adaptation program (forward pass, then every BN's
-    statistics re-estimated from the batch; no labels, no training) instead.
-    `search`: schedule search of the MAC nests' tile sizes, greedy or exhaustive.
-    `teacher`: the loss target comes from a frozen copy of the pretrained model instead of
-    the labels: TeacherPass fields, e.g. {"target": "pseudo", "threshold": 0.5} or
-    {"target": "kd", "temp": 2.0} (compiler/passes/teacher.py).
-    `remaskable`: fixed-point formats that do not depend on which channels the mask keeps
-    (only on how many), so `edgec remask` can give the program another user's mask.
-    `momentum`, `weight_decay`: torch.optim.SGD's (dampening 0, no nesterov); either
-    nonzero gives every trainable parameter a momentum buffer `mom:<name>` in DDR.
-    `teacher_bn` ({BatchNorm module: (running_mean, running_var)}, with `teacher`): the
+    `frozen`: parameter names that get no gradient and no update (compile_model derives
+    them from the options' train/freeze/bias_only).
+    `teacher_bn` ({BatchNorm module: (running_mean, running_var)}, with a teacher): the
     teacher gets its own BatchNorm constants with these statistics, while the student's
     come from `model` (BatchNorm per domain)."""
+    opts = CompileOptions.of(options, **kw).check()
     log = log or (lambda msg: None)
     dump = dump or (lambda *a: None)
     log("capture")
     g = graph if graph is not None else capture(model, example, model_path)
     adapt = None
-    if adapt_bn:
+    if opts.adapt_bn:
         adapt = {name: float(m.eps) for name, m in model.named_modules()
                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
         frozen = set(g.params)
-    full = copy.deepcopy(g) if frozen and not adapt_bn else None   # for the comparison
+    full = copy.deepcopy(g) if frozen and not opts.adapt_bn else None   # for the comparison
     for name in frozen:
         g.params[name].trainable = False
-    if teacher:
-        if classes is not None:
-            raise EdgecError("--classes cannot be combined with --labels pseudo / --loss kd "
-                             "(the teacher predicts every class)")
-        g = TeacherPass(**teacher, own_bn=teacher_bn is not None).apply(g)
+    if opts.teacher:
+        g = TeacherPass(**opts.teacher, own_bn=teacher_bn is not None).apply(g)
         if full is not None:        # the comparison graph: the same teacher, all trainable
             full = copy.deepcopy(g)
             for name in frozen:
                 full.params[name].trainable = True
-    if remaskable:
+    if opts.remaskable:
         g.meta["remaskable"] = True
     dump("capture", g)
     logits_layer = g.producer(g.outputs["logits"]).layer
     mask = user_mask(mask, model, logits_layer)
-    if classes is not None:
-        K = g.values[g.outputs["logits"]].shape[1]
-        ids = sorted(set(int(c) for c in classes))
-        bad = [c for c in ids if not 0 <= c < K]
-        if bad or len(ids) < 2:
-            raise EdgecError(f"--classes {','.join(map(str, classes))}: need at least two "
-                             f"distinct class ids in [0, {K})")
-        mask[logits_layer] = ids          # a row view of the classifier (internal)
-        g.meta["class_ids"] = ids
+    if opts.classes is not None:
+        mask[logits_layer] = g.meta["class_ids"] = class_ids(g, opts.classes)
     params = float_values(g, model, teacher_bn)
-    opt = dict(momentum=momentum, weight_decay=weight_decay)
-    c = _backend(g, mask, example, params, lr, seed, tg, model, log, dump, search, adapt,
-                 **opt)
+    c = _backend(g, mask, example, params, opts, tg, model, log, dump, adapt)
     c.float_params = params
     if teacher_bn is not None:
         c.teacher_model = with_bn_statistics(model, teacher_bn)
     if full is not None and g.meta["pruned"]["ops"]:
         log("backward without --train/--freeze (for the comparison)")
-        ref = _backend(full, mask, example, params, lr, seed, tg, model, lambda m: None,
-                       lambda *a: None, search, **opt)
+        ref = _backend(full, mask, example, params, opts, tg, model, lambda m: None,
+                       lambda *a: None)
         a, b = static_counts(ref.emitter.words), static_counts(c.emitter.words)
         c.graph.meta["pruned"]["saved"] = {k: a[k] - b[k] for k in a}
         c.graph.meta["pruned"]["full"] = a
     return c
 
 
-def _backend(g: Graph, mask, example, params, lr, seed, tg, model, log, dump,
-             search: str = "greedy", adapt=None, momentum: float = 0.0,
-             weight_decay: float = 0.0) -> Compiled:
-    for p in make_passes(mask, example, params, lr, adapt, tg.abuf, momentum, weight_decay):
+def class_ids(g: Graph, classes) -> list[int]:
+    """The sorted class ids of --classes, checked against the graph's logits (they become a
+    row view of the classifier: it computes only their logits)."""
+    K = g.values[g.outputs["logits"]].shape[1]
+    ids = sorted(set(int(c) for c in classes))
+    if any(not 0 <= c < K for c in ids) or len(ids) < 2:
+        raise EdgecError(f"--classes {','.join(map(str, classes))}: need at least two "
+                         f"distinct class ids in [0, {K})")
+    return ids
+
+
+def _backend(g: Graph, mask, example, params, opts: CompileOptions, tg, model, log, dump,
+             adapt=None) -> Compiled:
+    for p in make_passes(mask, example, params, opts, adapt, tg.abuf):
         log(p.name)
         g = p.apply(g)
         try:
@@ -272,9 +245,9 @@ def _backend(g: Graph, mask, example, params, lr, seed, tg, model, log, dump,
         if p.name == "mask":
             float_graph = copy.deepcopy(g)
     log("tile")
-    nests = tile_graph(g, tg, search)
+    nests = tile_graph(g, tg, opts.search)
     dump("tile", g, nests)
-    c = emit_program(g, nests, tg, lr, seed, model, example, mask, log)
+    c = emit_program(g, nests, tg, opts.lr, opts.seed, model, example, mask, log)
     c.float_graph = float_graph
     return c
 

@@ -24,6 +24,7 @@ from .frontend.load import load_model
 from .ir.graph import Graph
 from .ir.loops import LoopNest
 from .ir.text import IRFile, read_ir
+from .options import CompileOptions
 from .passes.quantize import initial_data
 
 
@@ -105,6 +106,11 @@ def compile_ir(path: str, log=None):
     lr, seed = f.source.get("lr", 0.01), f.source.get("seed", 0)
     if not isinstance(lr, (int, float)) or not isinstance(seed, int):
         raise EdgecError(f"{path}: source lr= must be a number and seed= an integer")
+    try:            # the same checks as a direct compile
+        opts = CompileOptions(lr=float(lr), seed=seed, **{
+            k: float(f.source.get(k, 0.0)) for k in ("momentum", "weight_decay")}).check()
+    except EdgecError as e:
+        raise EdgecError(f"{path}: source line: {e}") from None
     tg = load_target(_source_path(f, path, "target"))
     log("load " + model_path)
     model, example = load_model(model_path)
@@ -132,8 +138,7 @@ def compile_ir(path: str, log=None):
         mask = {k: list(v) for k, v in g.meta.get("mask", {}).items()}
     stages = ("capture",) + PIPELINE
     todo = PIPELINE[stages.index(stage):] if stage in stages else ()
-    opt = {k: float(f.source.get(k, 0.0)) for k in ("momentum", "weight_decay")}
-    for pas in make_passes(mask, example, params, float(lr), abuf=tg.abuf, **opt):
+    for pas in make_passes(mask, example, params, opts, abuf=tg.abuf):
         name = pas.name
         if name not in todo:
             continue

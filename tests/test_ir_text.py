@@ -35,7 +35,7 @@ def dumped(tmp_path_factory):
         seen[stage] = (copy.deepcopy(g), copy.deepcopy(nests))
 
     model, example = load_model(MODEL)
-    c = compile_module(model, example, MODEL, MASK, load_target(None), 0.01, 0, None, dump)
+    c = compile_module(model, example, MODEL, MASK, load_target(None), lr=0.01, seed=0, dump=dump)
     return d, seen, c
 
 
