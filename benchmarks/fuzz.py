@@ -62,7 +62,8 @@ def _alarm(signum, frame):
 
 class Base:
     def __init__(self, work: Path):
-        from edgec.compiler.driver import compile_model, mask_layers
+        from edgec.compiler.driver import compile_model
+        from edgec.compiler.mask.layers import mask_layers
         from edgec.isa.target import DEFAULT_TARGET, load_target
         c = compile_model(str(LENET / "model.py"), str(LENET / "user.mask"))
         self.blob = c.blob
@@ -682,7 +683,7 @@ def case(i: int, kind: str, rng: random.Random, base: Base, work: Path):
                        "parameter ", "label")
             run_prog_blob(base, blob, "case.bin")
         elif kind == "mask":
-            from edgec.compiler.frontend.maskfile import parse_mask
+            from edgec.compiler.mask.file import parse_mask
             text, desc = mutate_mask(rng, base.mask_text)
             repro, suffix = text.encode("utf-8", "surrogatepass"), ".mask"
             try:

@@ -56,7 +56,7 @@ import torch
 
 from edgec.compiler.driver import compile_model
 from edgec.compiler.workflows.finetune import accuracy, batch_rows, finetune
-from edgec.compiler.frontend.derive_mask import derive_mask, format_mask
+from edgec.compiler.mask.derive import derive_mask, format_mask
 from edgec.compiler.frontend.load import load_model
 from edgec.compiler.workflows.floatmodel import masked_float_model, prune_state_dict
 

@@ -102,7 +102,7 @@ def other_mask(meta: dict) -> str:
 
 
 def bench(name: str, work: Path, runs: int) -> dict:
-    from edgec.compiler.remask import remask
+    from edgec.compiler.mask.remask import remask
     from edgec.isa.container import load_program
     ex = ROOT / "examples" / name
     a, b, r = work / f"{name}-a.bin", work / f"{name}-b.bin", work / f"{name}-r.bin"
@@ -143,8 +143,8 @@ def bench(name: str, work: Path, runs: int) -> dict:
 def startup(runs: int) -> dict:
     """Medians of python start-up, `import lark` and remask's other imports (seconds)."""
     py = sys.executable
-    need = ("import edgec.compiler.workflows.cli, edgec.compiler.remask; "
-            "from edgec.compiler.frontend.maskfile import _parser; _parser()")
+    need = ("import edgec.compiler.workflows.cli, edgec.compiler.mask.remask; "
+            "from edgec.compiler.mask.file import _parser; _parser()")
     timed([py, "-c", need])                      # caches written
     python_s = median_of(runs, lambda: timed([py, "-c", "pass"]))
     lark_s = median_of(runs, lambda: timed([py, "-c", "import lark"])) - python_s

@@ -176,7 +176,7 @@ def search_ratios(c) -> list[tuple[str, float, float]]:
 
 def half_mask(model, logits_layer: str) -> dict[str, list[int]]:
     """Keep the first half of the output channels of every maskable layer but the logits."""
-    from edgec.compiler.driver import mask_layers
+    from edgec.compiler.mask.layers import mask_layers
     layers, _refused = mask_layers(model)
     return {name: list(range(max(1, oc // 2))) for name, oc in layers.items()
             if name != logits_layer}

@@ -16,7 +16,6 @@ from .backend.stats import static_counts
 from .backend.tiling import tile_graph
 from .frontend.capture import capture, float_values
 from .frontend.load import load_model
-from .frontend.maskfile import drop_full, parse_mask
 from .ir.graph import Graph
 from .ir.loops import LoopNest
 from .options import CompileOptions
@@ -26,7 +25,8 @@ from .passes.mask import MaskPass
 from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
 from .passes.teacher import TeacherPass, teacher_logits
-from .remask import remask_info
+from .mask.layers import mask_layers, user_mask
+from .mask.remask import remask_info
 
 
 @dataclass
@@ -44,20 +44,6 @@ class Compiled:
     float_graph: Graph | None = None    # the float graph after the mask pass (fidelity.py)
     float_params: dict | None = None    # the float values of its parameters and constants
     teacher_model: torch.nn.Module | None = None    # a teacher with its own BN statistics
-
-
-def mask_layers(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, str]]:
-    """(maskable layer -> output channels, refused layer -> why it cannot be masked)."""
-    out, refuse = {}, {}
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Conv2d) and m.groups > 1:
-            refuse[name] = (f"it is a grouped convolution (groups={m.groups}); its channels "
-                            "follow its input: mask the layer that feeds it")
-        elif isinstance(m, torch.nn.Conv2d):
-            out[name] = m.out_channels
-        elif isinstance(m, torch.nn.Linear):
-            out[name] = m.out_features
-    return out, refuse
 
 
 def compile_model(model_path: str, mask_path: str | None = None, target: str | None = None,
@@ -126,16 +112,6 @@ def with_bn_statistics(model: torch.nn.Module, stats: dict) -> torch.nn.Module:
                                  f"the model's is {tuple(getattr(bn, buf).shape)}")
             getattr(bn, buf).copy_(t.to(getattr(bn, buf).dtype))
     return out
-
-
-def user_mask(mask: str | dict | None, model: torch.nn.Module, logits_layer: str) -> dict:
-    """A user.mask path (parsed) or a {layer: kept} dict, without the lines that keep every
-    channel (they are no mask)."""
-    layers, refuse = mask_layers(model)
-    if isinstance(mask, str):
-        mask = parse_mask(mask, layers, logits_layer, refuse=refuse)
-    mask = mask if isinstance(mask, dict) and hasattr(mask, "where") else dict(mask or {})
-    return drop_full(mask, layers)
 
 
 def frozen_params(model: torch.nn.Module, train=(), freeze=(), bias_only=False) -> set[str]:

@@ -96,7 +96,8 @@ def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> 
 
 def compile_ir(path: str, log=None):
     """Continue the pipeline from a dump; returns a driver.Compiled."""
-    from .driver import PIPELINE, emit_program, make_passes, user_mask
+    from .driver import PIPELINE, emit_program, make_passes
+    from .mask.layers import user_mask
     log = log or (lambda msg: None)
     f = read_ir(path)
     g, stage = f.graph, f.stage

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from edgec.compiler.workflows.cli import main
-from edgec.compiler.driver import compile_model, mask_layers
+from edgec.compiler.driver import compile_model
+from edgec.compiler.mask.layers import mask_layers
 from edgec.compiler.frontend import capture as capture_mod
 from edgec.compiler.frontend.capture import capture
-from edgec.compiler.frontend.derive_mask import derive_mask, format_mask
+from edgec.compiler.mask.derive import derive_mask, format_mask
 from edgec.compiler.frontend.load import load_model
-from edgec.compiler.frontend.maskfile import parse_mask
+from edgec.compiler.mask.file import parse_mask
 from edgec.isa.errors import EdgecError
 
 # stem conv1 -> bn1 -> relu -> depthwise dw ------------------+--> add -> relu -> pool

@@ -9,7 +9,7 @@ import pytest
 
 from edgec.compiler import grammars
 
-MASK = Path(grammars.__file__).parent / "frontend" / "mask.lark"
+MASK = Path(grammars.__file__).parent / "mask" / "mask.lark"
 TEXTS = ["conv1: 0-5, 8\nfc: 1 2 3\n", "# c\n\nfc1: 0-3 # k\r\n", "a: 1 -", "a 1", "x: 1,,2",
          "a: 1\n%", "a: 1-2-3", ":", "", "\n\n", "a:"]
 

@@ -1,7 +1,7 @@
 """user.mask parsing: format, normalisation and every located error."""
 import pytest
 
-from edgec.compiler.frontend.maskfile import parse_mask
+from edgec.compiler.mask.file import parse_mask
 from edgec.isa.errors import EdgecError
 
 LAYERS = {"conv1": 16, "features.3": 10, "fc": 10, "0": 4, "layer1.0.conv2": 8}

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from edgec.compiler.workflows import cli
 from edgec.compiler.frontend.load import load_model
-from edgec.compiler.frontend.maskfile import parse_mask
+from edgec.compiler.mask.file import parse_mask
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import DEFAULT_TARGET, Target, load_target
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgec.isa.errors import EdgecError
 
-from ..frontend.maskfile import residual_error
+from ..mask.file import residual_error
 from ..ir.graph import Graph, Node
 from .shapes import infer
 

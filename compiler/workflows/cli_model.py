@@ -104,7 +104,7 @@ def add_mask(p) -> None:
 def cmd_mask(args) -> int:
     from edgec.isa.errors import EdgecError
 
-    from ..frontend.derive_mask import derive_mask, format_mask
+    from ..mask.derive import derive_mask, format_mask
     from ..frontend.load import load_model
     if not 0 < args.keep <= 1:      # also refuses nan
         raise EdgecError(f"--keep {args.keep}: must be a fraction in (0, 1], e.g. 0.5")

@@ -17,7 +17,7 @@ def add_remask(p) -> None:
 
 
 def cmd_remask(args) -> int:
-    from ..remask import remask       # no torch, no compiler front end: milliseconds
+    from ..mask.remask import remask       # no torch, no compiler front end: milliseconds
     t0 = time.perf_counter()
     remask(args.program, args.mask, lambda write: atomic_write(args.output, write))
     print(f"wrote {args.output}: {args.program} with the channel index tables of "

@@ -21,7 +21,7 @@ import struct
 from edgec.isa.container import Head, read_head, write_with_head
 from edgec.isa.errors import EdgecError
 
-from .frontend.maskfile import drop_full, parse_mask, residual_error
+from .file import drop_full, parse_mask, residual_error
 
 
 def remask_info(layers: dict[str, int], refuse: dict[str, str], logits_layer: str,

@@ -32,7 +32,7 @@ from edgec.isa.errors import EdgecError
 
 from ..ir.graph import Graph
 from ..passes.mask import is_depthwise
-from .maskfile import ranges
+from .file import ranges
 
 BY = ("l1", "bn-gamma")
 _PASS = ("relu", "hardtanh", "maxpool", "reshape")
@@ -86,8 +86,8 @@ def derive_mask(model: torch.nn.Module, example: torch.Tensor, model_path: str,
                 note=None, graph: Graph | None = None) -> dict[str, list[int]]:
     """{layer: kept output channels (ascending)} for the candidate layers, in module order.
     ``graph``: the model's captured training graph, if already at hand (else captured)."""
-    from .capture import capture
-    from ..driver import mask_layers
+    from ..frontend.capture import capture
+    from .layers import mask_layers
     note = note or (lambda msg: print(f"edgec: note: {msg}", file=sys.stderr))
     if not isinstance(keep, (int, float)) or not 0 < keep <= 1:
         raise EdgecError(f"--keep {keep}: must be a fraction in (0, 1], e.g. 0.5")
