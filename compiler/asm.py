@@ -19,7 +19,7 @@ from edgec.isa.disasm import FIELD_SPELLINGS
 from edgec.isa.encoding import encode
 from edgec.isa.errors import EdgecError
 
-from .grammars import lalr_parser
+from .grammars import lalr_parser, read_source
 from edgec.isa.table import BY_NAME, WORD_BYTES
 
 _HUMAN = {
@@ -283,11 +283,4 @@ def assemble(text: str, path: str = "<asm>") -> bytes:
 
 
 def assemble_file(path: str) -> bytes:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise EdgecError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise EdgecError(f"{path}: cannot read assembly file: {e}") from None
-    return assemble(text, path)
+    return assemble(read_source(path, "assembly"), path)

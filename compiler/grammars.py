@@ -68,3 +68,16 @@ def _save(parser: lark.Lark, stem: str, key: str) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+def read_source(path: str, what: str) -> str:
+    """The text of a file that one of the grammars parses (`what`: "mask", "assembly"),
+    with one clear error naming the file when it is missing or unreadable."""
+    from edgec.isa.errors import EdgecError
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise EdgecError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgecError(f"{path}: cannot read {what} file: {e}") from None

@@ -10,7 +10,7 @@ import lark
 
 from edgec.isa.errors import EdgecError
 
-from ..grammars import lalr_parser
+from ..grammars import lalr_parser, read_source
 
 _HUMAN = {
     "NAME": "a layer name",
@@ -65,13 +65,7 @@ def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
     ``refuse`` maps modules that exist but cannot be masked to the reason.
     """
     if text is None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError:
-            raise EdgecError(f"{path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise EdgecError(f"{path}: cannot read mask file: {e}") from None
+        text = read_source(path, "mask")
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedToken as e:
