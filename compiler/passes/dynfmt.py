@@ -22,14 +22,13 @@ from edgec.isa.errors import EdgecError
 from edgec.isa.table import XBUF_WORDS
 
 from ..ir.graph import Graph
+from ..ir.ops import GRADIENTS, MAC_OPS, SAME_FORMAT
 
 SPAN = 4            # a dynamic exponent may move this far from its compile-time value
 CALM_STEPS = 8      # EXPUPD's M: calm steps before an exponent gets finer
 ROWS = 10           # words per register in the table
-MAC_OPS = ("conv", "linear", "conv_eb", "linear_eb", "conv_wg", "linear_wg")
-GRAD_OPS = ("conv_wg", "linear_wg", "bias_grad")
-_ALIAS_OPS = ("relu", "hardtanh", "maxpool", "reshape", "relu_bwd", "hardtanh_bwd",
-              "maxpool_bwd", "wview")
+GRAD_OPS = GRADIENTS         # weight / bias gradients: exact statistics
+_ALIAS_OPS = SAME_FORMAT    # outputs that share their input's exponent register
 
 
 def is_dynamic(g: Graph) -> bool:
@@ -170,7 +169,7 @@ def _thresholds(g: Graph, R: Registers) -> None:
         r = R.of.get(out)
         if r is None or R.lo[r] == R.hi[r]:         # static: nothing to count
             continue
-        if n.op in MAC_OPS or n.op in ("add", "bias_grad"):
+        if n.op in MAC_OPS | {"add", "bias_grad"}:
             R.stats.add(out)
             count[r] += int(np.prod(V[out].shape))
             exact[r] |= n.op in GRAD_OPS

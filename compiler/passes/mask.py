@@ -37,7 +37,7 @@ def is_depthwise(g: Graph, n) -> bool:
     grp = n.attrs.get("groups", 1)
     if grp == 1:
         return False
-    w = g.values[n.outputs[0] if n.op == "conv_wg" else n.inputs[1]].shape
+    w = g.values[n.outputs[0] if n.op in MAC_WG else n.inputs[1]].shape
     return w[0] == grp and w[1] == 1
 
 
