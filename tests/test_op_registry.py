@@ -101,3 +101,25 @@ def test_op_registry_imports_nothing_above_the_ir():
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert imported <= {"__future__", "dataclasses"}
+
+
+def registry_table() -> list[str]:
+    """The op table of docs/ir.md, as the registry gives it."""
+    def dims(d):
+        if d.nest is None:
+            return "(not materialised)"
+        par, red = d.nest
+        return ", ".join(par) + (" \\| " + ", ".join(red) if red else "")
+    rows = ["| op | phase | family | MAC | inputs | loop dims (parallel \\| reduction) |",
+            "|---|---|---|---|---|---|"]
+    for d in ops.REGISTRY.values():
+        lo, hi = d.inputs
+        rows.append(f"| `{d.name}` | {d.phase} | {d.family} | {d.mac or ''} | "
+                    f"{lo if lo == hi else f'{lo}-{hi}'} | {dims(d)} |")
+    return rows
+
+
+def test_ir_md_op_table_is_the_registry():
+    from pathlib import Path
+    text = Path(__file__).resolve().parents[1].joinpath("docs", "ir.md").read_text()
+    assert "\n".join(registry_table()) in text, "\n" + "\n".join(registry_table())
