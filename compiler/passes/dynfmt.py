@@ -22,7 +22,7 @@ from edgec.isa.errors import EdgecError
 from edgec.isa.table import XBUF_WORDS
 
 from ..ir.graph import Graph
-from ..ir.ops import GRADIENTS, MAC_OPS, SAME_FORMAT
+from ..ir.ops import GRADIENTS, MAC_FORWARD, MAC_OPS, SAME_FORMAT
 
 SPAN = 4            # a dynamic exponent may move this far from its compile-time value
 CALM_STEPS = 8      # EXPUPD's M: calm steps before an exponent gets finer
@@ -95,7 +95,7 @@ def _bias_operands(g: Graph) -> dict[str, tuple[str, str]]:
     out = {}
     src = {n.outputs[0]: n.inputs[0] for n in g.nodes if n.op == "wview"}
     for n in g.nodes:
-        if n.op in ("conv", "linear") and len(n.inputs) == 3:
+        if n.op in MAC_FORWARD and len(n.inputs) == 3:
             b = n.inputs[2]
             pair = (n.inputs[0], src.get(n.inputs[1], n.inputs[1]))
             out[b] = pair
