@@ -25,6 +25,7 @@ the int32 range ``[-(2**31-1), 2**31-1]``; leaving it raises ``EdgecError`` nami
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -578,165 +579,235 @@ def _lut(graph: Graph, at: dict, fmt: _Formats | None, z: str) -> torch.Tensor:
     return lut[256 * j:256 * (j + 1)]
 
 
-def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str,
-          fmt: _Formats | None = None):
-    op, at = n.op, n.attrs
+@dataclass(frozen=True)
+class _Step:
+    """What a reference rule sees besides the node and its operands."""
+    seed: int
+    graph: Graph
+    where: str
+    fmt: _Formats | None
 
-    def chk(acc):
-        _check_i32(acc, where)
+    def chk(self, acc: torch.Tensor) -> torch.Tensor:
+        _check_i32(acc, self.where)
         return acc
 
-    if op in ("conv", "linear"):
-        if "relu" in at:
-            raise ValueError("attribute 'relu' is no longer supported: a fused activation is "
-                             "the attribute clamp = (lo, hi) (numerics.md section 4)")
-        x, w = a[0], a[1]
-        b = a[2] if len(a) > 2 else None
-        if op == "linear":
-            if x.dim() != 2 or w.dim() != 2:
-                raise ValueError(f"linear expects x [N,F] and w [O,F], got "
-                                 f"{tuple(x.shape)} and {tuple(w.shape)}")
-            acc = conv_acc(x[:, :, None, None], w[:, :, None, None], b, 1, 0)[:, :, 0, 0]
-        else:
-            acc = conv_acc(x, w, b, at["stride"], at["pad"], at.get("groups", 1))
-        r = rshift(chk(acc), fmt.mac_shift(n) if fmt else at["shift"], "nearest")
-        return [_stored(fmt, n, r, *_clamp_of(at, fmt, n.outputs[0], (-127, 127)))]
-    if op in ("relu", "hardtanh"):
-        # standalone activation on int8: q = clamp(x, lo, hi), same exponent
-        bounds = _clamp_of(at, fmt, n.outputs[0], (0, 127) if op == "relu" else None)
-        return [clamp(a[0], *bounds)]
-    if op == "add":
-        x, y = a
-        if tuple(x.shape) != tuple(y.shape):
-            raise ValueError(f"add operands differ in shape: {tuple(x.shape)} and "
-                             f"{tuple(y.shape)}")
-        sa, sb, shift = int(at["sa"]), int(at["sb"]), at["shift"]
-        if fmt:
-            ea, eb = fmt.E(n.inputs[0]), fmt.E(n.inputs[1])
-            m = min(ea, eb)
-            sa, sb, shift = ea - m, eb - m, fmt.E(n.outputs[0]) - m
-        for nm, sv in (("sa", sa), ("sb", sb)):
-            if not 0 <= sv <= 31:
-                raise ValueError(f"add: {nm} = {sv} outside [0, 31]")
-        v = x.to(torch.int64) * (1 << sa) + y.to(torch.int64) * (1 << sb)
-        lo, hi = _clamp_of(at, fmt, n.outputs[0], (-127, 127))
-        if at["grad"]:
-            r = _stochastic(v, shift, seed, at["tid"])
-        else:
-            r = rshift(v, shift, "nearest")
-        return [_stored(fmt, n, r, lo, hi)]
-    if op == "maxpool":
-        return [maxpool(a[0], at["kernel"], at["stride"], at["pad"])]
-    if op == "reshape":
-        return [a[0].reshape(tuple(int(s) for s in at["shape"]))]
-    if op == "loss_grad" and at.get("target", "labels") != "labels":
+
+def _mac_forward(n: Node, a: list, s: _Step):
+    at, fmt = n.attrs, s.fmt
+    if "relu" in at:
+        raise ValueError("attribute 'relu' is no longer supported: a fused activation is "
+                         "the attribute clamp = (lo, hi) (numerics.md section 4)")
+    x, w = a[0], a[1]
+    b = a[2] if len(a) > 2 else None
+    if n.op == "linear":
+        if x.dim() != 2 or w.dim() != 2:
+            raise ValueError(f"linear expects x [N,F] and w [O,F], got "
+                             f"{tuple(x.shape)} and {tuple(w.shape)}")
+        acc = conv_acc(x[:, :, None, None], w[:, :, None, None], b, 1, 0)[:, :, 0, 0]
+    else:
+        acc = conv_acc(x, w, b, at["stride"], at["pad"], at.get("groups", 1))
+    r = rshift(s.chk(acc), fmt.mac_shift(n) if fmt else at["shift"], "nearest")
+    return [_stored(fmt, n, r, *_clamp_of(at, fmt, n.outputs[0], (-127, 127)))]
+
+
+def _activation(n: Node, a: list, s: _Step):
+    """standalone activation on int8: q = clamp(x, lo, hi), same exponent"""
+    bounds = _clamp_of(n.attrs, s.fmt, n.outputs[0], (0, 127) if n.op == "relu" else None)
+    return [clamp(a[0], *bounds)]
+
+
+def _add(n: Node, a: list, s: _Step):
+    at, fmt = n.attrs, s.fmt
+    x, y = a
+    if tuple(x.shape) != tuple(y.shape):
+        raise ValueError(f"add operands differ in shape: {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    sa, sb, shift = int(at["sa"]), int(at["sb"]), at["shift"]
+    if fmt:
+        ea, eb = fmt.E(n.inputs[0]), fmt.E(n.inputs[1])
+        m = min(ea, eb)
+        sa, sb, shift = ea - m, eb - m, fmt.E(n.outputs[0]) - m
+    for nm, sv in (("sa", sa), ("sb", sb)):
+        if not 0 <= sv <= 31:
+            raise ValueError(f"add: {nm} = {sv} outside [0, 31]")
+    v = x.to(torch.int64) * (1 << sa) + y.to(torch.int64) * (1 << sb)
+    lo, hi = _clamp_of(at, fmt, n.outputs[0], (-127, 127))
+    if at["grad"]:
+        r = _stochastic(v, shift, s.seed, at["tid"])
+    else:
+        r = rshift(v, shift, "nearest")
+    return [_stored(fmt, n, r, lo, hi)]
+
+
+def _loss_grad(n: Node, a: list, s: _Step):
+    at, graph, where = n.attrs, s.graph, s.where
+    if at.get("target", "labels") != "labels":
         z, t = a
         if tuple(t.shape) != tuple(z.shape):
             raise ValueError(f"teacher logits {tuple(t.shape)} differ from the logits "
                              f"{tuple(z.shape)}")
-        lut, tlut = _lut(graph, at, fmt, n.inputs[0]), _const_lut(graph, at["tlut"])
+        lut, tlut = _lut(graph, at, s.fmt, n.inputs[0]), _const_lut(graph, at["tlut"])
         return [teacher_loss_grad(z, t, lut, tlut, at["rmul"], at["shift"],
                                   at["target"] == "kd", at.get("thresh", 0), where)]
-    if op == "loss_grad":
-        z, labels = a
-        N, K = z.shape
-        if labels.shape != (N,):
-            raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {(N,)}")
-        bad = (labels < 0) | (labels >= K)
-        if bool(bad.any()):
-            i = int(torch.nonzero(bad)[0, 0])
-            raise EdgecError(f"{where}: label {int(labels[i])} of sample {i} is out of "
-                             f"range [0, {K}); labels must be class indices of the logits")
-        return [loss_grad(z, labels, _lut(graph, at, fmt, n.inputs[0]), at["rmul"],
-                          at["shift"], where)]
-    if op in ("conv_eb", "conv_wg", "linear_eb", "linear_wg", "bias_grad"):
-        if op == "conv_eb":
-            acc = conv_eb_acc(a[0], a[1], at["stride"], at["pad"], at["in_shape"],
-                              at.get("groups", 1))
-        elif op == "conv_wg":
-            acc = conv_wg_acc(a[0], a[1], at["stride"], at["pad"], at["kernel"],
-                              at.get("groups", 1))
-        elif op == "linear_eb":
-            dy, w = a
-            _check_f64(w.shape[0], dy, w)
-            acc = _i64(_f64(dy) @ _f64(w))
-        elif op == "linear_wg":
-            dy, x = a
-            _check_f64(dy.shape[0], dy, x)
-            acc = _i64(_f64(dy).t() @ _f64(x))
-        else:
-            dy = a[0]
-            dims = [d for d in range(dy.dim()) if d != 1]
-            acc = dy.sum(dim=dims) if dims else dy.clone()
-        shift = at["shift"]
-        if fmt:
-            shift = fmt.E(n.outputs[0]) - sum(fmt.E(v) for v in n.inputs)
-        return [_stored(fmt, n, _stochastic(chk(acc), shift, seed, at["tid"]), -127, 127)]
-    if op in ("relu_bwd", "hardtanh_bwd"):
-        dy, y = a
-        if tuple(dy.shape) != tuple(y.shape):
-            raise ValueError(f"{op}: dy {tuple(dy.shape)} and y {tuple(y.shape)} differ in "
-                             f"shape")
-        lo, hi = _pass_range(at, (0, 128) if op == "relu_bwd" else None)
-        b = _dclamp_bounds(at, fmt, n.inputs[1])
-        if b is not None:       # a bound beyond int8: the saturated +-127 still passes
-            lo, hi = (b[0] if b[0] >= -127 else -128), (b[1] if b[1] <= 127 else 128)
-        return [torch.where((y > lo) & (y < hi), dy, torch.zeros_like(dy))]
-    if op == "maxpool_bwd":
-        dx = maxpool_bwd(a[0], a[1], at["kernel"], at["stride"], at["pad"])
-        return [sat8(chk(dx))]
-    if op == "wview":
-        return [a[0][_view_of(a[0], at)].contiguous()]
-    if op == "sgd":
-        ng, mom = bool(at.get("ng")), bool(at.get("mom"))
-        if len(a) != 3 - ng + mom or len(n.outputs) != 2 + mom or (ng and mom):
-            raise ValueError("a quantized sgd takes (p, master, g) (with ng: (p, master); "
-                             "with mom: (p, master, g, mom)) and gives (p_new, master_new) "
-                             "(with mom: (p_new, master_new, mom_new))")
-        p, M = a[0], a[1]
-        if mom and tuple(a[3].shape) != tuple(M.shape):
-            raise ValueError(f"momentum buffer {tuple(a[3].shape)} and master "
-                             f"{tuple(M.shape)} differ in shape")
-        g = torch.zeros_like(M[_view_of(M, at)]) if ng else a[2]
-        if tuple(p.shape) != tuple(M.shape):
-            raise ValueError(f"compute copy {tuple(p.shape)} and master {tuple(M.shape)} "
-                             f"differ in shape")
-        ix = _view_of(M, at)
-        Msel = M[ix]
-        if g.numel() != Msel.numel():
-            raise ValueError(f"gradient of shape {tuple(g.shape)} does not fit the view "
-                             f"of shape {tuple(Msel.shape)}")
-        mo = ((a[3][ix], at["mumul"], at["mushift"], at["wdmul"], at["wdshift"])
-              if mom else None)
-        Vn = None
-        if fmt:
-            lrshift, cshift, bound = fmt.sgd(n, graph)
-            if not (0 <= lrshift <= 31 and -31 <= cshift <= 31):
-                raise ValueError(f"sgd: lrshift {lrshift} or cshift {cshift} out of range")
-            Mn, r, *Vn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], cshift,
-                                    at["cbits"], lrshift, bound, mo)
-            Cn = sat(r, int(at["cbits"]))
-            fmt.count_copy(n.outputs[0], r, Cn, int(at["cbits"]))
-        else:
-            Mn, Cn, *Vn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], at["cshift"],
-                                     at["cbits"], at.get("lrshift", 16), None, mo)
-        p_new, M_new = p.clone(), M.clone()
-        p_new[ix] = Cn
-        M_new[ix] = Mn
-        if mom:
-            V_new = a[3].clone()
-            V_new[ix] = Vn[0]
-            return [p_new, M_new, V_new]
-        return [p_new, M_new]
-    if op == "bn_adapt":
-        x, b, q = a
-        ib, iq = view_index(b, at.get("out_idx"), None, 1), view_index(q, at.get("out_idx"), None, 1)
-        nb, nq = bn_adapt(x, b[ib], q[iq].reshape(-1), at)
-        b_new, q_new = b.clone(), q.clone()
-        b_new[ib] = nb
-        q_new[iq] = nq.reshape(q_new[iq].shape)
-        return [b_new, q_new]
-    raise ValueError(f"op {op!r} has no reference semantics")
+    z, labels = a
+    N, K = z.shape
+    if labels.shape != (N,):
+        raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {(N,)}")
+    bad = (labels < 0) | (labels >= K)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        raise EdgecError(f"{where}: label {int(labels[i])} of sample {i} is out of "
+                         f"range [0, {K}); labels must be class indices of the logits")
+    return [loss_grad(z, labels, _lut(graph, at, s.fmt, n.inputs[0]), at["rmul"],
+                      at["shift"], where)]
+
+
+def _linear_eb_acc(a, at):
+    dy, w = a
+    _check_f64(w.shape[0], dy, w)
+    return _i64(_f64(dy) @ _f64(w))
+
+
+def _linear_wg_acc(a, at):
+    dy, x = a
+    _check_f64(dy.shape[0], dy, x)
+    return _i64(_f64(dy).t() @ _f64(x))
+
+
+def _bias_grad_acc(a, at):
+    dy = a[0]
+    dims = [d for d in range(dy.dim()) if d != 1]
+    return dy.sum(dim=dims) if dims else dy.clone()
+
+
+#: the int64 accumulator of each backward reduction (before its stochastic rounding)
+_BACKWARD_ACC = {
+    "conv_eb": lambda a, at: conv_eb_acc(a[0], a[1], at["stride"], at["pad"], at["in_shape"],
+                                         at.get("groups", 1)),
+    "conv_wg": lambda a, at: conv_wg_acc(a[0], a[1], at["stride"], at["pad"], at["kernel"],
+                                         at.get("groups", 1)),
+    "linear_eb": _linear_eb_acc,
+    "linear_wg": _linear_wg_acc,
+    "bias_grad": _bias_grad_acc,
+}
+
+
+def _backward_reduction(n: Node, a: list, s: _Step):
+    at, fmt = n.attrs, s.fmt
+    acc = _BACKWARD_ACC[n.op](a, at)
+    shift = at["shift"]
+    if fmt:
+        shift = fmt.E(n.outputs[0]) - sum(fmt.E(v) for v in n.inputs)
+    return [_stored(fmt, n, _stochastic(s.chk(acc), shift, s.seed, at["tid"]), -127, 127)]
+
+
+def _activation_bwd(n: Node, a: list, s: _Step):
+    at, op = n.attrs, n.op
+    dy, y = a
+    if tuple(dy.shape) != tuple(y.shape):
+        raise ValueError(f"{op}: dy {tuple(dy.shape)} and y {tuple(y.shape)} differ in "
+                         f"shape")
+    lo, hi = _pass_range(at, (0, 128) if op == "relu_bwd" else None)
+    b = _dclamp_bounds(at, s.fmt, n.inputs[1])
+    if b is not None:       # a bound beyond int8: the saturated +-127 still passes
+        lo, hi = (b[0] if b[0] >= -127 else -128), (b[1] if b[1] <= 127 else 128)
+    return [torch.where((y > lo) & (y < hi), dy, torch.zeros_like(dy))]
+
+
+def _sgd_operands(n: Node, a: list):
+    """(p, M, g, momentum operands or None) of a quantized sgd, checked."""
+    at = n.attrs
+    ng, mom = bool(at.get("ng")), bool(at.get("mom"))
+    if len(a) != 3 - ng + mom or len(n.outputs) != 2 + mom or (ng and mom):
+        raise ValueError("a quantized sgd takes (p, master, g) (with ng: (p, master); "
+                         "with mom: (p, master, g, mom)) and gives (p_new, master_new) "
+                         "(with mom: (p_new, master_new, mom_new))")
+    p, M = a[0], a[1]
+    if mom and tuple(a[3].shape) != tuple(M.shape):
+        raise ValueError(f"momentum buffer {tuple(a[3].shape)} and master "
+                         f"{tuple(M.shape)} differ in shape")
+    g = torch.zeros_like(M[_view_of(M, at)]) if ng else a[2]
+    if tuple(p.shape) != tuple(M.shape):
+        raise ValueError(f"compute copy {tuple(p.shape)} and master {tuple(M.shape)} "
+                         f"differ in shape")
+    return p, M, g, mom
+
+
+def _sgd(n: Node, a: list, s: _Step):
+    at, fmt = n.attrs, s.fmt
+    p, M, g, mom = _sgd_operands(n, a)
+    ix = _view_of(M, at)
+    Msel = M[ix]
+    if g.numel() != Msel.numel():
+        raise ValueError(f"gradient of shape {tuple(g.shape)} does not fit the view "
+                         f"of shape {tuple(Msel.shape)}")
+    mo = ((a[3][ix], at["mumul"], at["mushift"], at["wdmul"], at["wdshift"])
+          if mom else None)
+    Vn = None
+    if fmt:
+        lrshift, cshift, bound = fmt.sgd(n, s.graph)
+        if not (0 <= lrshift <= 31 and -31 <= cshift <= 31):
+            raise ValueError(f"sgd: lrshift {lrshift} or cshift {cshift} out of range")
+        Mn, r, *Vn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], cshift,
+                                at["cbits"], lrshift, bound, mo)
+        Cn = sat(r, int(at["cbits"]))
+        fmt.count_copy(n.outputs[0], r, Cn, int(at["cbits"]))
+    else:
+        Mn, Cn, *Vn = sgd_update(Msel, g.reshape(Msel.shape), at["lrmul"], at["cshift"],
+                                 at["cbits"], at.get("lrshift", 16), None, mo)
+    p_new, M_new = p.clone(), M.clone()
+    p_new[ix] = Cn
+    M_new[ix] = Mn
+    if mom:
+        V_new = a[3].clone()
+        V_new[ix] = Vn[0]
+        return [p_new, M_new, V_new]
+    return [p_new, M_new]
+
+
+def _bn_adapt(n: Node, a: list, s: _Step):
+    at = n.attrs
+    x, b, q = a
+    ib, iq = view_index(b, at.get("out_idx"), None, 1), view_index(q, at.get("out_idx"), None, 1)
+    nb, nq = bn_adapt(x, b[ib], q[iq].reshape(-1), at)
+    b_new, q_new = b.clone(), q.clone()
+    b_new[ib] = nb
+    q_new[iq] = nq.reshape(q_new[iq].shape)
+    return [b_new, q_new]
+
+
+#: one rule per op (op registry stage ``reference``): (node, operands, step) -> outputs
+REFERENCE_RULES = {
+    "conv": _mac_forward,
+    "linear": _mac_forward,
+    "relu": _activation,
+    "hardtanh": _activation,
+    "add": _add,
+    "maxpool": lambda n, a, s: [maxpool(a[0], n.attrs["kernel"], n.attrs["stride"],
+                                        n.attrs["pad"])],
+    "reshape": lambda n, a, s: [a[0].reshape(tuple(int(d) for d in n.attrs["shape"]))],
+    "loss_grad": _loss_grad,
+    "conv_eb": _backward_reduction,
+    "conv_wg": _backward_reduction,
+    "linear_eb": _backward_reduction,
+    "linear_wg": _backward_reduction,
+    "bias_grad": _backward_reduction,
+    "relu_bwd": _activation_bwd,
+    "hardtanh_bwd": _activation_bwd,
+    "maxpool_bwd": lambda n, a, s: [sat8(s.chk(maxpool_bwd(
+        a[0], a[1], n.attrs["kernel"], n.attrs["stride"], n.attrs["pad"])))],
+    "wview": lambda n, a, s: [a[0][_view_of(a[0], n.attrs)].contiguous()],
+    "sgd": _sgd,
+    "bn_adapt": _bn_adapt,
+}
+
+
+def _eval(n: Node, a: list[torch.Tensor], seed: int, graph: Graph, where: str,
+          fmt: _Formats | None = None):
+    rule = REFERENCE_RULES.get(n.op)
+    if rule is None:
+        raise ValueError(f"op {n.op!r} has no reference semantics")
+    return rule(n, a, _Step(seed, graph, where, fmt))
 
 
 def _take_input(name: str, inputs: dict, graph: Graph) -> torch.Tensor:

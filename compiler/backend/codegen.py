@@ -17,12 +17,14 @@ from __future__ import annotations
 import itertools
 
 from edgec.isa.encoding import encode_all
+from edgec.isa.errors import EdgecError
 from edgec.isa.machine import BUFFER_ID, PATTERN_ID
 from edgec.isa.table import BY_NAME, WORD_BYTES
 from edgec.isa.target import Target
 
 from ..ir.graph import Graph
 from ..ir.loops import LoopNest
+from ..ir.ops import ACT_BWD, ELTWISE, MAC_BASE, MAC_OPS, REGISTRY as OP
 from ..passes.dynfmt import CALM_STEPS, Registers, master_bound
 from .memory import MemoryPlan, Symbol
 from .tilefit import (bias_grad_fits, copies, geometry, sgd_fits, sgd_geometry, tile_fits,
@@ -190,7 +192,7 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
     G = geometry(g, n)
     kk = G["kh"] * G["kw"]
     Cg, Og = G["C"] // G["G"], G["O"] // G["G"]
-    kind = "fp" if n.op in ("conv", "linear") else n.op.split("_")[1]
+    kind = OP[n.op].mac.lower()
     out = mem.of_value[n.outputs[0]]
     a = n.attrs
     par = list(nest.order[:-1]) if kind != "wg" else list(nest.order[:-2])
@@ -201,7 +203,7 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
     # ping-pong halves: IBUF [in0 | in1 | out0 | out1], WBUF [in0 | in1], ABUF [acc0 | acc1];
     # inputs alternate by load step, the accumulator and int8 result by output tile
     # (k = 1 copy when the tile does not fit twice: no overlap, same program)
-    base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
+    base = MAC_BASE[OP[n.op].mac]
     words = tile_words(base, G, nest.tiles)
     k = copies(lambda t, c: tile_fits(base, G, t, em.tg, c), nest.tiles)
     xin, xout = words["ibuf"]
@@ -294,109 +296,133 @@ def _flat(em: Emitter, load: bool, buf: int, baddr: int, sym: Symbol, e0: int, e
             n0=1, n1=1, n2=1, n3=et, s3=1)
 
 
-def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
-    g, mem, V = em.g, em.mem, em.g.values
+def _eltwise_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """VADD (relu, hardtanh, add) / VMASK (their backward) over flat tiles."""
+    mem = em.mem
     out = mem.of_value[n.outputs[0]]
     a = n.attrs
-    if n.op in ("relu", "hardtanh", "add", "relu_bwd", "hardtanh_bwd"):
-        src_a = mem.of_value[n.inputs[0]]
-        src_b = mem.of_value[n.inputs[-1]]
-        two = len(n.inputs) == 2
-        E = nest.tiles["e"]             # IBUF [a0 | a1 | d0 | d1], WBUF [b0 | b1]
-        k = 2 if 4 * E <= em.tg.ibuf and 2 * E <= em.tg.wbuf else 1
-        for i, t in enumerate(_tiles(nest, ["e"])):
-            e0, et = t["e"]
-            h, d = (i % k) * E, (k + i % k) * E
-            _flat(em, True, IBUF, h, src_a, e0, et)
-            if two:
-                _flat(em, True, WBUF, h, src_b, e0, et)
-            if n.op.endswith("_bwd"):
-                lo, hi = a["pass_range"]
-                em.emit("VMASK", abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=h, dbuf=IBUF, daddr=d,
-                        count=et, lo=lo, hi=hi, **em.dclamp(n, n.inputs[1]))
-            else:
-                lo, hi = a["clamp"]
-                em.emit("VADD", abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=h, dbuf=IBUF, daddr=d,
-                        count=et, nb=int(two), sa=a.get("sa", 0), sb=a.get("sb", 0),
-                        shift=a.get("shift", 0), mode=int(bool(a.get("grad"))),
-                        tid=a.get("tid", 0), gbase=e0, lo=lo, hi=hi,
-                        **{**(em.dyn(n.outputs[0], *n.inputs) if n.op == "add" else {}),
-                           **em.dclamp(n, n.outputs[0])})
-            _flat(em, False, IBUF, d, out, e0, et)
-    elif n.op in ("maxpool", "maxpool_bwd"):
-        x = mem.of_value[n.inputs[0] if n.op == "maxpool" else n.inputs[1]]
-        _, _, H, W = x.shape
-        oh, ow = (out.shape[2:] if n.op == "maxpool" else V[n.inputs[0]].shape[2:])
-        geo = dict(h=H, w=W, kh=a["kernel"][0], kw=a["kernel"][1], sh=a["stride"][0],
-                   sw=a["stride"][1], ph=a["pad"][0], pw=a["pad"][1])
-        P = nest.tiles["p"]             # IBUF [x0 | x1 | d0 | d1], WBUF [dy0 | dy1]
-        dw = P * (oh * ow if n.op == "maxpool" else H * W)
-        k = 2 if 2 * (P * H * W + dw) <= em.tg.ibuf and 2 * P * oh * ow <= em.tg.wbuf else 1
-        for i, t in enumerate(_tiles(nest, ["p"])):
-            p0, pt = t["p"]
-            h, d = (i % k) * P * H * W, k * P * H * W + (i % k) * dw
-            em.emit("LD", x, buf=IBUF, baddr=h, ddr=x.addr + p0 * H * W, esize=1, n0=1, n1=1,
-                    n2=pt, n3=H * W, s2=H * W, s3=1)
-            if n.op == "maxpool":
-                em.emit("MAXP", sbuf=IBUF, saddr=h, dbuf=IBUF, daddr=d, planes=pt, **geo)
-                em.emit("ST", out, buf=IBUF, baddr=d, ddr=out.addr + p0 * oh * ow,
-                        esize=1, n0=1, n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
-            else:
-                dy = mem.of_value[n.inputs[0]]
-                gh = (i % k) * P * oh * ow
-                em.emit("LD", dy, buf=WBUF, baddr=gh, ddr=dy.addr + p0 * oh * ow, esize=1,
-                        n0=1, n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
-                em.emit("MAXPB", xbuf=IBUF, xaddr=h, gbuf=WBUF, gaddr=gh, dbuf=IBUF,
-                        daddr=d, planes=pt, **geo)
-                em.emit("ST", out, buf=IBUF, baddr=d, ddr=out.addr + p0 * H * W, esize=1,
-                        n0=1, n1=1, n2=pt, n3=H * W, s2=H * W, s3=1)
-    elif n.op == "bias_grad":
-        dy = mem.of_value[n.inputs[0]]
-        N, C = dy.shape[:2]
-        hw = 1
-        for d in dy.shape[2:]:
-            hw *= d
-        IN = nest.tiles["n"] * nest.tiles["c"] * hw    # IBUF [dy0 | dy1 | d0 | d1]
-        k = copies(lambda t, c: bias_grad_fits(t, hw, em.tg, c), nest.tiles)
-        step = 0
-        for o, ct in enumerate(_tiles(nest, ["c"])):
-            c0, cn = ct["c"]
-            for i, nt_ in enumerate(_tiles(nest, ["n"])):
-                n0, nn = nt_["n"]
-                h = (step % k) * IN
-                step += 1
-                em.box(True, IBUF, h, dy, (n0, c0, 0), (nn, cn, hw), (N, C, hw))
-                em.emit("RSUM", sbuf=IBUF, saddr=h, daddr=0, n=nn, c=cn, hw=hw, acc=int(i > 0))
-            d = k * IN + (o % k) * nest.tiles["c"]
-            em.emit("RQ", saddr=0, dbuf=IBUF, daddr=d, shift=a["shift"], mode=1, lo=-127,
-                    hi=127, tid=a["tid"], **_rq_index((C,), (c0,), (cn,)),
-                    **em.dyn(n.outputs[0], n.inputs[0]))
-            em.box(False, IBUF, d, out, (c0,), (cn,))
-    elif n.op == "bn_adapt":
-        x, bsym, qsym = (mem.of_value[v] for v in n.inputs)
-        N, C = x.shape[:2]
-        hw = 1
-        for d in x.shape[2:]:
-            hw *= d
-        views = [{"out_idx": a["out_idx"], "in_idx": None, "in_block": 1, "out_tab": tab,
-                  "in_tab": None} for tab in (a["b_tab"], a["out_tab"])]
-        for ct in _tiles(nest, ["c"]):
-            c0, cn = ct["c"]
-            for i, nt_ in enumerate(_tiles(nest, ["n"])):
-                n0, nn = nt_["n"]
-                em.box(True, IBUF, 0, x, (n0, c0, 0), (nn, cn, hw), (N, C, hw))
-                em.emit("CSTAT", sbuf=IBUF, saddr=0, daddr=0, n=nn, c=cn, hw=hw,
-                        acc=int(i > 0))
-            for load in (True, False):
-                em.view(load, ABUF, 2 * cn, bsym, views[0], c0, cn, 0, 1)
-                em.view(load, WBUF, 0, qsym, views[1], c0, cn, 0, 1)
-                if load:
-                    em.emit("BNADAPT", saddr=0, baddr=2 * cn, qbuf=WBUF, qaddr=0, c=cn,
-                            cnt=N * hw, mode=a["mode"], d=a["d"], p=a["p"], eps=a["eps"],
-                            m=a["m"])
-    elif n.op == "loss_grad" and a.get("target", "labels") != "labels":
+    src_a = mem.of_value[n.inputs[0]]
+    src_b = mem.of_value[n.inputs[-1]]
+    two = len(n.inputs) == 2
+    E = nest.tiles["e"]             # IBUF [a0 | a1 | d0 | d1], WBUF [b0 | b1]
+    k = 2 if 4 * E <= em.tg.ibuf and 2 * E <= em.tg.wbuf else 1
+    for i, t in enumerate(_tiles(nest, ["e"])):
+        e0, et = t["e"]
+        h, d = (i % k) * E, (k + i % k) * E
+        _flat(em, True, IBUF, h, src_a, e0, et)
+        if two:
+            _flat(em, True, WBUF, h, src_b, e0, et)
+        if n.op in ACT_BWD:
+            lo, hi = a["pass_range"]
+            em.emit("VMASK", abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=h, dbuf=IBUF, daddr=d,
+                    count=et, lo=lo, hi=hi, **em.dclamp(n, n.inputs[1]))
+        else:
+            lo, hi = a["clamp"]
+            em.emit("VADD", abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=h, dbuf=IBUF, daddr=d,
+                    count=et, nb=int(two), sa=a.get("sa", 0), sb=a.get("sb", 0),
+                    shift=a.get("shift", 0), mode=int(bool(a.get("grad"))),
+                    tid=a.get("tid", 0), gbase=e0, lo=lo, hi=hi,
+                    **{**(em.dyn(n.outputs[0], *n.inputs) if n.op == "add" else {}),
+                       **em.dclamp(n, n.outputs[0])})
+        _flat(em, False, IBUF, d, out, e0, et)
+
+
+def _pool_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """MAXP / MAXPB over tiles of whole planes."""
+    mem, V = em.mem, em.g.values
+    out = mem.of_value[n.outputs[0]]
+    a = n.attrs
+    x = mem.of_value[n.inputs[0] if n.op == "maxpool" else n.inputs[1]]
+    _, _, H, W = x.shape
+    oh, ow = (out.shape[2:] if n.op == "maxpool" else V[n.inputs[0]].shape[2:])
+    geo = dict(h=H, w=W, kh=a["kernel"][0], kw=a["kernel"][1], sh=a["stride"][0],
+               sw=a["stride"][1], ph=a["pad"][0], pw=a["pad"][1])
+    P = nest.tiles["p"]             # IBUF [x0 | x1 | d0 | d1], WBUF [dy0 | dy1]
+    dw = P * (oh * ow if n.op == "maxpool" else H * W)
+    k = 2 if 2 * (P * H * W + dw) <= em.tg.ibuf and 2 * P * oh * ow <= em.tg.wbuf else 1
+    for i, t in enumerate(_tiles(nest, ["p"])):
+        p0, pt = t["p"]
+        h, d = (i % k) * P * H * W, k * P * H * W + (i % k) * dw
+        em.emit("LD", x, buf=IBUF, baddr=h, ddr=x.addr + p0 * H * W, esize=1, n0=1, n1=1,
+                n2=pt, n3=H * W, s2=H * W, s3=1)
+        if n.op == "maxpool":
+            em.emit("MAXP", sbuf=IBUF, saddr=h, dbuf=IBUF, daddr=d, planes=pt, **geo)
+            em.emit("ST", out, buf=IBUF, baddr=d, ddr=out.addr + p0 * oh * ow,
+                    esize=1, n0=1, n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
+        else:
+            dy = mem.of_value[n.inputs[0]]
+            gh = (i % k) * P * oh * ow
+            em.emit("LD", dy, buf=WBUF, baddr=gh, ddr=dy.addr + p0 * oh * ow, esize=1,
+                    n0=1, n1=1, n2=pt, n3=oh * ow, s2=oh * ow, s3=1)
+            em.emit("MAXPB", xbuf=IBUF, xaddr=h, gbuf=WBUF, gaddr=gh, dbuf=IBUF,
+                    daddr=d, planes=pt, **geo)
+            em.emit("ST", out, buf=IBUF, baddr=d, ddr=out.addr + p0 * H * W, esize=1,
+                    n0=1, n1=1, n2=pt, n3=H * W, s2=H * W, s3=1)
+
+
+def _bias_grad_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """RSUM over batch tiles per channel tile, then RQ of the sums."""
+    mem = em.mem
+    out = mem.of_value[n.outputs[0]]
+    a = n.attrs
+    dy = mem.of_value[n.inputs[0]]
+    N, C = dy.shape[:2]
+    hw = 1
+    for d in dy.shape[2:]:
+        hw *= d
+    IN = nest.tiles["n"] * nest.tiles["c"] * hw    # IBUF [dy0 | dy1 | d0 | d1]
+    k = copies(lambda t, c: bias_grad_fits(t, hw, em.tg, c), nest.tiles)
+    step = 0
+    for o, ct in enumerate(_tiles(nest, ["c"])):
+        c0, cn = ct["c"]
+        for i, nt_ in enumerate(_tiles(nest, ["n"])):
+            n0, nn = nt_["n"]
+            h = (step % k) * IN
+            step += 1
+            em.box(True, IBUF, h, dy, (n0, c0, 0), (nn, cn, hw), (N, C, hw))
+            em.emit("RSUM", sbuf=IBUF, saddr=h, daddr=0, n=nn, c=cn, hw=hw, acc=int(i > 0))
+        d = k * IN + (o % k) * nest.tiles["c"]
+        em.emit("RQ", saddr=0, dbuf=IBUF, daddr=d, shift=a["shift"], mode=1, lo=-127,
+                hi=127, tid=a["tid"], **_rq_index((C,), (c0,), (cn,)),
+                **em.dyn(n.outputs[0], n.inputs[0]))
+        em.box(False, IBUF, d, out, (c0,), (cn,))
+
+
+def _bn_adapt_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """CSTAT over batch tiles per channel tile, then BNADAPT on the constants' views."""
+    mem = em.mem
+    a = n.attrs
+    x, bsym, qsym = (mem.of_value[v] for v in n.inputs)
+    N, C = x.shape[:2]
+    hw = 1
+    for d in x.shape[2:]:
+        hw *= d
+    views = [{"out_idx": a["out_idx"], "in_idx": None, "in_block": 1, "out_tab": tab,
+              "in_tab": None} for tab in (a["b_tab"], a["out_tab"])]
+    for ct in _tiles(nest, ["c"]):
+        c0, cn = ct["c"]
+        for i, nt_ in enumerate(_tiles(nest, ["n"])):
+            n0, nn = nt_["n"]
+            em.box(True, IBUF, 0, x, (n0, c0, 0), (nn, cn, hw), (N, C, hw))
+            em.emit("CSTAT", sbuf=IBUF, saddr=0, daddr=0, n=nn, c=cn, hw=hw,
+                    acc=int(i > 0))
+        for load in (True, False):
+            em.view(load, ABUF, 2 * cn, bsym, views[0], c0, cn, 0, 1)
+            em.view(load, WBUF, 0, qsym, views[1], c0, cn, 0, 1)
+            if load:
+                em.emit("BNADAPT", saddr=0, baddr=2 * cn, qbuf=WBUF, qaddr=0, c=cn,
+                        cnt=N * hw, mode=a["mode"], d=a["d"], p=a["p"], eps=a["eps"],
+                        m=a["m"])
+
+
+def _loss_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """LOSSG (labels) or LOSST (a teacher's logits) on whole logits."""
+    mem = em.mem
+    out = mem.of_value[n.outputs[0]]
+    a = n.attrs
+    if a.get("target", "labels") != "labels":
         emit_teacher_loss(em, mem, n)
-    elif n.op == "loss_grad":
+    else:
         z, lab = mem.of_value[n.inputs[0]], mem.of_value[n.inputs[1]]
         lut = mem.symbols[a["lut"]]
         N, K = z.shape
@@ -406,39 +432,44 @@ def _vector_nest(em: Emitter, nest: LoopNest, n) -> None:
         em.emit("LOSSG", zbuf=IBUF, zaddr=0, laddr=0, lutaddr=N, dbuf=IBUF, daddr=N * K,
                 n=N, k=K, rmul=a["rmul"], shift=a["shift"], **_lut_select(em, n))
         em.box(False, IBUF, N * K, out, (0, 0), (N, K))
-    elif n.op == "sgd":
-        psym = mem.of_value[n.inputs[0]]
-        msym = mem.of_value[n.inputs[1]]
-        ng = bool(a.get("ng"))
-        grad = None if ng else mem.of_value[n.inputs[2]]
-        rows, blocks, inner = sgd_geometry(g, n)
-        wide = psym.dtype == "i32"
-        tile = nest.tiles["r"] * nest.tiles["b"] * inner
-        # halves: ABUF [m0 | m1 | wide copy0 | copy1 | mom0 | mom1], IBUF [g0 | g1],
-        # WBUF [copy0 | copy1]; mom (momentum buffer V): loaded and stored like the master
-        mom = bool(a.get("mom"))
-        vsym = mem.of_value[n.inputs[3]] if mom else None
-        k = copies(lambda t, c: sgd_fits(t, inner, em.tg, c, mom), nest.tiles)
-        for i, t in enumerate(_tiles(nest, list(nest.order))):
-            (r0, rt), (b0, bt) = t["r"], t["b"]
-            h = (i % k) * tile
-            cbuf, caddr = (ABUF, k * tile + h) if wide else (WBUF, h)
-            em.view(True, ABUF, h, msym, a, r0, rt, b0, bt)
-            vaddr = 2 * k * tile + h
-            if mom:
-                em.view(True, ABUF, vaddr, vsym, a, r0, rt, b0, bt)
-            if not ng:
-                em.box(True, IBUF, h, grad, (r0, b0 * inner), (rt, bt * inner),
-                       (rows, blocks * inner))
-            momf = dict(mom=1, vaddr=vaddr, mumul=a["mumul"], mushift=a["mushift"],
-                        wdmul=a["wdmul"], wdshift=a["wdshift"]) if mom else {}
-            em.emit("SGD", maddr=h, gbuf=IBUF, gaddr=h, dbuf=cbuf, daddr=caddr,
-                    count=rt * bt * inner, lrmul=a["lrmul"], lrshift=a["lrshift"], cshift=a["cshift"],
-                    cbits=a["cbits"], **_sgd_dyn(em, n), **momf)
-            em.view(False, ABUF, h, msym, a, r0, rt, b0, bt)
-            if mom:
-                em.view(False, ABUF, vaddr, vsym, a, r0, rt, b0, bt)
-            em.view(False, cbuf, caddr, psym, a, r0, rt, b0, bt)
+
+
+def _sgd_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """SGD through the parameter's mask view: master, momentum, gradient, copy."""
+    g, mem = em.g, em.mem
+    a = n.attrs
+    psym = mem.of_value[n.inputs[0]]
+    msym = mem.of_value[n.inputs[1]]
+    ng = bool(a.get("ng"))
+    grad = None if ng else mem.of_value[n.inputs[2]]
+    rows, blocks, inner = sgd_geometry(g, n)
+    wide = psym.dtype == "i32"
+    tile = nest.tiles["r"] * nest.tiles["b"] * inner
+    # halves: ABUF [m0 | m1 | wide copy0 | copy1 | mom0 | mom1], IBUF [g0 | g1],
+    # WBUF [copy0 | copy1]; mom (momentum buffer V): loaded and stored like the master
+    mom = bool(a.get("mom"))
+    vsym = mem.of_value[n.inputs[3]] if mom else None
+    k = copies(lambda t, c: sgd_fits(t, inner, em.tg, c, mom), nest.tiles)
+    for i, t in enumerate(_tiles(nest, list(nest.order))):
+        (r0, rt), (b0, bt) = t["r"], t["b"]
+        h = (i % k) * tile
+        cbuf, caddr = (ABUF, k * tile + h) if wide else (WBUF, h)
+        em.view(True, ABUF, h, msym, a, r0, rt, b0, bt)
+        vaddr = 2 * k * tile + h
+        if mom:
+            em.view(True, ABUF, vaddr, vsym, a, r0, rt, b0, bt)
+        if not ng:
+            em.box(True, IBUF, h, grad, (r0, b0 * inner), (rt, bt * inner),
+                   (rows, blocks * inner))
+        momf = dict(mom=1, vaddr=vaddr, mumul=a["mumul"], mushift=a["mushift"],
+                    wdmul=a["wdmul"], wdshift=a["wdshift"]) if mom else {}
+        em.emit("SGD", maddr=h, gbuf=IBUF, gaddr=h, dbuf=cbuf, daddr=caddr,
+                count=rt * bt * inner, lrmul=a["lrmul"], lrshift=a["lrshift"], cshift=a["cshift"],
+                cbits=a["cbits"], **_sgd_dyn(em, n), **momf)
+        em.view(False, ABUF, h, msym, a, r0, rt, b0, bt)
+        if mom:
+            em.view(False, ABUF, vaddr, vsym, a, r0, rt, b0, bt)
+        em.view(False, cbuf, caddr, psym, a, r0, rt, b0, bt)
 
 
 def _lut_select(em: Emitter, n) -> dict:
@@ -483,6 +514,18 @@ def emit_teacher_loss(em: Emitter, mem: MemoryPlan, n) -> None:
     em.box(False, IBUF, 2 * N * K, out, (0, 0), (N, K))
 
 
+#: one lowering per materialised op (op registry stage ``codegen``): (emitter, nest, node)
+LOWERING = {
+    **{op: _mac_nest for op in sorted(MAC_OPS)},
+    **{op: _eltwise_nest for op in sorted(ELTWISE)},
+    "maxpool": _pool_nest, "maxpool_bwd": _pool_nest,
+    "bias_grad": _bias_grad_nest,
+    "bn_adapt": _bn_adapt_nest,
+    "loss_grad": _loss_nest,
+    "sgd": _sgd_nest,
+}
+
+
 def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target,
              regs: Registers | None = None) -> Emitter:
     """The program; with `regs` (dynamic formats) it loads the exponent table into XBUF
@@ -502,10 +545,10 @@ def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target,
             em.emit("EXPUPD", xaddr=0, count=regs.count, calm=CALM_STEPS)
             moved = True
         em.where = f"{n.op} {n.layer or ''} {n.loc or ''}".strip()
-        if n.op in ("conv", "linear", "conv_eb", "linear_eb", "conv_wg", "linear_wg"):
-            _mac_nest(em, nest, n)
-        else:
-            _vector_nest(em, nest, n)
+        rule = LOWERING.get(n.op)
+        if rule is None:
+            raise EdgecError(f"{em.where}: no lowering for op {n.op!r}")
+        rule(em, nest, n)
     em.where = "epilogue"
     if regs is not None:
         em.box(False, XBUF, 0, xtab, (0,), xtab.shape)

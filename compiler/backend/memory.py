@@ -15,6 +15,7 @@ import numpy as np
 from edgec.isa.errors import EdgecError
 
 from ..ir.graph import Graph
+from ..ir.ops import REGISTRY as OP
 
 ALIGN = 16
 _NP = {"i8": "<i1", "i32": "<i4"}
@@ -113,16 +114,16 @@ def plan_layout(g: Graph, seed: int, ddr_limit: int, regs=None) -> MemoryPlan:
     m.of_value["labels"] = m.place("in:labels", "input", V["labels"].shape, "i32", 0, "labels")
     grads = {g.outputs[k]: k[5:] for k in g.outputs if k.startswith("grad:")}
     for n in g.nodes:
-        if n.op in ("wview", "sgd", "bn_adapt"):
+        result = OP[n.op].result
+        if result in ("view", "in_place"):
             continue
         out = n.outputs[0]
-        if n.op == "reshape":
+        if result == "alias":
             src = m.of_value[n.inputs[0]]
             m.of_value[out] = Symbol(src.name, src.kind, src.addr, V[out].shape, src.dtype,
                                      src.exp, src.value)
             continue
-        kind = "grad" if out in grads else ("err" if "_bwd" in n.op or n.op.endswith("_eb")
-                                            or n.op == "loss_grad" or n.attrs.get("grad")
+        kind = "grad" if out in grads else ("err" if result == "err" or n.attrs.get("grad")
                                             else "act")
         name = f"grad:{grads[out]}" if out in grads else out
         m.of_value[out] = m.place(name, kind, V[out].shape, "i8", V[out].exp, out)

@@ -29,6 +29,7 @@ import numpy as np
 from edgec.isa.errors import EdgecError
 
 from ..ir.graph import Graph
+from ..ir.ops import REGISTRY as OP
 
 OPSET = 13
 _OFF = 33       # 2**33 > max |acc + 2**(s-1)|, and a multiple of 2**s for s <= 31
@@ -37,7 +38,7 @@ _OFF = 33       # 2**33 > max |acc + 2**(s-1)|, and a multiple of 2**s for s <= 
 def forward_nodes(g: Graph):
     out = []
     for n in g.nodes:
-        if n.op == "loss_grad":
+        if OP[n.op].phase == "loss":
             break
         out.append(n)
     return out
@@ -53,34 +54,29 @@ def _view_indices(shape, attrs):
     return (None if rows is None else np.asarray(list(rows), dtype=np.int64)), cols
 
 
-def export_forward(g: Graph, name: str = "edgec_forward"):
-    """ONNX ModelProto of the quantized forward of ``g`` (after mask + quantize passes)."""
-    import onnx
-    from onnx import TensorProto as T
-    from onnx import helper as h
-    from onnx import numpy_helper as nh
+class _Onnx:
+    """The ONNX graph being built: nodes, initializers and fresh names."""
 
-    if "init" not in g.meta:
-        raise EdgecError("export-onnx needs the quantized graph (run the quantize pass)")
-    V = g.values
-    init = g.meta["init"]
-    nodes, inits, outputs, meta = [], [], [], {}
-    counter = [0]
+    def __init__(self, g: Graph):
+        from onnx import TensorProto, helper, numpy_helper
+        self.g, self.T, self.h, self.nh = g, TensorProto, helper, numpy_helper
+        self.nodes, self.inits, self.counter = [], [], 0
 
-    def tmp(base):
-        counter[0] += 1
-        return f"_{counter[0]}_{base}"
+    def tmp(self, base: str) -> str:
+        self.counter += 1
+        return f"_{self.counter}_{base}"
 
-    def const(arr, base):
-        nm = tmp(base)
-        inits.append(nh.from_array(np.asarray(arr), nm))
+    def const(self, arr, base: str) -> str:
+        nm = self.tmp(base)
+        self.inits.append(self.nh.from_array(np.asarray(arr), nm))
         return nm
 
-    def add(op, ins, outs, **attrs):
-        nodes.append(h.make_node(op, ins, outs, name=tmp(op), **attrs))
+    def add(self, op, ins, outs, **attrs) -> None:
+        self.nodes.append(self.h.make_node(op, ins, outs, name=self.tmp(op), **attrs))
 
-    def requant(a64: str, s: int, clamp, o: str) -> None:
+    def requant(self, a64: str, s: int, clamp, o: str) -> None:
         """int64 accumulator -> int8: rshift nearest (floor via offset Div), clip, cast."""
+        add, const, tmp = self.add, self.const, self.tmp
         if s > 0:
             t1, t2, t3 = tmp("rnd"), tmp("div"), tmp("shifted")
             add("Add", [a64, const(np.int64((1 << (s - 1)) + (1 << _OFF)), "round")], [t1])
@@ -93,88 +89,130 @@ def export_forward(g: Graph, name: str = "edgec_forward"):
             t3 = a64
         c = tmp("sat")
         add("Clip", [t3, const(np.int64(clamp[0]), "lo"), const(np.int64(clamp[1]), "hi")], [c])
-        add("Cast", [c], [o], to=T.INT8)
+        add("Cast", [c], [o], to=self.T.INT8)
 
+
+def _wview(b: _Onnx, n) -> None:
+    o, src = n.outputs[0], n.inputs[0]
+    rows, cols = _view_indices(b.g.values[src].shape, n.attrs)
+    cur = src
+    if rows is not None:
+        nxt = o if cols is None else b.tmp("rows")
+        b.add("Gather", [cur, b.const(rows, "out_idx")], [nxt], axis=0)
+        cur = nxt
+    if cols is not None:
+        b.add("Gather", [cur, b.const(cols, "in_idx")], [o], axis=1)
+    if rows is None and cols is None:
+        b.add("Identity", [cur], [o])
+
+
+def _mac(b: _Onnx, n) -> None:
+    V, add, tmp, const = b.g.values, b.add, b.tmp, b.const
+    x, w = n.inputs[0], n.inputs[1]
+    acc = tmp("acc")
+    if n.op == "conv":
+        st, pd = n.attrs["stride"], n.attrs["pad"]
+        add("ConvInteger", [x, w], [acc], strides=list(st),
+            pads=[pd[0], pd[1], pd[0], pd[1]],
+            kernel_shape=list(V[w].shape[2:]), group=int(n.attrs.get("groups", 1)))
+    else:
+        wt = tmp("wT")
+        add("Transpose", [w], [wt], perm=[1, 0])
+        add("MatMulInteger", [x, wt], [acc])
+    if len(n.inputs) == 3:
+        bias = n.inputs[2]
+        if n.op == "conv":
+            b4 = tmp("bias4")
+            add("Reshape", [bias, const(np.array([1, -1, 1, 1], np.int64), "shape")], [b4])
+            bias = b4
+        acc2 = tmp("accb")
+        add("Add", [acc, bias], [acc2])
+        acc = acc2
+    a64 = tmp("acc64")
+    add("Cast", [acc], [a64], to=b.T.INT64)
+    b.requant(a64, int(n.attrs["shift"]), n.attrs.get("clamp", (-127, 127)), n.outputs[0])
+
+
+def _add(b: _Onnx, n) -> None:
+    terms = []
+    for v, sh in ((n.inputs[0], n.attrs["sa"]), (n.inputs[1], n.attrs["sb"])):
+        t64 = b.tmp("add64")
+        b.add("Cast", [v], [t64], to=b.T.INT64)
+        if sh:
+            t2 = b.tmp("aligned")
+            b.add("Mul", [t64, b.const(np.int64(1 << sh), "pow2")], [t2])
+            t64 = t2
+        terms.append(t64)
+    acc = b.tmp("sum")
+    b.add("Add", terms, [acc])
+    b.requant(acc, int(n.attrs["shift"]), n.attrs["clamp"], n.outputs[0])
+
+
+def _clip(b: _Onnx, n) -> None:
+    lo, hi = n.attrs["clamp"]
+    b.add("Clip", [n.inputs[0], b.const(np.int8(lo), "lo"), b.const(np.int8(hi), "hi")],
+          [n.outputs[0]])
+
+
+def _maxpool(b: _Onnx, n) -> None:
+    k, st, pd = n.attrs["kernel"], n.attrs["stride"], n.attrs["pad"]
+    b.add("MaxPool", [n.inputs[0]], [n.outputs[0]], kernel_shape=list(k), strides=list(st),
+          pads=[pd[0], pd[1], pd[0], pd[1]])
+
+
+def _reshape(b: _Onnx, n) -> None:
+    o = n.outputs[0]
+    b.add("Reshape", [n.inputs[0], b.const(np.array(b.g.values[o].shape, np.int64), "shape")],
+          [o])
+
+
+#: one export rule per forward op (op registry stage ``onnx``)
+ONNX_RULES = {
+    "wview": _wview,
+    "conv": _mac, "linear": _mac,
+    "add": _add,
+    "relu": _clip, "hardtanh": _clip,
+    "maxpool": _maxpool,
+    "reshape": _reshape,
+}
+
+
+def export_forward(g: Graph, name: str = "edgec_forward"):
+    """ONNX ModelProto of the quantized forward of ``g`` (after mask + quantize passes)."""
+    import onnx
+
+    if "init" not in g.meta:
+        raise EdgecError("export-onnx needs the quantized graph (run the quantize pass)")
+    V = g.values
+    init = g.meta["init"]
+    b = _Onnx(g)
+    T, h, nh = b.T, b.h, b.nh
+    outputs, meta = [], {}
     have_init = set()
     for n in forward_nodes(g):
         for v in n.inputs:
             if v in init and v not in have_init:
-                inits.append(nh.from_array(np.asarray(init[v]), v))
+                b.inits.append(nh.from_array(np.asarray(init[v]), v))
                 have_init.add(v)
     onnx_dtype = {"i8": T.INT8, "i32": T.INT32}
     for n in forward_nodes(g):
         where = f"{n.loc or '?'}: layer {n.layer!r} ({n.op})"
         o = n.outputs[0]
-        if n.op == "wview":
-            src = n.inputs[0]
-            rows, cols = _view_indices(V[src].shape, n.attrs)
-            cur = src
-            if rows is not None:
-                nxt = o if cols is None else tmp("rows")
-                add("Gather", [cur, const(rows, "out_idx")], [nxt], axis=0)
-                cur = nxt
-            if cols is not None:
-                add("Gather", [cur, const(cols, "in_idx")], [o], axis=1)
-            if rows is None and cols is None:
-                add("Identity", [cur], [o])
-            continue
-        if n.op in ("conv", "linear"):
-            x, w = n.inputs[0], n.inputs[1]
-            acc = tmp("acc")
-            if n.op == "conv":
-                st, pd = n.attrs["stride"], n.attrs["pad"]
-                add("ConvInteger", [x, w], [acc], strides=list(st),
-                    pads=[pd[0], pd[1], pd[0], pd[1]],
-                    kernel_shape=list(V[w].shape[2:]), group=int(n.attrs.get("groups", 1)))
-            else:
-                wt = tmp("wT")
-                add("Transpose", [w], [wt], perm=[1, 0])
-                add("MatMulInteger", [x, wt], [acc])
-            if len(n.inputs) == 3:
-                b = n.inputs[2]
-                if n.op == "conv":
-                    b4 = tmp("bias4")
-                    add("Reshape", [b, const(np.array([1, -1, 1, 1], np.int64), "shape")], [b4])
-                    b = b4
-                acc2 = tmp("accb")
-                add("Add", [acc, b], [acc2])
-                acc = acc2
-            a64 = tmp("acc64")
-            add("Cast", [acc], [a64], to=T.INT64)
-            requant(a64, int(n.attrs["shift"]), n.attrs.get("clamp", (-127, 127)), o)
-        elif n.op == "add":
-            terms = []
-            for v, sh in ((n.inputs[0], n.attrs["sa"]), (n.inputs[1], n.attrs["sb"])):
-                t64 = tmp("add64")
-                add("Cast", [v], [t64], to=T.INT64)
-                if sh:
-                    t2 = tmp("aligned")
-                    add("Mul", [t64, const(np.int64(1 << sh), "pow2")], [t2])
-                    t64 = t2
-                terms.append(t64)
-            acc = tmp("sum")
-            add("Add", terms, [acc])
-            requant(acc, int(n.attrs["shift"]), n.attrs["clamp"], o)
-        elif n.op in ("relu", "hardtanh"):
-            lo, hi = n.attrs["clamp"]
-            add("Clip", [n.inputs[0], const(np.int8(lo), "lo"), const(np.int8(hi), "hi")], [o])
-        elif n.op == "maxpool":
-            k, st, pd = n.attrs["kernel"], n.attrs["stride"], n.attrs["pad"]
-            add("MaxPool", [n.inputs[0]], [o], kernel_shape=list(k), strides=list(st),
-                pads=[pd[0], pd[1], pd[0], pd[1]])
-        elif n.op == "reshape":
-            add("Reshape", [n.inputs[0], const(np.array(V[o].shape, np.int64), "shape")], [o])
-        else:
+        rule = ONNX_RULES.get(n.op)
+        if rule is None:
             raise EdgecError(f"{where}: op has no ONNX export")
+        rule(b, n)
+        if OP[n.op].result == "view":
+            continue
         if V[o].dtype not in onnx_dtype:
             raise EdgecError(f"{where}: value {o!r} is {V[o].dtype}, not quantized")
         outputs.append(h.make_tensor_value_info(o, onnx_dtype[V[o].dtype], list(V[o].shape)))
         meta[f"exp:{o}"] = str(V[o].exp)
         if n.loc:
-            nodes[-1].doc_string = f"{n.loc} layer {n.layer}"
+            b.nodes[-1].doc_string = f"{n.loc} layer {n.layer}"
     meta["exp:x"] = str(V["x"].exp)
     xin = h.make_tensor_value_info("x", T.INT8, list(V["x"].shape))
-    graph = h.make_graph(nodes, name, [xin], outputs, initializer=inits,
+    graph = h.make_graph(b.nodes, name, [xin], outputs, initializer=b.inits,
                          doc_string="edgec quantized forward: input x is the int8 batch "
                                     f"q = sat8(round_half_even(x * 2**{-V['x'].exp})); "
                                     "outputs are int8 with real = q * 2**exp (metadata)")

@@ -8,6 +8,7 @@ from edgec.isa.errors import EdgecError
 from edgec.isa.target import Target
 
 from ..ir.graph import Graph
+from ..ir.ops import LINEAR_OPS, MAC_WG
 
 
 def geometry(g: Graph, n) -> dict:
@@ -50,7 +51,7 @@ def y_rows(G: dict, iht: int) -> int:
 
 def in_block(g: Graph, n) -> int:
     """Channels of a linear's input come in blocks (H*W after a masked flatten)."""
-    w = g.producer(n.inputs[1]) if n.op in ("linear", "linear_eb") else None
+    w = g.producer(n.inputs[1]) if n.op in LINEAR_OPS - MAC_WG else None
     if w is not None and w.op == "wview" and w.attrs["in_idx"] is not None:
         return w.attrs["in_block"]
     if n.op == "linear_wg":

@@ -9,10 +9,102 @@ from edgec.isa.errors import EdgecError
 from edgec.isa.target import Target
 
 from ..ir.graph import Graph
-from ..ir.loops import NEST_DIMS, LoopNest
+from ..ir.loops import LoopNest
+from ..ir.ops import ELTWISE, MAC_BASE, MAC_OPS, REGISTRY as OP
 from .schedule import search as schedule_search
 from .tilefit import (PRIORITY, bias_grad_fits, copies, fitted, geometry, in_block, sgd_fits,
                       sgd_geometry, shrink, tile_fits)
+
+
+def _mac_tiles(g: Graph, n, tg: Target, search: str, where: str):
+    """A MAC nest: the shrink heuristic's start, then the schedule search."""
+    G = geometry(g, n)
+    kind = OP[n.op].mac.lower()
+    base = MAC_BASE[OP[n.op].mac]
+    unit: dict[str, int] = {}
+    dims = {"n": G["N"], "g": G["G"], "co": G["O"] // G["G"], "ci": G["C"] // G["G"]}
+    dims["oh" if base != "conv_eb" else "ih"] = G["OH"] if base != "conv_eb" else G["H"]
+    blk = in_block(g, n)
+    if blk > 1:
+        unit["ci"] = blk
+    fits = lambda t, k: tile_fits(base, G, t, tg, k)                    # noqa: E731
+    t = fitted(lambda f: shrink(dims, unit, f, PRIORITY[base], where), fits, where)
+    t = schedule_search(base, G, dims, unit, tg, kind == "fp" and len(n.inputs) == 3,
+                        search, t, where, copies(fits, t))
+    return dims, t, unit
+
+
+def _eltwise_tiles(g: Graph, n, tg: Target, search: str, where: str):
+    total = 1
+    for d in g.values[n.outputs[0]].shape:
+        total *= d
+    dims = {"e": total}
+    return dims, {"e": min(total, max(1, tg.ibuf // 4), max(1, tg.wbuf // 2), 65535)}, {}
+
+
+def _pool_tiles(g: Graph, n, tg: Target, search: str, where: str):
+    V = g.values
+    N, C, H, W = V[n.inputs[0] if n.op == "maxpool" else n.inputs[1]].shape
+    oh, ow = (V[n.outputs[0]].shape[2:] if n.op == "maxpool"
+              else V[n.inputs[0]].shape[2:])
+    dims = {"p": N * C}
+    per = H * W + oh * ow
+    cap = min(tg.ibuf // (2 * per) if n.op == "maxpool" else tg.ibuf // (4 * H * W),
+              tg.wbuf // (2 * oh * ow), 65535)                # ping-pong halves
+    if cap < 1:     # single buffering
+        cap = min(tg.ibuf // per if n.op == "maxpool" else tg.ibuf // (2 * H * W),
+                  tg.wbuf // (oh * ow), 65535)
+    if cap < 1:
+        raise EdgecError(f"{where}: one {H}x{W} plane does not fit the buffers")
+    return dims, {"p": min(N * C, cap)}, {}
+
+
+def _channel_sum_tiles(g: Graph, n, tg: Target, search: str, where: str):
+    """bias_grad / bn_adapt: channels by batch of an [N,C,...] input."""
+    s = g.values[n.inputs[0]].shape
+    hw = 1
+    for d in s[2:]:
+        hw *= d
+    dims = {"c": s[1], "n": s[0]}
+    if n.op == "bn_adapt":       # sums, squares, bias in ABUF; single-buffered
+        t = shrink(dims, {}, lambda t: t["n"] * t["c"] * hw + t["c"] <= tg.ibuf
+                   and 3 * t["c"] <= tg.abuf, ("n", "c"), where)
+    else:
+        t = fitted(lambda f: shrink(dims, {}, f, ("n", "c"), where),
+                   lambda t, k: bias_grad_fits(t, hw, tg, k), where)
+    return dims, t, {}
+
+
+def _loss_tiles(g: Graph, n, tg: Target, search: str, where: str):
+    N, K = g.values[n.inputs[0]].shape
+    teacher = n.attrs.get("target", "labels") != "labels"    # LOSST: t and TLUT
+    luts = 256 * n.attrs.get("nlut", 1)
+    if (3 if teacher else 2) * N * K > tg.ibuf or \
+            (luts + 256 if teacher else N + luts) > tg.abuf:
+        raise EdgecError(f"{where}: logits [{N},{K}] do not fit the buffers")
+    dims = {"n": N}
+    return dims, dims, {}
+
+
+def _sgd_tiles(g: Graph, n, tg: Target, search: str, where: str):
+    rows, blocks, inner = sgd_geometry(g, n)
+    dims = {"r": rows, "b": blocks}
+    t = fitted(lambda f: shrink(dims, {}, f, ("r", "b"), where),
+               lambda t, k: sgd_fits(t, inner, tg, k, bool(n.attrs.get("mom"))),
+               where)
+    return dims, t, {}
+
+
+#: one tiling rule per materialised op (op registry stage ``tiling``):
+#: (graph, node, target, search, where) -> (dims, tile sizes, units)
+TILE_RULES = {
+    **{op: _mac_tiles for op in sorted(MAC_OPS)},
+    **{op: _eltwise_tiles for op in sorted(ELTWISE)},
+    "maxpool": _pool_tiles, "maxpool_bwd": _pool_tiles,
+    "bias_grad": _channel_sum_tiles, "bn_adapt": _channel_sum_tiles,
+    "loss_grad": _loss_tiles,
+    "sgd": _sgd_tiles,
+}
 
 
 def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
@@ -20,74 +112,15 @@ def tile_graph(g: Graph, tg: Target, search: str = "greedy") -> list[LoopNest]:
     schedule search (schedule.py; `search` = greedy or exhaustive), starting from the
     shrink heuristic below; the other nests take the largest tile that fits."""
     nests = []
-    V = g.values
     for i, n in enumerate(g.nodes):
-        if n.op in ("wview", "reshape"):
+        if not OP[n.op].materialised:
             continue
         where = f"{n.loc or '?'}: layer {n.layer!r} ({n.op})"
-        par, red = NEST_DIMS[n.op]
-        unit: dict[str, int] = {}
-        if n.op in NEST_DIMS and (n.op.startswith("conv") or n.op.startswith("linear")):
-            G = geometry(g, n)
-            kind = n.op.split("_")[-1] if "_" in n.op else "fp"
-            base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
-            dims = {"n": G["N"], "g": G["G"], "co": G["O"] // G["G"], "ci": G["C"] // G["G"]}
-            dims["oh" if base != "conv_eb" else "ih"] = G["OH"] if base != "conv_eb" else G["H"]
-            blk = in_block(g, n)
-            if blk > 1:
-                unit["ci"] = blk
-            fits = lambda t, k: tile_fits(base, G, t, tg, k)                    # noqa: E731
-            t = fitted(lambda f: shrink(dims, unit, f, PRIORITY[base], where), fits, where)
-            t = schedule_search(base, G, dims, unit, tg, kind == "fp" and len(n.inputs) == 3,
-                                search, t, where, copies(fits, t))
-        elif n.op in ("relu", "relu_bwd", "hardtanh", "hardtanh_bwd", "add"):
-            total = 1
-            for d in V[n.outputs[0]].shape:
-                total *= d
-            dims = {"e": total}
-            t = {"e": min(total, max(1, tg.ibuf // 4), max(1, tg.wbuf // 2), 65535)}
-        elif n.op in ("maxpool", "maxpool_bwd"):
-            N, C, H, W = V[n.inputs[0] if n.op == "maxpool" else n.inputs[1]].shape
-            oh, ow = (V[n.outputs[0]].shape[2:] if n.op == "maxpool"
-                      else V[n.inputs[0]].shape[2:])
-            dims = {"p": N * C}
-            per = H * W + oh * ow
-            cap = min(tg.ibuf // (2 * per) if n.op == "maxpool" else tg.ibuf // (4 * H * W),
-                      tg.wbuf // (2 * oh * ow), 65535)                # ping-pong halves
-            if cap < 1:     # single buffering
-                cap = min(tg.ibuf // per if n.op == "maxpool" else tg.ibuf // (2 * H * W),
-                          tg.wbuf // (oh * ow), 65535)
-            if cap < 1:
-                raise EdgecError(f"{where}: one {H}x{W} plane does not fit the buffers")
-            t = {"p": min(N * C, cap)}
-        elif n.op in ("bias_grad", "bn_adapt"):
-            s = V[n.inputs[0]].shape
-            hw = 1
-            for d in s[2:]:
-                hw *= d
-            dims = {"c": s[1], "n": s[0]}
-            if n.op == "bn_adapt":       # sums, squares, bias in ABUF; single-buffered
-                t = shrink(dims, {}, lambda t: t["n"] * t["c"] * hw + t["c"] <= tg.ibuf
-                            and 3 * t["c"] <= tg.abuf, ("n", "c"), where)
-            else:
-                t = fitted(lambda f: shrink(dims, {}, f, ("n", "c"), where),
-                           lambda t, k: bias_grad_fits(t, hw, tg, k), where)
-        elif n.op == "loss_grad":
-            N, K = V[n.inputs[0]].shape
-            teacher = n.attrs.get("target", "labels") != "labels"    # LOSST: t and TLUT
-            luts = 256 * n.attrs.get("nlut", 1)
-            if (3 if teacher else 2) * N * K > tg.ibuf or \
-                    (luts + 256 if teacher else N + luts) > tg.abuf:
-                raise EdgecError(f"{where}: logits [{N},{K}] do not fit the buffers")
-            dims = t = {"n": N}
-        elif n.op == "sgd":
-            rows, blocks, inner = sgd_geometry(g, n)
-            dims = {"r": rows, "b": blocks}
-            t = fitted(lambda f: shrink(dims, {}, f, ("r", "b"), where),
-                       lambda t, k: sgd_fits(t, inner, tg, k, bool(n.attrs.get("mom"))),
-                       where)
-        else:
+        rule = TILE_RULES.get(n.op)
+        if rule is None:
             raise EdgecError(f"{where}: no lowering for op {n.op!r}")
+        dims, t, unit = rule(g, n, tg, search, where)
+        par, red = OP[n.op].nest
         nest = LoopNest(i, n.op, n.layer, dict(dims), dict(t), par + red, unit)
         nest.verify()
         nests.append(nest)

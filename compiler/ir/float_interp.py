@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from edgec.compiler.ir.graph import Graph, Node
+from edgec.compiler.ir.ops import REGISTRY
 
 
 def _loss_grad(z: torch.Tensor, y: torch.Tensor, at: dict) -> torch.Tensor:
@@ -45,67 +46,93 @@ def _view_index(p: torch.Tensor, attrs) -> tuple:
     return (rows[:, None], cols[None, :])
 
 
+def _grp(at) -> int:
+    return int(at.get("groups", 1))
+
+
+def _conv(a, at):
+    return F.conv2d(a[0], a[1], a[2] if len(a) > 2 else None,
+                    stride=tuple(at["stride"]), padding=tuple(at["pad"]), groups=_grp(at))
+
+
+def _hardtanh_bwd(a, at):
+    dy, y = a
+    inside = (y > float(at["lo"])) & (y < float(at["hi"]))
+    return torch.where(inside, dy, torch.zeros_like(dy))
+
+
+def _conv_eb(a, at):
+    return torch.nn.grad.conv2d_input(tuple(at["in_shape"]), a[1], a[0],
+                                      stride=tuple(at["stride"]), padding=tuple(at["pad"]),
+                                      groups=_grp(at))
+
+
+def _conv_wg(a, at):
+    dy, x = a
+    grp = _grp(at)
+    wshape = (dy.shape[1], x.shape[1] // grp, *at["kernel"])
+    return torch.nn.grad.conv2d_weight(x, wshape, dy, stride=tuple(at["stride"]),
+                                       padding=tuple(at["pad"]), groups=grp)
+
+
+def _bias_grad(a, at):
+    dims = [d for d in range(a[0].dim()) if d != 1]
+    return a[0].sum(dim=dims)
+
+
+def _relu_bwd(a, at):
+    dy, y = a
+    return torch.where(y > 0, dy, torch.zeros_like(dy))
+
+
+def _maxpool_bwd(a, at):
+    dy, x = a
+    k, s, p = tuple(at["kernel"]), tuple(at["stride"]), tuple(at["pad"])
+    _, idx = F.max_pool2d(x, k, s, p, return_indices=True)
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        dy, x, list(k), list(s), list(p), [1, 1], False, idx)
+
+
+def _sgd(a, at):
+    if len(a) != 2:
+        raise ValueError("run_float: sgd on a float graph takes (p, g)")
+    p, g = a
+    out = p.clone()
+    ix = _view_index(p, at)
+    out[ix] = p[ix] - float(at["lr"]) * g.reshape(p[ix].shape)
+    return out
+
+
+#: one rule per op of a float graph (op registry stage ``float``): (inputs, attrs) -> output
+FLOAT_RULES = {
+    "conv": _conv,
+    "linear": lambda a, at: F.linear(a[0], a[1], a[2] if len(a) > 2 else None),
+    "relu": lambda a, at: torch.relu(a[0]),
+    "hardtanh": lambda a, at: F.hardtanh(a[0], float(at["lo"]), float(at["hi"])),
+    "add": lambda a, at: a[0] + a[1],
+    "hardtanh_bwd": _hardtanh_bwd,
+    "maxpool": lambda a, at: F.max_pool2d(a[0], tuple(at["kernel"]), tuple(at["stride"]),
+                                          tuple(at["pad"])),
+    "reshape": lambda a, at: a[0].reshape(tuple(at["shape"])),
+    "loss_grad": lambda a, at: _loss_grad(a[0], a[1], at),
+    "conv_eb": _conv_eb,
+    "conv_wg": _conv_wg,
+    "linear_eb": lambda a, at: a[0] @ a[1],
+    "linear_wg": lambda a, at: a[0].t() @ a[1],
+    "bias_grad": _bias_grad,
+    "relu_bwd": _relu_bwd,
+    "maxpool_bwd": _maxpool_bwd,
+    "wview": lambda a, at: a[0][_view_index(a[0], at)],
+    "sgd": _sgd,
+}
+
+
 def eval_node(n: Node, a: list[torch.Tensor]):
     """One node of the float graph on float tensors (autograd-able)."""
-    op, at = n.op, n.attrs
-    grp = int(at.get("groups", 1))
-    if op == "conv":
-        return F.conv2d(a[0], a[1], a[2] if len(a) > 2 else None,
-                        stride=tuple(at["stride"]), padding=tuple(at["pad"]), groups=grp)
-    if op == "linear":
-        return F.linear(a[0], a[1], a[2] if len(a) > 2 else None)
-    if op == "relu":
-        return torch.relu(a[0])
-    if op == "hardtanh":
-        return F.hardtanh(a[0], float(at["lo"]), float(at["hi"]))
-    if op == "add":
-        return a[0] + a[1]
-    if op == "hardtanh_bwd":
-        dy, y = a
-        inside = (y > float(at["lo"])) & (y < float(at["hi"]))
-        return torch.where(inside, dy, torch.zeros_like(dy))
-    if op == "maxpool":
-        return F.max_pool2d(a[0], tuple(at["kernel"]), tuple(at["stride"]), tuple(at["pad"]))
-    if op == "reshape":
-        return a[0].reshape(tuple(at["shape"]))
-    if op == "loss_grad":
-        return _loss_grad(a[0], a[1], at)
-    if op == "conv_eb":
-        return torch.nn.grad.conv2d_input(tuple(at["in_shape"]), a[1], a[0],
-                                          stride=tuple(at["stride"]), padding=tuple(at["pad"]),
-                                          groups=grp)
-    if op == "conv_wg":
-        dy, x = a
-        wshape = (dy.shape[1], x.shape[1] // grp, *at["kernel"])
-        return torch.nn.grad.conv2d_weight(x, wshape, dy, stride=tuple(at["stride"]),
-                                           padding=tuple(at["pad"]), groups=grp)
-    if op == "linear_eb":
-        return a[0] @ a[1]
-    if op == "linear_wg":
-        return a[0].t() @ a[1]
-    if op == "bias_grad":
-        dims = [d for d in range(a[0].dim()) if d != 1]
-        return a[0].sum(dim=dims)
-    if op == "relu_bwd":
-        dy, y = a
-        return torch.where(y > 0, dy, torch.zeros_like(dy))
-    if op == "maxpool_bwd":
-        dy, x = a
-        k, s, p = tuple(at["kernel"]), tuple(at["stride"]), tuple(at["pad"])
-        _, idx = F.max_pool2d(x, k, s, p, return_indices=True)
-        return torch.ops.aten.max_pool2d_with_indices_backward(
-            dy, x, list(k), list(s), list(p), [1, 1], False, idx)
-    if op == "wview":
-        return a[0][_view_index(a[0], at)]
-    if op == "sgd":
-        if len(a) != 2:
-            raise ValueError("run_float: sgd on a float graph takes (p, g)")
-        p, g = a
-        out = p.clone()
-        ix = _view_index(p, at)
-        out[ix] = p[ix] - float(at["lr"]) * g.reshape(p[ix].shape)
-        return out
-    raise ValueError(f"run_float: op {op!r} is not a float op")
+    rule = FLOAT_RULES.get(n.op)
+    if rule is None:
+        raise ValueError(f"run_float: op {n.op!r} is not a float op")
+    return rule(a, n.attrs)
 
 
 def run_float(graph: Graph, x: torch.Tensor, labels: torch.Tensor,
@@ -130,7 +157,7 @@ def run_float(graph: Graph, x: torch.Tensor, labels: torch.Tensor,
             res = eval_node(n, [env[i] for i in n.inputs])
             if len(n.outputs) != 1:
                 raise ValueError(f"run_float: {n.op} with {len(n.outputs)} outputs")
-            forward = forward and n.op != "loss_grad"
+            forward = forward and REGISTRY[n.op].phase != "loss"
             e = round_forward.get(n.outputs[0]) if forward else None
             if e is not None:
                 s = 2.0 ** e

@@ -9,73 +9,23 @@ One data structure serves every graph-level stage:
 * the update pass appends ``sgd`` nodes.
 
 The reference interpreter (``compiler/reference.py``) executes the quantized graph; the
-backend lowers it to loop nests and instructions.  The op set is listed in ``OPS`` and
-described in docs/ir.md; every op's attributes are plain Python data (ints, tuples, lists,
-strings) so that the graph prints and compares structurally.
+backend lowers it to loop nests and instructions.  The op set is the registry
+``ops.REGISTRY`` (``OPS`` is its arity view), described in docs/ir.md; every op's
+attributes are plain Python data (ints, tuples, lists, strings) so that the graph prints
+and compares structurally.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from .ops import REGISTRY
 
-# op name -> (number of inputs (min, max), number of outputs, required attributes)
-OPS: dict[str, tuple[tuple[int, int], int, tuple[str, ...]]] = {
-    # ---- forward ----
-    # x[N,C,H,W], w[O,C/groups,KH,KW] (, b[O]) -> y[N,O,OH,OW]   (attr groups, default 1;
-    # BatchNorm and average pooling are depthwise convs with groups = C)
-    "conv": ((2, 3), 1, ("stride", "pad")),
-    # x[N,F], w[O,F] (, b[O]) -> y[N,O]
-    "linear": ((2, 3), 1, ()),
-    "relu": ((1, 1), 1, ()),
-    # x -> clamp(x, lo, hi)   (ReLU6 / Hardtanh; lo, hi are the real bounds)
-    "hardtanh": ((1, 1), 1, ("lo", "hi")),
-    # a, b -> a + b (same shape): residual connections; with grad=true, the sum of two
-    # back-propagated errors of one forward value
-    "add": ((2, 2), 1, ("grad",)),
-    # x[N,C,H,W] -> y; floor mode, -inf padding, dilation 1
-    "maxpool": ((1, 1), 1, ("kernel", "stride", "pad")),
-    # row-major view, e.g. flatten [N,C,H,W] -> [N,C*H*W]
-    "reshape": ((1, 1), 1, ("shape",)),
-    # ---- loss ----
-    # z[N,K], labels[N] -> dz[N,K] = (softmax(z) - onehot(labels)) / N   (mean CE gradient);
-    # with attr target = pseudo | kd the second operand is the teacher's logits t[N,K]
-    # (compiler/passes/teacher.py): pseudo: onehot(argmax t), rows whose teacher confidence
-    # is below attr threshold get 0; kd: softmax(z/T) - softmax(t/T), T = attr temp
-    "loss_grad": ((2, 2), 1, ()),
-    # ---- backward ----
-    # dy[N,O,OH,OW], w[O,C,KH,KW] -> dx[N,C,H,W]   (error back-propagation, EB)
-    "conv_eb": ((2, 2), 1, ("stride", "pad", "in_shape")),
-    # dy[N,O,OH,OW], x[N,C,H,W] -> dw[O,C,KH,KW]   (weight gradient, WG)
-    "conv_wg": ((2, 2), 1, ("stride", "pad", "kernel")),
-    # dy[N,O], w[O,F] -> dx[N,F]
-    "linear_eb": ((2, 2), 1, ()),
-    # dy[N,O], x[N,F] -> dw[O,F]
-    "linear_wg": ((2, 2), 1, ()),
-    # dy[N,O,...] -> db[O]  (sum over every dim but 1)
-    "bias_grad": ((1, 1), 1, ()),
-    # dy, y -> dy where y > 0 else 0   (y is relu's OUTPUT)
-    "relu_bwd": ((2, 2), 1, ()),
-    # dy, y -> dy where lo < y < hi else 0   (y is hardtanh's OUTPUT)
-    "hardtanh_bwd": ((2, 2), 1, ("lo", "hi")),
-    # dy[N,C,OH,OW], x[N,C,H,W] -> dx[N,C,H,W]  (x is maxpool's INPUT)
-    "maxpool_bwd": ((2, 2), 1, ("kernel", "stride", "pad")),
-    # ---- masks and update (inserted by passes) ----
-    # p (full PyTorch shape) -> compacted view: rows out_idx (dim 0), and along dim 1 the
-    # blocks in_idx of in_block consecutive elements (in_block = H*W for a linear after a
-    # flatten, 1 otherwise).  None = keep all.
-    "wview": ((1, 1), 1, ("out_idx", "in_idx", "in_block")),
-    # p, g -> p'  (float graph);  p8, master, g -> p8', master'  (quantized graph);
-    # with attr mom (momentum / weight decay): p8, master, g, mom -> p8', master', mom'.
-    # The update writes through the same view as the matching wview (attrs copied).
-    "sgd": ((2, 4), (1, 3), ("lr", "out_idx", "in_idx", "in_block")),
-    # x[N,C,...], b[C], q[C,1,1,1] -> b', q'  (--adapt-bn): BatchNorm constants from the
-    # statistics of the BN input x: b is the producing conv's bias (mode 0, the mean is
-    # folded in) or the BN shift (mode 1), q the int8 scale.  Rows out_idx of b and q
-    # (tables b_tab, out_tab) are written in place.
-    "bn_adapt": ((3, 3), 2, ("mode", "cnt", "d", "p", "eps", "m", "out_idx", "out_tab",
-                             "b_tab")),
-}
+
+# op name -> (number of inputs (min, max), number of outputs, required attributes): a view
+# of the op registry (ops.py), which also documents each op
+OPS: dict[str, tuple[tuple[int, int], int | tuple[int, int], tuple[str, ...]]] = {
+    name: (d.inputs, d.outputs, d.attrs) for name, d in REGISTRY.items()}
 
 
 @dataclass

@@ -9,27 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# op -> (parallel dims, reduction dims), in default loop order
+from .ops import REGISTRY
+
+# op -> (parallel dims, reduction dims), in default loop order: a view of the op registry
 NEST_DIMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # g: groups; co / ci: output / input channels per group
-    "conv": (("n", "g", "co", "oh"), ("ci",)),
-    "linear": (("n", "g", "co", "oh"), ("ci",)),
-    "conv_eb": (("n", "g", "ci", "ih"), ("co",)),
-    "linear_eb": (("n", "g", "ci", "ih"), ("co",)),
-    "conv_wg": (("g", "co", "ci"), ("n", "oh")),
-    "linear_wg": (("g", "co", "ci"), ("n", "oh")),
-    "bias_grad": (("c",), ("n",)),
-    "relu": (("e",), ()),
-    "hardtanh": (("e",), ()),
-    "add": (("e",), ()),
-    "relu_bwd": (("e",), ()),
-    "hardtanh_bwd": (("e",), ()),
-    "maxpool": (("p",), ()),
-    "maxpool_bwd": (("p",), ()),
-    "loss_grad": (("n",), ()),
-    "sgd": (("r", "b"), ()),
-    "bn_adapt": (("c",), ("n",)),       # rows, dim-1 blocks of the parameter's mask view
-}
+    name: d.nest for name, d in REGISTRY.items() if d.materialised}
 
 
 @dataclass

@@ -22,14 +22,13 @@ from edgec.isa.errors import EdgecError
 from edgec.isa.table import XBUF_WORDS
 
 from ..ir.graph import Graph
+from ..ir.ops import GRADIENTS, MAC_FORWARD, MAC_OPS, SAME_FORMAT
 
 SPAN = 4            # a dynamic exponent may move this far from its compile-time value
 CALM_STEPS = 8      # EXPUPD's M: calm steps before an exponent gets finer
 ROWS = 10           # words per register in the table
-MAC_OPS = ("conv", "linear", "conv_eb", "linear_eb", "conv_wg", "linear_wg")
-GRAD_OPS = ("conv_wg", "linear_wg", "bias_grad")
-_ALIAS_OPS = ("relu", "hardtanh", "maxpool", "reshape", "relu_bwd", "hardtanh_bwd",
-              "maxpool_bwd", "wview")
+GRAD_OPS = GRADIENTS         # weight / bias gradients: exact statistics
+_ALIAS_OPS = SAME_FORMAT    # outputs that share their input's exponent register
 
 
 def is_dynamic(g: Graph) -> bool:
@@ -96,7 +95,7 @@ def _bias_operands(g: Graph) -> dict[str, tuple[str, str]]:
     out = {}
     src = {n.outputs[0]: n.inputs[0] for n in g.nodes if n.op == "wview"}
     for n in g.nodes:
-        if n.op in ("conv", "linear") and len(n.inputs) == 3:
+        if n.op in MAC_FORWARD and len(n.inputs) == 3:
             b = n.inputs[2]
             pair = (n.inputs[0], src.get(n.inputs[1], n.inputs[1]))
             out[b] = pair
@@ -170,7 +169,7 @@ def _thresholds(g: Graph, R: Registers) -> None:
         r = R.of.get(out)
         if r is None or R.lo[r] == R.hi[r]:         # static: nothing to count
             continue
-        if n.op in MAC_OPS or n.op in ("add", "bias_grad"):
+        if n.op in MAC_OPS | {"add", "bias_grad"}:
             R.stats.add(out)
             count[r] += int(np.prod(V[out].shape))
             exact[r] |= n.op in GRAD_OPS

@@ -24,10 +24,9 @@ from edgec.isa.errors import EdgecError
 
 from ..mask.file import residual_error
 from ..ir.graph import Graph, Node
+from ..ir.ops import CONV_OPS, MAC_EB, MAC_FORWARD, MAC_WG
 from .shapes import infer
 
-_PASSTHROUGH = ("relu", "maxpool", "relu_bwd", "maxpool_bwd", "loss_grad", "hardtanh",
-                "hardtanh_bwd")
 _NOVIEW = {"out_idx": None, "in_idx": None, "in_block": 1, "out_tab": None, "in_tab": None}
 
 
@@ -38,7 +37,7 @@ def is_depthwise(g: Graph, n) -> bool:
     grp = n.attrs.get("groups", 1)
     if grp == 1:
         return False
-    w = g.values[n.outputs[0] if n.op == "conv_wg" else n.inputs[1]].shape
+    w = g.values[n.outputs[0] if n.op in MAC_WG else n.inputs[1]].shape
     return w[0] == grp and w[1] == 1
 
 
@@ -55,101 +54,153 @@ class MaskPass:
         return None if layer is None else list(self.mask[layer])
 
     def apply(self, g: Graph) -> Graph:
-        # keep[v] = (layer whose kept list selects dim 1 of v, or None; block size)
-        keep: dict[str, tuple[str | None, int]] = {v: (None, 1) for v in g.inputs}
-        views: dict[tuple, str] = {}
-        ties = []       # [layer a, layer b, loc, layer] of each add where two masks meet
-        new_nodes = []
-        # weight value -> (rows' layer, dim-1 layer, block) its forward op used
-        fwd_view: dict[str, tuple[str | None, str | None, int]] = {}
-
-        def view_of(pval: str, out_layer: str | None, in_layer: str | None, block: int,
-                    at_node) -> str:
-            p = g.param_of_value(pval)
-            in_l = in_layer if not p.is_bias else None
-            key = (pval, out_layer, in_l, block if in_l else 1)
-            if key in views:
-                return views[key]
-            if out_layer is None and in_l is None:
-                views[key] = pval
-                return pval
-            name = g.fresh(f"{pval}.view")
-            g.add_value(name, (), g.values[pval].dtype)
-            attrs = {"out_idx": self._kept(out_layer), "in_idx": self._kept(in_l),
-                     "in_block": block if in_l else 1, "out_tab": out_layer, "in_tab": in_l}
-            n = g.add_node("wview", [pval], [name], attrs, at_node.layer, at_node.loc,
-                           index=len(g.nodes))
-            g.nodes.pop()
-            new_nodes.append(n)
-            g.values[name].shape = infer(g, n)
-            views[key] = name
-            return name
-
-        def channels(v: str) -> int:
-            return g.values[v].shape[1]
-
+        m = _Masking(self, g, keep={v: (None, 1) for v in g.inputs})
         for n in g.nodes:
-            if n.op in ("conv", "linear"):
-                in_layer, block = keep.get(n.inputs[0], (None, 1))
-                w = n.inputs[1]
-                if is_depthwise(g, n):
-                    if n.layer in self.mask:
-                        raise EdgecError(f"{self._where(n.layer)}layer {n.layer!r} is "
-                                         "depthwise: its channels follow its input")
-                    fwd_view[w] = (in_layer, None, 1)        # rows follow the input
-                elif n.attrs.get("groups", 1) > 1:
-                    if in_layer is not None or n.layer in self.mask:
-                        lay = in_layer if in_layer is not None else n.layer
-                        raise EdgecError(
-                            f"{self._where(lay)}{n.loc or '?'}: layer {n.layer!r} is a grouped "
-                            f"convolution (groups={n.attrs['groups']}); masks on its input "
-                            f"or output are not supported (layer {lay!r} is masked)")
-                    fwd_view[w] = (None, None, 1)
-                else:
-                    fwd_view[w] = (n.layer if n.layer in self.mask else None, in_layer, block)
-                fwd_rows = fwd_view[w][0]
-            if n.op in ("conv", "conv_eb", "conv_wg") and is_depthwise(g, n):
-                n.attrs["groups"] = channels(n.inputs[0])     # compacted channel count
-            if n.op in ("conv", "linear", "conv_eb", "linear_eb"):
-                w = n.inputs[1]
-                rows, cols, blk = fwd_view[w]
-                n.inputs[1] = view_of(w, rows, cols, blk, n)
-                if len(n.inputs) == 3:
-                    n.inputs[2] = view_of(n.inputs[2], rows, None, 1, n)
-            new_nodes.append(n)
-            for o in n.outputs:
-                g.values[o].shape = infer(g, n)
-            out = n.outputs[0]
-            if n.op in ("conv", "linear"):
-                keep[out] = (fwd_rows, 1)
-            elif n.op in _PASSTHROUGH:
-                keep[out] = keep.get(n.inputs[0], (None, 1))
-            elif n.op == "add":
-                ka, kb = keep.get(n.inputs[0], (None, 1)), keep.get(n.inputs[1], (None, 1))
-                if self._kept(ka[0]) != self._kept(kb[0]):
-                    raise residual_error(self.mask, (ka[0], kb[0]), n.loc, n.layer)
-                if ka[0] is not None and kb[0] is not None and ka[0] != kb[0]:
-                    ties.append([ka[0], kb[0], n.loc, n.layer])
-                keep[out] = ka if ka[0] is not None else kb
-            elif n.op == "reshape":
-                lay, blk = keep.get(n.inputs[0], (None, 1))
-                src = g.values[n.inputs[0]].shape
-                hw = 1
-                for d in src[2:]:
-                    hw *= d
-                keep[out] = (lay, blk * hw)
-            if n.op == "reshape":
-                n.attrs["shape"] = g.values[out].shape
-            elif n.op == "conv_eb":
-                N, _, H, W = n.attrs["in_shape"]
-                wshape = g.values[n.inputs[1]].shape
-                n.attrs["in_shape"] = (N, wshape[1] * n.attrs.get("groups", 1), H, W)
-                g.values[out].shape = infer(g, n)
-        g.nodes = new_nodes
+            m.visit(n)
+        g.nodes = m.new_nodes
         g.meta["mask"] = {k: list(v) for k, v in sorted(self.mask.items())}
-        if ties:        # what edgec remask re-checks for another mask with the same counts
-            g.meta["mask_ties"] = ties
+        if m.ties:      # what edgec remask re-checks for another mask with the same counts
+            g.meta["mask_ties"] = m.ties
         return g
+
+
+@dataclass
+class _Masking:
+    """The state of one mask pass over a graph, shared by its channel rules."""
+    mp: "MaskPass"
+    g: Graph
+    # keep[v] = (layer whose kept list selects dim 1 of v, or None; block size)
+    keep: dict = field(default_factory=dict)
+    views: dict = field(default_factory=dict)
+    ties: list = field(default_factory=list)   # [layer a, layer b, loc, layer] of each add
+    new_nodes: list = field(default_factory=list)
+    # weight value -> (rows' layer, dim-1 layer, block) its forward op used
+    fwd_view: dict = field(default_factory=dict)
+    fwd_rows: str | None = None     # the rows' layer of the last forward MAC
+
+    def kept_of(self, v: str) -> tuple[str | None, int]:
+        return self.keep.get(v, (None, 1))
+
+    def view_of(self, pval: str, out_layer: str | None, in_layer: str | None, block: int,
+                at_node) -> str:
+        g = self.g
+        p = g.param_of_value(pval)
+        in_l = in_layer if not p.is_bias else None
+        key = (pval, out_layer, in_l, block if in_l else 1)
+        if key in self.views:
+            return self.views[key]
+        if out_layer is None and in_l is None:
+            self.views[key] = pval
+            return pval
+        name = g.fresh(f"{pval}.view")
+        g.add_value(name, (), g.values[pval].dtype)
+        attrs = {"out_idx": self.mp._kept(out_layer), "in_idx": self.mp._kept(in_l),
+                 "in_block": block if in_l else 1, "out_tab": out_layer, "in_tab": in_l}
+        n = g.add_node("wview", [pval], [name], attrs, at_node.layer, at_node.loc,
+                       index=len(g.nodes))
+        g.nodes.pop()
+        self.new_nodes.append(n)
+        g.values[name].shape = infer(g, n)
+        self.views[key] = name
+        return name
+
+    def forward_view(self, n) -> None:
+        """The view a forward MAC reads its weight through (its EB shares it)."""
+        mp, g = self.mp, self.g
+        in_layer, block = self.kept_of(n.inputs[0])
+        w = n.inputs[1]
+        if is_depthwise(g, n):
+            if n.layer in mp.mask:
+                raise EdgecError(f"{mp._where(n.layer)}layer {n.layer!r} is "
+                                 "depthwise: its channels follow its input")
+            self.fwd_view[w] = (in_layer, None, 1)        # rows follow the input
+        elif n.attrs.get("groups", 1) > 1:
+            if in_layer is not None or n.layer in mp.mask:
+                lay = in_layer if in_layer is not None else n.layer
+                raise EdgecError(
+                    f"{mp._where(lay)}{n.loc or '?'}: layer {n.layer!r} is a grouped "
+                    f"convolution (groups={n.attrs['groups']}); masks on its input "
+                    f"or output are not supported (layer {lay!r} is masked)")
+            self.fwd_view[w] = (None, None, 1)
+        else:
+            self.fwd_view[w] = (n.layer if n.layer in mp.mask else None, in_layer, block)
+        self.fwd_rows = self.fwd_view[w][0]
+
+    def visit(self, n) -> None:
+        g = self.g
+        if n.op in MAC_FORWARD:
+            self.forward_view(n)
+        if n.op in CONV_OPS and is_depthwise(g, n):
+            n.attrs["groups"] = g.values[n.inputs[0]].shape[1]     # compacted channel count
+        if n.op in MAC_FORWARD | MAC_EB:
+            w = n.inputs[1]
+            rows, cols, blk = self.fwd_view[w]
+            n.inputs[1] = self.view_of(w, rows, cols, blk, n)
+            if len(n.inputs) == 3:
+                n.inputs[2] = self.view_of(n.inputs[2], rows, None, 1, n)
+        self.new_nodes.append(n)
+        for o in n.outputs:
+            g.values[o].shape = infer(g, n)
+        MASK_RULES.get(n.op, _no_channels)(self, n)
+
+
+def _keep_rows(m: _Masking, n) -> None:
+    """conv / linear: the output's channels are the weight view's rows."""
+    m.keep[n.outputs[0]] = (m.fwd_rows, 1)
+
+
+def _keep_same(m: _Masking, n) -> None:
+    """The output keeps input 0's channels."""
+    m.keep[n.outputs[0]] = m.kept_of(n.inputs[0])
+
+
+def _keep_meet(m: _Masking, n) -> None:
+    """add: both operands must keep the same channels (a tie when two masks meet)."""
+    ka, kb = m.kept_of(n.inputs[0]), m.kept_of(n.inputs[1])
+    if m.mp._kept(ka[0]) != m.mp._kept(kb[0]):
+        raise residual_error(m.mp.mask, (ka[0], kb[0]), n.loc, n.layer)
+    if ka[0] is not None and kb[0] is not None and ka[0] != kb[0]:
+        m.ties.append([ka[0], kb[0], n.loc, n.layer])
+    m.keep[n.outputs[0]] = ka if ka[0] is not None else kb
+
+
+def _keep_flatten(m: _Masking, n) -> None:
+    """reshape: channels become dim-1 blocks of H*W; the target shape is compacted."""
+    out = n.outputs[0]
+    lay, blk = m.kept_of(n.inputs[0])
+    src = m.g.values[n.inputs[0]].shape
+    hw = 1
+    for d in src[2:]:
+        hw *= d
+    m.keep[out] = (lay, blk * hw)
+    n.attrs["shape"] = m.g.values[out].shape
+
+
+def _conv_eb_in_shape(m: _Masking, n) -> None:
+    """conv_eb: its in_shape attribute follows the (compacted) weight view."""
+    g = m.g
+    N, _, H, W = n.attrs["in_shape"]
+    wshape = g.values[n.inputs[1]].shape
+    n.attrs["in_shape"] = (N, wshape[1] * n.attrs.get("groups", 1), H, W)
+    g.values[n.outputs[0]].shape = infer(g, n)
+
+
+def _no_channels(m: _Masking, n) -> None:
+    """The output carries no channel selection of its own (shapes come from infer)."""
+
+
+#: one channel rule per op the mask pass sees (op registry stage ``mask``, kind
+#: ``OpDef.channels``), run after the op's operands are viewed and its shape re-inferred
+MASK_RULES = {
+    "conv": _keep_rows, "linear": _keep_rows,
+    "relu": _keep_same, "hardtanh": _keep_same, "maxpool": _keep_same,
+    "relu_bwd": _keep_same, "hardtanh_bwd": _keep_same, "maxpool_bwd": _keep_same,
+    "loss_grad": _keep_same,
+    "add": _keep_meet,
+    "reshape": _keep_flatten,
+    "conv_eb": _conv_eb_in_shape, "linear_eb": _no_channels,
+    "conv_wg": _no_channels, "linear_wg": _no_channels, "bias_grad": _no_channels,
+}
 
 
 def calibration_graphs(g: Graph) -> list[Graph]:
@@ -175,13 +226,13 @@ def unmasked(g: Graph) -> Graph:
     src = {n.outputs[0]: n for n in u.nodes if n.op == "wview"}
     full_groups = {}        # layer -> channels of its depthwise convs (BN, pooling too)
     for n in u.nodes:
-        view = src.get(n.inputs[1]) if n.op in ("conv", "conv_eb") and len(n.inputs) > 1 \
+        view = src.get(n.inputs[1]) if n.op in CONV_OPS - MAC_WG and len(n.inputs) > 1 \
             else None
         if view is not None and view.attrs["out_tab"] not in (None, n.layer) \
                 and u.values[view.inputs[0]].shape[1] == 1:
             # depthwise: its rows follow another layer's mask, its groups the kept count
             full_groups[n.layer] = u.values[view.inputs[0]].shape[0]
-        if n.op in ("conv", "conv_eb", "conv_wg") and n.layer in full_groups:
+        if n.op in CONV_OPS and n.layer in full_groups:
             n.attrs["groups"] = full_groups[n.layer]
         n.inputs = [src[v].inputs[0] if v in src else v for v in n.inputs]
     u.nodes = [n for n in u.nodes if n.op != "wview"]

@@ -13,18 +13,19 @@ from dataclasses import dataclass
 from edgec.isa.errors import EdgecError
 
 from ..ir.graph import Graph
+from ..ir.ops import CONV_OPS, LINEAR_OPS, MAC_FORWARD, MAC_WG
 
 
 def node_macs(g: Graph, n) -> int:
     """Multiply-accumulates of a conv/linear op (forward, EB or WG: the same count)."""
     V = g.values
-    if n.op in ("linear", "linear_eb", "linear_wg"):
-        dy = V[n.outputs[0] if n.op == "linear" else n.inputs[0]].shape
-        w = (V[n.inputs[1]].shape if n.op != "linear_wg" else V[n.outputs[0]].shape)
+    if n.op in LINEAR_OPS:
+        dy = V[n.outputs[0] if n.op in MAC_FORWARD else n.inputs[0]].shape
+        w = (V[n.inputs[1]].shape if n.op not in MAC_WG else V[n.outputs[0]].shape)
         return dy[0] * w[0] * w[1]
-    if n.op in ("conv", "conv_eb", "conv_wg"):
-        y = V[n.outputs[0] if n.op == "conv" else n.inputs[0]].shape
-        w = V[n.outputs[0] if n.op == "conv_wg" else n.inputs[1]].shape
+    if n.op in CONV_OPS:
+        y = V[n.outputs[0] if n.op in MAC_FORWARD else n.inputs[0]].shape
+        w = V[n.outputs[0] if n.op in MAC_WG else n.inputs[1]].shape
         return y[0] * y[1] * y[2] * y[3] * w[1] * w[2] * w[3]
     return 0
 

@@ -19,6 +19,7 @@ from edgec.isa.errors import EdgecError
 
 from ..ir.float_interp import run_float
 from ..ir.graph import Graph
+from ..ir.ops import ACTIVATIONS, GRADIENTS, MAC_EB, MAC_FORWARD, MAC_WG
 from .dynfmt import SPAN
 
 MU_SHIFT = 16       # momentum mu ~ mumul / 2**MU_SHIFT
@@ -102,97 +103,14 @@ class QuantizePass:
             if not p.is_bias:
                 V[p.value].dtype = "i8"
                 V[p.value].exp = expo(self.params[p.name]) + self.headroom.get(p.name, 0)
-        tid = 0
-        fused: set[int] = set()
+        q = _Quantizing(self, g, fv, N)
         for n in list(g.nodes):
-            a, ins, out = n.attrs, n.inputs, n.outputs[0]
-            e = lambda v: V[v].exp  # noqa: E731
-            if n.op == "wview" or id(n) in fused:
+            if id(n) in q.fused:
                 continue
-            if n.op in ("conv", "linear", "add"):
-                out = self._fuse_activation(g, n, fused)
-                act = a.get("act")
-                if self.dynamic and act is not None and act.op == "hardtanh":
-                    a["act_real"] = _real_bounds(act)
-                if n.op == "add":
-                    ea, eb = e(ins[0]), e(ins[1])
-                    m = min(ea, eb)
-                    if max(ea, eb) - m > 31:
-                        raise EdgecError(f"{n.loc or '?'}: layer {n.layer!r} (add): operand "
-                                         f"scales 2^{ea} and 2^{eb} are too far apart")
-                    a["sa"], a["sb"] = ea - m, eb - m
-                    if a["grad"]:
-                        tid += 1
-                        a["tid"] = tid
-                    self._set(g, n, out, self._act_exp(a, fv[out]), m)
-                else:
-                    w_exp = V[self._src(g, ins[1])].exp
-                    e_acc = e(ins[0]) + w_exp
-                    if len(ins) == 3:
-                        bp = g.param_of_value(self._src(g, ins[2]))
-                        V[bp.value].dtype, V[bp.value].exp = "i32", e_acc
-                    self._set(g, n, out, self._act_exp(a, fv[out]), e_acc)
-                act = a.pop("act", None)
-                a["clamp"] = clamp_bounds(act, V[out].exp)
-                if "act_real" in a:
-                    a["dclamp"] = dynamic_clamp(a["act_real"], V[out].exp)
-                    a["clamp"] = clamp_at(a["dclamp"], V[out].exp)
-            elif n.op in ("relu", "hardtanh"):
-                V[out].dtype, V[out].exp = "i8", e(ins[0])
-                a["clamp"] = clamp_bounds(n, e(ins[0]))
-                if self.dynamic and n.op == "hardtanh":
-                    a["dclamp"] = dynamic_clamp(_real_bounds(n), e(ins[0]))
-                    a["clamp"] = clamp_at(a["dclamp"], e(ins[0]))
-            elif n.op in ("maxpool", "reshape", "maxpool_bwd"):
-                V[out].dtype, V[out].exp = "i8", e(ins[0])
-            elif n.op == "relu_bwd":
-                V[out].dtype, V[out].exp = "i8", e(ins[0])
-                a["pass_range"] = (0, 128)
-            elif n.op == "hardtanh_bwd":
-                V[out].dtype, V[out].exp = "i8", e(ins[0])
-                a["pass_range"] = clamp_bounds(n, e(ins[1]))
-                if self.dynamic:
-                    a["dclamp"] = dynamic_clamp(_real_bounds(n), e(ins[1]))
-                    a["pass_range"] = pass_range_at(a["dclamp"], e(ins[1]))
-            elif n.op == "loss_grad":
-                e_dz = expo(torch.tensor(1.0 / N))      # |dz| <= 1/N
-                a["rmul"] = round(2**16 / N)
-                a["shift"] = 31 + e_dz
-                temp = float(a.get("temp", 1.0))      # kd: both softmaxes at T
-                a["lut"] = "lut:softmax"
-                teacher = a.get("target", "labels") != "labels"
-                # dynamic: one table per exponent the logits can reach, as many as the
-                # loss's ABUF (labels or the teacher's table beside them) holds
-                span = min(SPAN, ((self.abuf - (256 if teacher else N)) // 256 - 1) // 2)
-                if self.dynamic and span > 0:
-                    a["lut_lo"], a["nlut"] = e(ins[0]) - span, 2 * span + 1
-                    g.consts["lut:softmax"] = [v for d in range(-span, span + 1)
-                                               for v in exp_lut(e(ins[0]) + d, temp)]
-                else:
-                    g.consts["lut:softmax"] = exp_lut(e(ins[0]), temp)
-                if teacher:     # a teacher's logits
-                    a["tlut"] = "lut:teacher"
-                    g.consts["lut:teacher"] = exp_lut(e(ins[1]), temp)
-                    if a["target"] == "pseudo":
-                        a["thresh"] = int(np.rint(float(a["threshold"]) * 2**15))
-                V[out].dtype, V[out].exp = "i8", e_dz
-            elif n.op in ("conv_eb", "linear_eb", "conv_wg", "linear_wg", "bias_grad"):
-                tid += 1
-                a["tid"] = tid
-                if n.op == "bias_grad":
-                    e_acc = e(ins[0])
-                elif n.op.endswith("_eb"):
-                    e_acc = e(ins[0]) + V[self._src(g, ins[1])].exp
-                else:
-                    e_acc = e(ins[0]) + e(ins[1])
-                # dynamic: gradients get their full calibrated range and one bit of
-                # headroom (the rule coarsens them further at a saturation); errors trade
-                # outliers like activations
-                grad = self.dynamic and n.op in ("conv_wg", "linear_wg", "bias_grad")
-                e_out = expo(fv[out]) + GRAD_HEADROOM if grad else expo_fit(fv[out])
-                self._set(g, n, out, e_out, e_acc)
-            else:
+            rule = QUANTIZE_RULES.get(n.op)
+            if rule is None:
                 raise EdgecError(f"quantize: unexpected op {n.op}")
+            rule(q, n)
         for n in g.nodes:          # views take their parameter's format
             if n.op == "wview":
                 V[n.outputs[0]].dtype = V[n.inputs[0]].dtype
@@ -224,7 +142,7 @@ class QuantizePass:
         V = g.values
         out = n.outputs[0]
         users = g.users(out)
-        if len(users) == 1 and users[0].op in ("relu", "hardtanh"):
+        if len(users) == 1 and users[0].op in ACTIVATIONS:
             r = users[0]
             n.attrs["act"] = r
             fused.add(id(r))
@@ -244,6 +162,153 @@ class QuantizePass:
         shift = max(-31, min(31, e_out - e_acc))
         n.attrs["shift"] = shift
         g.values[out].dtype, g.values[out].exp = "i8", e_acc + shift
+
+
+@dataclass
+class _Quantizing:
+    """The state the quantize rules share while they walk the graph in order."""
+    qp: "QuantizePass"
+    g: Graph
+    fv: dict                        # float calibration value of every graph value
+    N: int                          # batch size
+    tid: int = 0                    # last stochastic-rounding tensor id handed out
+    fused: set = field(default_factory=set)     # ids of activations folded into a producer
+
+    def e(self, v: str) -> int:
+        return self.g.values[v].exp
+
+    def next_tid(self) -> int:
+        self.tid += 1
+        return self.tid
+
+
+def _q_mac_forward_or_add(q: _Quantizing, n) -> None:
+    """conv / linear / add: fuse a sole activation user, then the output format and shift."""
+    g, V, a, ins, e = q.g, q.g.values, n.attrs, n.inputs, q.e
+    out = QuantizePass._fuse_activation(g, n, q.fused)
+    act = a.get("act")
+    if q.qp.dynamic and act is not None and act.op == "hardtanh":
+        a["act_real"] = _real_bounds(act)
+    if n.op == "add":
+        ea, eb = e(ins[0]), e(ins[1])
+        m = min(ea, eb)
+        if max(ea, eb) - m > 31:
+            raise EdgecError(f"{n.loc or '?'}: layer {n.layer!r} (add): operand "
+                             f"scales 2^{ea} and 2^{eb} are too far apart")
+        a["sa"], a["sb"] = ea - m, eb - m
+        if a["grad"]:
+            a["tid"] = q.next_tid()
+        QuantizePass._set(g, n, out, QuantizePass._act_exp(a, q.fv[out]), m)
+    else:
+        w_exp = V[QuantizePass._src(g, ins[1])].exp
+        e_acc = e(ins[0]) + w_exp
+        if len(ins) == 3:
+            bp = g.param_of_value(QuantizePass._src(g, ins[2]))
+            V[bp.value].dtype, V[bp.value].exp = "i32", e_acc
+        QuantizePass._set(g, n, out, QuantizePass._act_exp(a, q.fv[out]), e_acc)
+    act = a.pop("act", None)
+    a["clamp"] = clamp_bounds(act, V[out].exp)
+    if "act_real" in a:
+        a["dclamp"] = dynamic_clamp(a["act_real"], V[out].exp)
+        a["clamp"] = clamp_at(a["dclamp"], V[out].exp)
+
+
+def _q_activation(q: _Quantizing, n) -> None:
+    """A standalone relu / hardtanh: int8 at its input's exponent, integer clamp bounds."""
+    V, a, e, ins = q.g.values, n.attrs, q.e, n.inputs
+    V[n.outputs[0]].dtype, V[n.outputs[0]].exp = "i8", e(ins[0])
+    a["clamp"] = clamp_bounds(n, e(ins[0]))
+    if q.qp.dynamic and n.op == "hardtanh":
+        a["dclamp"] = dynamic_clamp(_real_bounds(n), e(ins[0]))
+        a["clamp"] = clamp_at(a["dclamp"], e(ins[0]))
+
+
+def _q_same_format(q: _Quantizing, n) -> None:
+    """maxpool / reshape / maxpool_bwd: int8 at input 0's exponent."""
+    V = q.g.values
+    V[n.outputs[0]].dtype, V[n.outputs[0]].exp = "i8", q.e(n.inputs[0])
+
+
+def _q_relu_bwd(q: _Quantizing, n) -> None:
+    _q_same_format(q, n)
+    n.attrs["pass_range"] = (0, 128)
+
+
+def _q_hardtanh_bwd(q: _Quantizing, n) -> None:
+    _q_same_format(q, n)
+    a, e, ins = n.attrs, q.e, n.inputs
+    a["pass_range"] = clamp_bounds(n, e(ins[1]))
+    if q.qp.dynamic:
+        a["dclamp"] = dynamic_clamp(_real_bounds(n), e(ins[1]))
+        a["pass_range"] = pass_range_at(a["dclamp"], e(ins[1]))
+
+
+def _q_loss_grad(q: _Quantizing, n) -> None:
+    """The loss gradient's fixed-point constants and its exp table(s)."""
+    g, V, a, e, ins, N = q.g, q.g.values, n.attrs, q.e, n.inputs, q.N
+    e_dz = expo(torch.tensor(1.0 / N))      # |dz| <= 1/N
+    a["rmul"] = round(2**16 / N)
+    a["shift"] = 31 + e_dz
+    temp = float(a.get("temp", 1.0))      # kd: both softmaxes at T
+    a["lut"] = "lut:softmax"
+    teacher = a.get("target", "labels") != "labels"
+    # dynamic: one table per exponent the logits can reach, as many as the
+    # loss's ABUF (labels or the teacher's table beside them) holds
+    span = min(SPAN, ((q.qp.abuf - (256 if teacher else N)) // 256 - 1) // 2)
+    if q.qp.dynamic and span > 0:
+        a["lut_lo"], a["nlut"] = e(ins[0]) - span, 2 * span + 1
+        g.consts["lut:softmax"] = [v for d in range(-span, span + 1)
+                                   for v in exp_lut(e(ins[0]) + d, temp)]
+    else:
+        g.consts["lut:softmax"] = exp_lut(e(ins[0]), temp)
+    if teacher:     # a teacher's logits
+        a["tlut"] = "lut:teacher"
+        g.consts["lut:teacher"] = exp_lut(e(ins[1]), temp)
+        if a["target"] == "pseudo":
+            a["thresh"] = int(np.rint(float(a["threshold"]) * 2**15))
+    V[n.outputs[0]].dtype, V[n.outputs[0]].exp = "i8", e_dz
+
+
+def _q_backward_reduction(q: _Quantizing, n) -> None:
+    """EB / WG / bias_grad: a stochastic-rounding tensor id, the accumulator exponent and
+    the output format."""
+    g, V, a, e, ins, out = q.g, q.g.values, n.attrs, q.e, n.inputs, n.outputs[0]
+    a["tid"] = q.next_tid()
+    if n.op == "bias_grad":
+        e_acc = e(ins[0])
+    elif n.op in MAC_EB:
+        e_acc = e(ins[0]) + V[QuantizePass._src(g, ins[1])].exp
+    else:
+        e_acc = e(ins[0]) + e(ins[1])
+    # dynamic: gradients get their full calibrated range and one bit of
+    # headroom (the rule coarsens them further at a saturation); errors trade
+    # outliers like activations
+    grad = q.qp.dynamic and n.op in GRADIENTS
+    e_out = expo(q.fv[out]) + GRAD_HEADROOM if grad else expo_fit(q.fv[out])
+    QuantizePass._set(g, n, out, e_out, e_acc)
+
+
+#: one rule per op of the graph the quantize pass sees (op registry stage ``quantize``);
+#: a view takes its parameter's format after the walk (QuantizePass.apply)
+QUANTIZE_RULES = {
+    "conv": _q_mac_forward_or_add,
+    "linear": _q_mac_forward_or_add,
+    "add": _q_mac_forward_or_add,
+    "relu": _q_activation,
+    "hardtanh": _q_activation,
+    "maxpool": _q_same_format,
+    "reshape": _q_same_format,
+    "maxpool_bwd": _q_same_format,
+    "relu_bwd": _q_relu_bwd,
+    "hardtanh_bwd": _q_hardtanh_bwd,
+    "loss_grad": _q_loss_grad,
+    "conv_eb": _q_backward_reduction,
+    "linear_eb": _q_backward_reduction,
+    "conv_wg": _q_backward_reduction,
+    "linear_wg": _q_backward_reduction,
+    "bias_grad": _q_backward_reduction,
+    "wview": lambda q, n: None,
+}
 
 
 def exp_lut(e_z: int, temp: float = 1.0) -> list[int]:
@@ -333,10 +398,10 @@ def check_reductions(g: Graph) -> None:
     V = g.values
     for n in g.nodes:
         s = [V[v].shape for v in n.inputs]
-        if n.op in ("conv", "linear"):
+        if n.op in MAC_FORWARD:
             k = s[1][1] * (s[1][2] * s[1][3] if n.op == "conv" else 1)
             bound = k * 127 * 127 + (2**(BIAS_BITS - 1) - 1)
-        elif n.op in ("conv_eb", "linear_eb"):
+        elif n.op in MAC_EB:
             if n.op == "conv_eb":
                 kh, kw = s[1][2], s[1][3]
                 sh, sw = n.attrs["stride"]
@@ -345,7 +410,7 @@ def check_reductions(g: Graph) -> None:
             else:
                 k = s[1][0]
             bound = k * 127 * 127
-        elif n.op in ("conv_wg", "linear_wg"):
+        elif n.op in MAC_WG:
             k = 1
             for d in (s[0][0], *s[0][2:]):
                 k *= d

@@ -23,6 +23,7 @@ import torch
 from ..frontend.capture import float_values
 from ..ir.float_interp import eval_node as float_eval
 from ..ir.float_interp import _view_index, run_float
+from ..ir.ops import ACTIVATIONS, FORWARD, REGISTRY as OP
 from ..reference import run_reference
 from .floatmodel import cosine_rel, quantize_input, subset_labels, teacher_target_loss
 
@@ -36,7 +37,7 @@ def float_params(c) -> dict[str, torch.Tensor]:
 def forward_formats(c) -> dict[str, int]:
     """{value: exponent} of the compiled graph's int8 values (the activations)."""
     V = c.graph.values
-    return {v: V[v].exp for n in c.graph.nodes if n.op != "wview"
+    return {v: V[v].exp for n in c.graph.nodes if OP[n.op].result != "view"
             for v in n.outputs if V[v].dtype == "i8"}
 
 
@@ -73,7 +74,7 @@ def floor_cosines(c, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 # The pass/fail criterion: float back-propagation through the device's own forward.
 
 #: the forward ops of a masked training graph (everything before its loss_grad)
-FORWARD_OPS = ("conv", "linear", "relu", "hardtanh", "add", "maxpool", "reshape", "wview")
+FORWARD_OPS = FORWARD
 
 
 def dequantized(graph, env: dict, value: str) -> torch.Tensor:
@@ -81,12 +82,9 @@ def dequantized(graph, env: dict, value: str) -> torch.Tensor:
     return env[value].to(torch.float64) * 2.0 ** graph.values[value].exp
 
 
-_FORWARD = ("conv", "linear", "relu", "hardtanh", "add", "maxpool", "reshape", "wview")
-
-
 def _float_forward(n, a: list[torch.Tensor]) -> torch.Tensor:
     """One forward op of the float graph (the float interpreter's own, autograd-able)."""
-    if n.op not in _FORWARD:
+    if n.op not in FORWARD:
         raise ValueError(f"device_forward_backprop: {n.op!r} is not a forward op")
     return float_eval(n, a)
 
@@ -136,15 +134,15 @@ def device_forward_backprop(float_graph, graph, env: dict) -> dict[str, torch.Te
     loss_node = None
     with torch.enable_grad():
         for n in G.nodes:
-            if n.op == "loss_grad":
+            if OP[n.op].phase == "loss":
                 loss_node = n
                 break
             a = [vals[i] for i in n.inputs]
             out = n.outputs[0]
             y = _float_forward(n, a)
-            if n.op != "wview" and out in env and out in Q.values:
+            if OP[n.op].result != "view" and out in env and out in Q.values:
                 dev = dequantized(Q, env, out)
-                if n.op in ("relu", "hardtanh"):
+                if n.op in ACTIVATIONS:
                     q = env[out]
                     lo, hi = (0, None) if n.op == "relu" else Q.producer(out).attrs["clamp"]
                     inside = q > lo if hi is None else (q > lo) & (q < hi)
