@@ -17,7 +17,7 @@ from edgec.compiler.mask.file import parse_mask
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import DEFAULT_TARGET, Target, load_target
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LAYERS = {"conv1": 8, "conv2": 16, "fc1": 32, "fc2": 10}      # examples/lenet
 LOGITS = "fc2"
 VALID_MASK = (ROOT / "examples" / "lenet" / "user.mask").read_text()
@@ -288,6 +288,7 @@ def _located(fn, text: str, name: str):
         return e
 
 
+@pytest.mark.slow
 @settings(FAST, max_examples=25)
 @given(data=st.data())
 def test_mutated_assembly(dumps, data):

@@ -18,7 +18,7 @@ from edgec.runtime_emu.host import Session, read_symbol
 from test_emu_util import DDR, IBUF, rshift_py, run, sat_py
 from test_emu_vector import _load_abuf, _load_i8
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL = str(ROOT / "examples" / "personalize" / "model.py")
 MASK = str(ROOT / "examples" / "personalize" / "user.mask")
 
@@ -119,6 +119,7 @@ def prog(request):
     return compile_model(MODEL, MASK, lr=0.02, teacher=request.param)
 
 
+@pytest.mark.slow
 def test_teacher_program_bit_exact_and_close_to_float_autograd(prog):
     rep = verify(prog)
     assert rep.bit_exact, rep.mismatches[:3]
@@ -151,6 +152,7 @@ def test_teacher_is_frozen_and_unmasked(prog):
     assert all(np.isfinite(res.losses))
 
 
+@pytest.mark.slow
 def test_cli_verify_pseudo_and_flag_errors(tmp_path, capsys):
     assert main(["verify", MODEL, "--mask", MASK, "--labels", "pseudo", "--threshold",
                  "0.7", "-q"]) == 0

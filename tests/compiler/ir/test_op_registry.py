@@ -121,5 +121,5 @@ def registry_table() -> list[str]:
 
 def test_ir_md_op_table_is_the_registry():
     from pathlib import Path
-    text = Path(__file__).resolve().parents[1].joinpath("docs", "ir.md").read_text()
+    text = Path(__file__).resolve().parents[3].joinpath("docs", "ir.md").read_text()
     assert "\n".join(registry_table()) in text, "\n" + "\n".join(registry_table())

@@ -155,6 +155,7 @@ def test_adaptation_follows_a_shifted_domain(model_path):
     assert torch.allclose(m2.bn2.running_var, torch.from_numpy(res.stats["bn2"][1]))
 
 
+@pytest.mark.slow
 def test_adapt_errors(model_path, tmp_path):
     with pytest.raises(EdgecError, match="no BatchNorm2d"):
         compile_model("examples/lenet/model.py", None, adapt_bn=True)
@@ -170,6 +171,7 @@ def test_adapt_errors(model_path, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_finetune_adapt_bn(model_path, tmp_path):
     x = (np.random.default_rng(0).standard_normal((32, 1, 8, 8)) * 1.3 + 0.3)
     np.savez(tmp_path / "u.npz", x=x.astype(np.float32))      # no labels

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 import re
 
 import numpy as np
@@ -17,7 +18,7 @@ from edgec.compiler.resume import compile_ir
 from edgec.compiler.workflows.verify import verify
 from edgec.isa.target import load_target
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(Path(__file__).resolve().parents[3])
 MODEL = os.path.join(ROOT, "examples", "lenet", "model.py")
 MASK = os.path.join(ROOT, "examples", "lenet", "user.mask")
 FILES = ["00-capture.ir", "01-prune.ir", "02-mask.ir", "03-quantize.ir", "04-update.ir", "05-tile.loop"]

@@ -20,7 +20,7 @@ from edgec.isa.target import load_target
 
 from randblocks import random_block_case
 
-TINY = load_target(Path(__file__).parent / "data" / "tiny.toml")
+TINY = load_target(Path(__file__).parents[1] / "data" / "tiny.toml")
 
 BLOCK = """
 import torch

@@ -2,6 +2,7 @@
 computes only the subset's logits, labels stay original class ids, and the other classes'
 classifier rows are never read or changed."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from edgec.compiler.workflows.verify import verify
 from edgec.isa.errors import EdgecError
 from edgec.runtime_emu.host import run_step
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(Path(__file__).resolve().parents[3])
 LENET = os.path.join(ROOT, "examples", "lenet", "model.py")
 MASK = os.path.join(ROOT, "examples", "lenet", "user.mask")
 IDS = [0, 3, 7]

@@ -12,7 +12,7 @@ from edgec.isa.target import load_target
 
 from randmodels import random_case
 
-TINY = load_target(Path(__file__).parent / "data" / "tiny.toml")
+TINY = load_target(Path(__file__).parents[1] / "data" / "tiny.toml")
 
 
 @pytest.mark.parametrize("seed", range(52))

@@ -16,7 +16,7 @@ from edgec.isa.errors import EdgecError
 from test_e2e_blocks import BLOCK, write
 
 LENET = "examples/lenet/model.py"
-TINY = str(Path(__file__).parent / "data" / "tiny.toml")
+TINY = str(Path(__file__).parents[1] / "data" / "tiny.toml")
 LENET_A = "conv1: 0-5\nconv2: 0-3, 6, 8-11\nfc1: 0-19, 24 26\n"
 LENET_B = "# same counts, other channels\nconv1: 2-7\nconv2: 1-4, 7, 10-13\nfc1: 5-26\n"
 
@@ -160,6 +160,7 @@ def test_full_keep_list_is_no_mask(tmp_path):
     assert compile_model(LENET, same, remaskable=True).blob == compile_model(LENET, nomask, remaskable=True).blob
 
 
+@pytest.mark.slow
 def test_residual_block_model_remask_and_tie_error(tmp_path, capsys):
     """BatchNorm, a residual add, depthwise and grouped convs: byte-equal remask; a new mask
     that breaks the residual rule is refused like compile refuses it."""

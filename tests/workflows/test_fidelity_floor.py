@@ -16,7 +16,7 @@ from edgec.compiler.workflows.fidelity import float_and_floor, forward_formats
 from edgec.compiler.workflows.floatmodel import cosine_rel, quantize_input
 from edgec.compiler.workflows.verify import make_batch, verify
 
-LENET = str(Path(__file__).resolve().parents[1] / "examples" / "lenet" / "model.py")
+LENET = str(Path(__file__).resolve().parents[2] / "examples" / "lenet" / "model.py")
 
 
 @pytest.fixture(scope="module")

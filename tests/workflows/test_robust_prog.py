@@ -27,7 +27,7 @@ from edgec.isa.target import load_target
 from edgec.runtime_emu.host import run_step
 from edgec.runtime_emu.machine import Machine
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LENET = ROOT / "examples" / "lenet"
 TARGET = load_target()
 IBUF, WBUF, ABUF = 0, 1, 2
@@ -265,6 +265,7 @@ def test_random_instruction_words(lenet, data):
         assert msg.startswith(f"trap at instruction {i} ") and "malformed word" in msg, msg
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(data=st.data())
 def test_field_values_out_of_range(lenet, data):

@@ -189,6 +189,7 @@ def test_cli_bad_model(tmp_path, capsys):
         derive_mask(None, None, str(p), 0.0)
 
 
+@pytest.mark.slow
 def test_resnet18_mask_parses(tmp_path):
     path = "examples/resnet18/model.py"
     model, x = load_model(path)

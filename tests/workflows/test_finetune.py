@@ -15,7 +15,7 @@ from edgec.isa.errors import EdgecError
 from edgec.runtime_emu.host import Session, read_symbol, run_step
 from edgec.runtime_emu.machine import Machine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LENET = str(ROOT / "examples" / "lenet" / "model.py")
 MASK = str(ROOT / "examples" / "lenet" / "user.mask")
 sys.path.insert(0, str(ROOT / "examples" / "lenet"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import re
 
 import pytest
@@ -14,7 +15,7 @@ from edgec.isa.encoding import decode, encode
 from edgec.isa.errors import EdgecError
 from edgec.isa.table import BY_NAME, WORD_BYTES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(Path(__file__).resolve().parents[2])
 LENET = os.path.join(ROOT, "examples", "lenet")
 TINY = os.path.join(ROOT, "tests", "data", "tiny.toml")
 

@@ -26,7 +26,7 @@ from edgec.compiler.reference import run_reference
 from edgec.compiler.workflows.floatmodel import cosine_rel
 from edgec.compiler.workflows.verify import format_report, make_batch, reference_step, verify
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LENET = str(ROOT / "examples" / "lenet" / "model.py")
 LENET_MASK = str(ROOT / "examples" / "lenet" / "user.mask")
 
@@ -235,6 +235,7 @@ def test_the_criterion_can_fail(lenet, bug):
     assert min(cos.values()) < fidelity.THRESHOLD, cos
 
 
+@pytest.mark.slow
 def test_verify_exit_status(monkeypatch, capsys):
     argv = ["verify", LENET, "--mask", LENET_MASK, "--sr-seeds", "2", "-q"]
     assert cli.main(argv) == 0

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from edgec.compiler.driver import compile_model
-from edgec.compiler.workflows.finetune import batch_rows, finetune
+from edgec.compiler.workflows.finetune import finetune
 from edgec.compiler.workflows.floatmodel import masked_float_model, pruned_channels
 from edgec.runtime_emu.host import Session, read_symbol
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import parity  # noqa: E402
 
@@ -110,6 +110,7 @@ def test_grad_bounds_are_the_device_saturation(setup):
     assert col.act[0] == pytest.approx(sat / sum(out[k].size for k in acts))
 
 
+@pytest.mark.slow
 def test_clip_clips(setup):
     c, x, y, _, _ = setup
     bounds = parity.grad_bounds(c.program)

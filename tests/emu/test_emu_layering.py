@@ -4,7 +4,7 @@ import pathlib
 import subprocess
 import sys
 
-EMU = pathlib.Path(__file__).resolve().parents[1] / "runtime_emu"
+EMU = pathlib.Path(__file__).resolve().parents[2] / "runtime_emu"
 ALLOWED_TOP = {"numpy", "edgec", "__future__"} | set(sys.stdlib_module_names)
 
 

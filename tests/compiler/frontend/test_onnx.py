@@ -1,6 +1,7 @@
 """ONNX in/out: the quantized forward in onnxruntime equals the emulator bit for bit; a
 float ONNX model compiles to the same training step as the PyTorch model."""
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -25,7 +26,7 @@ from edgec.runtime_emu.host import run_step
 
 ort = pytest.importorskip("onnxruntime")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(Path(__file__).resolve().parents[3])
 LENET = os.path.join(ROOT, "examples", "lenet", "model.py")
 MASK = os.path.join(ROOT, "examples", "lenet", "user.mask")
 

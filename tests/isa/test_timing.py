@@ -15,7 +15,7 @@ from edgec.isa.errors import TrapError
 from edgec.isa.target import load_target
 from edgec.runtime_emu.machine import Machine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TG = load_target(None)          # DDR latency 32, 16 bytes/cycle, 32 vector lanes
 PUSH_NEXT, POP_PREV, POP_NEXT, PUSH_PREV = 8, 1, 2, 4
 

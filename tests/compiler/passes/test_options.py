@@ -8,7 +8,7 @@ from edgec.compiler.driver import compile_model
 from edgec.compiler.options import CompileOptions
 from edgec.isa.errors import EdgecError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL = str(ROOT / "examples" / "lenet" / "model.py")
 
 

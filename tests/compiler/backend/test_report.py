@@ -22,7 +22,7 @@ from edgec.isa.target import load_target
 from edgec.runtime_emu.host import run_step
 from edgec.runtime_emu.machine import Machine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 LENET = str(ROOT / "examples" / "lenet" / "model.py")
 MASK = str(ROOT / "examples" / "lenet" / "user.mask")
 SUMS = ("instructions", "macs", "ddr_bytes", "index_bytes", "cycles", "cycles_mac",
@@ -37,6 +37,7 @@ def lenet():
     return c, m.counters
 
 
+@pytest.mark.slow
 def test_totals_equal_static_counts_and_emulator(lenet):
     c, cnt = lenet
     rep = program_report(c.program, c.target, cnt)

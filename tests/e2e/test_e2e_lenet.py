@@ -12,7 +12,7 @@ from edgec.isa.container import read_program
 from edgec.isa.errors import EdgecError
 from edgec.runtime_emu.host import run_step
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LENET = str(ROOT / "examples" / "lenet" / "model.py")
 MASK = str(ROOT / "examples" / "lenet" / "user.mask")
 

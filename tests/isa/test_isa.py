@@ -8,7 +8,7 @@ from edgec.isa.encoding import decode, encode
 from edgec.isa.errors import EdgecError
 from edgec.isa.table import INSTRS, WORD_BYTES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_docs_isa_md_is_generated_from_the_table():

@@ -14,7 +14,7 @@ from edgec.compiler.frontend.load import load_model
 from edgec.compiler.workflows.verify import verify
 from edgec.runtime_emu.host import Session, read_real
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL = str(ROOT / "examples" / "personalize" / "model.py")
 MASK = str(ROOT / "examples" / "personalize" / "user.mask")
 
@@ -77,6 +77,7 @@ def test_teacher_logits_are_the_pretrained_models(domain):
         _cos(got, want), _cos(got, other))
 
 
+@pytest.mark.slow
 def test_domain_bn_program_bit_exact_and_faithful(domain):
     rep = verify(domain[2])
     assert rep.bit_exact, rep.mismatches[:3]
