@@ -12,7 +12,8 @@ from edgec.compiler.driver import compile_model
 from edgec.compiler.passes.dynfmt import CALM_STEPS, SPAN, exponent_registers
 from edgec.compiler.passes.quantize import clamp_at, dynamic_clamp, pass_range_at
 from edgec.compiler.reference import run_reference
-from edgec.compiler.verify import make_batch, quantize_input
+from edgec.compiler.workflows.floatmodel import quantize_input
+from edgec.compiler.workflows.verify import make_batch
 from edgec.isa.errors import TrapError
 
 from test_emu_util import ABUF, DDR, IBUF, WBUF, ld, rshift_py, run
