@@ -21,6 +21,7 @@ def atomic_write(path: str, write) -> None:
     except OSError as e:
         raise EdgecError(f"{path}: cannot write ({e.strerror})") from None
     try:
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a plain open() follows the umask
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
@@ -28,6 +29,13 @@ def atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def progress(quiet: bool):

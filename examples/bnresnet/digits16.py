@@ -1,4 +1,4 @@
-"""Data of the bnresnet example: scikit-learn's bundled 8x8 digits (no download),
+"""Data of the bnresnet example: the bundled 8x8 digits (examples/digits.npz),
 bilinearly upsampled to 16x16, with the SAME row split as examples/personalize
 (user_digits.py, whose loader and split this module reuses):
 

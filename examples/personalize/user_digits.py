@@ -1,6 +1,7 @@
-"""Data of the personalisation example: scikit-learn's bundled 8x8 digits (no download).
+"""Data of the personalisation example: the bundled 8x8 digits (examples/digits.npz,
+no download; see examples/digits.py).
 
-Split (fixed, by row of ``load_digits()``, which is ordered by writer):
+Split (fixed, by row, the rows being ordered by writer):
   rows    0..899   PRETRAIN: the "factory" domain, original style (train.py)
   rows  900..1349  USER TRAIN: the user's samples, style-shifted (fine-tuning data)
   rows 1350..1796  USER TEST:  the user's held-out samples, style-shifted (447 rows)
@@ -10,18 +11,17 @@ cross-shaped max filter (the pixel and its 4 neighbours) and blended with the or
 ``x' = min(1, 0.4 * x + 0.6 * dilate(x))`` (pixels in [0, 1]): strokes get about one pixel
 wider, a fixed, deterministic shift (no randomness).
 """
+import sys
+from pathlib import Path
+
 import numpy as np
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from digits import digits  # noqa: E402,F401
 
 PRETRAIN = slice(0, 900)
 USER_TRAIN = slice(900, 1350)
 USER_TEST = slice(1350, None)
-
-
-def digits():
-    """Images in [0, 1] as float32 (N, 1, 8, 8) and int64 labels."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    return (d.images / 16.0).astype(np.float32)[:, None], d.target.astype(np.int64)
 
 
 def dilate(x: np.ndarray) -> np.ndarray:
