@@ -121,6 +121,29 @@ def instr_cost(name: str, f: dict, tg: Target, index: int = 0) -> dict:
                 index_bytes=index_bytes)
 
 
+_TILE_BUFFERS = ("IBUF", "WBUF", "ABUF")
+
+
+def _note_buffers(peak: dict, accesses) -> None:
+    """Raise each tile buffer's high-water mark (elements) to what `accesses` touch."""
+    for a in accesses:
+        if a.space in peak and a.hi is not None:
+            peak[a.space] = max(peak[a.space], a.hi)
+
+
+def _layer_channels(meta: dict) -> dict:
+    """layer -> (kept, total) output channels: the total from the weight's shape in the
+    program's parameter list, the kept ones from its mask (all when unmasked)."""
+    mask = meta.get("mask") if isinstance(meta.get("mask"), dict) else {}
+    out = {}
+    for prm in meta.get("params") or []:
+        name, shape = prm.get("name", ""), prm.get("shape") or []
+        if name.endswith(".weight") and len(shape) >= 2:
+            layer = name[:-len(".weight")]
+            out[layer] = (len(mask.get(layer, range(shape[0]))), shape[0])
+    return out
+
+
 def _finish(d: dict, tg: Target) -> dict:
     """Derived metrics of a summed record (bound already summed or set)."""
     arr = tg.mac_rows * tg.mac_cols
@@ -162,7 +185,8 @@ def program_report(program: Program, target: Target, counters: dict | None = Non
         g = groups.get(key)
         if g is None:
             g = groups[key] = dict(layer=key[0], loc=key[1], pattern=key[2],
-                                   phase=PHASE_OF[key[2]], ops=[], first=i,
+                                   phase=PHASE_OF[key[2]], ops=[], first=i, tiles=0,
+                                   buffer_peak={b: 0 for b in _TILE_BUFFERS},
                                    **{k: 0 for k in _SUMS if k != "bound"})
         op = parse_origin(origin[i] if i < len(origin) else "")[0] or "-"
         if op not in g["ops"]:
@@ -173,11 +197,15 @@ def program_report(program: Program, target: Target, counters: dict | None = Non
         g["index_bytes"] += c["index_bytes"]
         g["cycles"] += share
         g["cycles_" + c["unit"]] += c["cycles"]
+        g["tiles"] += c["unit"] == "mac"
+        _note_buffers(g["buffer_peak"], ins.footprint(f))
         mnem[ins.name] = mnem.get(ins.name, 0) + 1
     rows = sorted(groups.values(), key=lambda g: g["first"])
+    channels = _layer_channels(program.meta)
     for g in rows:
         _group_bound(g, target)
         _finish(g, target)
+        g["kept_channels"], g["total_channels"] = channels.get(g["layer"], (None, None))
     totals = {}
     for ph in PHASES:
         sel = [g for g in rows if ph == "overall" or g["phase"] == ph]
@@ -186,6 +214,7 @@ def program_report(program: Program, target: Target, counters: dict | None = Non
         totals[ph] = _finish(t, target)
     rep = {
         "target": {"name": target.name, "mac_rows": target.mac_rows,
+                   "buffers": {b: target.buffer_size(b) for b in _TILE_BUFFERS},
                    "mac_cols": target.mac_cols,
                    "ddr_bytes_per_cycle": target.ddr_bytes_per_cycle,
                    "ddr_latency": target.ddr_latency, "vector_lanes": target.vector_lanes},
@@ -276,41 +305,108 @@ def format_report(rep: dict) -> str:
     return "\n".join(lines)
 
 
+CSV_COLUMNS = ("layer", "loc", "ops", "pattern", "phase", "kept_channels", "total_channels",
+               "tiles", "ibuf_pct", "wbuf_pct", "abuf_pct", "instructions", "ddr_bytes",
+               "macs", "cycles", "cycles_pct", "utilisation_pct", "bound", "bound_kind",
+               "cycles_over_bound")
+
+
+def layer_csv(rep: dict) -> str:
+    """One CSV row per (layer, pattern) group, in program order: what the group computes
+    (ops, FP/EB/WG pattern, phase, kept/total output channels), how it is tiled (MAC
+    instructions = tiles; each tile buffer's high-water mark as % of its size) and what
+    it costs (DDR bytes incl. index tables, MACs, cycles and their share, utilisation)."""
+    import csv
+    import io
+    total = rep["totals"]["overall"]["cycles"] or 1
+    size = rep["target"]["buffers"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for g in rep["groups"]:
+        occ = [f"{100 * g['buffer_peak'][b] / size[b]:.1f}" for b in _TILE_BUFFERS]
+        w.writerow([g["layer"], g["loc"], "+".join(g["ops"]), g["pattern"], g["phase"],
+                    _blank(g["kept_channels"]), _blank(g["total_channels"]), g["tiles"],
+                    *occ, g["instructions"], g["ddr_bytes"] + g["index_bytes"], g["macs"],
+                    g["cycles"], f"{100 * g['cycles'] / total:.2f}",
+                    f"{100 * g['utilisation']:.2f}", f"{g['bound']:.0f}", g["bound_kind"],
+                    "" if g["cycles_over_bound"] is None else f"{g['cycles_over_bound']:.3f}"])
+    return buf.getvalue()
+
+
+def _blank(v) -> str:
+    return "" if v is None else str(v)
+
+
 # ---------------------------------------------------------------------------- plotting
+
+PATTERN_NAMES = {"FP": "FP: forward", "EB": "EB: error back-propagation",
+                 "WG": "WG: weight gradient", "BWD": "BWD: other backward",
+                 "LOSS": "LOSS: loss gradient", "UPDATE": "UPDATE: SGD", "OTHER": "OTHER"}
+_COLOURS = {"FP": "tab:blue", "EB": "tab:orange", "WG": "tab:green", "BWD": "tab:red",
+            "LOSS": "tab:purple", "UPDATE": "tab:brown", "OTHER": "tab:gray"}
+LABELLED = 10       # points named on the plot: the largest by MACs and the farthest below the roof
+
+
+def _roofline_points(rep: dict) -> list[dict]:
+    """Groups with MACs and DDR bytes: intensity (MACs/byte), achieved MACs/cycle, and
+    the share of the roof they reach."""
+    t = rep["target"]
+    peak, bw = t["mac_rows"] * t["mac_cols"], t["ddr_bytes_per_cycle"]
+    pts = []
+    for g in rep["groups"]:
+        byt = g["ddr_bytes"] + g["index_bytes"]
+        if g["macs"] and byt and g["cycles"]:
+            x, y = g["macs"] / byt, g["macs"] / g["cycles"]
+            pts.append(dict(x=x, y=y, pattern=g["pattern"], macs=g["macs"],
+                            of_roof=y / min(peak, bw * x), name=f"{g['layer']} {g['pattern']}"))
+    return pts
+
+
+def _labelled(pts: list[dict]) -> list[dict]:
+    """The points worth a name: the biggest by MACs, then those farthest below the roof
+    among the ones with at least 1% of the MACs (the outliers worth a look)."""
+    total = sum(p["macs"] for p in pts) or 1
+    big = sorted(pts, key=lambda p: -p["macs"])[:LABELLED // 2]
+    slow = sorted((p for p in pts if p["macs"] >= total / 100 and p not in big),
+                  key=lambda p: p["of_roof"])[:LABELLED - len(big)]
+    return big + slow
+
 
 def plot_roofline(rep: dict, path: str) -> None:
     """Roofline plot: achieved MACs/cycle against arithmetic intensity (MACs per DDR
-    byte) for every group with MACs, over the roofs of the target."""
+    byte) for every group with MACs, over the roofs of the target, the ridge point
+    marked and the largest and the slowest groups named."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise EdgecError("--plot needs matplotlib, which is not installed "
-                         "(pip install matplotlib)") from None
+                         "(pip install 'edgec[plot]', or pip install matplotlib)") from None
     t = rep["target"]
-    peak = t["mac_rows"] * t["mac_cols"]
-    bw = t["ddr_bytes_per_cycle"]
-    colours = {"FP": "tab:blue", "EB": "tab:orange", "WG": "tab:green", "BWD": "tab:red",
-               "LOSS": "tab:purple", "UPDATE": "tab:brown", "OTHER": "tab:gray"}
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    pts = []
-    for g in rep["groups"]:
-        byt = g["ddr_bytes"] + g["index_bytes"]
-        if g["macs"] and byt and g["cycles"]:
-            pts.append((g["macs"] / byt, g["macs"] / g["cycles"], g["pattern"], g["macs"]))
-    lo = min([p[0] for p in pts] + [peak / bw / 10]) / 2
-    hi = max([p[0] for p in pts] + [peak / bw * 10]) * 2
+    peak, bw = t["mac_rows"] * t["mac_cols"], t["ddr_bytes_per_cycle"]
+    ridge = peak / bw
+    pts = _roofline_points(rep)
+    fig, ax = plt.subplots(figsize=(9, 6))
+    lo = min([p["x"] for p in pts] + [ridge / 10]) / 2
+    hi = max([p["x"] for p in pts] + [ridge * 10]) * 2
     xs = [lo * (hi / lo) ** (k / 200) for k in range(201)]
     ax.plot(xs, [min(peak, bw * x) for x in xs], "k-", lw=1.5,
             label=f"roof: min({peak} MACs/cycle, {bw} B/cycle x intensity)")
-    mx = max([p[3] for p in pts] + [1])
+    ax.axvline(ridge, color="k", ls=":", lw=1)
+    ax.annotate(f"ridge point: {ridge:g} MACs/byte", (ridge, peak), textcoords="offset points",
+                xytext=(4, -12), fontsize=8)
+    mx = max([p["macs"] for p in pts] + [1])
     for pat in PATTERN_ORDER:
-        sel = [p for p in pts if p[2] == pat]
+        sel = [p for p in pts if p["pattern"] == pat]
         if sel:
-            ax.scatter([p[0] for p in sel], [p[1] for p in sel], c=colours[pat], alpha=0.7,
-                       s=[12 + 200 * math.sqrt(p[3] / mx) for p in sel], label=pat,
-                       edgecolors="none")
+            ax.scatter([p["x"] for p in sel], [p["y"] for p in sel], c=_COLOURS[pat],
+                       alpha=0.7, s=[12 + 200 * math.sqrt(p["macs"] / mx) for p in sel],
+                       label=PATTERN_NAMES[pat], edgecolors="none")
+    for p in _labelled(pts):
+        ax.annotate(p["name"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 3),
+                    fontsize=7, alpha=0.9)
     o = rep["totals"]["overall"]
     ob = o["ddr_bytes"] + o["index_bytes"]
     if o["macs"] and ob and o["cycles"]:

@@ -85,8 +85,11 @@ def add_report(p) -> None:
     p.add_argument("program", help="prog.bin")
     p.add_argument("--target", help="target TOML the program was compiled for")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--csv", metavar="FILE", help="also write one row per layer and pattern "
+                   "as CSV (ops, channels, tiles, buffer occupancy, DDR bytes, MACs, cycles, "
+                   "utilisation)")
     p.add_argument("--plot", metavar="FILE.png", help="draw a roofline plot (needs "
-                   "matplotlib)")
+                   "matplotlib: pip install 'edgec[plot]')")
 
 
 def cmd_report(args) -> int:
@@ -95,18 +98,17 @@ def cmd_report(args) -> int:
     from edgec.isa.container import load_program
     from edgec.isa.target import load_target
 
-    from ..report import format_report, plot_roofline, program_report
+    from ..report import format_report, layer_csv, plot_roofline, program_report
     prog = load_program(args.program)
     rep = program_report(prog, load_target(args.target))
-    if args.plot:           # before printing anything: a missing matplotlib fails cleanly
-        atomic_write(args.plot, lambda f: plot_roofline(rep, f))
     print(format_report(rep))
-    if args.json:
-        data = (json.dumps(rep, indent=1) + "\n").encode()
-        atomic_write(args.json, lambda f: f.write(data))
-        print(f"wrote {args.json}")
-    if args.plot:
-        print(f"wrote {args.plot}")
+    outputs = [(args.json, lambda f: f.write((json.dumps(rep, indent=1) + "\n").encode())),
+               (args.csv, lambda f: f.write(layer_csv(rep).encode())),
+               (args.plot, lambda f: plot_roofline(rep, f))]     # the plot last: it may
+    for path, write in outputs:                                   # lack matplotlib
+        if path:
+            atomic_write(path, write)
+            print(f"wrote {path}")
     return 0
 
 
