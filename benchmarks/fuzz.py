@@ -15,6 +15,12 @@ Compiles examples/lenet once, then mutates its inputs case by case:
               re-stamped for that target through the emulator)
     batch     batch.npz through `edgec run` in-process (cli.main), with an existing out.npz
               that must survive every failed run byte for byte
+    asm, ir, onnx, model
+              assembly, IR dumps, ONNX files and model.py text, line/field mutations
+    argv      whole command lines through cli.main: every subcommand with files of the
+              wrong kind (a prog.bin where a model is expected, a mask as a model, a
+              directory, a missing file, ...), misspelt options, bad option values and
+              stray arguments; an existing output must survive every failed run
 
 Outcomes: ok / clean-error (EdgecError with a located message) / bad-message (EdgecError
 whose message does not say where) / traceback (any other exception) / hang (over
@@ -43,10 +49,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET = ROOT / "examples" / "lenet"
-KINDS = ("prog", "prog-st", "mask", "target", "batch", "asm", "ir", "onnx", "model")
+KINDS = ("prog", "prog-st", "mask", "target", "batch", "asm", "ir", "onnx", "model", "argv")
 # relative share of each kind in the mix (model.py executes Python: keep it rare)
 WEIGHTS = {"prog": 3, "prog-st": 3, "mask": 2, "target": 2, "batch": 2, "asm": 3, "ir": 3,
-           "onnx": 1, "model": 1}
+           "onnx": 1, "model": 1, "argv": 2}
 OUTCOMES = ("ok", "clean-error", "bad-message", "traceback", "hang", "damaged-output")
 
 
@@ -646,6 +652,111 @@ def _cli(base: Base, argv: list[str], out: Path, desc: str, repro, suffix, locat
     return "ok", desc, None, suffix
 
 
+# ---------------------------------------------------------------------------- command lines
+
+COMMANDS = ("compile", "remask", "ir", "finetune", "run", "verify", "export-onnx", "disasm",
+            "report", "asm", "mask")
+OPTIONS = {   # option -> values to draw from (None: a flag); files come from Base.files
+    "--mask": "FILE", "--target": "FILE", "--input": "FILE", "--data": "FILE",
+    "--eval": "FILE", "--calib": "FILE", "-o": "OUT", "--json": "OUT", "--csv": "OUT",
+    "--plot": "OUT", "--lr": ["0.01", "-1", "0", "nan", "inf", "1e9", "x"],
+    "--steps": ["1", "0", "-3", "2.5", "x"], "--seed": ["0", "-1", "99999999999999999999"],
+    "--keep": ["0.5", "0", "1.5", "-0.1", "nan"], "--by": ["l1", "bn-gamma", "x"],
+    "--classes": ["0,3", "0,3,12", "3", "a,b", "0,0", ""], "--train": ["fc*", "nomatch*", ""],
+    "--freeze": ["conv1*", "*"], "--batch-seed": ["0", "x"], "--sr-seeds": ["1", "0", "x"],
+    "--momentum": ["0.9", "1.5", "-1"], "--weight-decay": ["0", "-1"],
+    "--labels": ["pseudo", "x"], "--loss": ["kd", "x"], "-q": None, "--quiet": None,
+    "--remaskable": None, "--bias-only": None, "--adapt-bn": None, "--global": None,
+    "--interpret": None, "--maks": "FILE", "--stpes": ["1"], "--lrr": ["0.1"], "-z": None,
+}
+
+
+def argv_files(base: Base) -> dict[str, str]:
+    """Inputs of every kind the CLI reads, to put in every slot."""
+    w = base.work
+    files = {"model": str(LENET / "model.py"), "mask": str(LENET / "user.mask"),
+             "prog": str(base.prog_path), "batch": str(base.batch_path),
+             "missing": str(w / "nope.py"), "dir": str(w), "empty": str(w / "empty.py"),
+             "npy": str(w / "arr.npy"), "text": str(w / "notes.txt"),
+             "ir": str(w / "dump" / sorted(base.ir)[0]),
+             "toml": str(Path(__file__).resolve().parent.parent / "isa/targets/default.toml")}
+    (w / "empty.py").write_text("")
+    (w / "notes.txt").write_text("just some notes\n")
+    np.save(w / "arr.npy", base.x)
+    if base.onnx:
+        files["onnx"] = str(w / "lenet.onnx")
+    return files
+
+
+def random_argv(rng: random.Random, files: dict[str, str], out: Path) -> list[str]:
+    argv = [rng.choice(COMMANDS)] if rng.random() < 0.97 else [rng.choice(["", "compil", "-x"])]
+    argv.append(files[rng.choice(sorted(files))])
+    own = [o for o in _own_options(argv[0]) if o in OPTIONS]
+    for _ in range(rng.choice([0, 1, 1, 2, 3, 4])):
+        opt = rng.choice(own if own and rng.random() < 0.7 else sorted(OPTIONS))
+        vals = OPTIONS[opt]
+        if vals is None:
+            argv.append(opt)
+        elif vals == "FILE":
+            argv += [opt, files[rng.choice(sorted(files))]]
+        elif vals == "OUT":
+            argv += [opt, str(out)]
+        else:
+            argv += [opt, rng.choice(vals)]
+    if rng.random() < 0.05:
+        argv.append(files[rng.choice(sorted(files))])      # a stray extra argument
+    if "-q" not in argv:
+        argv.append("-q")
+    if "--steps" in argv:      # keep the rare valid finetune short
+        argv[argv.index("--steps") + 1] = str(min(2, _int_or(argv[argv.index("--steps") + 1])))
+    return argv
+
+
+def _own_options(cmd: str) -> list[str]:
+    """The options the subcommand `cmd` takes (from the CLI's own parser)."""
+    from edgec.compiler.workflows import cli
+    if cmd not in COMMANDS:
+        return []
+    ap = cli.build_parser(cmd)
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(o for a in sub.choices[cmd]._actions for o in a.option_strings)
+
+
+def _int_or(text: str, default: int = 1) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
+def run_argv(base: Base, argv: list[str], out: Path):
+    """cli.main on one command line: the outcome and its detail."""
+    from edgec.compiler.workflows import cli
+    out.write_bytes(base.out_bytes)
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main(argv)
+        except SystemExit as e:            # argparse: usage errors exit 2, --help exits 0
+            rc = e.code if isinstance(e.code, int) else 2
+    msg = err.getvalue()
+    desc = " ".join(argv)
+    if rc in (0, 3):
+        return "ok", desc
+    if out.read_bytes() != base.out_bytes:
+        return "damaged-output", f"{desc}: rc={rc}"
+    lines = msg.strip().splitlines()
+    if "Traceback" in msg or not lines or "error" not in lines[-1]:
+        return "traceback", f"{desc}: {msg[-800:]}"
+    last = lines[-1]
+    named = [a for a in argv if len(a) >= 2 and (a in last or Path(a).name in last)]
+    if argv[0] not in COMMANDS and "invalid choice" in last:
+        named = [argv[0]]
+    if not named:       # the message must say which file, option or value is wrong
+        return "bad-message", f"{desc}: {msg[-500:]}"
+    return "clean-error", desc
+
+
 # ---------------------------------------------------------------------------- runners
 
 def _located(msg: str, *prefixes: str) -> bool:
@@ -785,6 +896,12 @@ def case(i: int, kind: str, rng: random.Random, base: Base, work: Path):
                             lambda m: "case.onnx:" in m)
             located = ("case.onnx:",)
             load_onnx(str(src), str(work / "calib.npz"))
+        elif kind == "argv":
+            if not hasattr(base, "files"):
+                base.files = argv_files(base)
+            argv = random_argv(rng, base.files, work / "argv.out")
+            outcome, desc = run_argv(base, argv, work / "argv.out")
+            return outcome, desc, None, ".txt"
         elif kind == "model":
             text, desc = mutate_lines(rng, base.model_text)
             repro, suffix = text.encode("utf-8", "surrogatepass"), ".py"
