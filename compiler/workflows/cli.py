@@ -53,6 +53,9 @@ def main(argv=None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no flush error
         return 141
+    finally:
+        from .progress import close_all
+        close_all()
 
 
 if __name__ == "__main__":

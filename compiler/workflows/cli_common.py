@@ -7,7 +7,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 
 def atomic_write(path: str, write) -> None:
@@ -39,12 +38,10 @@ def _umask() -> int:
 
 
 def progress(quiet: bool):
-    t0 = time.perf_counter()
-
-    def log(stage: str) -> None:
-        if not quiet:
-            print(f"  [{time.perf_counter() - t0:6.2f}s] {stage}", file=sys.stderr)
-    return log
+    """The stage log of a command (compiler/workflows/progress.py): call it with the name
+    of each stage as it begins."""
+    from .progress import Progress
+    return Progress(quiet)
 
 
 def positive_int(text: str) -> int:

@@ -26,7 +26,9 @@ def add_compile(p) -> None:
 
 
 def cmd_compile(args) -> int:
-    c = compile_from_args(args, progress(args.quiet))
+    log = progress(args.quiet)
+    c = compile_from_args(args, log)
+    log.close()
     atomic_write(args.output, lambda f: f.write(c.blob))
     print(f"wrote {args.output}: {c.program.n_instr} instructions, {len(c.blob)} bytes, "
           f"{len(c.nests)} loop nests")
@@ -57,9 +59,11 @@ def add_verify(p) -> None:
 
 def cmd_verify(args) -> int:
     from .verify import format_report, verify
-    c = compile_from_args(args, progress(args.quiet))
+    log = progress(args.quiet)
+    c = compile_from_args(args, log)
     rep = verify(c, seed=program_seed(c),
-                 batch_seed=args.batch_seed, sr_seeds=args.sr_seeds)
+                 batch_seed=args.batch_seed, sr_seeds=args.sr_seeds, log=log)
+    log.close()
     print(format_report(rep))
     pruned = pruned_summary(c)
     if pruned:
@@ -76,7 +80,9 @@ def add_export_onnx(p) -> None:
 
 def cmd_export_onnx(args) -> int:
     from ..backend.onnx_out import export_forward
-    c = compile_from_args(args, progress(args.quiet))
+    log = progress(args.quiet)
+    c = compile_from_args(args, log)
+    log.close()
     model = export_forward(c.graph)
     data = model.SerializeToString()
     atomic_write(args.output, lambda f: f.write(data))
@@ -111,8 +117,12 @@ def cmd_mask(args) -> int:
     if str(args.model).lower().endswith((".onnx", ".ir", ".loop")):
         raise EdgecError(f"{args.model}: edgec mask needs a model.py (its weights score the "
                          "channels)")
+    log = progress(args.quiet)
+    log("load " + str(args.model))
     model, example = load_model(args.model)
+    log(f"score channels ({args.by})")
     mask = derive_mask(model, example, args.model, args.keep, args.by, args.global_)
+    log.close()
     header = (f"edgec mask --keep {args.keep:g} --by {args.by}"
               f"{' --global' if args.global_ else ''}: {args.model}")
     text = format_mask(mask, header)
@@ -185,16 +195,18 @@ def cmd_finetune(args) -> int:
     if args.adapt_bn:                   # c.model has the adapted BatchNorm statistics
         from ..frontend.load import load_model
         pre = load_model(args.model)[0]
+    log("accuracy before (float)")
     acc0 = accuracy(pre, ex, ey, class_ids=ids)
     pruned = bool(pruned_channels(c))
     pacc0 = accuracy(c.model, ex, ey, prune_state_dict(c, pre.state_dict()),
                      class_ids=ids) if pruned else acc0
     bn_acc = accuracy(c.model, ex, ey, prune_state_dict(c, c.model.state_dict()),
                       class_ids=ids) if args.adapt_bn else None
-    res = finetune(c, x, y, args.steps, seed=args.seed or 0,
-                   log=(lambda line: None) if args.quiet else
-                   (lambda line: print(f"  {line}", file=sys.stderr)))
+    log(f"{args.steps} training steps on the emulator")
+    res = finetune(c, x, y, args.steps, seed=args.seed or 0, log=log.line)
+    log("accuracy after (float)")
     acc1 = accuracy(c.model, ex, ey, res.state_dict, class_ids=ids)
+    log.close()
     atomic_write(args.output, lambda f: torch.save(res.state_dict, f))
     on = args.eval or f"{args.data} (training data)"
     print(f"{args.steps} steps in {res.seconds:.2f}s ({len(res.params)} trained parameters); "
@@ -231,8 +243,7 @@ def _domain_bn(args, x, log) -> dict:
         x, _ = check_data(x, np.zeros(len(x), np.int64), shape, 1, n, args.data)
         steps = args.adapt_steps if args.adapt_steps is not None else 2 * -(-len(x) // n)
         who = "student" if key == "bn_stats" else "teacher"
-        res = adapt_bn(a, x, steps, log=(lambda line: None) if args.quiet else
-                       (lambda line: print(f"  adapt-bn ({who}) {line}", file=sys.stderr)))
+        res = adapt_bn(a, x, steps, log=lambda line: log.line(f"adapt-bn ({who}) {line}"))
         out[key] = res.stats
         print(f"{steps} BatchNorm adaptation runs of the {who} in {res.seconds:.2f}s "
               f"({len(res.stats)} BatchNorm layers"
@@ -255,8 +266,9 @@ def _finetune_adapt(args) -> int:
     c = compile_from_args(args, log)
     shape, n = tuple(c.example_input.shape[1:]), int(c.example_input.shape[0])
     x, _ = check_data(x, np.zeros(len(x), np.int64), shape, 1, n, args.data)
-    res = adapt_bn(c, x, args.steps, log=(lambda line: None) if args.quiet else
-                   (lambda line: print(f"  {line}", file=sys.stderr)))
+    log(f"{args.steps} BatchNorm adaptation runs on the emulator")
+    res = adapt_bn(c, x, args.steps, log=log.line)
+    log.close()
     atomic_write(args.output, lambda f: torch.save(res.state_dict, f))
     print(f"{args.steps} BatchNorm adaptation runs in {res.seconds:.2f}s "
           f"({len(res.stats)} BatchNorm layers, labels not used)")

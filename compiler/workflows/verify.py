@@ -91,12 +91,18 @@ def reference_step(c: Compiled, x: torch.Tensor, y: torch.Tensor, seed: int) -> 
     return run_reference(g, inputs, seed)
 
 
-def verify(c: Compiled, seed: int = 0, batch_seed: int = 0, sr_seeds: int = 8) -> Report:
+def verify(c: Compiled, seed: int = 0, batch_seed: int = 0, sr_seeds: int = 8,
+           log=None) -> Report:
     """Emulator vs reference bit for bit (seed ``seed``), then the fidelity table; the
-    criterion averages the reference's gradients over the seeds seed..seed+sr_seeds-1."""
+    criterion averages the reference's gradients over the seeds seed..seed+sr_seeds-1.
+    log(stage), if given, hears each stage as it begins."""
+    log = log or (lambda stage: None)
     x, y = make_batch(c, batch_seed)
+    log("reference interpreter")
     ref = reference_step(c, x, y, seed)
+    log("emulator")
     out, machine = run_step(c.program, c.target, x.numpy(), y.numpy(), seed)
+    log("compare")
     rep = Report(counters=dict(machine.counters), out=out, machine=machine)
     origin = c.program.meta.get("origin", [])
     for s in c.program.symbols:
@@ -117,6 +123,7 @@ def verify(c: Compiled, seed: int = 0, batch_seed: int = 0, sr_seeds: int = 8) -
         from .adapt import adapt_fidelity
         rep.fidelity += adapt_fidelity(c, x, out)
         return rep
+    log("float autograd")
     fg = float_grads(c, x, y)
     for p in c.program.meta["params"]:
         if p["grad"] is None:
@@ -124,7 +131,9 @@ def verify(c: Compiled, seed: int = 0, batch_seed: int = 0, sr_seeds: int = 8) -
         cos, rel = cosine_rel(out[f"grad/{p['name']}"], fg[p["name"]].numpy())
         rep.fidelity.append((p["name"], cos, rel))
     from .fidelity import THRESHOLD, criterion_cosines, floor_cosines
+    log("int8 floor")
     rep.floor = floor_cosines(c, x, y)
+    log(f"fidelity criterion ({sr_seeds} stochastic-rounding seeds)")
     rep.devfwd = criterion_cosines(c, ref, seed, sr_seeds)
     rep.sr_seeds, rep.threshold = sr_seeds, THRESHOLD
     return rep
