@@ -8,6 +8,7 @@ import torch
 
 from edgec.isa.container import Program, write_program
 from edgec.isa.errors import EdgecError
+from edgec.isa.interface import InterfaceError, check_interface
 from edgec.isa.target import Target, load_target
 
 from .backend.codegen import Emitter, generate
@@ -238,7 +239,28 @@ def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: i
     prog = Program(tg.fingerprint, em.code, bytes(mem.data), mem.size,
                    [s.to_json() for s in mem.symbols.values()],
                    program_meta(g, mem, em, lr, model))
+    check_host_interface(g, mem, prog)
     return Compiled(g, nests, mem, em, prog, write_program(prog), tg, model, example, mask)
+
+
+def check_host_interface(g: Graph, mem: MemoryPlan, prog: Program) -> None:
+    """What `edgec run` will need of the program (isa/interface.py), checked before it is
+    written: a problem is an error naming the layer and model line of the tensor at fault."""
+    try:
+        check_interface(prog)
+    except InterfaceError as e:
+        sym = mem.symbols.get(e.symbol) if e.symbol else None
+        node = g.producer(sym.value) if sym is not None and sym.value in g.values else None
+        if node is None:
+            raise EdgecError(f"internal error: the program cannot run: {e}") from None
+        where = f"{node.loc}: " if node.loc else ""
+        hint = ""
+        if sym.name == mem.of_value[g.outputs["logits"]].name:
+            shp = list(g.values[g.outputs["logits"]].shape)
+            hint = (f"; the logits {shp} are a view of it, but the host reads them from "
+                    "the tensor as stored: make the model's last layer a Linear (flatten "
+                    "first: torch.flatten(x, 1), then nn.Linear)")
+        raise EdgecError(f"{where}layer {node.layer!r} ({node.op}): {e}{hint}") from None
 
 
 def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model) -> dict:

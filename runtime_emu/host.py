@@ -13,6 +13,7 @@ import numpy as np
 
 from edgec.isa.container import DTYPE_BYTES, Program
 from edgec.isa.errors import EdgecError
+from edgec.isa.interface import check_interface
 from edgec.isa.target import Target
 from edgec.isa.timeline import Timeline
 
@@ -276,6 +277,7 @@ class Session:
     """
 
     def __init__(self, program: Program, target: Target):
+        check_interface(program)         # the symbols and meta entries a step needs
         self.program = program
         self.machine = Machine(program, target)
         self._fresh = True
@@ -319,13 +321,8 @@ def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
     xs = _sym(program, "in:x")
     e_x = symbol_exp(xs, read_xtab(m), "E")         # the exponent this step will use
     write_symbol(m, "in:x", quantize_input(x, e_x, _shape(xs)))
-    logits_name = program.meta.get("logits")
-    if logits_name is None:
-        raise EdgecError("program meta has no 'logits' entry")
+    logits_name = program.meta["logits"]          # check_interface: a symbol [N, K]
     ls = _sym(program, logits_name)
-    if len(_shape(ls)) != 2 or 0 in _shape(ls):
-        raise EdgecError(f"logits symbol {logits_name!r} has shape {list(_shape(ls))}, "
-                         "expected [N, K]")
     N, K = _shape(ls)
     teacher = program.meta.get("teacher")
     if labels is None and teacher:          # the program takes its targets from a teacher
