@@ -25,6 +25,7 @@ from .passes.dynfmt import exponent_registers, is_dynamic
 from .passes.mask import MaskPass
 from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
+from .passes.shapes import verify_graph
 from .passes.teacher import TeacherPass, teacher_logits
 from .mask.layers import mask_layers, user_mask
 from .mask.remask import remask_info
@@ -215,7 +216,7 @@ def _backend(g: Graph, mask, example, params, opts: CompileOptions, tg, model, l
         log(p.name)
         g = p.apply(g)
         try:
-            g.verify()
+            verify_graph(g)
         except ValueError as e:
             raise EdgecError(f"internal error after pass {p.name!r}: {e}") from None
         dump(p.name, g)

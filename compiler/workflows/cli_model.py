@@ -41,8 +41,9 @@ def add_ir(p) -> None:
 
 
 def cmd_ir(args) -> int:
-    from ..ir.text import format_ir, read_ir
-    sys.stdout.write(format_ir(read_ir(args.file)))
+    from ..ir.text import format_ir
+    from ..resume import read_checked
+    sys.stdout.write(format_ir(read_checked(args.file)))
     return 0
 
 

@@ -73,3 +73,67 @@ def test_interface_check_names_the_symbol(change, symbol, words):
     with pytest.raises(InterfaceError) as e:
         check_interface(_program(**change))
     assert e.value.symbol == symbol and words in str(e.value), str(e.value)
+
+
+@pytest.fixture(scope="module")
+def dump(tmp_path_factory):
+    """examples/lenet's IR dumps, with its mask."""
+    from edgec.compiler.driver import compile_model
+    d = tmp_path_factory.mktemp("dump")
+    compile_model(str(LENET / "model.py"), str(LENET / "user.mask"), dump_ir=str(d))
+    return d
+
+
+def _edit(src: Path, dst: Path, old: str, new: str) -> int:
+    """dst = src with the first `old` replaced; the 1-based line it was on."""
+    text = src.read_text()
+    k = text.index(old)
+    dst.write_text(text[:k] + new + text[k + len(old):])
+    return text[:k].count("\n") + 1
+
+
+CONV1 = "%relu.out: i8<2^-5>[16,6,8,8] = conv"
+
+
+@pytest.mark.parametrize("stage", ["04-update.ir", "05-tile.loop"])
+def test_declared_shape_that_the_op_does_not_compute(dump, tmp_path, capsys, stage):
+    bad = tmp_path / stage
+    line = _edit(dump / stage, bad, CONV1, CONV1.replace("8,8]", "8,9]"))
+    err = _fail(capsys, ["ir", str(bad)])
+    assert err.startswith(f"edgec: error: {bad}:{line}:1: node 2 (conv in conv1)"), err
+    assert "declared [16, 6, 8, 9]" in err and "computes [16, 6, 8, 8]" in err, err
+    out = tmp_path / "prog.bin"
+    assert _fail(capsys, ["compile", str(bad), "-o", str(out), "-q"]) == err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("stage", ["03-quantize.ir", "05-tile.loop"])
+def test_shift_outside_what_the_machine_accepts(dump, tmp_path, capsys, stage):
+    bad = tmp_path / stage
+    line = _edit(dump / stage, bad, "shift=7,", "shift=70,")
+    out = tmp_path / "prog.bin"
+    err = _fail(capsys, ["compile", str(bad), "-o", str(out), "-q"])
+    assert err.startswith(f"edgec: error: {bad}:{line}:1: node 2 (conv conv1 model.py:26): "
+                          "instruction 6 (RQ): field shift=70 outside [-31, 31]"), err
+    assert not out.exists()
+
+
+def test_codegen_checks_field_ranges_and_bits():
+    from edgec.compiler.backend.codegen import Emitter
+    from edgec.isa.errors import EdgecError
+    from edgec.isa.target import load_target
+
+    class G:
+        nodes = []
+    em = Emitter(G(), None, load_target())
+    em._append("SEED", 0, {"ddr": 0})
+    em.starts.append((1, 5))
+    em.where = "sgd fc1 model.py:29"
+    em._append("SGD", 0, {"cbits": 8, "lrshift": 32})
+    with pytest.raises(EdgecError, match=r"^node 5 \(sgd fc1 model.py:29\): instruction 1 "
+                       r"\(SGD\): field lrshift=32 outside \[0, 31\]$"):
+        em.finish()
+    em.fields[1] = {"cbits": 8, "count": 1 << 40}
+    with pytest.raises(EdgecError, match=r"^node 5 .*: instruction 1: SGD: field "
+                       r"count=1099511627776 does not fit in 32 bits"):
+        em.finish()
