@@ -367,4 +367,7 @@ def load_program(path: str, expect_target: bytes | None = None) -> Program:
             blob = f.read()
     except OSError as e:
         raise EdgecError(f"{path}: cannot read ({e.strerror})") from None
+    if not blob.startswith(MAGIC):
+        from .filekind import PROGRAM, check_kind
+        check_kind(path, "a prog.bin written by edgec compile", (PROGRAM,))
     return read_program(blob, path, expect_target)

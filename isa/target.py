@@ -51,6 +51,9 @@ class Target:
 
 def load_target(path: str | Path | None = None) -> Target:
     path = Path(path) if path else DEFAULT_TARGET
+    if path.is_file():
+        from .filekind import BINARY, TOML, check_kind
+        check_kind(str(path), "a target TOML file", (TOML, BINARY))   # binary: the byte
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:

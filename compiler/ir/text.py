@@ -502,11 +502,17 @@ def ir_diff(a: Graph, b: Graph, na=None, nb=None) -> str | None:
 
 def read_ir(path: str) -> IRFile:
     """Read, parse and check a dump; print(parse(text)) must give the text back."""
+    from edgec.isa.filekind import IR, check_kind
+    if os.path.isfile(path):
+        check_kind(path, "an edgec IR dump (a .ir / .loop file of compile --dump-ir)", (IR,))
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as e:
         raise EdgecError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise EdgecError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected "
+                         "an edgec IR dump") from None
     f = parse_ir(text, path)
     check_ir(f, path)
     return f

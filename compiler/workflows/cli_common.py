@@ -197,3 +197,38 @@ def program_seed(c) -> int:
     """The stochastic-rounding seed compiled into the program's data section."""
     s = c.program.symbol("rng_seed")
     return int.from_bytes(c.program.data[s["addr"]:s["addr"] + 4], "little")
+
+
+def load_data(path: str, need_y: bool = True):
+    """x and y of an npz file (raw; check_data validates them); y may be absent (None)
+    unless ``need_y``.  A file of another kind (.npy, prog.bin, ...) is an error saying
+    what it looks like."""
+    import numpy as np
+
+    from edgec.isa.errors import EdgecError
+    from edgec.isa.filekind import NPZ, check_kind
+    import os
+    want = "an .npz with arrays x (float32) and y (int64 labels)" + (
+        "" if need_y else ", y optional")
+    if not os.path.isfile(path):
+        raise EdgecError(f"{path}: no such file (expected {want})")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:
+        check_kind(path, want, (NPZ,))
+        raise EdgecError(f"{path}: cannot read data ({type(e).__name__}: {e}); expected "
+                         f"{want}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise EdgecError(f"{path}: this is a NumPy .npy file (one array of shape "
+                         f"{list(z.shape)}), not {want}: write it with numpy.savez(path, "
+                         "x=x, y=y)")
+    try:
+        with z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise EdgecError(f"{path}: cannot read data ({type(e).__name__}: {e})") from None
+    for k in ("x", "y") if need_y else ("x",):
+        if k not in arrays:
+            raise EdgecError(f"{path}: missing array {k!r} (needs x float32 (M, ...) and "
+                             f"y int64 (M,))")
+    return arrays["x"], arrays.get("y")

@@ -154,7 +154,8 @@ def cmd_finetune(args) -> int:
 
     from edgec.isa.errors import EdgecError
 
-    from .finetune import accuracy, check_data, finetune, load_data
+    from .cli_common import load_data
+    from .finetune import accuracy, check_data, finetune
     teacher = teacher_options(args)             # bad flag combinations: fail early
     if (args.adapt_steps is not None or args.teacher_bn is not None) and not (
             args.adapt_bn and teacher):
@@ -248,7 +249,8 @@ def _finetune_adapt(args) -> int:
     import torch
 
     from .adapt import adapt_bn
-    from .finetune import accuracy, check_data, load_data
+    from .cli_common import load_data
+    from .finetune import accuracy, check_data
     from .floatmodel import prune_state_dict
     log = progress(args.quiet)
     x, _ = load_data(args.data, need_y=False)   # unreadable: fail early; labels not used

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from .cli_common import atomic_write
+from .cli_common import atomic_write, load_data
 
 
 def add_remask(p) -> None:
@@ -43,17 +43,10 @@ def cmd_run(args) -> int:
     from edgec.runtime_emu.host import run_step
     prog = load_program(args.program)
     tg = load_target(args.target)
-    try:
-        with np.load(args.input, allow_pickle=False) as z:
-            batch = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise EdgecError(f"{args.input}: cannot read batch ({type(e).__name__}: {e})") from None
-    for k in ("x",) if prog.meta.get("teacher") else ("x", "y"):
-        if k not in batch:
-            raise EdgecError(f"{args.input}: missing array {k!r} (needs x float32 and y int64)")
+    x, y = load_data(args.input, need_y=not prog.meta.get("teacher"))
     from edgec.runtime_emu.host import exponent_moves, initial_xtab
     try:
-        out, m = run_step(prog, tg, batch["x"], batch.get("y"), args.seed)
+        out, m = run_step(prog, tg, x, y, args.seed)
     except TrapError as e:
         raise EdgecError(f"{args.program}: {e}") from None
     atomic_write(args.output, lambda f: np.savez(f, **out))
