@@ -204,9 +204,15 @@ def class_ids(g: Graph, classes) -> list[int]:
     row view of the classifier: it computes only their logits)."""
     K = g.values[g.outputs["logits"]].shape[1]
     ids = sorted(set(int(c) for c in classes))
-    if any(not 0 <= c < K for c in ids) or len(ids) < 2:
-        raise EdgecError(f"--classes {','.join(map(str, classes))}: need at least two "
-                         f"distinct class ids in [0, {K})")
+    bad = [c for c in ids if not 0 <= c < K]
+    given = ",".join(map(str, classes))
+    if bad:
+        raise EdgecError(f"--classes {given}: class id{'s' * (len(bad) > 1)} "
+                         f"{', '.join(map(str, bad))} out of range: the model's logits have "
+                         f"K = {K} classes, ids 0-{K - 1}")
+    if len(ids) < 2:
+        raise EdgecError(f"--classes {given}: need at least two distinct class ids in "
+                         f"[0, {K}) (a softmax over one class has no gradient)")
     return ids
 
 

@@ -192,6 +192,26 @@ def quantize_input(x_float, exp: int, shape=None) -> np.ndarray:
     return np.clip(q, -127, 127).astype(np.int8)
 
 
+def input_saturation(program: Program, x) -> str | None:
+    """What of the float input `x` the program's input format cannot hold: None when every
+    element is within one step of the int8 range +-127 * 2^e (e: the input's exponent,
+    static, chosen at compile time from example_input), else one line naming the input,
+    the range seen, the format's range and how many elements saturate."""
+    xs = _sym(program, "in:x")
+    e = symbol_exp(xs, initial_xtab(program), "E")
+    v = np.asarray(x, dtype=np.float64)
+    if v.size == 0 or not np.isfinite(v).all():
+        return None                       # quantize_input reports non-finite values
+    step = 2.0 ** e
+    over = int(np.count_nonzero(np.abs(v) > 128 * step))
+    if not over:
+        return None
+    return (f"input x has values in [{v.min():.6g}, {v.max():.6g}], but its format (int8 "
+            f"x 2^{e}, set by example_input) holds [{-127 * step:.6g}, {127 * step:.6g}]: "
+            f"{over} of {v.size} elements saturate; scale the data as example_input is "
+            "scaled (e.g. pixels / 255)")
+
+
 def _scatter_grad(full_shape, g: np.ndarray, rows, cols, in_block: int) -> np.ndarray:
     full = np.zeros(full_shape, dtype=g.dtype)
     if rows is None and cols is None:

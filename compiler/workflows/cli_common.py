@@ -39,6 +39,12 @@ def progress(quiet: bool):
     return log
 
 
+def warn_input(path: str, msg: str | None) -> None:
+    """One warning line on stderr about the data in `path` (nothing when msg is None)."""
+    if msg:
+        print(f"edgec: warning: {path}: {msg}", file=sys.stderr)
+
+
 def positive_int(text: str) -> int:
     """argparse type of an option that counts: an integer >= 1."""
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from .cli_common import (add_compile_options, atomic_write, compile_from_args, positive_int,
-                         program_seed, progress, pruned_summary, teacher_options)
+                         program_seed, progress, pruned_summary, teacher_options, warn_input)
 
 VERIFY_HELP = ("compile, then check emulator == reference bit for bit, and the "
                "fixed-point gradients (averaged over --sr-seeds stochastic-rounding seeds) "
@@ -178,6 +178,8 @@ def cmd_finetune(args) -> int:
     k = c.program.meta.get("class_ids") or int(c.program.meta["classes"])
     ids = c.program.meta.get("class_ids")
     x, y = check_data(x, y, shape, k, int(c.example_input.shape[0]), args.data)
+    from edgec.runtime_emu.host import input_saturation
+    warn_input(args.data, input_saturation(c.program, x))
     if ev is not None:
         ex, ey = check_data(ev[0], ev[1], shape, k, 1, args.eval)
     else:

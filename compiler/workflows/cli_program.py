@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from .cli_common import atomic_write, load_data
+from .cli_common import atomic_write, load_data, warn_input
 
 
 def add_remask(p) -> None:
@@ -44,7 +44,8 @@ def cmd_run(args) -> int:
     prog = load_program(args.program)
     tg = load_target(args.target)
     x, y = load_data(args.input, need_y=not prog.meta.get("teacher"))
-    from edgec.runtime_emu.host import exponent_moves, initial_xtab
+    from edgec.runtime_emu.host import exponent_moves, initial_xtab, input_saturation
+    warn_input(args.input, input_saturation(prog, x))
     try:
         out, m = run_step(prog, tg, x, y, args.seed)
     except TrapError as e:
