@@ -9,7 +9,7 @@ import torch
 from edgec.isa.container import Program, write_program
 from edgec.isa.errors import EdgecError
 from edgec.isa.interface import InterfaceError, check_interface
-from edgec.isa.target import Target, load_target
+from edgec.isa.target import Target, load_target, recorded_name
 
 from .backend.codegen import Emitter, generate
 from .backend.memory import MemoryPlan, plan_memory
@@ -245,7 +245,7 @@ def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: i
     em = generate(g, nests, mem, tg, regs)
     prog = Program(tg.fingerprint, em.code, bytes(mem.data), mem.size,
                    [s.to_json() for s in mem.symbols.values()],
-                   program_meta(g, mem, em, lr, model))
+                   program_meta(g, mem, em, lr, model, tg))
     check_host_interface(g, mem, prog)
     return Compiled(g, nests, mem, em, prog, write_program(prog), tg, model, example, mask)
 
@@ -270,7 +270,8 @@ def check_host_interface(g: Graph, mem: MemoryPlan, prog: Program) -> None:
         raise EdgecError(f"{where}layer {node.layer!r} ({node.op}): {e}{hint}") from None
 
 
-def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model) -> dict:
+def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model,
+                 tg: Target) -> dict:
     params = []
     for p in g.params.values():
         if not p.trainable:
@@ -287,6 +288,7 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model) -> di
     opt = next(({"momentum": n.attrs["momentum"], "weight_decay": n.attrs["weight_decay"]}
                 for n in g.nodes if n.op == "sgd" and n.attrs.get("mom")), {})
     return {"logits": logits, "params": params, "lr": lr, **opt,
+            **({"target": name} if (name := recorded_name(tg)) else {}),
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
             **({"xregs": em.regs.names} if em.regs is not None else {}),

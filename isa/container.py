@@ -191,7 +191,7 @@ def _header(hdr: bytes, trailer: bytes, size: int, bad, expect_target: bytes | N
             f"({ddr_size})")
     if expect_target is not None and fp != expect_target:
         bad(f"compiled for target fingerprint {fp.hex()}, not {expect_target.hex()}; "
-            "recompile with --target")
+            "pass the --target it was compiled for")
     return fp, ddr_size, lengths, digests
 
 

@@ -56,9 +56,21 @@ def positive_int(text: str) -> int:
     return v
 
 
-def add_compile_options(p) -> None:
+# the options that only shape the training step (its update, seed and schedule), which
+# export-onnx (the quantized forward) has not: name -> its value when absent
+TRAINING_ONLY = {"--lr": None, "--seed": None, "--momentum": None, "--weight-decay": None,
+                 "--train": None, "--freeze": None, "--bias-only": False, "--search": "greedy"}
+
+
+def add_compile_options(p, training: bool = True) -> None:
     """The options of every command that compiles a model (compile, verify, finetune,
-    export-onnx)."""
+    export-onnx); without `training` (export-onnx) those of TRAINING_ONLY are left out (an
+    error if given) and take their defaults."""
+    def train_opt(*names, **kw):
+        if training:
+            p.add_argument(*names, **kw)
+        else:
+            p.set_defaults(**{names[0][2:].replace("-", "_"): TRAINING_ONLY[names[0]]})
     p.add_argument("model", help="model.py defining `model` (nn.Module with pretrained "
                    "weights) and `example_input` (its batch size is compiled in); or a "
                    "float model.onnx (static input shape; no Python is executed); or a "
@@ -67,24 +79,24 @@ def add_compile_options(p) -> None:
                    "layer (default: keep everything)")
     p.add_argument("--target", help="target TOML file (default: the bundled "
                    "edge-dpu-16x16)")
-    p.add_argument("--lr", type=float, default=None,
+    train_opt("--lr", type=float, default=None,
                    help="SGD learning rate (default 0.01)")
-    p.add_argument("--seed", type=int, default=None,
+    train_opt("--seed", type=int, default=None,
                    help="stochastic-rounding seed stored in the program (default 0)")
-    p.add_argument("--momentum", type=float, default=None, metavar="MU",
+    train_opt("--momentum", type=float, default=None, metavar="MU",
                    help="SGD momentum as torch.optim.SGD's (0 <= MU < 1, dampening 0, "
                    "no nesterov; default 0): each trainable parameter gets an int32 "
                    "momentum buffer mom:<name> in DDR that persists across steps")
-    p.add_argument("--weight-decay", type=float, default=None, metavar="WD",
+    train_opt("--weight-decay", type=float, default=None, metavar="WD",
                    help="SGD weight decay (L2) as torch.optim.SGD's: WD * w is added to "
                    "the gradient (default 0; uses the momentum buffer)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("--train", action="append", metavar="PATTERN", help="train only the "
+    train_opt("--train", action="append", metavar="PATTERN", help="train only the "
                    "parameters whose name matches this glob (repeatable), e.g. "
                    "'layer4.*'; the others are frozen")
-    p.add_argument("--freeze", action="append", metavar="PATTERN", help="freeze the "
+    train_opt("--freeze", action="append", metavar="PATTERN", help="freeze the "
                    "parameters matching this glob (repeatable; applied after --train)")
-    p.add_argument("--bias-only", action="store_true", help="train only biases and "
+    train_opt("--bias-only", action="store_true", help="train only biases and "
                    "BatchNorm weights (combines with --train/--freeze)")
     p.add_argument("--classes", metavar="IDS", help="fine-tune for a subset of the "
                    "classes, e.g. 0,3,7: the classifier computes only their logits; "
@@ -98,7 +110,7 @@ def add_compile_options(p) -> None:
                    "step, a label-free BatchNorm adaptation program: the forward pass, "
                    "then every BatchNorm's frozen statistics move halfway to those of "
                    "the batch (no loss, no backward, no update)")
-    p.add_argument("--search", choices=("greedy", "exhaustive"), default="greedy",
+    train_opt("--search", choices=("greedy", "exhaustive"), default="greedy",
                    help="schedule search for the tile sizes of every MAC loop nest "
                    "against the pipeline cost model: greedy (default, fast) or "
                    "exhaustive (scores every candidate; for checking on small layers)")

@@ -71,7 +71,7 @@ def cmd_verify(args) -> int:
 
 
 def add_export_onnx(p) -> None:
-    add_compile_options(p)
+    add_compile_options(p, training=False)
     p.add_argument("-o", "--output", default="fwd.onnx", help="output file (default fwd.onnx)")
 
 
@@ -100,6 +100,8 @@ def add_mask(p) -> None:
                    help="one budget over all layers (scores normalised by each layer's "
                    "mean) instead of F per layer; every layer keeps at least 1 channel")
     p.add_argument("-o", "--output", help="output mask file (default: print to stdout)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no note on stderr of what "
+                   "was written")
 
 
 def cmd_mask(args) -> int:
@@ -119,9 +121,10 @@ def cmd_mask(args) -> int:
     text = format_mask(mask, header)
     if args.output:
         atomic_write(args.output, lambda f: f.write(text.encode("utf-8")))
+    if args.output and not args.quiet:
         print(f"wrote {args.output}: {len(mask)} layers masked, "
               f"{sum(map(len, mask.values()))} channels kept", file=sys.stderr)
-    else:
+    if not args.output:
         sys.stdout.write(text)
     return 0
 

@@ -43,6 +43,7 @@ def cmd_run(args) -> int:
     from edgec.runtime_emu.host import run_step
     prog = load_program(args.program)
     tg = load_target(args.target)
+    same_target(args.program, prog, tg)
     x, y = load_data(args.input, need_y=not prog.meta.get("teacher"))
     from edgec.runtime_emu.host import exponent_moves, initial_xtab, input_saturation
     warn_input(args.input, input_saturation(prog, x))
@@ -61,6 +62,14 @@ def cmd_run(args) -> int:
             f"\n  {mv['name']}: 2^{mv['old']} -> 2^{mv['new']} ({mv['saturations']} "
             f"saturated, max |q| {mv['max_q']})" for mv in moves))
     return 0
+
+
+def same_target(path: str, prog, tg) -> None:
+    """A program runs (and is reported) only on the target it was compiled for."""
+    from edgec.isa.errors import EdgecError
+    from edgec.isa.target import mismatch
+    if bytes(prog.target_fp) != tg.fingerprint:
+        raise EdgecError(f"{path}: {mismatch(prog, tg)}")
 
 
 def add_disasm(p) -> None:
@@ -91,7 +100,9 @@ def cmd_report(args) -> int:
 
     from ..report import format_report, plot_roofline, program_report
     prog = load_program(args.program)
-    rep = program_report(prog, load_target(args.target))
+    tg = load_target(args.target)
+    same_target(args.program, prog, tg)
+    rep = program_report(prog, tg)
     if args.plot:           # before printing anything: a missing matplotlib fails cleanly
         atomic_write(args.plot, lambda f: plot_roofline(rep, f))
     print(format_report(rep))
