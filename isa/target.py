@@ -114,7 +114,8 @@ def mismatch(program, target: Target) -> str:
     name, path = bundled_targets().get(fp, (program.meta.get("target"), None))
     if not isinstance(name, str):
         name = None
-    have = f"target {name!r} ({fp.hex()})" if name else f"target fingerprint {fp.hex()}"
+    have = (f"target {name!r} (fingerprint {fp.hex()})" if name
+            else f"target fingerprint {fp.hex()}")
     if path == DEFAULT_TARGET:
         fix = "run it without --target (it is the default target)"
     elif path is not None:
@@ -125,5 +126,6 @@ def mismatch(program, target: Target) -> str:
         fix = "pass --target with the TOML file it was compiled with"
     here = bundled_targets().get(target.fingerprint, (None, None))[1] == DEFAULT_TARGET
     return (f"program compiled for {have}, but the target here is {target.name!r} "
-            f"({target.fingerprint.hex()}{', the default: no --target' if here else ''}): "
+            f"(fingerprint {target.fingerprint.hex()}"
+            f"{', the default: no --target' if here else ''}): "
             f"{fix}, or recompile it for {target.name!r}")

@@ -86,8 +86,9 @@ def test_wrong_target_names_the_target(tmp_path, capsys):
         assert cli.main(cmd) == 1
         err = capsys.readouterr().err.strip()
         assert err == (f"edgec: error: {prog}: program compiled for target 'tiny-test' "
-                       f"({c.program.target_fp.hex()}), but the target here is "
-                       "'edge-dpu-16x16' (6d440fce03ad0310, the default: no --target): pass "
+                       f"(fingerprint {c.program.target_fp.hex()}), but the target here is "
+                       "'edge-dpu-16x16' (fingerprint 6d440fce03ad0310, the default: no "
+                       "--target): pass "
                        "--target with the TOML file of target 'tiny-test', or recompile it "
                        "for 'edge-dpu-16x16'"), err
     assert not (tmp_path / "o.npz").exists()

@@ -12,6 +12,7 @@ from edgec.compiler.workflows import cli
 from edgec.isa import filekind
 from edgec.isa.container import Program, write_program
 from edgec.isa.encoding import encode
+from edgec.isa.target import load_target
 
 ROOT = Path(__file__).resolve().parents[2]
 LENET = ROOT / "examples" / "lenet"
@@ -22,7 +23,8 @@ TINY = ("import torch\nfrom torch import nn\nmodel = nn.Sequential(nn.Linear(4, 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("kinds")
-    (d / "prog.bin").write_bytes(write_program(Program(bytes(8), encode("END"), b"", 64)))
+    fp = load_target().fingerprint
+    (d / "prog.bin").write_bytes(write_program(Program(fp, encode("END"), b"", 64)))
     np.savez(d / "batch.npz", x=np.zeros((2, 4), np.float32), y=np.zeros(2, np.int64))
     np.save(d / "batch.npy", np.zeros((2, 4), np.float32))
     torch.save({"w": torch.zeros(2)}, d / "w.pt")
