@@ -23,9 +23,10 @@ from .frontend.capture import const_values
 from .frontend.load import load_model
 from .ir.graph import Graph
 from .ir.loops import LoopNest
-from .ir.text import IRFile, read_ir
+from .ir.text import IRFile, located, read_ir
 from .options import CompileOptions
 from .passes.quantize import initial_data
+from .passes.shapes import check_shapes, verify_graph
 
 
 
@@ -94,12 +95,23 @@ def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> 
                          f"({', '.join(auto[i].op for i in missing)})")
 
 
+def read_checked(path: str) -> IRFile:
+    """read_ir, then the rest of the verifier a direct compile runs after every pass (the
+    shapes), with errors located in the file."""
+    f = read_ir(path)
+    try:
+        check_shapes(f.graph)
+    except ValueError as e:
+        raise located(f, path, e) from None
+    return f
+
+
 def compile_ir(path: str, log=None):
     """Continue the pipeline from a dump; returns a driver.Compiled."""
     from .driver import PIPELINE, emit_program, make_passes
     from .mask.layers import user_mask
     log = log or (lambda msg: None)
-    f = read_ir(path)
+    f = read_checked(path)
     g, stage = f.graph, f.stage
     model_path = _source_path(f, path, "model")
     if model_path is None:
@@ -150,7 +162,7 @@ def compile_ir(path: str, log=None):
             raise EdgecError(f"{path}: pass {name!r} cannot run on this dump "
                              f"({type(e).__name__}: {e})") from None
         try:
-            g.verify()
+            verify_graph(g)
         except ValueError as e:
             raise EdgecError(f"{path}: after pass {name!r}: {e}") from None
     if stage in ("quantize", "update", "tile"):
@@ -170,6 +182,8 @@ def compile_ir(path: str, log=None):
                 from None
     try:
         return emit_program(g, nests, tg, lr, seed, model, example, mask, log)
+    except EdgecError as e:
+        raise located(f, path, e) from None
     except (KeyError, ValueError, TypeError, IndexError) as e:
         raise EdgecError(f"{path}: cannot generate code for this dump "
                          f"({type(e).__name__}: {e})") from None

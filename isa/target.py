@@ -51,6 +51,9 @@ class Target:
 
 def load_target(path: str | Path | None = None) -> Target:
     path = Path(path) if path else DEFAULT_TARGET
+    if path.is_file():
+        from .filekind import BINARY, TOML, check_kind
+        check_kind(str(path), "a target TOML file", (TOML, BINARY))   # binary: the byte
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -82,3 +85,47 @@ def load_target(path: str | Path | None = None) -> Target:
                   vals["buffers.ibuf"], vals["buffers.wbuf"], vals["buffers.abuf"],
                   vals["ddr.bytes"], vals["ddr.bytes_per_cycle"], vals["ddr.latency"],
                   vals["vector.lanes"])
+
+
+def bundled_targets() -> dict[bytes, tuple[str, Path]]:
+    """fingerprint -> (name, file) of the targets shipped in isa/targets/."""
+    global _BUNDLED
+    if _BUNDLED is None:
+        _BUNDLED = {}
+        for p in sorted(DEFAULT_TARGET.parent.glob("*.toml")):
+            t = load_target(p)
+            _BUNDLED[t.fingerprint] = (t.name, p)
+    return _BUNDLED
+
+
+_BUNDLED: dict | None = None
+
+
+def recorded_name(target: Target) -> str | None:
+    """The target name a program records in its meta ("target"): None for a bundled
+    target (its fingerprint names it)."""
+    return None if target.fingerprint in bundled_targets() else target.name
+
+
+def mismatch(program, target: Target) -> str:
+    """Why `program` cannot run on `target`, and which --target to pass: the program's
+    target is named by its meta "target" (or, for a bundled target, its fingerprint)."""
+    fp = bytes(program.target_fp)
+    name, path = bundled_targets().get(fp, (program.meta.get("target"), None))
+    if not isinstance(name, str):
+        name = None
+    have = (f"target {name!r} (fingerprint {fp.hex()})" if name
+            else f"target fingerprint {fp.hex()}")
+    if path == DEFAULT_TARGET:
+        fix = "run it without --target (it is the default target)"
+    elif path is not None:
+        fix = f"pass --target {path}"
+    elif name:
+        fix = f"pass --target with the TOML file of target {name!r}"
+    else:
+        fix = "pass --target with the TOML file it was compiled with"
+    here = bundled_targets().get(target.fingerprint, (None, None))[1] == DEFAULT_TARGET
+    return (f"program compiled for {have}, but the target here is {target.name!r} "
+            f"(fingerprint {target.fingerprint.hex()}"
+            f"{', the default: no --target' if here else ''}): "
+            f"{fix}, or recompile it for {target.name!r}")

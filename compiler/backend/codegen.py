@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 
-from edgec.isa.encoding import encode_all
+from edgec.isa.encoding import encode_all, invalid_field
 from edgec.isa.errors import EdgecError
 from edgec.isa.machine import BUFFER_ID, PATTERN_ID
 from edgec.isa.table import BY_NAME, WORD_BYTES
@@ -46,6 +46,7 @@ class Emitter:
         self.origin: list[str] = []     # per instruction: the layer/op it implements
         self.code = b""                 # the encoded words, after finish()
         self.where = ""
+        self.starts: list[tuple[int, int]] = []   # (first instruction, node) of each nest
         self.producer = {o: n for n in g.nodes for o in n.outputs}
         self.tokens = TokenPlanner(self._patch)
 
@@ -59,8 +60,26 @@ class Emitter:
         self.origin.append(self.where)
 
     def finish(self) -> None:
-        """Encode every instruction into `code`."""
-        self.code = encode_all(self.names, self.deps, self.fields)
+        """Encode every instruction into `code`; a field the machine would refuse (or that
+        does not fit its bits) is an error "node K (...): instruction I (NAME): ..."."""
+        for i, (name, f) in enumerate(zip(self.names, self.fields)):
+            bad = invalid_field(name, f)
+            if bad is not None:
+                raise EdgecError(f"{self._who(i)}: instruction {i} ({name}): {bad}")
+        try:
+            self.code = encode_all(self.names, self.deps, self.fields)
+        except EdgecError as e:
+            i = getattr(e, "index", None)
+            if i is None:
+                raise
+            raise EdgecError(f"{self._who(i)}: instruction {i}: {e}") from None
+
+    def _who(self, i: int) -> str:
+        """The node (or prologue / epilogue) instruction i implements."""
+        k = next((k for first, k in reversed(self.starts) if first <= i), None)
+        if k is None or self.origin[i] in ("exponents", "epilogue"):
+            return self.origin[i] or "prologue"
+        return f"node {k} ({self.origin[i]})"
 
     @property
     def words(self) -> list[bytes]:
@@ -545,6 +564,7 @@ def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target,
             em.emit("EXPUPD", xaddr=0, count=regs.count, calm=CALM_STEPS)
             moved = True
         em.where = f"{n.op} {n.layer or ''} {n.loc or ''}".strip()
+        em.starts.append((len(em.names), nest.node))
         rule = LOWERING.get(n.op)
         if rule is None:
             raise EdgecError(f"{em.where}: no lowering for op {n.op!r}")

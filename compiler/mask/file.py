@@ -158,11 +158,17 @@ def ranges(kept: list[int]) -> str:
 
 
 def residual_error(mask: dict, names, loc: str | None, layer: str | None) -> EdgecError:
-    """The error for two differently masked tensors meeting at a residual add (layers
-    ``names``, None = keeps every channel), located at the first listed layer's line."""
+    """The error for two differently masked tensors meeting at a residual add: ``names``
+    are the layers whose channels meet there (one not in the mask keeps every channel;
+    None: the model's input), located at the first listed layer's line."""
     where = getattr(mask, "where", {})
     at = next((f"{where[k]}: " for k in names if k in where), "")
-    shown = [f"'{k}' keeps {ranges(mask[k])}" if k else "the other keeps all channels"
-             for k in names]
+    shown = [f"'{k}' keeps {ranges(mask[k])}" if k in mask else
+             f"'{k}' keeps all its channels (no line in the mask)" if k else
+             "the model's input keeps all its channels" for k in names]
+    fix = ("give both layers the same kept list" if all(names) else
+           "the add's other operand is the model's input, which cannot be masked: drop the "
+           "line")
     return EdgecError(f"{at}residual add at {loc or '?'} (layer {layer!r}): the channels that "
-                      f"meet there must be masked identically, but {shown[0]} and {shown[1]}")
+                      f"meet there must be masked identically, but {shown[0]} and {shown[1]}; "
+                      f"{fix}")

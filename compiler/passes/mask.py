@@ -158,10 +158,24 @@ def _keep_meet(m: _Masking, n) -> None:
     """add: both operands must keep the same channels (a tie when two masks meet)."""
     ka, kb = m.kept_of(n.inputs[0]), m.kept_of(n.inputs[1])
     if m.mp._kept(ka[0]) != m.mp._kept(kb[0]):
-        raise residual_error(m.mp.mask, (ka[0], kb[0]), n.loc, n.layer)
+        names = [k if k is not None else _channel_source(m.g, v)
+                 for k, v in ((ka[0], n.inputs[0]), (kb[0], n.inputs[1]))]
+        raise residual_error(m.mp.mask, names, n.loc, n.layer)
     if ka[0] is not None and kb[0] is not None and ka[0] != kb[0]:
         m.ties.append([ka[0], kb[0], n.loc, n.layer])
     m.keep[n.outputs[0]] = ka if ka[0] is not None else kb
+
+
+def _channel_source(g: Graph, v: str) -> str | None:
+    """The conv/linear layer whose output channels `v` carries (through element-wise ops,
+    pooling, BatchNorm and depthwise convs); None for the model's input."""
+    while True:
+        n = g.producer(v)
+        if n is None:
+            return None
+        if n.op in MAC_FORWARD and not is_depthwise(g, n):
+            return n.layer
+        v = n.inputs[0]
 
 
 def _keep_flatten(m: _Masking, n) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from .cli_common import atomic_write
+from .cli_common import atomic_write, load_data, warn_input
 
 
 def add_remask(p) -> None:
@@ -43,17 +43,12 @@ def cmd_run(args) -> int:
     from edgec.runtime_emu.host import run_step
     prog = load_program(args.program)
     tg = load_target(args.target)
+    same_target(args.program, prog, tg)
+    x, y = load_data(args.input, need_y=not prog.meta.get("teacher"))
+    from edgec.runtime_emu.host import exponent_moves, initial_xtab, input_saturation
+    warn_input(args.input, input_saturation(prog, x))
     try:
-        with np.load(args.input, allow_pickle=False) as z:
-            batch = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise EdgecError(f"{args.input}: cannot read batch ({type(e).__name__}: {e})") from None
-    for k in ("x",) if prog.meta.get("teacher") else ("x", "y"):
-        if k not in batch:
-            raise EdgecError(f"{args.input}: missing array {k!r} (needs x float32 and y int64)")
-    from edgec.runtime_emu.host import exponent_moves, initial_xtab
-    try:
-        out, m = run_step(prog, tg, batch["x"], batch.get("y"), args.seed)
+        out, m = run_step(prog, tg, x, y, args.seed)
     except TrapError as e:
         raise EdgecError(f"{args.program}: {e}") from None
     atomic_write(args.output, lambda f: np.savez(f, **out))
@@ -67,6 +62,14 @@ def cmd_run(args) -> int:
             f"\n  {mv['name']}: 2^{mv['old']} -> 2^{mv['new']} ({mv['saturations']} "
             f"saturated, max |q| {mv['max_q']})" for mv in moves))
     return 0
+
+
+def same_target(path: str, prog, tg) -> None:
+    """A program runs (and is reported) only on the target it was compiled for."""
+    from edgec.isa.errors import EdgecError
+    from edgec.isa.target import mismatch
+    if bytes(prog.target_fp) != tg.fingerprint:
+        raise EdgecError(f"{path}: {mismatch(prog, tg)}")
 
 
 def add_disasm(p) -> None:
@@ -100,7 +103,9 @@ def cmd_report(args) -> int:
 
     from ..report import format_report, layer_csv, plot_roofline, program_report
     prog = load_program(args.program)
-    rep = program_report(prog, load_target(args.target))
+    tg = load_target(args.target)
+    same_target(args.program, prog, tg)
+    rep = program_report(prog, tg)
     print(format_report(rep))
     outputs = [(args.json, lambda f: f.write((json.dumps(rep, indent=1) + "\n").encode())),
                (args.csv, lambda f: f.write(layer_csv(rep).encode())),
