@@ -91,6 +91,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         ap.subcommands[name] = p
         if only in (None, name):
             add_arguments(p)
+            if "-q" not in p._option_string_actions:    # -q works on every command
+                p.add_argument("-q", "--quiet", action="store_true",
+                               help="accepted everywhere; this command prints no progress")
             p.set_defaults(func=run)
     return ap
 
