@@ -54,7 +54,7 @@ def cmd_sweep(args) -> int:
 
 def run_sweep(args):
     """Plan, skip the finished points, run the rest in the chosen mode."""
-    from .sweep import pending_groups
+    from .sweep import clean_leftovers, pending_groups
     from .sweep_exec import RAY_MISSING, run_jobs, run_ray, run_serial
     from .sweep_plan import make_plan
     from .sweep_spec import load_spec
@@ -69,6 +69,7 @@ def run_sweep(args):
     plan = make_plan(spec, log)
     out = args.output
     _write_masks(out, plan)
+    clean_leftovers(out)
     todo = pending_groups(plan.groups, out)
     total, left = len(plan.points), sum(len(m["points"]) for g in todo for m in g["masks"])
     log(f"{total} points in {len(plan.groups)} programs; {total - left} finished, "

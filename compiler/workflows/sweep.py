@@ -154,6 +154,19 @@ def point_line(rec: dict, timing: dict) -> str:
             f"{timing['emulator_s']:.1f}s]")
 
 
+def clean_leftovers(out: str, age_s: float = 60.0) -> int:
+    """Remove the temporary files of atomic writes that a killed sweep left in OUT/points
+    and OUT/timing (only those older than ``age_s``: a live writer's are not touched)."""
+    import glob
+    n = 0
+    for f in glob.glob(os.path.join(out, "*", ".edgec-*")):
+        if os.path.basename(os.path.dirname(f)) in ("points", "timing") \
+                and time.time() - os.path.getmtime(f) > age_s:
+            os.unlink(f)
+            n += 1
+    return n
+
+
 def pending_groups(groups: list[dict], out: str) -> list[dict]:
     """The groups with only their unfinished points (groups with none left are dropped)."""
     left = []

@@ -101,37 +101,42 @@ def write_csv(path: str, keys: list[str], rows: list[dict]) -> None:
 
 
 def plot(path: str, keys: list[str], rows: list[dict], title: str) -> None:
-    """Mean tuned accuracy (bar down to the worst user) vs modeled cycles per step; the
-    Pareto front as a line.  Needs matplotlib."""
+    """Mean tuned accuracy (a bar down to the worst user) vs modeled cycles per step, one
+    colour per mask and one marker per lr (nudged sideways so that settings with the same
+    cycles stay apart); the Pareto front as a dashed line.  Needs matplotlib."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     masks = list(dict.fromkeys(r["mask"] for r in rows))
     lrs = list(dict.fromkeys(r["lr"] for r in rows))
+    span = max(r["cycles_per_step"] for r in rows) - min(r["cycles_per_step"] for r in rows)
+    nudge = 0.012 * (span or max(r["cycles_per_step"] for r in rows)) / 1e3
     marks = "osD^v<>P*X"
+    xy = {}
     for r in rows:
-        x, y = r["cycles_per_step"] / 1e3, r["acc_tuned_mean"]
-        color = f"C{masks.index(r['mask']) % 10}"
-        ax.errorbar(x, y, yerr=[[y - r["acc_tuned_min"]], [0]], fmt=marks[
-            lrs.index(r["lr"]) % len(marks)], color=color, ms=7, capsize=3, alpha=0.9)
+        i = lrs.index(r["lr"])
+        x = r["cycles_per_step"] / 1e3 + nudge * (i - (len(lrs) - 1) / 2)
+        y = r["acc_tuned_mean"]
+        xy[id(r)] = (x, y)
+        ax.errorbar(x, y, yerr=[[y - r["acc_tuned_min"]], [0]], fmt=marks[i % len(marks)],
+                    color=f"C{masks.index(r['mask']) % 10}", ms=7, capsize=3, alpha=0.9)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["cycles_per_step"])
-    ax.plot([r["cycles_per_step"] / 1e3 for r in front],
-            [r["acc_tuned_mean"] for r in front], "k--", lw=1, zorder=0,
-            label="Pareto front")
+    ax.plot([xy[id(r)][0] for r in front], [xy[id(r)][1] for r in front], "k--", lw=1,
+            zorder=0, label="Pareto front")
     for r in front:
-        ax.annotate(" / ".join(str(r[k]) for k in keys), (r["cycles_per_step"] / 1e3,
-                    r["acc_tuned_mean"]), textcoords="offset points", xytext=(6, 6),
-                    fontsize=8)
+        ax.annotate(" / ".join(str(r[k]) for k in keys), xy[id(r)], textcoords="offset points",
+                    xytext=(0, 9), ha="center", fontsize=8)
     for i, m in enumerate(masks):
         ax.plot([], [], "s", color=f"C{i % 10}", label=f"mask {m}")
     for i, lr in enumerate(lrs):
         ax.plot([], [], marks[i % len(marks)], color="grey", label=f"lr {lr}")
+    ax.margins(x=0.08, y=0.08)
     ax.set_xlabel("modeled cycles per fine-tuning step (thousands)")
-    ax.set_ylabel("accuracy after fine-tuning, % (mean over users; bar: worst user)")
+    ax.set_ylabel("accuracy after fine-tuning, %\n(mean over users; bar: down to the worst)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
