@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import tempfile
 import time
 
@@ -142,7 +143,8 @@ def run_point(c, p: dict, shared: dict, cost: dict, pre: dict) -> tuple[dict, di
            "loss": [float(v) for v in res.losses], "per_step": cost,
            "emulator": {"totals": emu, "cycles_per_step": emu["cycles"] / p["steps"]},
            "exponent_moves": len(res.moves), "trained_parameters": len(res.params)}
-    return rec, {"id": p["id"], "emulator_s": t1 - t0, "eval_s": t2 - t1}
+    return rec, {"id": p["id"], "emulator_s": t1 - t0, "eval_s": t2 - t1,
+                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 def point_line(rec: dict, timing: dict) -> str:

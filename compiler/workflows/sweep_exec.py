@@ -82,8 +82,10 @@ def run_jobs(groups, shared, out, jobs: int, log, quiet: bool) -> int:
 
 def _ray_group(group: dict, shared: dict) -> list:
     """A Ray task: one group; the records and timings go back to the driver."""
+    import ray
+    node = ray.get_runtime_context().get_node_id()[:12]
     got = []
-    run_group(group, shared, lambda rec, timing: got.append((rec, timing)))
+    run_group(group, shared, lambda rec, timing: got.append((rec, {**timing, "node": node})))
     return got
 
 
