@@ -84,7 +84,8 @@ def format_table(keys: list[str], rows: list[dict]) -> str:
              f"{r['ddr_bytes_per_step']:,}", "*" if r["pareto"] else ""] for r in rows]
     w = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(n) if i < len(keys) else c.rjust(n) for i, (c, n) in enumerate(zip(cells, w)))
+        c.ljust(n) if i < len(keys) else c.rjust(n)
+        for i, (c, n) in enumerate(zip(cells, w))).rstrip()
     return "\n".join([line(head), line(["-" * n for n in w]), *map(line, body)])
 
 
