@@ -71,7 +71,10 @@ def run_group(group: dict, shared: dict, emit, log=None) -> int:
             mask_path = os.path.join(tmp, f"{entry['label']}.mask")
             with open(mask_path, "w", encoding="utf-8") as f:
                 f.write(shared["masks"][entry["label"]])
-            c, how, secs = program_for(group, shared, mask_path, base)
+            try:
+                c, how, secs = program_for(group, shared, mask_path, base)
+            except EdgecError as e:
+                raise EdgecError(f"sweep point {describe(group, entry['label'])}: {e}") from None
             base = base or c
             cost = per_step_cost(c)
             for p in entry["points"]:
@@ -81,6 +84,13 @@ def run_group(group: dict, shared: dict, emit, log=None) -> int:
                 log(point_line(rec, timing))
                 done += 1
     return done
+
+
+def describe(group: dict, mask: str) -> str:
+    """The grid settings of a group's mask, for error messages."""
+    g = group["masks"][0]["points"][0]["grid"] if group["masks"][0]["points"] else {}
+    return (f"(mask {mask}, target {g.get('target')}, train {g.get('train')}, labels "
+            f"{g.get('labels')}, lr {g.get('lr')})")
 
 
 def program_for(group: dict, shared: dict, mask_path: str, base):

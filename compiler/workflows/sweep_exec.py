@@ -112,7 +112,14 @@ def run_ray(groups, shared, out, address: str, log) -> int:
         n = 0
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            for rec, timing in ray.get(ready[0]):
+            try:
+                got = ray.get(ready[0])
+            except Exception as e:       # RayTaskError: the task's own error, one line
+                cause = getattr(e, "cause", e)
+                if isinstance(cause, EdgecError):
+                    raise EdgecError(str(cause)) from None
+                raise
+            for rec, timing in got:
                 write_point(out, rec, timing)
                 n += 1
             log(f"group {len(groups) - len(pending)}/{len(groups)} done ({n} points)")

@@ -98,6 +98,24 @@ def test_mask_file_error_names_the_mask_line(tmp_path):
     assert rc == 1 and f"{tmp_path / 'bad.mask'}:2:1" in err and "fc9" in err, err
 
 
+def test_a_failing_compile_names_the_point(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text(BASE + f'[grid]\ntarget = ["{ROOT / "tests/data/tiny.toml"}"]\n'
+                    'labels = "kd"\n')     # the teacher's logits do not fit its buffers
+    rc, _, err = _sweep(spec, "-o", tmp_path / "r")
+    assert rc == 1 and "Traceback" not in err
+    assert "edgec: error: sweep point (mask none, target tiny, train all, labels kd@T1, " \
+           "lr 0.01): model.py:" in err and "do not fit" in err, err
+    assert not list((tmp_path / "r").glob("points/*.json"))
+
+
+def test_command_line_misuse(tmp_path):
+    rc, _, err = _sweep("-o", tmp_path)
+    assert rc == 1 and "give a sweep spec" in err
+    rc, _, err = _sweep(SPEC, "--summary", tmp_path)
+    assert rc == 1 and "drop SPEC.toml" in err
+
+
 def test_summary_of_a_folder_without_points(tmp_path):
     rc, _, err = _sweep("--summary", tmp_path)
     assert rc == 1 and "no point files" in err
@@ -160,11 +178,11 @@ def test_remask_path_equals_compile_path(serial):
 
 # ------------------------------------------------------------------ resume
 
-def _interrupted(out: Path, sig: int) -> int:
+def _interrupted(out: Path, sig: int, *extra: str) -> int:
     """Start the sweep in a subprocess, send ``sig`` to it once some points are written;
     returns how many were finished then."""
     cmd = [sys.executable, "-m", "edgec.compiler.workflows.cli", "sweep", str(SPEC),
-           "-o", str(out), "-q"]
+           "-o", str(out), "-q", *extra]
     p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)
     try:
@@ -183,10 +201,15 @@ def _interrupted(out: Path, sig: int) -> int:
     return len(list((out / "points").glob("*.json")))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_resume_after_a_kill(serial, tmp_path, sig):
+@pytest.mark.parametrize("sig,extra", [(signal.SIGINT, ()), (signal.SIGKILL, ()),
+                                       pytest.param(signal.SIGINT, ("--jobs", "2"),
+                                                    marks=pytest.mark.slow)],
+                         ids=["SIGINT", "SIGKILL", "SIGINT-jobs"])
+def test_resume_after_a_kill(serial, tmp_path, sig, extra):
+    """Kill the whole process group (a terminal's Ctrl-C reaches the --jobs workers
+    too), rerun serially: the same files as the uninterrupted run."""
     out = tmp_path / "r"
-    done = _interrupted(out, sig)
+    done = _interrupted(out, sig, *extra)
     assert 2 <= done < N_POINTS, "killed too late to test a resume"
     rc, _, err = _sweep(SPEC, "-o", out)
     assert rc == 0, err
