@@ -55,15 +55,11 @@ def cmd_sweep(args) -> int:
 def run_sweep(args):
     """Plan, skip the finished points, run the rest in the chosen mode."""
     from .sweep import clean_leftovers, pending_groups
-    from .sweep_exec import RAY_MISSING, run_jobs, run_ray, run_serial
+    from .sweep_exec import check_ray, run_jobs, run_ray, run_serial
     from .sweep_plan import make_plan
     from .sweep_spec import load_spec
     if args.address:
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            from edgec.isa.errors import EdgecError
-            raise EdgecError(RAY_MISSING) from None
+        check_ray(args.address)
     log = progress(args.quiet)
     spec = load_spec(args.spec)
     plan = make_plan(spec, log)

@@ -89,6 +89,25 @@ def _ray_group(group: dict, shared: dict) -> list:
     return got
 
 
+def check_ray(address: str, timeout: float = 5.0) -> None:
+    """Before any work: Ray is installed, and something listens at ``address`` (ray.init
+    would retry for minutes); 'auto' and ray:// addresses are left to Ray."""
+    import socket
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise EdgecError(RAY_MISSING) from None
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                 timeout=timeout).close()
+    except OSError as e:
+        raise EdgecError(f"--address {address}: no Ray cluster answers there ({e}); "
+                         "start one with `ray start --head` and pass its address") from None
+
+
 def run_ray(groups, shared, out, address: str, log) -> int:
     """The groups as Ray tasks (one CPU each) on the cluster at ``address``; the driver
     writes each group's points as its task returns."""

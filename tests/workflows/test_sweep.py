@@ -116,6 +116,13 @@ def test_command_line_misuse(tmp_path):
     assert rc == 1 and "drop SPEC.toml" in err
 
 
+def test_address_where_nothing_listens(tmp_path):
+    pytest.importorskip("ray")
+    port = _free_port("127.0.0.2")          # bound, then closed: nothing listens there
+    rc, _, err = _sweep(SPEC, "-o", tmp_path / "r", "--address", f"127.0.0.2:{port}")
+    assert rc == 1 and "no Ray cluster answers there" in err, err
+
+
 def test_summary_of_a_folder_without_points(tmp_path):
     rc, _, err = _sweep("--summary", tmp_path)
     assert rc == 1 and "no point files" in err
