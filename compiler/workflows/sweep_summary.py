@@ -125,9 +125,11 @@ def plot(path: str, keys: list[str], rows: list[dict], title: str) -> None:
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["cycles_per_step"])
     ax.plot([xy[id(r)][0] for r in front], [xy[id(r)][1] for r in front], "k--", lw=1,
             zorder=0, label="Pareto front")
-    for r in front:
+    for i, r in enumerate(front):      # labels point inwards: none leaves the axes
+        right = i == len(front) - 1 and len(front) > 1
         ax.annotate(" / ".join(str(r[k]) for k in keys), xy[id(r)], textcoords="offset points",
-                    xytext=(0, 9), ha="center", fontsize=8)
+                    xytext=(-7 if right else 7, 7), ha="right" if right else "left",
+                    fontsize=8)
     for i, m in enumerate(masks):
         ax.plot([], [], "s", color=f"C{i % 10}", label=f"mask {m}")
     for i, lr in enumerate(lrs):
