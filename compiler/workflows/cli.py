@@ -2,8 +2,9 @@
 
 Every failure is one message on stderr ("edgec: error: ...") and a non-zero exit; outputs
 are written atomically, so a failed run never leaves a half-written or damaged file.  The
-subcommands live in cli_model.py (those that start from a model) and cli_program.py (those
-that start from a program); their shared options in cli_common.py.
+subcommands live in cli_model.py (those that start from a model), cli_program.py (those
+that start from a program) and cli_sweep.py (grids of fine-tuning runs); their shared options in
+cli_common.py.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import importlib.metadata
 import re
 import sys
 
-from . import cli_model, cli_program
+from . import cli_model, cli_program, cli_sweep
 from .cli_common import TRAINING_ONLY
 
 # name -> (parser keywords, add_arguments(parser), run(args) -> exit status), in --help order
-SUBCOMMANDS = {**cli_model.COMMANDS, **cli_program.COMMANDS}
+SUBCOMMANDS = {**cli_model.COMMANDS, **cli_program.COMMANDS, **cli_sweep.COMMANDS}
 COMMANDS = ("compile", "remask", "ir", "finetune", "run", "verify", "export-onnx", "disasm",
-            "report", "asm", "mask")
+            "report", "asm", "mask", "sweep")
 assert set(COMMANDS) == set(SUBCOMMANDS)
 
 
