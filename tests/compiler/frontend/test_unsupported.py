@@ -1,13 +1,15 @@
 """Unsupported ops are reported as the user wrote them: the op, its layer and its model.py
 line, also where the op that fails is an aten op of a torch.nn layer, of a user's module,
-or of the backward pass (which has neither layer nor line of its own)."""
-import textwrap
-
+or of the backward pass (which has neither layer nor line of its own); and the capture of
+the backward that used to be missing (`mean` without keepdim)."""
 import pytest
+import torch
+import torch.nn.functional as F
 
 from edgec.compiler.frontend.aten import avgpool, table
-from edgec.compiler.frontend.capture import capture
+from edgec.compiler.frontend.capture import capture, float_values
 from edgec.compiler.frontend.load import load_model
+from edgec.compiler.ir.float_interp import run_float
 from edgec.isa.errors import EdgecError
 
 SE = """
@@ -113,4 +115,9 @@ def test_mean_without_keepdim_captures(tmp_path):
     g = capture(model, x, str(p))
     ops = [(n.op, n.outputs[0]) for n in g.nodes]
     assert ("reshape", "avgpool.dx") in ops and ("conv_eb", "avgpool.pool.dx") in ops, ops
+    labels = torch.arange(2) % 3
+    env = run_float(g, x, labels, float_values(g, model))
+    F.cross_entropy(model(x), labels).backward()
+    for k, p in model.named_parameters():
+        assert torch.allclose(env[g.outputs[f"grad:{k}"]], p.grad, atol=1e-5), k
     assert avgpool.HANDLERS["unsqueeze"] is avgpool.convert_mean_backward_unsqueeze
