@@ -241,7 +241,7 @@ def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: i
     """The back end after tiling: memory plan, instruction selection, container."""
     log("codegen")
     regs = exponent_registers(g) if is_dynamic(g) else None
-    mem = plan_memory(g, seed, tg.ddr_bytes, regs)
+    mem = plan_memory(g, seed, tg, regs)
     em = generate(g, nests, mem, tg, regs)
     prog = Program(tg.fingerprint, em.code, bytes(mem.data), mem.size,
                    [s.to_json() for s in mem.symbols.values()],

@@ -6,7 +6,8 @@ runs the passes that come after the dumped stage, and re-derives the initial int
 weights (``graph.meta["init"]``) from the float parameters and the formats written in the
 dump, exactly as the quantize pass computes them (a hand-edited exponent is honoured).
 A ``.loop`` dump's tile sizes and loop order are used as written, after checking them
-(LoopNest.verify, extents/units against the graph, tiles against the target's buffers).
+(LoopNest.verify, extents/units against the graph, MAC tiles against the group rule,
+tiles against the target's buffers).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import numpy as np
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import load_target
 
-from .backend.tilefit import bias_grad_fits, geometry, sgd_fits, sgd_geometry, tile_fits
+from .backend.tilefit import (bias_grad_fits, geometry, group_rule_error, sgd_fits,
+                              sgd_geometry, tile_fits)
 from .backend.tiling import tile_graph
 from .frontend.capture import const_values
 from .frontend.load import load_model
@@ -47,7 +49,8 @@ def _source_path(f: IRFile, path: str, key: str) -> str | None:
 
 def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> None:
     """A dumped nest must implement the node it names with the graph's extents and units,
-    and its tiles must fit the target's buffers."""
+    a MAC nest's tiles must keep the group rule (tilefit.group_rule_error), and its tiles
+    must fit the target's buffers."""
     auto = {n.node: n for n in tile_graph(g, tg)}
 
     def err(k, msg):
@@ -77,6 +80,9 @@ def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> 
         if n.op.startswith(("conv", "linear")):
             kind = n.op.split("_")[-1] if "_" in n.op else "fp"
             base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
+            broken = group_rule_error(geometry(g, gn), t)
+            if broken:
+                err(k, f"nest {n.node} ({n.op}) @{n.layer}: {broken}")
             ok = tile_fits(base, geometry(g, gn), t, tg)
         elif n.op == "bias_grad":
             hw = int(np.prod(g.values[gn.inputs[0]].shape[2:], dtype=np.int64))

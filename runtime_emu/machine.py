@@ -29,7 +29,7 @@ from edgec.isa.container import Program
 from edgec.isa.encoding import decode, decode_all
 from edgec.isa.errors import EdgecError, TrapError
 from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES, XBUF_WORDS
-from edgec.isa.target import Target, mismatch
+from edgec.isa.target import Target, ddr_error, mismatch
 from edgec.isa.timeline import Timeline, TokenError
 
 from .accesslog import AccessLog
@@ -49,8 +49,7 @@ class Machine:
             raise EdgecError(f"code section is {len(program.code)} bytes, not a multiple "
                              f"of the {WORD_BYTES}-byte instruction word")
         if program.ddr_size > target.ddr_bytes:
-            raise EdgecError(f"program needs {program.ddr_size} DDR bytes, target "
-                             f"{target.name!r} has {target.ddr_bytes}")
+            raise ddr_error(target, program.ddr_size)
         if len(program.data) > program.ddr_size:
             raise EdgecError(f"data section ({len(program.data)} bytes) larger than DDR "
                              f"({program.ddr_size} bytes)")

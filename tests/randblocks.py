@@ -218,3 +218,31 @@ def random_block_case(seed: int):
         if rng.random() < 0.5:
             mask[name] = sorted(rng.sample(range(o), rng.randint(1, o)))
     return model, example, mask
+
+
+def random_grouped_case(seed: int):
+    """(model, example_input, mask dict) for one seed: a 1x1 stem, then one or two grouped
+    convs (2-8 groups of 2-16 channels, RegNet-like when the group widths agree; stride 1
+    or 2; BN and ReLU at random), AdaptiveAvgPool2d(1) and a Linear head.  Large enough
+    per group that the tiny target must split the grouped MAC nests.  No mask: every conv
+feeds a grouped conv or the head."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    n, c0 = rng.randint(1, 3), rng.randint(2, 4)        # verify needs 2+ input elements
+    h = rng.randint(1, 6)
+    w = max(1, h + rng.randint(-1, 1))
+    example = torch.randn(n, c0, h, w)
+    groups, cg = rng.randint(2, 8), rng.choice([2, 3, 4, 8, 16])
+    c = groups * cg
+    feats = _conv_unit(rng, c0, c, 1, 1, act=True)
+    for _ in range(rng.randint(1, 2)):
+        o = groups * rng.choice([cg, cg, 2 * cg])
+        s = rng.choice([1, 1, 2]) if min(h, w) >= 4 else 1
+        feats += _conv_unit(rng, c, o, 3, s, groups=groups)
+        c, h, w = o, _out(h, 3, s, 1), _out(w, 3, s, 1)
+        cg = o // groups
+    feats.append(nn.AdaptiveAvgPool2d(1))
+    model = Net(feats, [nn.Linear(c, rng.randint(3, 7))])
+    _init(rng, model, example)
+    model.eval()
+    return model, example, {}      # a grouped conv's input cannot be masked

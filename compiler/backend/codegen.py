@@ -27,8 +27,8 @@ from ..ir.loops import LoopNest
 from ..ir.ops import ACT_BWD, ELTWISE, MAC_BASE, MAC_OPS, REGISTRY as OP
 from ..passes.dynfmt import CALM_STEPS, Registers, master_bound
 from .memory import MemoryPlan, Symbol
-from .tilefit import (bias_grad_fits, copies, geometry, sgd_fits, sgd_geometry, tile_fits,
-                      tile_words)
+from .tilefit import (bias_grad_fits, copies, geometry, group_rule_error, sgd_fits,
+                      sgd_geometry, tile_fits, tile_words)
 from .tokens import QUEUE, TokenPlanner, footprint
 
 IBUF, WBUF, ABUF, XBUF = (BUFFER_ID[b] for b in ("IBUF", "WBUF", "ABUF", "XBUF"))
@@ -223,6 +223,9 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
     # inputs alternate by load step, the accumulator and int8 result by output tile
     # (k = 1 copy when the tile does not fit twice: no overlap, same program)
     base = MAC_BASE[OP[n.op].mac]
+    broken = group_rule_error(G, nest.tiles)       # the channel runs below rely on it
+    if broken:
+        raise EdgecError(f"{em.where}: nest {nest.node} ({n.op}): {broken}")
     words = tile_words(base, G, nest.tiles)
     k = copies(lambda t, c: tile_fits(base, G, t, em.tg, c), nest.tiles)
     xin, xout = words["ibuf"]
@@ -243,7 +246,8 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
             g0, gt = t["g"]
             co0, cot = t["co"]
             ci0, cit = t["ci"]
-            # with several groups in a tile (gt > 1), co/ci tiles are whole groups
+            # the group rule: with several groups in a tile (gt > 1), co/ci tiles are
+            # whole groups, so the tile's channels are one run from group g0 on
             xc0, xct = g0 * Cg + ci0, gt * cit          # input channels of the tile
             yc0, yct = g0 * Og + co0, gt * cot          # output channels (= weight rows)
             mac = dict(n=nt, ci=cit, co=cot, g=gt, xw=G["W"], yw=G["OW"], **geo, xw0=0, yw0=0,

@@ -13,7 +13,7 @@ from ..ir.loops import LoopNest
 from ..ir.ops import ELTWISE, MAC_BASE, MAC_OPS, REGISTRY as OP
 from .schedule import search as schedule_search
 from .tilefit import (PRIORITY, bias_grad_fits, copies, fitted, geometry, in_block, sgd_fits,
-                      sgd_geometry, shrink, tile_fits)
+                      mac_tile_ok, sgd_geometry, shrink)
 
 
 def _mac_tiles(g: Graph, n, tg: Target, search: str, where: str):
@@ -27,7 +27,7 @@ def _mac_tiles(g: Graph, n, tg: Target, search: str, where: str):
     blk = in_block(g, n)
     if blk > 1:
         unit["ci"] = blk
-    fits = lambda t, k: tile_fits(base, G, t, tg, k)                    # noqa: E731
+    fits = lambda t, k: mac_tile_ok(base, G, t, tg, k)                  # noqa: E731
     t = fitted(lambda f: shrink(dims, unit, f, PRIORITY[base], where), fits, where)
     t = schedule_search(base, G, dims, unit, tg, kind == "fp" and len(n.inputs) == 3,
                         search, t, where, copies(fits, t))

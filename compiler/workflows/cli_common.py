@@ -82,8 +82,9 @@ def add_compile_options(p, training: bool = True) -> None:
                    "dump FILE.ir / FILE.loop from --dump-ir to resume from")
     p.add_argument("--mask", help="user.mask: kept output channels per Conv2d/Linear "
                    "layer (default: keep everything)")
-    p.add_argument("--target", help="target TOML file (default: the bundled "
-                   "edge-dpu-16x16)")
+    p.add_argument("--target", help="target TOML file or bundled target name: default "
+                   "(edge-dpu-16x16, 256 MiB DDR, the default) or edge-dpu-16x16-2g "
+                   "(the same with 2 GiB DDR)")
     train_opt("--lr", type=float, default=None,
                    help="SGD learning rate (default 0.01)")
     train_opt("--seed", type=int, default=None,

@@ -30,7 +30,8 @@ def add_run(p) -> None:
     p.add_argument("--input", required=True, help="batch.npz with x (float32) and y (int64; "
                    "optional for a program compiled with --labels pseudo or --loss kd)")
     p.add_argument("-o", "--output", default="out.npz", help="out.npz (default out.npz)")
-    p.add_argument("--target", help="target TOML the program was compiled for")
+    p.add_argument("--target", help="target TOML (or bundled target name) the program "
+                   "was compiled for (default: the bundled target of its fingerprint)")
     p.add_argument("--seed", type=int, default=None,
                    help="override the program's stochastic-rounding seed")
 
@@ -39,10 +40,10 @@ def cmd_run(args) -> int:
     import numpy as np
     from edgec.isa.container import load_program
     from edgec.isa.errors import EdgecError, TrapError
-    from edgec.isa.target import load_target
+    from edgec.isa.target import target_of_program
     from edgec.runtime_emu.host import run_step
     prog = load_program(args.program)
-    tg = load_target(args.target)
+    tg = target_of_program(prog.target_fp, args.target)
     same_target(args.program, prog, tg)
     x, y = load_data(args.input, need_y=not prog.meta.get("teacher"))
     from edgec.runtime_emu.host import exponent_moves, initial_xtab, input_saturation
@@ -86,7 +87,8 @@ def cmd_disasm(args) -> int:
 
 def add_report(p) -> None:
     p.add_argument("program", help="prog.bin")
-    p.add_argument("--target", help="target TOML the program was compiled for")
+    p.add_argument("--target", help="target TOML (or bundled target name) the program "
+                   "was compiled for (default: the bundled target of its fingerprint)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--csv", metavar="FILE", help="also write one row per layer and pattern "
                    "as CSV (ops, channels, tiles, buffer occupancy, DDR bytes, MACs, cycles, "
@@ -99,11 +101,11 @@ def cmd_report(args) -> int:
     import json
 
     from edgec.isa.container import load_program
-    from edgec.isa.target import load_target
+    from edgec.isa.target import target_of_program
 
     from ..report import format_report, layer_csv, plot_roofline, program_report
     prog = load_program(args.program)
-    tg = load_target(args.target)
+    tg = target_of_program(prog.target_fp, args.target)
     same_target(args.program, prog, tg)
     rep = program_report(prog, tg)
     print(format_report(rep))

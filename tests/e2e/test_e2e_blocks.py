@@ -280,3 +280,29 @@ def test_random_blocks_bit_exact(seed):
     for name, cos, _ in rep.fidelity:      # (gradients of a few elements are too noisy)
         if size[name] >= 16:
             assert cos > 0.5, (name, cos)
+
+
+def test_mean_without_keepdim_bit_exact(tmp_path):
+    """`x.mean((2, 3))` straight into the head (no keepdim, no flatten): its backward
+    unsqueezes the error back to (N, C, 1, 1)."""
+    path = write(tmp_path, """
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net()
+    example_input = torch.randn(4, 3, 6, 6)
+    """)
+    c = compile_model(path)
+    rep = verify(c)
+    assert rep.bit_exact and "grad:c.weight" in rep.checked, rep.mismatches
+    assert all(cos > 0.98 for _, cos, _ in rep.fidelity), rep.fidelity
