@@ -786,6 +786,8 @@ REFERENCE_RULES = {
     "maxpool": lambda n, a, s: [maxpool(a[0], n.attrs["kernel"], n.attrs["stride"],
                                         n.attrs["pad"])],
     "reshape": lambda n, a, s: [a[0].reshape(tuple(int(d) for d in n.attrs["shape"]))],
+    "concat": lambda n, a, s: [torch.cat(list(a), dim=1)],      # one format: a copy
+    "slice": lambda n, a, s: [a[0][:, int(n.attrs["c0"]):int(n.attrs["c1"])].clone()],
     "loss_grad": _loss_grad,
     "conv_eb": _backward_reduction,
     "conv_wg": _backward_reduction,

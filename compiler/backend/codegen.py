@@ -360,6 +360,40 @@ def _pool_nest(em: Emitter, nest: LoopNest, n) -> None:
                     n0=1, n1=1, n2=pt, n3=H * W, s2=H * W, s3=1)
 
 
+def _channel_copy_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """concat / slice: per tile of batch x output channels, each operand's part of it is
+    one LD into IBUF and one ST at its channel offset in the output (both operands have
+    one format: a copy, DMA only; IBUF [t0 | t1] alternates by tile)."""
+    mem = em.mem
+    out = mem.of_value[n.outputs[0]]
+    rest = tuple(out.shape[2:])
+    hw = 1
+    for d in rest:
+        hw *= d
+    if n.op == "concat":        # (operand, its first output channel, first source channel)
+        parts, off = [], 0
+        for v in n.inputs:
+            parts.append((mem.of_value[v], off, 0, em.g.values[v].shape[1]))
+            off += em.g.values[v].shape[1]
+    else:
+        c0, c1 = int(n.attrs["c0"]), int(n.attrs["c1"])
+        parts = [(mem.of_value[n.inputs[0]], 0, c0, c1 - c0)]
+    T = nest.tiles["n"] * nest.tiles["c"] * hw
+    k = 2 if 2 * T <= em.tg.ibuf else 1
+    zeros = (0,) * len(rest)
+    for i, t in enumerate(_tiles(nest, ["n", "c"])):
+        (n0, nt), (t0, tc) = t["n"], t["c"]
+        h = (i % k) * T
+        for sym, off, src0, width in parts:
+            lo, hi = max(t0, off), min(t0 + tc, off + width)
+            if lo >= hi:
+                continue
+            ext = (nt, hi - lo, *rest)
+            em.box(True, IBUF, h, sym, (n0, src0 + lo - off, *zeros), ext)
+            em.box(False, IBUF, h, out, (n0, lo, *zeros), ext)
+            h += nt * (hi - lo) * hw
+
+
 def _bias_grad_nest(em: Emitter, nest: LoopNest, n) -> None:
     """RSUM over batch tiles per channel tile, then RQ of the sums."""
     mem = em.mem
@@ -523,6 +557,7 @@ LOWERING = {
     "bn_adapt": _bn_adapt_nest,
     "loss_grad": _loss_nest,
     "sgd": _sgd_nest,
+    "concat": _channel_copy_nest, "slice": _channel_copy_nest,
 }
 
 

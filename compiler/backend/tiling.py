@@ -95,6 +95,19 @@ def _sgd_tiles(g: Graph, n, tg: Target, search: str, where: str):
     return dims, t, {}
 
 
+def _channel_copy_tiles(g: Graph, n, tg: Target, search: str, where: str):
+    """concat / slice: batch by output channels, the whole planes of each (a copy
+    through IBUF)."""
+    s = g.values[n.outputs[0]].shape
+    hw = 1
+    for d in s[2:]:
+        hw *= d
+    dims = {"n": s[0], "c": s[1]}
+    t = fitted(lambda f: shrink(dims, {}, f, ("n", "c"), where),
+               lambda t, k: k * t["n"] * t["c"] * hw <= tg.ibuf, where)
+    return dims, t, {}
+
+
 #: one tiling rule per materialised op (op registry stage ``tiling``):
 #: (graph, node, target, search, where) -> (dims, tile sizes, units)
 TILE_RULES = {
@@ -104,6 +117,7 @@ TILE_RULES = {
     "bias_grad": _channel_sum_tiles, "bn_adapt": _channel_sum_tiles,
     "loss_grad": _loss_tiles,
     "sgd": _sgd_tiles,
+    "concat": _channel_copy_tiles, "slice": _channel_copy_tiles,
 }
 
 

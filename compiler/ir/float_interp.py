@@ -114,6 +114,8 @@ FLOAT_RULES = {
     "maxpool": lambda a, at: F.max_pool2d(a[0], tuple(at["kernel"]), tuple(at["stride"]),
                                           tuple(at["pad"])),
     "reshape": lambda a, at: a[0].reshape(tuple(at["shape"])),
+    "concat": lambda a, at: torch.cat(list(a), dim=1),
+    "slice": lambda a, at: a[0][:, int(at["c0"]):int(at["c1"])],
     "loss_grad": lambda a, at: _loss_grad(a[0], a[1], at),
     "conv_eb": _conv_eb,
     "conv_wg": _conv_wg,

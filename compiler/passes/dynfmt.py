@@ -129,8 +129,9 @@ def exponent_registers(g: Graph) -> Registers:
     for v in ints:
         u.find(v)
     for n in g.nodes:
-        if n.op in _ALIAS_OPS:
-            u.join(n.inputs[0], n.outputs[0])
+        if n.op in _ALIAS_OPS:          # a concat: every operand shares the register
+            for v in n.inputs if n.op == "concat" else n.inputs[:1]:
+                u.join(v, n.outputs[0])
         elif n.op == "sgd" and V[n.inputs[0]].dtype == "i8":
             u.join(n.inputs[0], n.outputs[0])
     static = _static_roots(g, u)

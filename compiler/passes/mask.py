@@ -51,14 +51,25 @@ class MaskPass:
         return f"{where[layer]}: " if layer in where else ""
 
     def _kept(self, layer: str | None) -> list[int] | None:
-        return None if layer is None else list(self.mask[layer])
+        if layer is None:
+            return None
+        derived = getattr(self, "derived", {})
+        return list(derived[layer] if layer in derived else self.mask[layer])
 
     def apply(self, g: Graph) -> Graph:
+        self.derived = {}           # index tables of concat / slice outputs (their names)
         m = _Masking(self, g, keep={v: (None, 1) for v in g.inputs})
         for n in g.nodes:
             m.visit(n)
         g.nodes = m.new_nodes
         g.meta["mask"] = {k: list(v) for k, v in sorted(self.mask.items())}
+        g.meta.pop("tables", None)
+        if self.derived:
+            if g.meta.get("remaskable"):
+                raise EdgecError("--remaskable: a mask whose channels pass a concat or a "
+                                 "split is not supported (its derived index tables are not "
+                                 "re-derived by edgec remask); compile without --remaskable")
+            g.meta["tables"] = {k: list(v) for k, v in sorted(self.derived.items())}
         if m.ties:      # what edgec remask re-checks for another mask with the same counts
             g.meta["mask_ties"] = m.ties
         return g
@@ -185,6 +196,52 @@ def _conv_eb_in_shape(m: _Masking, n) -> None:
     g.values[n.outputs[0]].shape = infer(g, n)
 
 
+def _keep_concat(m: _Masking, n) -> None:
+    """concat: each operand's kept channels at its channel offset in the unmasked concat
+    (attr sizes): the consumer's index table is that list, a table of its own
+    (``cat:<output>``) unless no operand is masked."""
+    kept, off, any_mask = [], 0, False
+    for v, size in zip(n.inputs, n.attrs["sizes"]):
+        lay, blk = m.kept_of(v)
+        sel = m.mp._kept(lay)
+        any_mask |= sel is not None
+        kept += [off + c for c in (sel if sel is not None else range(size))]
+        off += size
+    if any_mask and not n.attrs.get("grad"):     # an error's channels name no table
+        m.keep[n.outputs[0]] = _derived(m, f"cat:{n.outputs[0]}", kept, off)
+
+
+def _derived(m: _Masking, name: str, kept: list[int], width: int) -> tuple:
+    if kept == list(range(width)):
+        return (None, 1)
+    m.mp.derived[name] = kept
+    return (name, 1)
+
+
+def _keep_slice(m: _Masking, n) -> None:
+    """slice: the part of the input's kept channels in [start, stop), shifted to start
+    at 0; the compacted range c0, c1 follows (an error slices a concat's error: its
+    channels are those of the forward value ``sel``)."""
+    a = n.attrs
+    lay, _ = m.kept_of(a.get("sel") or n.inputs[0])
+    sel = m.mp._kept(lay)
+    start, stop = a["start"], a["stop"]
+    if sel is None:
+        a["c0"], a["c1"] = start, stop
+        m.keep[n.outputs[0]] = (None, 1)
+    else:
+        part = [c - start for c in sel if start <= c < stop]
+        if not part:
+            raise EdgecError(f"{m.mp._where(lay)}{n.loc or '?'}: layer {n.layer!r}: the "
+                             f"split part of channels {start}-{stop - 1} keeps no channel "
+                             f"of the mask (layer {lay!r}); keep at least one")
+        a["c0"] = sum(1 for c in sel if c < start)
+        a["c1"] = a["c0"] + len(part)
+        if not a.get("grad"):
+            m.keep[n.outputs[0]] = _derived(m, f"slice:{n.outputs[0]}", part, stop - start)
+    m.g.values[n.outputs[0]].shape = infer(m.g, n)
+
+
 def _no_channels(m: _Masking, n) -> None:
     """The output carries no channel selection of its own (shapes come from infer)."""
 
@@ -198,6 +255,7 @@ MASK_RULES = {
     "loss_grad": _keep_same,
     "add": _keep_meet,
     "reshape": _keep_flatten,
+    "concat": _keep_concat, "slice": _keep_slice,
     "conv_eb": _conv_eb_in_shape, "linear_eb": _no_channels,
     "conv_wg": _no_channels, "linear_wg": _no_channels, "bias_grad": _no_channels,
 }
