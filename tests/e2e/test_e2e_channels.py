@@ -58,6 +58,45 @@ example_input = torch.randn(3, 3, 8, 8)
 MASK = {"a": [0, 2, 3], "b": [1, 2, 3, 4], "c": [0, 1, 5, 6, 7]}
 
 
+POOLED = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Conv2d(8, 6, 1)
+        self.fc2 = nn.Linear(6, 5)
+
+    def forward(self, x):
+        p = torch.relu(self.c(x)).mean((2, 3), keepdim=True)       # (N, 8, 1, 1)
+        p = torch.relu(self.fc1(p)).squeeze(-1).squeeze(-1)        # (N, 6)
+        p = p.unsqueeze(-1).unsqueeze(-1).view(p.shape[0], 6, 1, 1).view(-1, 6)
+        return self.fc2(p)
+
+
+torch.manual_seed(0)
+model = Net().eval()
+example_input = torch.randn(3, 3, 6, 6)
+"""
+
+
+@pytest.mark.parametrize("mask", [None, {"c": [0, 2, 3, 6], "fc1": [1, 2, 5]}])
+def test_global_pool_kept_4d_and_squeezed(tmp_path, mask):
+    """x.mean((2, 3), keepdim=True) is the depthwise average-pool conv kept (N, C, 1, 1);
+    squeeze / unsqueeze / view of it are reshapes, in the forward and the backward."""
+    path = write(tmp_path, POOLED)
+    g = captured_graph_matches_autograd(path, torch.arange(3) % 5)
+    assert [n.op for n in g.nodes].count("reshape") >= 6
+    model, ex = load_model(path)
+    c = compile_module(model, ex, path, mask, TINY, lr=0.05)
+    rep = verify(c, seed=2, batch_seed=1)
+    assert rep.bit_exact, [(m.symbol, m.index, m.origin) for m in rep.mismatches]
+    assert rep.fidelity_worst[1] >= 0.98, rep.devfwd
+
+
 def test_capture_of_concat_and_split_matches_autograd(tmp_path):
     g = captured_graph_matches_autograd(write(tmp_path, NET), torch.arange(3) % 5)
     ops = [n.op for n in g.nodes]
