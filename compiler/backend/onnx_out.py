@@ -166,6 +166,17 @@ def _reshape(b: _Onnx, n) -> None:
           [o])
 
 
+def _chmul(b: _Onnx, n) -> None:
+    terms = []
+    for v in n.inputs:
+        t64 = b.tmp("mul64")
+        b.add("Cast", [v], [t64], to=b.T.INT64)
+        terms.append(t64)
+    acc = b.tmp("prod")
+    b.add("Mul", terms, [acc])              # ONNX broadcasting: s is [N, C, 1, 1]
+    b.requant(acc, int(n.attrs["shift"]), n.attrs["clamp"], n.outputs[0])
+
+
 def _concat(b: _Onnx, n) -> None:
     b.add("Concat", list(n.inputs), [n.outputs[0]], axis=1)
 
@@ -186,6 +197,7 @@ ONNX_RULES = {
     "maxpool": _maxpool,
     "reshape": _reshape,
     "concat": _concat, "slice": _slice,
+    "chmul": _chmul,
 }
 
 

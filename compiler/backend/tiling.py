@@ -12,8 +12,8 @@ from ..ir.graph import Graph
 from ..ir.loops import LoopNest
 from ..ir.ops import ELTWISE, MAC_BASE, MAC_OPS, REGISTRY as OP
 from .schedule import search as schedule_search
-from .tilefit import (PRIORITY, bias_grad_fits, copies, fitted, geometry, in_block, sgd_fits,
-                      sgd_geometry, shrink, tile_fits)
+from .tilefit import (PRIORITY, bias_grad_fits, copies, fitted, gate_fits, geometry, in_block,
+                      sgd_fits, sgd_geometry, shrink, tile_fits)
 
 
 def _mac_tiles(g: Graph, n, tg: Target, search: str, where: str):
@@ -108,6 +108,20 @@ def _channel_copy_tiles(g: Graph, n, tg: Target, search: str, where: str):
     return dims, t, {}
 
 
+def _gate_tiles(g: Graph, n, tg: Target, search: str, where: str):
+    """chmul / chmul_ds: tiles of whole (n, c) planes; IBUF [a0 | a1 | d0 | d1], WBUF
+    [b0 | b1] (chmul: one gate value per plane), ABUF the int32 products or plane sums."""
+    s = g.values[n.inputs[0]].shape
+    hw = 1
+    for d in s[2:]:
+        hw *= d
+    dims = {"p": s[0] * s[1]}
+    ds = n.op == "chmul_ds"
+    t = fitted(lambda f: shrink(dims, {}, f, ("p",), where),
+               lambda t, k: gate_fits(t["p"], hw, ds, tg, k), where)
+    return dims, t, {}
+
+
 #: one tiling rule per materialised op (op registry stage ``tiling``):
 #: (graph, node, target, search, where) -> (dims, tile sizes, units)
 TILE_RULES = {
@@ -118,6 +132,7 @@ TILE_RULES = {
     "loss_grad": _loss_tiles,
     "sgd": _sgd_tiles,
     "concat": _channel_copy_tiles, "slice": _channel_copy_tiles,
+    "chmul": _gate_tiles, "chmul_ds": _gate_tiles,
 }
 
 

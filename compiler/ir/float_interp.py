@@ -115,6 +115,8 @@ FLOAT_RULES = {
                                           tuple(at["pad"])),
     "reshape": lambda a, at: a[0].reshape(tuple(at["shape"])),
     "concat": lambda a, at: torch.cat(list(a), dim=1),
+    "chmul": lambda a, at: a[0] * a[1],
+    "chmul_ds": lambda a, at: (a[0] * a[1]).sum(dim=tuple(range(2, a[0].dim())), keepdim=True),
     "slice": lambda a, at: a[0][:, int(at["c0"]):int(at["c1"])],
     "loss_grad": lambda a, at: _loss_grad(a[0], a[1], at),
     "conv_eb": _conv_eb,

@@ -242,6 +242,26 @@ def _keep_slice(m: _Masking, n) -> None:
     m.g.values[n.outputs[0]].shape = infer(m.g, n)
 
 
+def _keep_gate(m: _Masking, n) -> None:
+    """chmul: x and its per-channel gate s keep the same channels (an error dy * s keeps
+    the gate's)."""
+    if n.attrs.get("grad"):
+        m.keep[n.outputs[0]] = m.kept_of(n.inputs[1])
+        return
+    kx, ks = m.kept_of(n.inputs[0]), m.kept_of(n.inputs[1])
+    if m.mp._kept(kx[0]) != m.mp._kept(ks[0]):
+        where = m.mp._where(kx[0] or ks[0])
+        shown = [f"{k[0]!r} keeps {len(m.mp._kept(k[0]))}" if k[0] else "all"
+                 for k in (kx, ks)]
+        raise EdgecError(f"{where}{n.loc or '?'}: layer {n.layer!r}: a tensor and the "
+                         f"per-channel gate it is multiplied by must keep the same "
+                         f"channels, but the tensor's layer {shown[0]} and the gate's "
+                         f"{shown[1]} (mask the gate's producer identically)")
+    if kx[0] is not None and ks[0] is not None and kx[0] != ks[0]:
+        m.ties.append([kx[0], ks[0], n.loc, n.layer])
+    m.keep[n.outputs[0]] = kx if kx[0] is not None else ks
+
+
 def _no_channels(m: _Masking, n) -> None:
     """The output carries no channel selection of its own (shapes come from infer)."""
 
@@ -256,6 +276,7 @@ MASK_RULES = {
     "add": _keep_meet,
     "reshape": _keep_flatten,
     "concat": _keep_concat, "slice": _keep_slice,
+    "chmul": _keep_gate, "chmul_ds": _no_channels,
     "conv_eb": _conv_eb_in_shape, "linear_eb": _no_channels,
     "conv_wg": _no_channels, "linear_wg": _no_channels, "bias_grad": _no_channels,
 }

@@ -295,6 +295,18 @@ def _q_backward_reduction(q: _Quantizing, n) -> None:
     QuantizePass._set(g, n, out, e_out, e_acc)
 
 
+def _q_chmul(q: _Quantizing, n) -> None:
+    """chmul (x * s) / chmul_ds (sum dy * x): the product's exponent e_a + e_b, the output
+    format and shift; an error (chmul with grad, chmul_ds) gets a stochastic tensor id."""
+    g, a, out = q.g, n.attrs, n.outputs[0]
+    if n.op == "chmul_ds" or a["grad"]:
+        a["tid"] = q.next_tid()
+    QuantizePass._set(g, n, out, q.out_exp(out, expo_fit(q.fv[out])),
+                      q.e(n.inputs[0]) + q.e(n.inputs[1]))
+    if n.op == "chmul":
+        a["clamp"] = (-127, 127)
+
+
 def _q_channels(q: _Quantizing, n) -> None:
     """concat / slice: a copy; every operand already has the group's shared format."""
     V = q.g.values
@@ -354,6 +366,7 @@ QUANTIZE_RULES = {
     "maxpool": _q_same_format,
     "reshape": _q_same_format,
     "concat": _q_channels, "slice": _q_channels,
+    "chmul": _q_chmul, "chmul_ds": _q_chmul,
     "maxpool_bwd": _q_same_format,
     "relu_bwd": _q_relu_bwd,
     "hardtanh_bwd": _q_hardtanh_bwd,
@@ -476,6 +489,11 @@ def check_reductions(g: Graph) -> None:
             for d in (s[0][0], *s[0][2:]):
                 k *= d
             bound = k * 127
+        elif n.op == "chmul_ds":            # sum over H, W of int8 x int8 products
+            k = 1
+            for d in s[0][2:]:
+                k *= d
+            bound = k * 127 * 127
         else:
             continue
         if bound > ACC_MAX:

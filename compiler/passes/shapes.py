@@ -71,6 +71,7 @@ SHAPE_RULES = {
     "maxpool": _maxpool,
     "reshape": _reshape,
     "concat": _concat, "slice": _slice,
+    "chmul": _first, "chmul_ds": lambda sh, a: (sh[0][0], sh[0][1], *(1 for _ in sh[0][2:])),
     "conv_eb": _conv_eb,
     "conv_wg": lambda sh, a: (sh[0][1], sh[1][1] // a.get("groups", 1), *a["kernel"]),
     "linear_eb": lambda sh, a: (sh[0][0], sh[1][1]),
