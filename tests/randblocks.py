@@ -9,7 +9,7 @@ spatial 4-10).
 ``random_channel_block_case`` adds the channel plumbing of DenseNet / GoogLeNet /
 ShuffleNet / GhostNet blocks: ``torch.cat`` of a block's input and its output (dense),
 of parallel branches (inception), of a cheap depthwise feature map (ghost), and
-``torch.chunk`` + ``torch.cat`` (split).
+``torch.chunk`` + ``torch.cat`` (split), and squeeze-excitation gates ``x * s``.
 
 Mask rules the dicts respect: never a depthwise or grouped conv, never the logits Linear,
 never a layer whose output reaches a residual add (through BN, activations, pools,
@@ -87,6 +87,20 @@ class Ghost(nn.Module):
         return torch.cat([y, self.cheap(y)], 1)[:, :self.out]
 
 
+class SqueezeExcite(nn.Module):
+    """MobileNetV3 / EfficientNet: ``x * gate(mean(x))`` with a per-channel gate."""
+
+    def __init__(self, c, r, gate):
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, r, 1)
+        self.fc2 = nn.Conv2d(r, c, 1)
+        self.gate = gate
+
+    def forward(self, x):
+        s = torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))
+        return x * self.gate(self.fc2(s))
+
+
 def _act(rng, p_none=0.25):
     r = rng.random()
     if r < p_none:
@@ -131,6 +145,9 @@ def _channel_block(rng, kind, c, h, w):
         half = c // 2
         body = _conv_unit(rng, half, half, 1, 1) + _conv_unit(rng, half, half, 3, 1, groups=half)
         return Split(body), c
+    if kind == "se":
+        return SqueezeExcite(c, rng.randint(1, 4), rng.choice([nn.Hardtanh(0.0, 1.0),
+                                                               nn.ReLU6(), nn.ReLU()])), c
     o = rng.randint(2, 6)
     primary = _conv_unit(rng, c, o, 1, 1)
     return Ghost(primary, _conv_unit(rng, o, o, 3, 1, groups=o), 2 * o), 2 * o
@@ -141,7 +158,7 @@ def _features(rng, c, h, w, channel_blocks=False):
     for i in range(rng.randint(1, 4)):
         kind = rng.choices(["conv", "dw", "res", "pool", "misc"], [3, 2, 3, 1.2, 0.8])[0]
         if channel_blocks and (i == 0 or rng.random() < 0.6):
-            kind = rng.choice(["dense", "inception", "split", "ghost"])
+            kind = rng.choice(["dense", "inception", "split", "ghost", "se"])
             block, c = _channel_block(rng, kind, c, h, w)
             feats.append(block)
             continue
@@ -238,7 +255,7 @@ def maskable_layers(model):
         if n.op == "call_module":
             m = mods[n.target]
             return isinstance(m, _PASS) or _depthwise(m)
-        return n.op == "call_function" and n.target in (torch.flatten, torch.cat)
+        return n.op == "call_function" and n.target in (torch.flatten, torch.cat, torch.relu)
 
     def safe(start):
         todo = [start]

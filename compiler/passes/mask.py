@@ -22,7 +22,7 @@ import numpy as np
 
 from edgec.isa.errors import EdgecError
 
-from ..mask.file import residual_error
+from ..mask.file import ranges, residual_error
 from ..ir.graph import Graph, Node
 from ..ir.ops import CONV_OPS, MAC_EB, MAC_FORWARD, MAC_WG
 from .shapes import infer
@@ -243,20 +243,19 @@ def _keep_slice(m: _Masking, n) -> None:
 
 
 def _keep_gate(m: _Masking, n) -> None:
-    """chmul: x and its per-channel gate s keep the same channels (an error dy * s keeps
-    the gate's)."""
+    """chmul: x and its per-channel gate s keep the same channels (an error dy * s
+    carries no selection, like every error)."""
     if n.attrs.get("grad"):
-        m.keep[n.outputs[0]] = m.kept_of(n.inputs[1])
         return
     kx, ks = m.kept_of(n.inputs[0]), m.kept_of(n.inputs[1])
     if m.mp._kept(kx[0]) != m.mp._kept(ks[0]):
         where = m.mp._where(kx[0] or ks[0])
-        shown = [f"{k[0]!r} keeps {len(m.mp._kept(k[0]))}" if k[0] else "all"
-                 for k in (kx, ks)]
+        shown = [f"layer {k[0]!r} keeps {ranges(m.mp._kept(k[0]))}" if k[0]
+                 else "keeps all channels" for k in (kx, ks)]
         raise EdgecError(f"{where}{n.loc or '?'}: layer {n.layer!r}: a tensor and the "
                          f"per-channel gate it is multiplied by must keep the same "
-                         f"channels, but the tensor's layer {shown[0]} and the gate's "
-                         f"{shown[1]} (mask the gate's producer identically)")
+                         f"channels, but the tensor ({shown[0]}) and the gate "
+                         f"({shown[1]}) differ; mask the gate's producer identically")
     if kx[0] is not None and ks[0] is not None and kx[0] != ks[0]:
         m.ties.append([kx[0], ks[0], n.loc, n.layer])
     m.keep[n.outputs[0]] = kx if kx[0] is not None else ks
