@@ -101,6 +101,17 @@ def captured_graph_matches_autograd(path: str, labels: torch.Tensor):
     return g
 
 
+def verified(tmp_path, src: str, mask, seed: int, batch_seed: int):
+    """(compiled program, verify report) of model source ``src`` with ``mask`` on the tiny
+    target, after checking that it is bit-exact."""
+    path = write(tmp_path, src)
+    model, ex = load_model(path)
+    c = compile_module(model, ex, path, mask, TINY, lr=0.05)
+    rep = verify(c, seed=seed, batch_seed=batch_seed)
+    assert rep.bit_exact, [(m.symbol, m.index, m.origin) for m in rep.mismatches]
+    return c, rep
+
+
 def test_capture_of_blocks_matches_autograd(tmp_path):
     """The captured float graph (BN as two depthwise 1x1 convs, pools as constant-weight
     depthwise convs, residual adds, error sums) computes PyTorch's own gradients."""

@@ -17,7 +17,7 @@ from edgec.isa.errors import EdgecError
 from edgec.isa.target import load_target
 
 from randblocks import random_channel_block_case
-from test_e2e_blocks import captured_graph_matches_autograd, write
+from test_e2e_blocks import captured_graph_matches_autograd, verified, write
 
 TINY = load_target(Path(__file__).parents[1] / "data" / "tiny.toml")
 
@@ -87,13 +87,9 @@ example_input = torch.randn(3, 3, 6, 6)
 def test_global_pool_kept_4d_and_squeezed(tmp_path, mask):
     """x.mean((2, 3), keepdim=True) is the depthwise average-pool conv kept (N, C, 1, 1);
     squeeze / unsqueeze / view of it are reshapes, in the forward and the backward."""
-    path = write(tmp_path, POOLED)
-    g = captured_graph_matches_autograd(path, torch.arange(3) % 5)
+    g = captured_graph_matches_autograd(write(tmp_path, POOLED), torch.arange(3) % 5)
     assert [n.op for n in g.nodes].count("reshape") >= 6
-    model, ex = load_model(path)
-    c = compile_module(model, ex, path, mask, TINY, lr=0.05)
-    rep = verify(c, seed=2, batch_seed=1)
-    assert rep.bit_exact, [(m.symbol, m.index, m.origin) for m in rep.mismatches]
+    _, rep = verified(tmp_path, POOLED, mask, 2, 1)
     assert rep.fidelity_worst[1] >= 0.98, rep.devfwd
 
 
@@ -106,11 +102,7 @@ def test_capture_of_concat_and_split_matches_autograd(tmp_path):
 
 @pytest.mark.parametrize("mask", [None, MASK])
 def test_concat_split_bit_exact_and_faithful(tmp_path, mask):
-    path = write(tmp_path, NET)
-    model, ex = load_model(path)
-    c = compile_module(model, ex, path, mask, TINY, lr=0.05)
-    rep = verify(c, seed=3, batch_seed=1)
-    assert rep.bit_exact, [(m.symbol, m.index, m.origin) for m in rep.mismatches]
+    c, rep = verified(tmp_path, NET, mask, 3, 1)
     cos = {n: v for n, v, _ in rep.fidelity}
     assert len(cos) == len(list(c.model.parameters()))
     assert min(cos.values()) > 0.7, cos         # to float autograd (int8 forward)

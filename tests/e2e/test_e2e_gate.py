@@ -4,12 +4,10 @@ forward and backward on VMULC + RQ, with masks through it; the global average po
 import pytest
 import torch
 
-from edgec.compiler.driver import compile_model, compile_module
-from edgec.compiler.frontend.load import load_model
-from edgec.compiler.workflows.verify import verify
+from edgec.compiler.driver import compile_model
 from edgec.isa.errors import EdgecError
 
-from test_e2e_blocks import TINY, captured_graph_matches_autograd, write
+from test_e2e_blocks import captured_graph_matches_autograd, verified, write
 
 SE = """
 import torch
@@ -60,11 +58,7 @@ def test_capture_of_gate_matches_autograd(tmp_path):
 
 @pytest.mark.parametrize("mask", [None, MASK])
 def test_gate_bit_exact_and_faithful(tmp_path, mask):
-    path = write(tmp_path, SE)
-    model, ex = load_model(path)
-    c = compile_module(model, ex, path, mask, TINY, lr=0.05)
-    rep = verify(c, seed=4, batch_seed=2)
-    assert rep.bit_exact, [(m.symbol, m.index, m.origin) for m in rep.mismatches]
+    c, rep = verified(tmp_path, SE, mask, 4, 2)
     assert rep.counters.get("VMULC", 0) >= 3           # forward, dx, ds
     # the criterion, on every gradient the device did not clip (a gradient at +-127 of
     # its format is clipped by design, numerics.md section 4: masked, se.fc1.weight is
