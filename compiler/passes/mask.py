@@ -250,7 +250,7 @@ def _keep_gate(m: _Masking, n) -> None:
     kx, ks = m.kept_of(n.inputs[0]), m.kept_of(n.inputs[1])
     if m.mp._kept(kx[0]) != m.mp._kept(ks[0]):
         where = m.mp._where(kx[0] or ks[0])
-        shown = [f"layer {k[0]!r} keeps {ranges(m.mp._kept(k[0]))}" if k[0]
+        shown = [f"{_selection(k[0])} keeps {ranges(m.mp._kept(k[0]))}" if k[0]
                  else "keeps all channels" for k in (kx, ks)]
         raise EdgecError(f"{where}{n.loc or '?'}: layer {n.layer!r}: a tensor and the "
                          f"per-channel gate it is multiplied by must keep the same "
@@ -259,6 +259,14 @@ def _keep_gate(m: _Masking, n) -> None:
     if kx[0] is not None and ks[0] is not None and kx[0] != ks[0]:
         m.ties.append([kx[0], ks[0], n.loc, n.layer])
     m.keep[n.outputs[0]] = kx if kx[0] is not None else ks
+
+
+def _selection(tab: str) -> str:
+    """What selects a value's channels, for a message: a layer, or a concat / split."""
+    kind, _, value = tab.partition(":")
+    if kind in ("cat", "slice") and value:
+        return f"{'concat' if kind == 'cat' else 'split part'} {value!r}"
+    return f"layer {tab!r}"
 
 
 def _no_channels(m: _Masking, n) -> None:

@@ -152,6 +152,14 @@ def test_split_part_without_kept_channels_is_an_error(tmp_path):
     assert "user.mask:1:1" in msg and "channels 4-7 keeps no channel" in msg, msg
 
 
+def test_remaskable_with_a_mask_through_a_concat_is_a_clear_error(tmp_path):
+    path = write(tmp_path, NET)
+    model, ex = load_model(path)
+    with pytest.raises(EdgecError, match=r"--remaskable: a mask whose channels pass a "
+                                         r"concat or a split is not supported"):
+        compile_module(model, ex, path, MASK, TINY, lr=0.05, remaskable=True)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_random_channel_blocks_bit_exact(seed):
     """Random DenseNet / GoogLeNet / ShuffleNet / GhostNet-like blocks and
