@@ -275,6 +275,17 @@ INSTRS: tuple[Instr, ...] = (
         Field("acc", 1, doc="1: add into the result; 0: overwrite"),
     ), "Bias gradient: D[c] (+)= sum over n, hw of S[n, c, hw]. Traps if D leaves int32.",
           unit="vector", footprint=M.fp_rsum, cycles=M.cy_sums),
+    Instr("VMULC", 17, "compute", (
+        Field("mode", 1, doc="0: per-plane scalar product; 1: per-plane dot product"),
+        *_buf("a", "the int8 tile A [planes, hw]"),
+        *_buf("b", "the int8 operand B ([planes] in mode 0, [planes, hw] in mode 1)"),
+        Field("caddr", 20, doc="ABUF element address of the int32 result C"),
+        Field("planes", 16), Field("hw", 32),
+    ), "Channel-broadcast multiply (squeeze-excitation gating): mode 0: C[p, i] = A[p, i] "
+       "* B[p] (int32 [planes, hw]); mode 1: C[p] = sum over i of A[p, i] * B[p, i] "
+       "(int32 [planes]). Products of int8 operands, exact; traps if a sum leaves int32. "
+       "RQ rounds C.",
+          unit="vector", footprint=M.fp_vmulc, cycles=M.cy_vmulc),
     Instr("LOSSG", 12, "compute", (
         *_buf("z", "the int8 logits [n, k]"),
         Field("laddr", 20, doc="ABUF address of the int32 labels [n]"),

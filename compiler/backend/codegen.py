@@ -27,7 +27,7 @@ from ..ir.loops import LoopNest
 from ..ir.ops import ACT_BWD, ELTWISE, MAC_BASE, MAC_OPS, REGISTRY as OP
 from ..passes.dynfmt import CALM_STEPS, Registers, master_bound
 from .memory import MemoryPlan, Symbol
-from .tilefit import (bias_grad_fits, copies, geometry, group_rule_error, sgd_fits,
+from .tilefit import (bias_grad_fits, copies, gate_fits, geometry, group_rule_error, sgd_fits,
                       sgd_geometry, tile_fits, tile_words)
 from .tokens import QUEUE, TokenPlanner, footprint
 
@@ -383,6 +383,72 @@ def _pool_nest(em: Emitter, nest: LoopNest, n) -> None:
                     n0=1, n1=1, n2=pt, n3=H * W, s2=H * W, s3=1)
 
 
+def _channel_copy_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """concat / slice: per tile of batch x output channels, each operand's part of it is
+    one LD into IBUF and one ST at its channel offset in the output (both operands have
+    one format: a copy, DMA only; IBUF [t0 | t1] alternates by tile)."""
+    mem = em.mem
+    out = mem.of_value[n.outputs[0]]
+    rest = tuple(out.shape[2:])
+    hw = 1
+    for d in rest:
+        hw *= d
+    if n.op == "concat":        # (operand, its first output channel, first source channel)
+        parts, off = [], 0
+        for v in n.inputs:
+            parts.append((mem.of_value[v], off, 0, em.g.values[v].shape[1]))
+            off += em.g.values[v].shape[1]
+    else:
+        c0, c1 = int(n.attrs["c0"]), int(n.attrs["c1"])
+        parts = [(mem.of_value[n.inputs[0]], 0, c0, c1 - c0)]
+    T = nest.tiles["n"] * nest.tiles["c"] * hw
+    k = 2 if 2 * T <= em.tg.ibuf else 1
+    zeros = (0,) * len(rest)
+    for i, t in enumerate(_tiles(nest, ["n", "c"])):
+        (n0, nt), (t0, tc) = t["n"], t["c"]
+        h = (i % k) * T
+        for sym, off, src0, width in parts:
+            lo, hi = max(t0, off), min(t0 + tc, off + width)
+            if lo >= hi:
+                continue
+            ext = (nt, hi - lo, *rest)
+            em.box(True, IBUF, h, sym, (n0, src0 + lo - off, *zeros), ext)
+            em.box(False, IBUF, h, out, (n0, lo, *zeros), ext)
+            h += nt * (hi - lo) * hw
+
+
+def _gate_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """chmul / chmul_ds over tiles of whole (n, c) planes: LD A (x, or dy) and B (the gate
+    s, one value per plane, or x), VMULC (mode 0: A * B[p]; mode 1: plane dots) into ABUF,
+    RQ (chmul_ds and an error chmul: stochastic) into IBUF, ST.  IBUF [a0 | a1 | d0 | d1],
+    WBUF [b0 | b1], ABUF [c0 | c1]."""
+    mem = em.mem
+    a = n.attrs
+    ds = n.op == "chmul_ds"
+    src_a, src_b = (mem.of_value[v] for v in n.inputs)
+    out = mem.of_value[n.outputs[0]]
+    shape = src_a.shape
+    hw = 1
+    for d in shape[2:]:
+        hw *= d
+    P = nest.tiles["p"]
+    k = 2 if gate_fits(P, hw, ds, em.tg, 2) else 1
+    wide, per_out = P * hw, (1 if ds else hw)
+    for i, t in enumerate(_tiles(nest, ["p"])):
+        p0, pt = t["p"]
+        h, d = (i % k) * wide, k * wide + (i % k) * P * per_out
+        wb, cb = (i % k) * P * (hw if ds else 1), (i % k) * P * per_out
+        _flat(em, True, IBUF, h, src_a, p0 * hw, pt * hw)
+        _flat(em, True, WBUF, wb, src_b, p0 * (hw if ds else 1), pt * (hw if ds else 1))
+        em.emit("VMULC", mode=int(ds), abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=wb, caddr=cb,
+                planes=pt, hw=hw)
+        em.emit("RQ", saddr=cb, dbuf=IBUF, daddr=d, shift=a["shift"],
+                mode=int(ds or bool(a.get("grad"))), lo=-127, hi=127, tid=a.get("tid", 0),
+                **_rq_index((shape[0] * shape[1], per_out), (p0, 0), (pt, per_out)),
+                **em.dyn(n.outputs[0], *n.inputs))
+        _flat(em, False, IBUF, d, out, p0 * per_out, pt * per_out)
+
+
 def _bias_grad_nest(em: Emitter, nest: LoopNest, n) -> None:
     """RSUM over batch tiles per channel tile, then RQ of the sums."""
     mem = em.mem
@@ -546,6 +612,8 @@ LOWERING = {
     "bn_adapt": _bn_adapt_nest,
     "loss_grad": _loss_nest,
     "sgd": _sgd_nest,
+    "concat": _channel_copy_nest, "slice": _channel_copy_nest,
+    "chmul": _gate_nest, "chmul_ds": _gate_nest,
 }
 
 

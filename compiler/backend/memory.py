@@ -87,6 +87,8 @@ def plan_layout(g: Graph, seed: int, tg: Target, regs=None) -> MemoryPlan:
     V = g.values
     for layer, kept in sorted(g.meta.get("mask", {}).items()):
         m.place(f"tab:{layer}", "table", (len(kept),), "i32", init=np.array(kept))
+    for name, kept in sorted(g.meta.get("tables", {}).items()):    # concat / slice tables
+        m.place(f"tab:{name}", "table", (len(kept),), "i32", init=np.array(kept))
     m.place("rng_seed", "seed", (1,), "i32", init=np.array([seed], np.uint32).view(np.int32))
     if regs is not None:
         table = regs.table()

@@ -136,6 +136,16 @@ def bias_grad_fits(t: dict, hw: int, tg: Target, copies: int = 1) -> bool:
     return copies * (t["n"] * t["c"] * hw + t["c"]) <= tg.ibuf and t["c"] <= tg.abuf
 
 
+def gate_fits(p: int, hw: int, ds: bool, tg: Target, copies: int = 1) -> bool:
+    """chmul (ds=False) / chmul_ds tile of p planes of hw: A [p, hw] and the int8 result
+    ([p, hw] / [p]) in IBUF, B ([p] / [p, hw]) in WBUF, the int32 C ([p, hw] / [p]) in
+    ABUF (copies of each); DMA and RQ extents fit 16 bits."""
+    wide, narrow = p * hw, p
+    out, b = (narrow, wide) if ds else (wide, narrow)
+    return (copies * (wide + out) <= tg.ibuf and copies * b <= tg.wbuf
+            and copies * out <= tg.abuf and wide <= 65535)
+
+
 def sgd_fits(t: dict, inner: int, tg: Target, copies: int = 1, mom: bool = False) -> bool:
     """Master tile, a (wide) compute copy and (mom) the momentum tile in ABUF; gradient /
     int8 copy in IBUF / WBUF (copies of each)."""

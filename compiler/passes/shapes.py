@@ -48,6 +48,16 @@ def _wview(sh, a):
     return (rows, cols, *full[2:])
 
 
+def _concat(sh, a):
+    N, _, *rest = sh[0]
+    return (N, sum(s[1] for s in sh), *rest)
+
+
+def _slice(sh, a):
+    N, _, *rest = sh[0]
+    return (N, a["c1"] - a["c0"], *rest)
+
+
 def _first(sh, a):
     return sh[0]
 
@@ -60,6 +70,8 @@ SHAPE_RULES = {
     "maxpool_bwd": lambda sh, a: sh[1],
     "maxpool": _maxpool,
     "reshape": _reshape,
+    "concat": _concat, "slice": _slice,
+    "chmul": _first, "chmul_ds": lambda sh, a: (sh[0][0], sh[0][1], *(1 for _ in sh[0][2:])),
     "conv_eb": _conv_eb,
     "conv_wg": lambda sh, a: (sh[0][1], sh[1][1] // a.get("groups", 1), *a["kernel"]),
     "linear_eb": lambda sh, a: (sh[0][0], sh[1][1]),

@@ -1,9 +1,6 @@
 """Average pooling (``avg_pool2d``, ``_adaptive_avg_pool2d``, ``mean`` over H and W) as a
 depthwise ``conv`` with a constant weight (kind ``avg``); every backward form (the
-``*_backward`` ops, and ``expand`` then ``div`` for ``mean``) -> ``conv_eb``.  A ``mean``
-without keepdim is the conv (``<base>.pool``) then a ``reshape`` to (N, C); its backward
-first ``unsqueeze``s the (N, C) error twice -> ``reshape`` back to (N, C, 1, 1)
-(``<base>.dx``), then the conv_eb is ``<base>.pool.dx``."""
+``*_backward`` ops, and ``expand`` then ``div`` for ``mean``) -> ``conv_eb``."""
 from __future__ import annotations
 
 import torch
@@ -82,9 +79,7 @@ def convert_avgpool(c: AtenCall) -> Desc:
 def _avg_input_error(c: AtenCall, dy: Desc, fnode: Node, finf: ValueInfo) -> Desc:
     xs = shape_of(c.ctx, fnode.inputs[0])
     at = {k: fnode.attrs[k] for k in ("stride", "pad", "groups")}
-    y = fnode.outputs[0]
-    name = (y[:-len(".out")] if y.endswith(".out") else y) + ".dx"
-    return Desc("val", emit(c.ctx, "conv_eb", [dy.name, fnode.inputs[1]], name,
+    return Desc("val", emit(c.ctx, "conv_eb", [dy.name, fnode.inputs[1]], f"{finf.base}.dx",
                             xs, {**at, "in_shape": xs}, grad_info(finf, fnode.inputs[0])))
 
 
@@ -98,28 +93,6 @@ def convert_avgpool_backward(c: AtenCall) -> Desc:
     fnode, finf = forward_matching(c.ctx, c.op, lambda n: _is_avg(c, n)
                                    and n.inputs[0] == xd.name)
     return _avg_input_error(c, dy, fnode, finf)
-
-
-def convert_mean_backward_unsqueeze(c: AtenCall) -> Desc:
-    """The backward of ``mean`` without keepdim, step 0: the (N, C) error unsqueezed at
-    dims 2 and 3 (kept as ``meanunsq`` after the first) -> ``reshape`` to the pooled
-    (N, C, 1, 1)."""
-    ctx, d = c.ctx, c.val(0)
-    if d.kind == "meanunsq":
-        fnode, finf = d.data
-        pool = fnode.inputs[0]
-        ps = shape_of(ctx, pool)
-        if tuple(c.fxn.meta["val"].shape) != ps:
-            raise c.unsupported()
-        return Desc("val", emit(ctx, "reshape", [d.name], f"{finf.base}.dx", ps,
-                                {"shape": ps}, grad_info(finf, pool)))
-    if not is_grad(ctx, d) or d.T:
-        raise c.unsupported()
-    fnode, finf = forward_of_grad(ctx, d.name, c.op)
-    src = ctx.producer.get(fnode.inputs[0]) if fnode.op == "reshape" else None
-    if src is None or not _is_avg(c, src) or shape_of(ctx, src.outputs[0])[2:] != (1, 1):
-        raise c.unsupported()
-    return Desc("meanunsq", d.name, data=(fnode, finf))
 
 
 def convert_mean_backward_expand(c: AtenCall) -> Desc:
@@ -152,7 +125,6 @@ HANDLERS = {
     "_adaptive_avg_pool2d": convert_avgpool,
     "avg_pool2d_backward": convert_avgpool_backward,
     "_adaptive_avg_pool2d_backward": convert_avgpool_backward,
-    "unsqueeze": convert_mean_backward_unsqueeze,
     "expand": convert_mean_backward_expand,
     "div": convert_mean_backward_div,
 }

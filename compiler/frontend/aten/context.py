@@ -16,7 +16,8 @@ from edgec.compiler.frontend.load import construction_site
 
 SUPPORTED = ("edgec supports Conv2d (incl. grouped/depthwise), Linear, BatchNorm2d, ReLU, "
              "ReLU6/Hardtanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, residual add, "
-             "Dropout/Identity, flatten")
+             "torch.cat / split / chunk along channels, x * s per-channel gates "
+             "(s of shape (N, C, 1, 1)), Dropout/Identity, flatten")
 META_KEY = "edgec_module"
 
 # leaf module type -> the edgec op it owns (its name becomes the value base)
@@ -37,7 +38,7 @@ OWNS = {
 # names the op better (a user's module is no op: there the aten op is what the user wrote)
 PLUMBING = {"empty", "empty_like", "zeros", "zeros_like", "ones", "full", "bernoulli_",
             "bernoulli", "copy_", "fill_", "new_empty", "rand", "rand_like", "_to_copy",
-            "expand", "unsqueeze", "squeeze", "mul", "div"}
+            "expand", "div"}
 
 
 @dataclass
