@@ -39,7 +39,7 @@ model, example_input = build({name!r})
 """
 
 
-def one(name: str, variant: str, sr_seeds: int) -> dict:
+def one(name: str, variant: str, sr_seeds: int, target: str) -> dict:
     """Compile and verify one (model, variant) in this process."""
     from edgec.compiler.driver import compile_model
     from edgec.compiler.frontend.load import load_model
@@ -61,7 +61,7 @@ def one(name: str, variant: str, sr_seeds: int) -> dict:
         torch.onnx.export(model, (example,), path, dynamo=False, opset_version=13,
                           input_names=["x"], output_names=["logits"])
     t0 = time.perf_counter()
-    c = compile_model(path, str(mask) if mask else None)
+    c = compile_model(path, str(mask) if mask else None, target)
     compile_s = time.perf_counter() - t0
     rep = verify(c, sr_seeds=sr_seeds)
     worst = rep.fidelity_worst
@@ -73,12 +73,13 @@ def one(name: str, variant: str, sr_seeds: int) -> dict:
             "min_floor": round(min(rep.floor.values()), 4) if rep.floor else None}
 
 
-def run_case(name: str, variant: str, timeout: float, sr_seeds: int) -> dict:
+def run_case(name: str, variant: str, timeout: float, sr_seeds: int, target: str) -> dict:
     """one() in a child process: a crash, a hang or an error becomes a row."""
     t0 = time.perf_counter()
     try:
         r = subprocess.run([sys.executable, __file__, "--one", name, "--variant", variant,
-                            "--sr-seeds", str(sr_seeds)], capture_output=True, text=True,
+                            "--sr-seeds", str(sr_seeds), "--target", target],
+                           capture_output=True, text=True,
                            timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"status": f"timeout after {timeout:.0f}s"}
@@ -109,11 +110,13 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--timeout", type=float, default=900, help="seconds per case")
     ap.add_argument("--sr-seeds", type=int, default=8, help="verify's seeds (default 8)")
+    ap.add_argument("--target", default="edge-dpu-16x16-2g", help="target (default: the "
+                    "bundled 2 GiB one, which ResNet-50's training step needs)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one, args.variant, args.sr_seeds)))
+        print(json.dumps(one(args.one, args.variant, args.sr_seeds, args.target)))
         return 0
     from zoo_models import names
     models = args.only or names()
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
     for name in models:
         for v in variants:
             row = {"model": name, "variant": v,
-                   **run_case(name, v, args.timeout, args.sr_seeds)}
+                   **run_case(name, v, args.timeout, args.sr_seeds, args.target)}
             rows.append(row)
             print(f"{name:<28} {v:<6} {_cell(row)}", flush=True)
     ok = sum(r.get("status") == "ok" and r["bit_exact"] for r in rows)
