@@ -36,30 +36,44 @@ import torch.nn.functional as F
 from edgec.isa.errors import EdgecError
 from edgec.compiler.ir.graph import Graph
 from edgec.compiler.passes.autodiff import derive_backward
-from edgec.compiler.frontend.onnx_ops.context import SUPPORTED, OnnxCall, OnnxImport
+from edgec.compiler.frontend.onnx_ops.context import (SUPPORTED, OnnxCall, OnnxImport,
+                                                      module_scopes)
+from edgec.compiler.frontend.onnx_ops.fold import try_fold
 from edgec.compiler.frontend.onnx_ops.table import HANDLERS
 
 
 class OnnxNet(torch.nn.Module):
-    """The parsed ONNX model as a torch module: conv/linear submodules named like the
-    ONNX weight initializers; ``steps`` is the forward program."""
+    """The parsed ONNX model as a torch module: conv / linear / BatchNorm submodules named
+    like the ONNX weight initializers; ``steps`` is the forward program, a list of
+    ``(kind, module name | attrs, input values, output value)`` over edgec value names
+    (``x`` the input, ``out`` the logits)."""
 
-    def __init__(self, steps):
+    def __init__(self, steps, out: str):
         super().__init__()
-        self.steps = steps          # list of (kind, module name | attrs)
+        self.steps = steps
+        self.out = out
 
     def forward(self, x):
         mods = dict(self.named_modules())
-        for kind, a in self.steps:
-            if kind in ("conv", "linear"):
-                x = mods[a](x)
+        env = {"x": x}
+        for kind, a, ins, out in self.steps:
+            v = [env[i] for i in ins]
+            if kind in ("conv", "linear", "bn"):
+                y = mods[a](v[0])
             elif kind == "relu":
-                x = torch.relu(x)
+                y = torch.relu(v[0])
+            elif kind == "hardtanh":
+                y = F.hardtanh(v[0], a[0], a[1])
             elif kind == "maxpool":
-                x = F.max_pool2d(x, a["kernel"], a["stride"], a["pad"])
-            elif kind == "reshape":
-                x = x.reshape(x.shape[0], -1)
-        return x
+                y = F.max_pool2d(v[0], a["kernel"], a["stride"], a["pad"])
+            elif kind == "avg":
+                y = F.avg_pool2d(v[0], a["kernel"], a["stride"], a["pad"])
+            elif kind == "add":
+                y = v[0] + v[1]
+            else:                               # reshape
+                y = v[0].reshape(a)
+            env[out] = y
+        return env[self.out]
 
 
 def load_onnx(path: str, calib: str | None = None):
@@ -74,6 +88,8 @@ def load_onnx(path: str, calib: str | None = None):
     imp = _import_forward(path, G, inits, inp.name, dims)
     g = imp.g
     _set_logits(path, g, imp.env, G.output[0].name, imp.N)
+    g.remove_dead()
+    _order_params(g, [t.name for t in G.initializer])
     derive_backward(g)
     try:
         g.verify()
@@ -81,7 +97,7 @@ def load_onnx(path: str, calib: str | None = None):
         raise EdgecError(f"internal error: ONNX graph is malformed: {e}") from None
 
     # ---- torch module + calibration input ----
-    model = _build_module(imp.steps, imp.mod_specs, g, imp.params)
+    model = _build_module(imp, g)
     example = _calibration(path, calib, tuple(dims))
     return model, example, g
 
@@ -132,6 +148,11 @@ def _initializers(G, base: str) -> dict[str, np.ndarray]:
             for a in n.attribute:
                 if a.name == "value":
                     inits[n.output[0]] = nh.to_array(a.t)
+                elif a.name in ("value_float", "value_int"):
+                    inits[n.output[0]] = np.asarray(a.f if a.name == "value_float" else a.i)
+                elif a.name in ("value_floats", "value_ints"):
+                    inits[n.output[0]] = np.asarray(list(a.floats if a.name ==
+                                                         "value_floats" else a.ints))
     return inits
 
 
@@ -174,7 +195,8 @@ def _import_forward(path: str, G, inits, input_name: str, dims) -> OnnxImport:
     g.inputs = ["x", "labels"]
     g.add_value("x", tuple(dims))
     g.add_value("labels", (N,), dtype="i32")
-    imp = OnnxImport(g, N, list(G.node), inits, consumers, env={input_name: "x"})
+    imp = OnnxImport(g, N, list(G.node), inits, consumers, env={input_name: "x"},
+                     scopes=module_scopes(G.node))
     for idx, n in enumerate(imp.nodes):
         if idx in imp.skip or n.op_type == "Constant":
             continue
@@ -182,42 +204,67 @@ def _import_forward(path: str, G, inits, input_name: str, dims) -> OnnxImport:
         at = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         if n.domain not in ("", "ai.onnx"):
             raise EdgecError(f"{loc}: unsupported op '{n.domain}.{n.op_type}'; {SUPPORTED}")
+        call = OnnxCall(imp, n, idx, loc, at)
+        if try_fold(call):
+            continue
         handler = HANDLERS.get(n.op_type)
         if handler is None:
             raise EdgecError(f"{loc}: unsupported op '{n.op_type}'; {SUPPORTED}")
-        handler(OnnxCall(imp, n, idx, loc, at))
+        handler(call)
     return imp
 
 
 def _set_logits(path: str, g: Graph, env: dict, out_t: str, N: int) -> None:
-    """The ONNX output as ``logits`` (N, K); the graph must be a chain."""
+    """The ONNX output as ``logits`` (N, K)."""
     if out_t not in env:
         raise EdgecError(f"{path}: the output '{out_t}' is not computed from the input")
     z = env[out_t]
     if len(g.values[z].shape) != 2 or z == "x":
         raise EdgecError(f"{path}: the model must return logits of shape (N, K), got "
                          f"{g.values[z].shape}")
-    # edgec graphs are chains: every intermediate value has exactly one consumer
-    for v in g.values:
-        us = g.users(v)
-        if len(us) > 1:
-            raise EdgecError(f"{us[1].loc}: value used by more than one op (branches and "
-                             "residual connections are not supported from ONNX)")
     g.outputs["logits"] = z
     g.meta["num_classes"] = int(g.values[z].shape[1])
     g.meta["batch"] = N
 
 
-def _build_module(steps, specs, g: Graph, params) -> OnnxNet:
-    net = OnnxNet(steps)
-    for mod, (kind, a) in specs.items():
+def _order_params(g: Graph, init_order: list[str]) -> None:
+    """Model parameters in the order of their initializers (torch.onnx writes them in
+    ``named_parameters()`` order), the frozen constants after them, as capture() has them;
+    a parameter under a name of its own (an ``Identity`` of a shared initializer) comes
+    after the initializers, in the order of use."""
+    pos = {n: i for i, n in enumerate(init_order)}
+    keys = list(g.params)
+    def key(name):
+        p = g.params[name]
+        return (p.is_const, pos.get(name, len(pos)) if not p.is_const else 0,
+                keys.index(name))
+    g.params = {k: g.params[k] for k in sorted(keys, key=key)}
+
+
+def _module_of(kind: str, a: dict, w: torch.Tensor, has_b: bool) -> torch.nn.Module:
+    if kind == "conv":
+        return torch.nn.Conv2d(w.shape[1] * a["groups"], w.shape[0], tuple(w.shape[2:]),
+                               stride=a["stride"], padding=a["pad"], groups=a["groups"],
+                               bias=has_b)
+    if kind == "bn":
+        m = torch.nn.BatchNorm2d(w.shape[0], eps=a["eps"])
+        m.running_mean.copy_(torch.from_numpy(a["mean"].copy()))
+        m.running_var.copy_(torch.from_numpy(a["var"].copy()))
+        return m.eval()
+    return torch.nn.Linear(w.shape[1], w.shape[0], bias=has_b)
+
+
+def _build_module(imp: OnnxImport, g: Graph) -> OnnxNet:
+    net = OnnxNet(imp.steps, g.outputs["logits"])
+    params = imp.params
+    order: dict[str, int] = {}
+    for i, p in enumerate(g.params.values()):
+        order.setdefault(p.module, i)
+    for mod in sorted(imp.mod_specs, key=lambda m: order.get(m, len(order))):
+        kind, a = imp.mod_specs[mod]
         w = torch.from_numpy(params[f"{mod}.weight"].copy())
         has_b = f"{mod}.bias" in params
-        if kind == "conv":
-            m = torch.nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=a["stride"],
-                                padding=a["pad"], bias=has_b)
-        else:
-            m = torch.nn.Linear(w.shape[1], w.shape[0], bias=has_b)
+        m = _module_of(kind, a, w, has_b)
         with torch.no_grad():
             m.weight.copy_(w)
             if has_b:
@@ -232,9 +279,9 @@ def _build_module(steps, specs, g: Graph, params) -> OnnxNet:
             raise EdgecError(f"module name '{mod}' clashes with another layer's name")
         parent.add_module(parts[-1], m)
     names = [n for n, _ in net.named_parameters()]
-    if sorted(names) != sorted(g.params):
+    if sorted(names) != sorted(p for p in g.params if not g.params[p].is_const):
         raise EdgecError("internal error: ONNX module parameters do not match the graph")
-    return net
+    return net.eval()
 
 
 def _calibration(path: str, calib: str | None, shape) -> torch.Tensor:
