@@ -229,16 +229,23 @@ def _set_logits(path: str, g: Graph, env: dict, out_t: str, N: int) -> None:
 
 def _order_params(g: Graph, init_order: list[str]) -> None:
     """Model parameters in the order of their initializers (torch.onnx writes them in
-    ``named_parameters()`` order), the frozen constants after them, as capture() has them;
-    a parameter under a name of its own (an ``Identity`` of a shared initializer) comes
-    after the initializers, in the order of use."""
+    ``named_parameters()`` order), the frozen constants after them, and the graph values
+    inputs, parameters, then the rest as made, as capture() has them.  A parameter under
+    a name of its own (an ``Identity`` of a shared initializer) follows the parameter used
+    just before it."""
     pos = {n: i for i, n in enumerate(init_order)}
-    keys = list(g.params)
-    def key(name):
-        p = g.params[name]
-        return (p.is_const, pos.get(name, len(pos)) if not p.is_const else 0,
-                keys.index(name))
-    g.params = {k: g.params[k] for k in sorted(keys, key=key)}
+    used = [k for k, p in g.params.items() if not p.is_const]
+    order = sorted((k for k in used if k in pos), key=pos.get)
+    for i, k in enumerate(used):
+        if k in pos:
+            continue
+        prev = next((u for u in reversed(used[:i]) if u in order), None)
+        order.insert(order.index(prev) + 1 if prev is not None else 0, k)
+    order += [k for k, p in g.params.items() if p.is_const]
+    g.params = {k: g.params[k] for k in order}
+    first = list(g.inputs) + [g.params[k].value for k in order if k in set(used)]
+    rest = [v for v in g.values if v not in set(first)]
+    g.values = {v: g.values[v] for v in first + rest}
 
 
 def _module_of(kind: str, a: dict, w: torch.Tensor, has_b: bool) -> torch.nn.Module:
