@@ -1,4 +1,5 @@
-"""Pooling: ``MaxPool`` (2-D, floor mode, dilation 1, pads <= kernel/2, no Indices) ->
+"""Pooling: ``MaxPool`` (2-D, floor mode -- ceil mode where it gives the same windows --,
+dilation 1, pads <= kernel/2, no Indices) ->
 ``maxpool``; ``AveragePool``, ``GlobalAveragePool`` and ``ReduceMean`` over H and W -> a
 depthwise ``conv`` with a frozen constant weight (kind ``avg``), as the PyTorch frontend
 lowers average pooling (``ReduceMean`` with keepdims=0 adds the ``reshape`` to (N, C))."""
@@ -13,8 +14,6 @@ from edgec.compiler.frontend.onnx_ops.context import OnnxCall
 def _pool_window(c: OnnxCall, k) -> tuple[tuple, tuple]:
     """(stride, pad) after checking the attributes against the kernel ``k``."""
     at = c.at
-    if int(at.get("ceil_mode", 0)):
-        raise c.bad("ceil_mode=1")
     c.check_no_dilation()
     if int(at.get("storage_order", 0)) != 0 or (len(c.n.output) > 1 and c.n.output[1]):
         raise c.bad("the Indices output")
@@ -42,6 +41,10 @@ def _window_of(c: OnnxCall) -> tuple[str, tuple, tuple, tuple, tuple]:
     ow = (xs[3] + 2 * pd[1] - k[1]) // st[1] + 1
     if oh < 1 or ow < 1:
         raise EdgecError(f"{c.loc}: the pooling window is larger than the input")
+    if int(c.at.get("ceil_mode", 0)) and any((n + 2 * p - kk) % s
+                                             for n, p, kk, s in zip(xs[2:], pd, k, st)):
+        raise c.bad(f"ceil_mode=1 on a {xs[2]}x{xs[3]} input, where it adds a partial "
+                    "window (only where ceil and floor mode agree)")
     return x, (xs[0], xs[1], oh, ow), k, st, pd
 
 
