@@ -345,3 +345,30 @@ def test_torchvision_resnet18(tmp_path):
     path = _export(model, x, tmp_path / "resnet18.onnx", 17, do_constant_folding=False)
     c = compile_model(path, calib=path + ".npz")
     _same_program(c, compile_module(model, x, "resnet18.py", None, load_target(None)))
+
+
+class _CeilClamp(nn.Module):
+    def __init__(self, hw):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.fc = nn.Linear(3 * ((hw + 1) // 2) ** 2, 2)
+
+    def forward(self, x):
+        x = self.pool(torch.clamp(self.conv(x), min=0.0))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_ceil_mode_where_it_equals_floor_mode_and_clip_min_only(tmp_path):
+    torch.manual_seed(0)
+    model, x = _CeilClamp(6).eval(), torch.randn(2, 2, 6, 6)
+    path = _export(model, x, tmp_path / "ceil.onnx", 13)
+    assert {"Clip", "MaxPool"} <= _op_types(path)
+    g = load_onnx(path)[2]
+    assert [n.op for n in g.nodes][:3] == ["conv", "relu", "maxpool"]
+    _grads_match_torch(model, x, path)
+    odd, xo = _CeilClamp(7).eval(), torch.randn(2, 2, 7, 7)
+    path = _export(odd, xo, tmp_path / "ceil7.onnx", 13)
+    with pytest.raises(EdgecError, match=r"ceil7\.onnx:node \d+ \(/pool/MaxPool\): .*"
+                                         r"ceil_mode=1 on a 7x7 input"):
+        load_onnx(path)
