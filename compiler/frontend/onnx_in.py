@@ -2,18 +2,31 @@
 user code.
 
 Accepted (default domain, opset >= 13, one float input with a static shape
-``(N, C, H, W)`` or ``(N, F)``, one output, the logits ``(N, K)``):
+``(N, C, H, W)`` or ``(N, F)``, one output, the logits ``(N, K)``), each op mapped onto
+the graph ops the PyTorch frontend makes of the same layer (docs/usage.md lists them):
 
-* ``Conv`` (2-D, group 1, dilation 1, symmetric explicit pads, weight/bias initializers),
-* ``Gemm`` (alpha = beta = 1, transA = 0, B an initializer, C an optional 1-D bias),
-  ``MatMul`` with an initializer ``[F, O]``, optionally followed by ``Add`` of a 1-D bias,
-* ``Relu``, ``MaxPool`` (2-D, floor mode, dilation 1, pads <= kernel/2, no indices output),
-* ``Flatten`` (axis 1) and ``Reshape`` to ``(N, features)``, ``Identity``, ``Constant``.
+* ``Conv`` (2-D, any groups, dilation 1, symmetric explicit pads, weight/bias
+  initializers), ``Gemm`` (alpha = beta = 1, transA = 0, B an initializer, C an optional
+  1-D bias), ``MatMul`` with an initializer ``[F, O]``, optionally followed by ``Add`` of
+  a 1-D bias, ``BatchNormalization`` (inference form: two depthwise 1x1 convs),
+* ``Relu``, ``Clip`` (constant bounds), ``MaxPool``, ``AveragePool``,
+  ``GlobalAveragePool``, ``ReduceMean`` over H, W, the residual ``Add`` of two
+  activations,
+* views: ``Flatten`` / ``Reshape`` / ``Squeeze`` to ``(N, features)`` (and back),
+  ``Identity``, ``Dropout``, a ``Transpose`` of size-1 dims; nodes that only compute
+  constants (``Constant``, ``Identity`` of an initializer, ``Shape``, ``Gather`` ...) are
+  folded first (``onnx_ops/fold.py``).
 
 Parameters are named by their weight initializer: ``conv1.weight`` -> module ``conv1``, so
 one user.mask works for the .py and the .onnx of a model; a weight whose initializer name
-does not end in ``.weight`` names its module itself (characters outside ``[A-Za-z0-9_.]``
-become ``_``) and the parameters are then called ``<module>.weight`` / ``<module>.bias``.
+does not end in ``.weight`` is named after the module the node ran in (from torch.onnx's
+node name ``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``; the exporter renames the
+weights it folds a BatchNorm into), else names its module itself (characters outside
+``[A-Za-z0-9_.]`` become ``_``); the parameters are then ``<module>.weight`` /
+``<module>.bias``.  Ops without parameters take their value names from the node's module
+the way capture() does (``layer1.0.relu``, ``layer1.0.add``, ``relu`` at the top level), and
+parameters and values are ordered as capture() orders them, so a model exported with its
+BatchNorms compiles to the program its model.py gives.
 ``Gemm`` with transB = 0 and ``MatMul`` store the weight as ``[F, O]``: edgec's parameter is
 its transpose ``[O, F]`` (PyTorch's Linear layout).
 
@@ -21,7 +34,8 @@ The forward ops come from the ONNX nodes (loc ``model.onnx:node <i> (<name>)``);
 gradient and the backward ops are derived by the autodiff pass
 (:func:`edgec.compiler.passes.autodiff.derive_backward`) over edgec's forward ops; each
 ONNX op_type is imported by its handler in ``onnx_ops/`` (``onnx_ops/table.py``).
-``example_input`` (calibration data, numerics.md section 6) is ``x`` from ``--calib FILE.npz`` if given, else ``torch.randn(shape)`` drawn from
+``example_input`` (calibration data, numerics.md section 6) is ``x`` from
+``--calib FILE.npz`` if given, else ``torch.randn(shape)`` drawn from
 ``torch.Generator().manual_seed(0)``.  An equivalent ``torch.nn.Module`` is built from the
 same parsed layers (for verify's float autograd fidelity check).
 """
