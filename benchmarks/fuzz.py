@@ -749,7 +749,8 @@ def run_argv(base: Base, argv: list[str], out: Path):
     if "Traceback" in msg or not lines or "error" not in lines[-1]:
         return "traceback", f"{desc}: {msg[-800:]}"
     last = lines[-1]
-    named = [a for a in argv if len(a) >= 2 and (a in last or Path(a).name in last)]
+    named = [a for a in argv if len(a) >= 2 and (a in last or Path(a).name in last)
+             or repr(a) in last]
     if argv[0] not in COMMANDS and "invalid choice" in last:
         named = [argv[0]]
     if not named:       # the message must say which file, option or value is wrong

@@ -92,12 +92,13 @@ def median_of(runs: int, fn) -> float:
 
 def other_mask(meta: dict) -> str:
     """A mask with user.mask's kept count in every layer it masks, other channels."""
+    from edgec.compiler.mask.file import mask_name
     layers = meta["remask"]["layers"]
     lines = ["# benchmarks/remask.py: the same counts as user.mask, other channels"]
     for name, kept in sorted(meta["mask"].items()):
         dropped = [c for c in range(layers[name]) if c not in set(kept)]
         new = sorted((dropped + kept)[:len(kept)])
-        lines.append(f"{name}: {' '.join(map(str, new))}")
+        lines.append(f"{mask_name(name)}: {' '.join(map(str, new))}")
     return "\n".join(lines) + "\n"
 
 

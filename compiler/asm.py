@@ -152,6 +152,14 @@ class _Asm:
                          f"{f.bits} bits {'signed' if f.signed else 'unsigned'} "
                          f"({lo}..{hi})")
             vals[name] = v
+            if f.valid is not None and not f.valid[0] <= v <= f.valid[1]:
+                self.err(vtok, f"{ins.name} field {name}={v} outside [{f.valid[0]}, "
+                         f"{f.valid[1]}] (the machine traps on it)")
+        missing = [f.name for f in ins.fields if f.name not in vals]
+        if missing:
+            self.err(mtok, f"{ins.name}: missing field{'s' if len(missing) > 1 else ''} "
+                     f"{', '.join(missing)} (every field but dep must be given; "
+                     f"edgec disasm writes them all)")
         self.code.append(encode(ins.name, **vals))
 
     def word(self, node):

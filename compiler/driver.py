@@ -8,7 +8,8 @@ import torch
 
 from edgec.isa.container import Program, write_program
 from edgec.isa.errors import EdgecError
-from edgec.isa.target import Target, load_target
+from edgec.isa.interface import InterfaceError, check_interface
+from edgec.isa.target import Target, load_target, recorded_name
 
 from .backend.codegen import Emitter, generate
 from .backend.memory import MemoryPlan, plan_memory
@@ -24,6 +25,7 @@ from .passes.dynfmt import exponent_registers, is_dynamic
 from .passes.mask import MaskPass
 from .passes.prune import PrunePass, select_trainable
 from .passes.quantize import QuantizePass, UpdatePass
+from .passes.shapes import verify_graph
 from .passes.teacher import TeacherPass, teacher_logits
 from .mask.layers import mask_layers, user_mask
 from .mask.remask import remask_info
@@ -202,9 +204,15 @@ def class_ids(g: Graph, classes) -> list[int]:
     row view of the classifier: it computes only their logits)."""
     K = g.values[g.outputs["logits"]].shape[1]
     ids = sorted(set(int(c) for c in classes))
-    if any(not 0 <= c < K for c in ids) or len(ids) < 2:
-        raise EdgecError(f"--classes {','.join(map(str, classes))}: need at least two "
-                         f"distinct class ids in [0, {K})")
+    bad = [c for c in ids if not 0 <= c < K]
+    given = ",".join(map(str, classes))
+    if bad:
+        raise EdgecError(f"--classes {given}: class id{'s' * (len(bad) > 1)} "
+                         f"{', '.join(map(str, bad))} out of range: the model's logits have "
+                         f"K = {K} classes, ids 0-{K - 1}")
+    if len(ids) < 2:
+        raise EdgecError(f"--classes {given}: need at least two distinct class ids in "
+                         f"[0, {K}) (a softmax over one class has no gradient)")
     return ids
 
 
@@ -214,7 +222,7 @@ def _backend(g: Graph, mask, example, params, opts: CompileOptions, tg, model, l
         log(p.name)
         g = p.apply(g)
         try:
-            g.verify()
+            verify_graph(g)
         except ValueError as e:
             raise EdgecError(f"internal error after pass {p.name!r}: {e}") from None
         dump(p.name, g)
@@ -233,15 +241,37 @@ def emit_program(g: Graph, nests: list[LoopNest], tg: Target, lr: float, seed: i
     """The back end after tiling: memory plan, instruction selection, container."""
     log("codegen")
     regs = exponent_registers(g) if is_dynamic(g) else None
-    mem = plan_memory(g, seed, tg.ddr_bytes, regs)
+    mem = plan_memory(g, seed, tg, regs)
     em = generate(g, nests, mem, tg, regs)
     prog = Program(tg.fingerprint, em.code, bytes(mem.data), mem.size,
                    [s.to_json() for s in mem.symbols.values()],
-                   program_meta(g, mem, em, lr, model))
+                   program_meta(g, mem, em, lr, model, tg))
+    check_host_interface(g, mem, prog)
     return Compiled(g, nests, mem, em, prog, write_program(prog), tg, model, example, mask)
 
 
-def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model) -> dict:
+def check_host_interface(g: Graph, mem: MemoryPlan, prog: Program) -> None:
+    """What `edgec run` will need of the program (isa/interface.py), checked before it is
+    written: a problem is an error naming the layer and model line of the tensor at fault."""
+    try:
+        check_interface(prog)
+    except InterfaceError as e:
+        sym = mem.symbols.get(e.symbol) if e.symbol else None
+        node = g.producer(sym.value) if sym is not None and sym.value in g.values else None
+        if node is None:
+            raise EdgecError(f"internal error: the program cannot run: {e}") from None
+        where = f"{node.loc}: " if node.loc else ""
+        hint = ""
+        if sym.name == mem.of_value[g.outputs["logits"]].name:
+            shp = list(g.values[g.outputs["logits"]].shape)
+            hint = (f"; the logits {shp} are a view of it, but the host reads them from "
+                    "the tensor as stored: make the model's last layer a Linear (flatten "
+                    "first: torch.flatten(x, 1), then nn.Linear)")
+        raise EdgecError(f"{where}layer {node.layer!r} ({node.op}): {e}{hint}") from None
+
+
+def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model,
+                 tg: Target) -> dict:
     params = []
     for p in g.params.values():
         if not p.trainable:
@@ -258,6 +288,7 @@ def program_meta(g: Graph, mem: MemoryPlan, em: Emitter, lr: float, model) -> di
     opt = next(({"momentum": n.attrs["momentum"], "weight_decay": n.attrs["weight_decay"]}
                 for n in g.nodes if n.op == "sgd" and n.attrs.get("mom")), {})
     return {"logits": logits, "params": params, "lr": lr, **opt,
+            **({"target": name} if (name := recorded_name(tg)) else {}),
             "batch": g.values["x"].shape[0], "classes": g.values[g.outputs["logits"]].shape[1],
             "origin": em.origin, "mask": g.meta.get("mask", {}),
             **({"xregs": em.regs.names} if em.regs is not None else {}),

@@ -72,8 +72,16 @@ def _save(parser: lark.Lark, stem: str, key: str) -> None:
 
 def read_source(path: str, what: str) -> str:
     """The text of a file that one of the grammars parses (`what`: "mask", "assembly"),
-    with one clear error naming the file when it is missing or unreadable."""
+    with one clear error naming the file when it is missing or unreadable, or when it is
+    recognisably another kind of file (isa/filekind.py)."""
+    import os
+
+    from edgec.isa import filekind
     from edgec.isa.errors import EdgecError
+    if os.path.isfile(path):
+        kind = {"mask": (filekind.MASK, "a user.mask"),
+                "assembly": (filekind.ASM, "edgec assembly")}[what]
+        filekind.check_kind(path, kind[1], (kind[0],))
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()

@@ -51,6 +51,9 @@ class CompileOptions:
         """Every rule on the options alone; raises EdgecError.  Returns self."""
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise EdgecError(f"--lr {self.lr}: the learning rate must be a number > 0")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+            raise EdgecError(f"--seed {self.seed}: the stochastic-rounding seed must be an "
+                             f"integer in 0..{2**32 - 1} (it is stored as a uint32)")
         if not 0.0 <= self.momentum < 1.0:
             raise EdgecError(f"--momentum {self.momentum}: need 0 <= momentum < 1")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

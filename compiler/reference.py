@@ -610,6 +610,22 @@ def _mac_forward(n: Node, a: list, s: _Step):
     return [_stored(fmt, n, r, *_clamp_of(at, fmt, n.outputs[0], (-127, 127)))]
 
 
+def _chmul(n: Node, a: list, s: _Step):
+    """x * s, s [N, C, 1, 1] broadcast; nearest in the forward, stochastic for an error."""
+    at, fmt = n.attrs, s.fmt
+    x, g = a
+    if tuple(g.shape) != tuple(x.shape[:2]) + (1,) * (x.dim() - 2):
+        raise ValueError(f"chmul: the gate {tuple(g.shape)} does not broadcast over "
+                         f"{tuple(x.shape)} per channel")
+    acc = x.to(torch.int64) * g.to(torch.int64)
+    shift = fmt.mac_shift(n) if fmt else at["shift"]
+    if at["grad"]:
+        r = _stochastic(acc, shift, s.seed, at["tid"])
+    else:
+        r = rshift(acc, shift, "nearest")
+    return [_stored(fmt, n, r, -127, 127)]
+
+
 def _activation(n: Node, a: list, s: _Step):
     """standalone activation on int8: q = clamp(x, lo, hi), same exponent"""
     bounds = _clamp_of(n.attrs, s.fmt, n.outputs[0], (0, 127) if n.op == "relu" else None)
@@ -689,6 +705,7 @@ _BACKWARD_ACC = {
     "linear_eb": _linear_eb_acc,
     "linear_wg": _linear_wg_acc,
     "bias_grad": _bias_grad_acc,
+    "chmul_ds": lambda a, at: (a[0] * a[1]).sum(dim=tuple(range(2, a[0].dim())), keepdim=True),
 }
 
 
@@ -786,6 +803,9 @@ REFERENCE_RULES = {
     "maxpool": lambda n, a, s: [maxpool(a[0], n.attrs["kernel"], n.attrs["stride"],
                                         n.attrs["pad"])],
     "reshape": lambda n, a, s: [a[0].reshape(tuple(int(d) for d in n.attrs["shape"]))],
+    "concat": lambda n, a, s: [torch.cat(list(a), dim=1)],      # one format: a copy
+    "chmul": _chmul, "chmul_ds": _backward_reduction,
+    "slice": lambda n, a, s: [a[0][:, int(n.attrs["c0"]):int(n.attrs["c1"])].clone()],
     "loss_grad": _loss_grad,
     "conv_eb": _backward_reduction,
     "conv_wg": _backward_reduction,

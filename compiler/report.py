@@ -46,7 +46,7 @@ from edgec.isa.encoding import decode_all
 from edgec.isa.errors import EdgecError
 from edgec.isa.machine import FieldError
 from edgec.isa.table import BY_NAME
-from edgec.isa.target import Target
+from edgec.isa.target import Target, mismatch
 
 from .pipeline import replay
 
@@ -165,10 +165,7 @@ def program_report(program: Program, target: Target, counters: dict | None = Non
     json.dumps accepts).  `counters`, if given (Machine.counters after a run), are
     recorded under "emulator" with whether they agree with the static totals."""
     if program.target_fp != target.fingerprint:
-        raise EdgecError(f"program compiled for target fingerprint "
-                         f"{bytes(program.target_fp).hex()}, not target {target.name!r} "
-                         f"({target.fingerprint.hex()}); pass the --target it was "
-                         "compiled for")
+        raise EdgecError(mismatch(program, target))
     instrs = decode_all(program.code)
     keys = instruction_groups(program)
     origin = program.meta.get("origin") if isinstance(program.meta.get("origin"), list) \

@@ -6,7 +6,8 @@ runs the passes that come after the dumped stage, and re-derives the initial int
 weights (``graph.meta["init"]``) from the float parameters and the formats written in the
 dump, exactly as the quantize pass computes them (a hand-edited exponent is honoured).
 A ``.loop`` dump's tile sizes and loop order are used as written, after checking them
-(LoopNest.verify, extents/units against the graph, tiles against the target's buffers).
+(LoopNest.verify, extents/units against the graph, MAC tiles against the group rule,
+tiles against the target's buffers).
 """
 from __future__ import annotations
 
@@ -17,15 +18,17 @@ import numpy as np
 from edgec.isa.errors import EdgecError
 from edgec.isa.target import load_target
 
-from .backend.tilefit import bias_grad_fits, geometry, sgd_fits, sgd_geometry, tile_fits
+from .backend.tilefit import (bias_grad_fits, geometry, group_rule_error, sgd_fits,
+                              sgd_geometry, tile_fits)
 from .backend.tiling import tile_graph
 from .frontend.capture import const_values
 from .frontend.load import load_model
 from .ir.graph import Graph
 from .ir.loops import LoopNest
-from .ir.text import IRFile, read_ir
+from .ir.text import IRFile, located, read_ir
 from .options import CompileOptions
 from .passes.quantize import initial_data
+from .passes.shapes import check_shapes, verify_graph
 
 
 
@@ -46,7 +49,8 @@ def _source_path(f: IRFile, path: str, key: str) -> str | None:
 
 def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> None:
     """A dumped nest must implement the node it names with the graph's extents and units,
-    and its tiles must fit the target's buffers."""
+    a MAC nest's tiles must keep the group rule (tilefit.group_rule_error), and its tiles
+    must fit the target's buffers."""
     auto = {n.node: n for n in tile_graph(g, tg)}
 
     def err(k, msg):
@@ -76,6 +80,9 @@ def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> 
         if n.op.startswith(("conv", "linear")):
             kind = n.op.split("_")[-1] if "_" in n.op else "fp"
             base = {"fp": "conv", "eb": "conv_eb", "wg": "conv_wg"}[kind]
+            broken = group_rule_error(geometry(g, gn), t)
+            if broken:
+                err(k, f"nest {n.node} ({n.op}) @{n.layer}: {broken}")
             ok = tile_fits(base, geometry(g, gn), t, tg)
         elif n.op == "bias_grad":
             hw = int(np.prod(g.values[gn.inputs[0]].shape[2:], dtype=np.int64))
@@ -94,12 +101,23 @@ def check_nests(g: Graph, nests: list[LoopNest], tg, path: str, lines: dict) -> 
                          f"({', '.join(auto[i].op for i in missing)})")
 
 
+def read_checked(path: str) -> IRFile:
+    """read_ir, then the rest of the verifier a direct compile runs after every pass (the
+    shapes), with errors located in the file."""
+    f = read_ir(path)
+    try:
+        check_shapes(f.graph)
+    except ValueError as e:
+        raise located(f, path, e) from None
+    return f
+
+
 def compile_ir(path: str, log=None):
     """Continue the pipeline from a dump; returns a driver.Compiled."""
     from .driver import PIPELINE, emit_program, make_passes
     from .mask.layers import user_mask
     log = log or (lambda msg: None)
-    f = read_ir(path)
+    f = read_checked(path)
     g, stage = f.graph, f.stage
     model_path = _source_path(f, path, "model")
     if model_path is None:
@@ -150,7 +168,7 @@ def compile_ir(path: str, log=None):
             raise EdgecError(f"{path}: pass {name!r} cannot run on this dump "
                              f"({type(e).__name__}: {e})") from None
         try:
-            g.verify()
+            verify_graph(g)
         except ValueError as e:
             raise EdgecError(f"{path}: after pass {name!r}: {e}") from None
     if stage in ("quantize", "update", "tile"):
@@ -170,6 +188,8 @@ def compile_ir(path: str, log=None):
                 from None
     try:
         return emit_program(g, nests, tg, lr, seed, model, example, mask, log)
+    except EdgecError as e:
+        raise located(f, path, e) from None
     except (KeyError, ValueError, TypeError, IndexError) as e:
         raise EdgecError(f"{path}: cannot generate code for this dump "
                          f"({type(e).__name__}: {e})") from None

@@ -191,7 +191,7 @@ def _header(hdr: bytes, trailer: bytes, size: int, bad, expect_target: bytes | N
             f"({ddr_size})")
     if expect_target is not None and fp != expect_target:
         bad(f"compiled for target fingerprint {fp.hex()}, not {expect_target.hex()}; "
-            "recompile with --target")
+            "pass the --target it was compiled for")
     return fp, ddr_size, lengths, digests
 
 
@@ -367,4 +367,7 @@ def load_program(path: str, expect_target: bytes | None = None) -> Program:
             blob = f.read()
     except OSError as e:
         raise EdgecError(f"{path}: cannot read ({e.strerror})") from None
+    if not blob.startswith(MAGIC):
+        from .filekind import PROGRAM, check_kind
+        check_kind(path, "a prog.bin written by edgec compile", (PROGRAM,))
     return read_program(blob, path, expect_target)

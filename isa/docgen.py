@@ -33,7 +33,10 @@ def render() -> str:
         pos = 0
         for f in i.all_fields:
             sign = " (signed)" if f.signed else ""
-            out.append(f"| {pos}..{pos + f.bits - 1} | {f.name} | {f.bits}{sign} | {f.doc} |")
+            valid = (f" Valid: {f.valid[0]}..{f.valid[1]} (the compiler and the assembler "
+                     "refuse others; the machine traps)." if f.valid else "")
+            out.append(f"| {pos}..{pos + f.bits - 1} | {f.name} | {f.bits}{sign} | "
+                       f"{f.doc}{valid} |")
             pos += f.bits
     return "\n".join(out) + "\n"
 

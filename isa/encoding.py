@@ -25,6 +25,23 @@ _FIELDS = {n: {f[0]: f[1:] for f in lay} for n, lay in _LAYOUT.items()}
 _ZEROS = (0,) * 64           # map(fields.get, names, _ZEROS): absent fields read as 0
 
 
+# name -> ((field, lo, hi), ...): the fields whose valid range is narrower than their bits
+_VALID = {i.name: tuple((f.name, *f.valid) for f in i.fields if f.valid is not None)
+          for i in BY_NAME.values()}
+
+
+def invalid_field(name: str, fields: dict) -> str | None:
+    """The first field of an instruction outside the values the machine accepts (Field.
+    valid; the emulator traps on it), as "field shift=70 outside [-31, 31]"; None if all
+    are valid.  encode() packs any value that fits the bits (a test may build a word the
+    machine refuses); the compiler and the assembler check this as well."""
+    for fname, lo, hi in _VALID.get(name, ()):
+        v = fields.get(fname, 0)
+        if not lo <= v <= hi:
+            return f"field {fname}={v} outside [{lo}, {hi}]"
+    return None
+
+
 def encode(name: str, dep: int = 0, **fields: int) -> bytes:
     """One instruction word.  Unknown or out-of-range fields raise EdgecError."""
     ins = BY_NAME.get(name)
@@ -92,7 +109,11 @@ def encode_all(names: list[str], deps: list[int], fields: list[dict]) -> bytes:
         lanes[rows] = w
     if bad:
         i = min(bad)
-        encode(names[i], deps[i], **fields[i])             # raises its EdgecError
+        try:
+            encode(names[i], deps[i], **fields[i])         # raises its EdgecError
+        except EdgecError as e:
+            e.index = i                                    # which instruction
+            raise
         raise AssertionError(f"encode_all: instruction {i} refused but encodes")
     return lanes.astype("<u8").tobytes()
 

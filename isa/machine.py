@@ -216,6 +216,19 @@ def fp_rsum(f) -> list[Access]:
     return [_buf(f, "s", f["n"] * f["c"] * f["hw"]), _abuf(f, "daddr", f["c"], True)]
 
 
+def _vmulc_counts(f) -> tuple[int, int, int]:
+    """Elements of A, B and C of VMULC (mode 0: per-plane scalars B; mode 1: plane dots)."""
+    t = f["planes"] * f["hw"]
+    return (t, f["planes"], t) if f["mode"] == 0 else (t, t, f["planes"])
+
+
+def fp_vmulc(f) -> list[Access]:
+    """Reads A (planes*hw) and B (mode 0: planes; mode 1: planes*hw), writes C at ABUF
+    caddr (mode 0: planes*hw; mode 1: planes)."""
+    a, b, c = _vmulc_counts(f)
+    return [_buf(f, "a", a), _buf(f, "b", b), _abuf(f, "caddr", c, True)]
+
+
 def fp_cstat(f) -> list[Access]:
     """Reads the n*c*hw tile at s, writes the [2, c] sums at ABUF daddr."""
     return [_buf(f, "s", f["n"] * f["c"] * f["hw"]), _abuf(f, "daddr", 2 * f["c"], True)]
@@ -325,6 +338,11 @@ def cy_pool(f, tg) -> int:
 def cy_sums(f, tg) -> int:
     """4 + ceil(n*c*hw / lanes)."""
     return 4 + -(-(f["n"] * f["c"] * f["hw"]) // tg.vector_lanes)
+
+
+def cy_vmulc(f, tg) -> int:
+    """4 + ceil(planes*hw / lanes)."""
+    return 4 + -(-(f["planes"] * f["hw"]) // tg.vector_lanes)
 
 
 def cy_bnadapt(f, tg) -> int:

@@ -58,6 +58,8 @@ class Field:
     signed: bool = False
     doc: str = ""
     kind: str = "int"   # int | buf | pattern | round | ddr (a DDR byte address) | dep
+    valid: tuple[int, int] | None = None   # the values the machine accepts (it traps on
+    # others), checked when the compiler or the assembler encodes; None: any that fits
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,8 @@ INSTRS: tuple[Instr, ...] = (
           "Channel-bank store: the inverse of LDCH (scatters only kept channels).",
           unit="dma", footprint=M.fp_store, cycles=M.cy_dma_gather, work=M.wk_dma, ddr_port=True),
     Instr("MAC", 6, "compute", (
-        Field("pattern", 2, kind="pattern", doc="FP (forward), EB (error back-prop), "
-              "WG (weight gradient)"),
+        Field("pattern", 2, kind="pattern", valid=(0, 2),
+              doc="FP (forward), EB (error back-prop), WG (weight gradient)"),
         Field("acc", 1, doc="1: add into C; 0: overwrite C"),
         *_buf("a", "operand A"), *_buf("b", "operand B"),
         Field("caddr", 20, doc="ABUF element address of the int32 result tile C"),
@@ -225,7 +227,8 @@ INSTRS: tuple[Instr, ...] = (
         Field("saddr", 20, doc="ABUF element address of the int32 source tile"),
         *_buf("d", "the int8 result"),
         Field("n0", 16), Field("n1", 16), Field("n2", 16), Field("n3", 16),
-        Field("shift", 8, signed=True, doc="right shift (negative: left shift)"),
+        Field("shift", 8, signed=True, valid=(-31, 31),
+              doc="right shift (negative: left shift)"),
         Field("mode", 1, kind="round", doc="nearest or stochastic rounding"),
         Field("tid", 16, doc="tensor id for the counter-based random bits"),
         Field("gbase", 32, doc="flat index in the whole tensor of tile element 0"),
@@ -272,6 +275,17 @@ INSTRS: tuple[Instr, ...] = (
         Field("acc", 1, doc="1: add into the result; 0: overwrite"),
     ), "Bias gradient: D[c] (+)= sum over n, hw of S[n, c, hw]. Traps if D leaves int32.",
           unit="vector", footprint=M.fp_rsum, cycles=M.cy_sums),
+    Instr("VMULC", 17, "compute", (
+        Field("mode", 1, doc="0: per-plane scalar product; 1: per-plane dot product"),
+        *_buf("a", "the int8 tile A [planes, hw]"),
+        *_buf("b", "the int8 operand B ([planes] in mode 0, [planes, hw] in mode 1)"),
+        Field("caddr", 20, doc="ABUF element address of the int32 result C"),
+        Field("planes", 16), Field("hw", 32),
+    ), "Channel-broadcast multiply (squeeze-excitation gating): mode 0: C[p, i] = A[p, i] "
+       "* B[p] (int32 [planes, hw]); mode 1: C[p] = sum over i of A[p, i] * B[p, i] "
+       "(int32 [planes]). Products of int8 operands, exact; traps if a sum leaves int32. "
+       "RQ rounds C.",
+          unit="vector", footprint=M.fp_vmulc, cycles=M.cy_vmulc),
     Instr("LOSSG", 12, "compute", (
         *_buf("z", "the int8 logits [n, k]"),
         Field("laddr", 20, doc="ABUF address of the int32 labels [n]"),
@@ -279,7 +293,7 @@ INSTRS: tuple[Instr, ...] = (
         *_buf("d", "the int8 logit error [n, k]"),
         Field("n", 16), Field("k", 16),
         Field("rmul", 24, doc="round(2^16 / batch)"),
-        Field("shift", 8, doc="right shift of G*rmul"),
+        Field("shift", 8, valid=(0, 31), doc="right shift of G*rmul"),
         *_LUTSEL,
     ), "Softmax cross-entropy gradient in integers (docs/numerics.md): "
        "P = floor(LUT[max-z] * 2^15 / sum), G = P - 2^15*onehot, "
@@ -293,10 +307,11 @@ INSTRS: tuple[Instr, ...] = (
         *_buf("d", "the int8 logit error [n, k]"),
         Field("n", 16), Field("k", 16),
         Field("rmul", 24, doc="round(2^16 / batch)"),
-        Field("shift", 8, doc="right shift of G*rmul"),
+        Field("shift", 8, valid=(0, 31), doc="right shift of G*rmul"),
         Field("kd", 1, doc="0: pseudo labels (teacher argmax); 1: distillation (teacher "
               "softmax)"),
-        Field("thresh", 16, doc="pseudo labels: confidence threshold in Q15 (0..32768)"),
+        Field("thresh", 16, valid=(0, 1 << 15),
+              doc="pseudo labels: confidence threshold in Q15 (0..32768)"),
         *_LUTSEL,
     ), "Loss gradient with a frozen teacher's logits as the target (docs/numerics.md): "
        "P = floor(LUT[max z - z] * 2^15 / S), F = TLUT[max t - t], ST = sum F; "
@@ -310,9 +325,9 @@ INSTRS: tuple[Instr, ...] = (
         *_buf("d", "the compute copy (int8 in IBUF/WBUF, int32 in ABUF)"),
         Field("count", 32, doc="elements"),
         Field("lrmul", 32, signed=True, doc="learning rate in master units * 2^lrshift"),
-        Field("lrshift", 8, doc="right shift of G*lrmul (0..31)"),
-        Field("cshift", 8, doc="master -> compute copy right shift"),
-        Field("cbits", 8, doc="compute copy width in bits (saturation bound)"),
+        Field("lrshift", 8, valid=(0, 31), doc="right shift of G*lrmul (0..31)"),
+        Field("cshift", 8, valid=(0, 31), doc="master -> compute copy right shift"),
+        Field("cbits", 8, valid=(1, 32), doc="compute copy width in bits (saturation bound)"),
         _DYN, _x("xg", "the gradient's exponent"),
         _x("xc", "the compute copy's exponent (first term)"),
         _x("xd", "the compute copy's exponent (second term; biases: e_x + e_w)"),
@@ -325,10 +340,10 @@ INSTRS: tuple[Instr, ...] = (
         Field("mom", 1, doc="1: momentum / weight decay: the int32 momentum tile V at vaddr "
               "is read and updated in place"),
         Field("vaddr", 20, doc="mom: ABUF address of the int32 momentum tile V"),
-        Field("mumul", 32, doc="mom: momentum mu * 2^mushift"),
-        Field("mushift", 8, doc="mom: right shift of V*mumul (0..31)"),
+        Field("mumul", 32, valid=(0, 1 << 30), doc="mom: momentum mu * 2^mushift"),
+        Field("mushift", 8, valid=(0, 31), doc="mom: right shift of V*mumul (0..31)"),
         Field("wdmul", 32, signed=True, doc="mom: lr * weight decay * 2^wdshift"),
-        Field("wdshift", 8, doc="mom: right shift of M*wdmul (0..31)"),
+        Field("wdshift", 8, valid=(0, 31), doc="mom: right shift of M*wdmul (0..31)"),
     ), "Weight update: M = clamp(M - round(G*lrmul / 2^lrshift), +-bound), "
        "bound = (2^(cbits-1)-1) << cshift; D = round(M / 2^cshift). dyn=1: lrshift = "
        "lrbase - X[xg], cshift = X[xc] + X[xd] - emas, bound = mbound, and "
@@ -345,7 +360,8 @@ INSTRS: tuple[Instr, ...] = (
         Field("nb", 1, doc="1: operand B present; 0: absent (treated as 0, not read)"),
         Field("sa", 5, doc="left shift of A (alignment)"),
         Field("sb", 5, doc="left shift of B (alignment)"),
-        Field("shift", 8, signed=True, doc="right shift of the sum (negative: left shift)"),
+        Field("shift", 8, signed=True, valid=(-31, 31),
+              doc="right shift of the sum (negative: left shift)"),
         Field("mode", 1, kind="round", doc="nearest or stochastic rounding"),
         Field("tid", 16, doc="tensor id for the counter-based random bits"),
         Field("gbase", 32, doc="flat index in the whole tensor of element 0"),

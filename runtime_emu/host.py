@@ -13,6 +13,7 @@ import numpy as np
 
 from edgec.isa.container import DTYPE_BYTES, Program
 from edgec.isa.errors import EdgecError
+from edgec.isa.interface import check_interface
 from edgec.isa.target import Target
 from edgec.isa.timeline import Timeline
 
@@ -191,6 +192,26 @@ def quantize_input(x_float, exp: int, shape=None) -> np.ndarray:
     return np.clip(q, -127, 127).astype(np.int8)
 
 
+def input_saturation(program: Program, x) -> str | None:
+    """What of the float input `x` the program's input format cannot hold: None when every
+    element is within one step of the int8 range +-127 * 2^e (e: the input's exponent,
+    static, chosen at compile time from example_input), else one line naming the input,
+    the range seen, the format's range and how many elements saturate."""
+    xs = _sym(program, "in:x")
+    e = symbol_exp(xs, initial_xtab(program), "E")
+    v = np.asarray(x, dtype=np.float64)
+    if v.size == 0 or not np.isfinite(v).all():
+        return None                       # quantize_input reports non-finite values
+    step = 2.0 ** e
+    over = int(np.count_nonzero(np.abs(v) > 128 * step))
+    if not over:
+        return None
+    return (f"input x has values in [{v.min():.6g}, {v.max():.6g}], but its format (int8 "
+            f"x 2^{e}, set by example_input) holds [{-127 * step:.6g}, {127 * step:.6g}]: "
+            f"{over} of {v.size} elements saturate; scale the data as example_input is "
+            "scaled (e.g. pixels / 255)")
+
+
 def _scatter_grad(full_shape, g: np.ndarray, rows, cols, in_block: int) -> np.ndarray:
     full = np.zeros(full_shape, dtype=g.dtype)
     if rows is None and cols is None:
@@ -276,6 +297,7 @@ class Session:
     """
 
     def __init__(self, program: Program, target: Target):
+        check_interface(program)         # the symbols and meta entries a step needs
         self.program = program
         self.machine = Machine(program, target)
         self._fresh = True
@@ -319,13 +341,8 @@ def _step(program: Program, m: Machine, x, labels, seed: int | None) -> dict:
     xs = _sym(program, "in:x")
     e_x = symbol_exp(xs, read_xtab(m), "E")         # the exponent this step will use
     write_symbol(m, "in:x", quantize_input(x, e_x, _shape(xs)))
-    logits_name = program.meta.get("logits")
-    if logits_name is None:
-        raise EdgecError("program meta has no 'logits' entry")
+    logits_name = program.meta["logits"]          # check_interface: a symbol [N, K]
     ls = _sym(program, logits_name)
-    if len(_shape(ls)) != 2 or 0 in _shape(ls):
-        raise EdgecError(f"logits symbol {logits_name!r} has shape {list(_shape(ls))}, "
-                         "expected [N, K]")
     N, K = _shape(ls)
     teacher = program.meta.get("teacher")
     if labels is None and teacher:          # the program takes its targets from a teacher

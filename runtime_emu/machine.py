@@ -29,7 +29,7 @@ from edgec.isa.container import Program
 from edgec.isa.encoding import decode, decode_all
 from edgec.isa.errors import EdgecError, TrapError
 from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES, XBUF_WORDS
-from edgec.isa.target import Target
+from edgec.isa.target import Target, ddr_error, mismatch
 from edgec.isa.timeline import Timeline, TokenError
 
 from .accesslog import AccessLog
@@ -44,16 +44,12 @@ COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "c
 class Machine:
     def __init__(self, program: Program, target: Target):
         if program.target_fp != target.fingerprint:
-            raise EdgecError(
-                f"program compiled for target fingerprint {bytes(program.target_fp).hex()}, "
-                f"but the emulator runs target {target.name!r} "
-                f"({target.fingerprint.hex()}); recompile with that --target")
+            raise EdgecError(mismatch(program, target))
         if len(program.code) % WORD_BYTES:
             raise EdgecError(f"code section is {len(program.code)} bytes, not a multiple "
                              f"of the {WORD_BYTES}-byte instruction word")
         if program.ddr_size > target.ddr_bytes:
-            raise EdgecError(f"program needs {program.ddr_size} DDR bytes, target "
-                             f"{target.name!r} has {target.ddr_bytes}")
+            raise ddr_error(target, program.ddr_size)
         if len(program.data) > program.ddr_size:
             raise EdgecError(f"data section ({len(program.data)} bytes) larger than DDR "
                              f"({program.ddr_size} bytes)")

@@ -14,14 +14,14 @@ from .expupd import op_expupd
 from .losst import op_losst
 from .mac import op_mac
 from .vector import (op_end, op_lossg, op_maxp, op_maxpb, op_rq, op_rsum, op_sgd, op_sync,
-                     op_vadd, op_vmask)
+                     op_vadd, op_vmask, op_vmulc)
 
 OPS = {
     "END": op_end, "SEED": op_seed, "SYNC": op_sync,
     "LD": op_ld, "LDCH": op_ldch, "ST": op_st, "STCH": op_stch,
     "MAC": op_mac,
     "RQ": op_rq, "VMASK": op_vmask, "MAXP": op_maxp, "MAXPB": op_maxpb,
-    "RSUM": op_rsum, "LOSSG": op_lossg, "SGD": op_sgd, "VADD": op_vadd,
+    "RSUM": op_rsum, "VMULC": op_vmulc, "LOSSG": op_lossg, "SGD": op_sgd, "VADD": op_vadd,
     "CSTAT": op_cstat, "BNADAPT": op_bnadapt,
     "LOSST": op_losst, "EXPUPD": op_expupd,
 }

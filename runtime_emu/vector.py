@@ -1,4 +1,4 @@
-"""Vector-unit instructions: RQ, VMASK, VADD, MAXP, MAXPB, RSUM, LOSSG, SGD (and END).
+"""Vector-unit instructions: RQ, VMASK, VADD, MAXP, MAXPB, RSUM, VMULC, LOSSG, SGD (and END).
 
 Dynamic fixed point (docs/numerics.md section 8): with dyn=1, RQ, VADD and SGD take their
 shifts from exponents in XBUF and LOSSG its exp table from X[xz]; with st=1, RQ, VADD and
@@ -293,6 +293,31 @@ def channel_sums(m, f, mnemonic: str, squares: bool):
         raise Trap(f"accumulator overflow: D[{at}] = {int(tot[k])} leaves int32 "
                    f"(acc={f['acc']}, ABUF {f['daddr'] + k})")
     m.bufs["ABUF"][f["daddr"]:f["daddr"] + rows * c] = tot
+
+
+def op_vmulc(m, f):
+    """VMULC: mode 0 C[p, i] = A[p, i] * B[p]; mode 1 C[p] = sum_i A[p, i] * B[p, i]."""
+    nonzero(f, "planes", "hw")
+    p, hw, mode = f["planes"], f["hw"], f["mode"]
+    a, b = buf_name(f["abuf"], "abuf"), buf_name(f["bbuf"], "bbuf")
+    for k, name in (("abuf", a), ("bbuf", b)):
+        if name not in INT8_BUFS:
+            raise Trap(f"field {k}: VMULC reads int8 tiles (IBUF or WBUF), not {name}")
+    nc = p * hw if mode == 0 else p
+    check_range(m, "ABUF", f["caddr"], nc, f"VMULC result [{nc}] at caddr")
+    A = read_buf(m, a, f["aaddr"], p * hw, f"VMULC A [{p},{hw}] at aaddr")
+    A = A.astype(np.int64).reshape(p, hw)
+    B = read_buf(m, b, f["baddr"], p if mode == 0 else p * hw, "VMULC B at baddr")
+    if mode == 0:
+        C = (A * B.astype(np.int64).reshape(p, 1)).reshape(-1)     # |C| <= 127*127
+    else:
+        C = (A * B.astype(np.int64).reshape(p, hw)).sum(axis=1)
+        bad = np.abs(C) > INT32_MAX
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise Trap(f"accumulator overflow: C[{k}] = {int(C[k])} leaves int32 "
+                       f"(ABUF {f['caddr'] + k})")
+    m.bufs["ABUF"][f["caddr"]:f["caddr"] + nc] = C
 
 
 def op_lossg(m, f):

@@ -6,9 +6,15 @@ convs, AvgPool2d / MaxPool2d, Dropout / Identity, AdaptiveAvgPool2d(1) or a plai
 flatten, then a small Linear head.  Shapes stay small (batch 1-4, channels <= 12,
 spatial 4-10).
 
+``random_channel_block_case`` adds the channel plumbing of DenseNet / GoogLeNet /
+ShuffleNet / GhostNet blocks: ``torch.cat`` of a block's input and its output (dense),
+of parallel branches (inception), of a cheap depthwise feature map (ghost), and
+``torch.chunk`` + ``torch.cat`` (split), and squeeze-excitation gates ``x * s``.
+
 Mask rules the dicts respect: never a depthwise or grouped conv, never the logits Linear,
 never a layer whose output reaches a residual add (through BN, activations, pools,
-Dropout/Identity or depthwise convs) or a grouped conv; at least one channel kept.
+Dropout/Identity, depthwise convs or a concat), a grouped conv or a split; at least one
+channel kept.
 """
 import random
 
@@ -31,6 +37,68 @@ class Residual(nn.Module):
     def forward(self, x):
         s = x if self.shortcut is None else self.shortcut(x)
         return self.act(self.body(x) + s)
+
+
+class Dense(nn.Module):
+    """DenseNet: ``cat([x, body(x)], 1)``."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x):
+        return torch.cat([x, self.body(x)], 1)
+
+
+class Inception(nn.Module):
+    """GoogLeNet: parallel branches concatenated along channels."""
+
+    def __init__(self, branches):
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Sequential(*b) for b in branches)
+
+    def forward(self, x):
+        return torch.cat([b(x) for b in self.branches], 1)
+
+
+class Split(nn.Module):
+    """ShuffleNet v2 (without the shuffle): ``a, b = chunk(x, 2); cat([a, body(b)])``."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x):
+        a, b = torch.chunk(x, 2, dim=1)
+        return torch.cat([a, self.body(b)], 1)
+
+
+class Ghost(nn.Module):
+    """GhostNet: ``y = primary(x); cat([y, cheap(y)])[:, :out]``."""
+
+    def __init__(self, primary, cheap, out):
+        super().__init__()
+        self.primary = nn.Sequential(*primary)
+        self.cheap = nn.Sequential(*cheap)
+        self.out = out
+
+    def forward(self, x):
+        y = self.primary(x)
+        return torch.cat([y, self.cheap(y)], 1)[:, :self.out]
+
+
+class SqueezeExcite(nn.Module):
+    """MobileNetV3 / EfficientNet: ``x * gate(mean(x))`` with a per-channel gate."""
+
+    def __init__(self, c, r, gate):
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, r, 1)
+        self.fc2 = nn.Conv2d(r, c, 1)
+        self.gate = gate
+
+    def forward(self, x):
+        s = torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))
+        return x * self.gate(self.fc2(s))
 
 
 def _act(rng, p_none=0.25):
@@ -61,10 +129,39 @@ def _groups(rng, c, o):
     return 2 if c % 2 == 0 and o % 2 == 0 and c >= 2 and rng.random() < 0.25 else 1
 
 
-def _features(rng, c, h, w):
+def _channel_block(rng, kind, c, h, w):
+    """One concat / split block at stride 1: (module, output channels)."""
+    if kind == "dense":
+        g = rng.randint(2, 6)
+        return Dense(_conv_unit(rng, c, g, rng.choice([1, 3]), 1)), c + g
+    if kind == "inception":
+        branches = [_conv_unit(rng, c, rng.randint(1, 5), k, 1) for k in
+                    rng.sample([1, 3, 3, 1], rng.randint(2, 3))]
+        if rng.random() < 0.4:
+            branches.append([nn.MaxPool2d(3, 1, 1), *_conv_unit(rng, c, rng.randint(1, 4), 1, 1)])
+        return Inception(branches), sum(b[0].out_channels if isinstance(b[0], nn.Conv2d)
+                                        else b[1].out_channels for b in branches)
+    if kind == "split" and c % 2 == 0:
+        half = c // 2
+        body = _conv_unit(rng, half, half, 1, 1) + _conv_unit(rng, half, half, 3, 1, groups=half)
+        return Split(body), c
+    if kind == "se":
+        return SqueezeExcite(c, rng.randint(1, 4), rng.choice([nn.Hardtanh(0.0, 1.0),
+                                                               nn.ReLU6(), nn.ReLU()])), c
+    o = rng.randint(2, 6)
+    primary = _conv_unit(rng, c, o, 1, 1)
+    return Ghost(primary, _conv_unit(rng, o, o, 3, 1, groups=o), 2 * o), 2 * o
+
+
+def _features(rng, c, h, w, channel_blocks=False):
     feats = []
-    for _ in range(rng.randint(1, 4)):
+    for i in range(rng.randint(1, 4)):
         kind = rng.choices(["conv", "dw", "res", "pool", "misc"], [3, 2, 3, 1.2, 0.8])[0]
+        if channel_blocks and (i == 0 or rng.random() < 0.6):
+            kind = rng.choice(["dense", "inception", "split", "ghost", "se"])
+            block, c = _channel_block(rng, kind, c, h, w)
+            feats.append(block)
+            continue
         if kind == "conv":
             k = rng.choice([1, 3, 3])
             s = rng.choice([1, 1, 2]) if min(h, w) >= 4 else 1
@@ -158,7 +255,7 @@ def maskable_layers(model):
         if n.op == "call_module":
             m = mods[n.target]
             return isinstance(m, _PASS) or _depthwise(m)
-        return n.op == "call_function" and n.target is torch.flatten
+        return n.op == "call_function" and n.target in (torch.flatten, torch.cat, torch.relu)
 
     def safe(start):
         todo = [start]
@@ -188,7 +285,12 @@ def maskable_layers(model):
     return out
 
 
-def random_block_case(seed: int):
+def random_channel_block_case(seed: int):
+    """Like ``random_block_case``, with concat / split blocks among the features."""
+    return random_block_case(seed, channel_blocks=True)
+
+
+def random_block_case(seed: int, channel_blocks: bool = False):
     """(model, example_input, mask dict) for one seed; shapes stay small."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -197,7 +299,7 @@ def random_block_case(seed: int):
     h = rng.randint(4, 10)
     w = min(10, max(4, h + rng.randint(-1, 1)))
     example = torch.randn(n, c, h, w)
-    feats, c, h, w = _features(rng, c, h, w)
+    feats, c, h, w = _features(rng, c, h, w, channel_blocks)
     if rng.random() < 0.6:
         feats.append(nn.AdaptiveAvgPool2d(1))
         h = w = 1
@@ -218,3 +320,31 @@ def random_block_case(seed: int):
         if rng.random() < 0.5:
             mask[name] = sorted(rng.sample(range(o), rng.randint(1, o)))
     return model, example, mask
+
+
+def random_grouped_case(seed: int):
+    """(model, example_input, mask dict) for one seed: a 1x1 stem, then one or two grouped
+    convs (2-8 groups of 2-16 channels, RegNet-like when the group widths agree; stride 1
+    or 2; BN and ReLU at random), AdaptiveAvgPool2d(1) and a Linear head.  Large enough
+    per group that the tiny target must split the grouped MAC nests.  No mask: every conv
+feeds a grouped conv or the head."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    n, c0 = rng.randint(1, 3), rng.randint(2, 4)        # verify needs 2+ input elements
+    h = rng.randint(1, 6)
+    w = max(1, h + rng.randint(-1, 1))
+    example = torch.randn(n, c0, h, w)
+    groups, cg = rng.randint(2, 8), rng.choice([2, 3, 4, 8, 16])
+    c = groups * cg
+    feats = _conv_unit(rng, c0, c, 1, 1, act=True)
+    for _ in range(rng.randint(1, 2)):
+        o = groups * rng.choice([cg, cg, 2 * cg])
+        s = rng.choice([1, 1, 2]) if min(h, w) >= 4 else 1
+        feats += _conv_unit(rng, c, o, 3, s, groups=groups)
+        c, h, w = o, _out(h, 3, s, 1), _out(w, 3, s, 1)
+        cg = o // groups
+    feats.append(nn.AdaptiveAvgPool2d(1))
+    model = Net(feats, [nn.Linear(c, rng.randint(3, 7))])
+    _init(rng, model, example)
+    model.eval()
+    return model, example, {}      # a grouped conv's input cannot be masked

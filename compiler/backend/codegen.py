@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 
-from edgec.isa.encoding import encode_all
+from edgec.isa.encoding import encode_all, invalid_field
 from edgec.isa.errors import EdgecError
 from edgec.isa.machine import BUFFER_ID, PATTERN_ID
 from edgec.isa.table import BY_NAME, WORD_BYTES
@@ -27,8 +27,8 @@ from ..ir.loops import LoopNest
 from ..ir.ops import ACT_BWD, ELTWISE, MAC_BASE, MAC_OPS, REGISTRY as OP
 from ..passes.dynfmt import CALM_STEPS, Registers, master_bound
 from .memory import MemoryPlan, Symbol
-from .tilefit import (bias_grad_fits, copies, geometry, sgd_fits, sgd_geometry, tile_fits,
-                      tile_words)
+from .tilefit import (bias_grad_fits, copies, gate_fits, geometry, group_rule_error, sgd_fits,
+                      sgd_geometry, tile_fits, tile_words)
 from .tokens import QUEUE, TokenPlanner, footprint
 
 IBUF, WBUF, ABUF, XBUF = (BUFFER_ID[b] for b in ("IBUF", "WBUF", "ABUF", "XBUF"))
@@ -46,6 +46,7 @@ class Emitter:
         self.origin: list[str] = []     # per instruction: the layer/op it implements
         self.code = b""                 # the encoded words, after finish()
         self.where = ""
+        self.starts: list[tuple[int, int]] = []   # (first instruction, node) of each nest
         self.producer = {o: n for n in g.nodes for o in n.outputs}
         self.tokens = TokenPlanner(self._patch)
 
@@ -59,8 +60,26 @@ class Emitter:
         self.origin.append(self.where)
 
     def finish(self) -> None:
-        """Encode every instruction into `code`."""
-        self.code = encode_all(self.names, self.deps, self.fields)
+        """Encode every instruction into `code`; a field the machine would refuse (or that
+        does not fit its bits) is an error "node K (...): instruction I (NAME): ..."."""
+        for i, (name, f) in enumerate(zip(self.names, self.fields)):
+            bad = invalid_field(name, f)
+            if bad is not None:
+                raise EdgecError(f"{self._who(i)}: instruction {i} ({name}): {bad}")
+        try:
+            self.code = encode_all(self.names, self.deps, self.fields)
+        except EdgecError as e:
+            i = getattr(e, "index", None)
+            if i is None:
+                raise
+            raise EdgecError(f"{self._who(i)}: instruction {i}: {e}") from None
+
+    def _who(self, i: int) -> str:
+        """The node (or prologue / epilogue) instruction i implements."""
+        k = next((k for first, k in reversed(self.starts) if first <= i), None)
+        if k is None or self.origin[i] in ("exponents", "epilogue"):
+            return self.origin[i] or "prologue"
+        return f"node {k} ({self.origin[i]})"
 
     @property
     def words(self) -> list[bytes]:
@@ -204,6 +223,9 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
     # inputs alternate by load step, the accumulator and int8 result by output tile
     # (k = 1 copy when the tile does not fit twice: no overlap, same program)
     base = MAC_BASE[OP[n.op].mac]
+    broken = group_rule_error(G, nest.tiles)       # the channel runs below rely on it
+    if broken:
+        raise EdgecError(f"{em.where}: nest {nest.node} ({n.op}): {broken}")
     words = tile_words(base, G, nest.tiles)
     k = copies(lambda t, c: tile_fits(base, G, t, em.tg, c), nest.tiles)
     xin, xout = words["ibuf"]
@@ -224,7 +246,8 @@ def _mac_nest(em: Emitter, nest: LoopNest, n) -> None:
             g0, gt = t["g"]
             co0, cot = t["co"]
             ci0, cit = t["ci"]
-            # with several groups in a tile (gt > 1), co/ci tiles are whole groups
+            # the group rule: with several groups in a tile (gt > 1), co/ci tiles are
+            # whole groups, so the tile's channels are one run from group g0 on
             xc0, xct = g0 * Cg + ci0, gt * cit          # input channels of the tile
             yc0, yct = g0 * Og + co0, gt * cot          # output channels (= weight rows)
             mac = dict(n=nt, ci=cit, co=cot, g=gt, xw=G["W"], yw=G["OW"], **geo, xw0=0, yw0=0,
@@ -358,6 +381,72 @@ def _pool_nest(em: Emitter, nest: LoopNest, n) -> None:
                     daddr=d, planes=pt, **geo)
             em.emit("ST", out, buf=IBUF, baddr=d, ddr=out.addr + p0 * H * W, esize=1,
                     n0=1, n1=1, n2=pt, n3=H * W, s2=H * W, s3=1)
+
+
+def _channel_copy_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """concat / slice: per tile of batch x output channels, each operand's part of it is
+    one LD into IBUF and one ST at its channel offset in the output (both operands have
+    one format: a copy, DMA only; IBUF [t0 | t1] alternates by tile)."""
+    mem = em.mem
+    out = mem.of_value[n.outputs[0]]
+    rest = tuple(out.shape[2:])
+    hw = 1
+    for d in rest:
+        hw *= d
+    if n.op == "concat":        # (operand, its first output channel, first source channel)
+        parts, off = [], 0
+        for v in n.inputs:
+            parts.append((mem.of_value[v], off, 0, em.g.values[v].shape[1]))
+            off += em.g.values[v].shape[1]
+    else:
+        c0, c1 = int(n.attrs["c0"]), int(n.attrs["c1"])
+        parts = [(mem.of_value[n.inputs[0]], 0, c0, c1 - c0)]
+    T = nest.tiles["n"] * nest.tiles["c"] * hw
+    k = 2 if 2 * T <= em.tg.ibuf else 1
+    zeros = (0,) * len(rest)
+    for i, t in enumerate(_tiles(nest, ["n", "c"])):
+        (n0, nt), (t0, tc) = t["n"], t["c"]
+        h = (i % k) * T
+        for sym, off, src0, width in parts:
+            lo, hi = max(t0, off), min(t0 + tc, off + width)
+            if lo >= hi:
+                continue
+            ext = (nt, hi - lo, *rest)
+            em.box(True, IBUF, h, sym, (n0, src0 + lo - off, *zeros), ext)
+            em.box(False, IBUF, h, out, (n0, lo, *zeros), ext)
+            h += nt * (hi - lo) * hw
+
+
+def _gate_nest(em: Emitter, nest: LoopNest, n) -> None:
+    """chmul / chmul_ds over tiles of whole (n, c) planes: LD A (x, or dy) and B (the gate
+    s, one value per plane, or x), VMULC (mode 0: A * B[p]; mode 1: plane dots) into ABUF,
+    RQ (chmul_ds and an error chmul: stochastic) into IBUF, ST.  IBUF [a0 | a1 | d0 | d1],
+    WBUF [b0 | b1], ABUF [c0 | c1]."""
+    mem = em.mem
+    a = n.attrs
+    ds = n.op == "chmul_ds"
+    src_a, src_b = (mem.of_value[v] for v in n.inputs)
+    out = mem.of_value[n.outputs[0]]
+    shape = src_a.shape
+    hw = 1
+    for d in shape[2:]:
+        hw *= d
+    P = nest.tiles["p"]
+    k = 2 if gate_fits(P, hw, ds, em.tg, 2) else 1
+    wide, per_out = P * hw, (1 if ds else hw)
+    for i, t in enumerate(_tiles(nest, ["p"])):
+        p0, pt = t["p"]
+        h, d = (i % k) * wide, k * wide + (i % k) * P * per_out
+        wb, cb = (i % k) * P * (hw if ds else 1), (i % k) * P * per_out
+        _flat(em, True, IBUF, h, src_a, p0 * hw, pt * hw)
+        _flat(em, True, WBUF, wb, src_b, p0 * (hw if ds else 1), pt * (hw if ds else 1))
+        em.emit("VMULC", mode=int(ds), abuf=IBUF, aaddr=h, bbuf=WBUF, baddr=wb, caddr=cb,
+                planes=pt, hw=hw)
+        em.emit("RQ", saddr=cb, dbuf=IBUF, daddr=d, shift=a["shift"],
+                mode=int(ds or bool(a.get("grad"))), lo=-127, hi=127, tid=a.get("tid", 0),
+                **_rq_index((shape[0] * shape[1], per_out), (p0, 0), (pt, per_out)),
+                **em.dyn(n.outputs[0], *n.inputs))
+        _flat(em, False, IBUF, d, out, p0 * per_out, pt * per_out)
 
 
 def _bias_grad_nest(em: Emitter, nest: LoopNest, n) -> None:
@@ -523,6 +612,8 @@ LOWERING = {
     "bn_adapt": _bn_adapt_nest,
     "loss_grad": _loss_nest,
     "sgd": _sgd_nest,
+    "concat": _channel_copy_nest, "slice": _channel_copy_nest,
+    "chmul": _gate_nest, "chmul_ds": _gate_nest,
 }
 
 
@@ -545,6 +636,7 @@ def generate(g: Graph, nests: list[LoopNest], mem: MemoryPlan, tg: Target,
             em.emit("EXPUPD", xaddr=0, count=regs.count, calm=CALM_STEPS)
             moved = True
         em.where = f"{n.op} {n.layer or ''} {n.loc or ''}".strip()
+        em.starts.append((len(em.names), nest.node))
         rule = LOWERING.get(n.op)
         if rule is None:
             raise EdgecError(f"{em.where}: no lowering for op {n.op!r}")

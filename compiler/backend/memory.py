@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgec.isa.errors import EdgecError
+from edgec.isa.target import Target, ddr_error
 
 from ..ir.graph import Graph
 from ..ir.ops import REGISTRY as OP
@@ -70,10 +71,10 @@ class MemoryPlan:
         return s
 
 
-def plan_memory(g: Graph, seed: int, ddr_limit: int, regs=None) -> MemoryPlan:
+def plan_memory(g: Graph, seed: int, tg: Target, regs=None) -> MemoryPlan:
     """`regs`: the exponent registers of a dynamic-format program (passes/dynfmt.py): its
     table becomes the symbol `xtab` and every symbol records its registers."""
-    m = plan_layout(g, seed, ddr_limit, regs)
+    m = plan_layout(g, seed, tg, regs)
     if regs is not None:
         for s in [*m.symbols.values(), *m.of_value.values()]:
             if s.value is not None and s.kind not in ("master", "mom"):
@@ -81,11 +82,13 @@ def plan_memory(g: Graph, seed: int, ddr_limit: int, regs=None) -> MemoryPlan:
     return m
 
 
-def plan_layout(g: Graph, seed: int, ddr_limit: int, regs=None) -> MemoryPlan:
+def plan_layout(g: Graph, seed: int, tg: Target, regs=None) -> MemoryPlan:
     m = MemoryPlan()
     V = g.values
     for layer, kept in sorted(g.meta.get("mask", {}).items()):
         m.place(f"tab:{layer}", "table", (len(kept),), "i32", init=np.array(kept))
+    for name, kept in sorted(g.meta.get("tables", {}).items()):    # concat / slice tables
+        m.place(f"tab:{name}", "table", (len(kept),), "i32", init=np.array(kept))
     m.place("rng_seed", "seed", (1,), "i32", init=np.array([seed], np.uint32).view(np.int32))
     if regs is not None:
         table = regs.table()
@@ -127,8 +130,7 @@ def plan_layout(g: Graph, seed: int, ddr_limit: int, regs=None) -> MemoryPlan:
                                             else "act")
         name = f"grad:{grads[out]}" if out in grads else out
         m.of_value[out] = m.place(name, kind, V[out].shape, "i8", V[out].exp, out)
-    if m.size > ddr_limit:
-        raise EdgecError(f"the program needs {m.size} bytes of DDR; the target has "
-                         f"{ddr_limit}")
     m.size = -(-m.size // ALIGN) * ALIGN
+    if m.size > tg.ddr_bytes:         # (what the emulator checks: the aligned size)
+        raise ddr_error(tg, m.size)
     return m

@@ -166,6 +166,28 @@ def _reshape(b: _Onnx, n) -> None:
           [o])
 
 
+def _chmul(b: _Onnx, n) -> None:
+    terms = []
+    for v in n.inputs:
+        t64 = b.tmp("mul64")
+        b.add("Cast", [v], [t64], to=b.T.INT64)
+        terms.append(t64)
+    acc = b.tmp("prod")
+    b.add("Mul", terms, [acc])              # ONNX broadcasting: s is [N, C, 1, 1]
+    b.requant(acc, int(n.attrs["shift"]), n.attrs["clamp"], n.outputs[0])
+
+
+def _concat(b: _Onnx, n) -> None:
+    b.add("Concat", list(n.inputs), [n.outputs[0]], axis=1)
+
+
+def _slice(b: _Onnx, n) -> None:
+    c0, c1 = int(n.attrs["c0"]), int(n.attrs["c1"])
+    b.add("Slice", [n.inputs[0], b.const(np.array([c0], np.int64), "start"),
+                    b.const(np.array([c1], np.int64), "stop"),
+                    b.const(np.array([1], np.int64), "axis")], [n.outputs[0]])
+
+
 #: one export rule per forward op (op registry stage ``onnx``)
 ONNX_RULES = {
     "wview": _wview,
@@ -174,6 +196,8 @@ ONNX_RULES = {
     "relu": _clip, "hardtanh": _clip,
     "maxpool": _maxpool,
     "reshape": _reshape,
+    "concat": _concat, "slice": _slice,
+    "chmul": _chmul,
 }
 
 

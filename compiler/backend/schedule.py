@@ -22,9 +22,9 @@ port's first-fit order and the load queue stalling behind a tile that waits for 
 buffer half).
 
 Search space: a tile size per dim from the halving ladder D, ceil(D/2), ceil(D/4) ... 1
-(multiples of the dim's unit), restricted to tiles whose double-buffered footprint fits
-the buffers (tilefit.tile_fits).  `exhaustive` scores every combination; `greedy` (the
-default) starts from whole-tensor tiles shrunk to fit and then takes the best move while
+(multiples of the dim's unit), restricted to tiles that keep the group rule and whose
+double-buffered footprint fits the buffers (tilefit.mac_tile_ok).  `exhaustive` scores
+every combination; `greedy` (the default) starts from whole-tensor tiles shrunk to fit and then takes the best move while
 one lowers the cost: one dim one or two ladder steps down, or one dim up with the other
 dims shrunk again until the tile fits (`_neighbours`).  Loop order: the parallel dims
 keep their default order and the reduction dims stay innermost; codegen reloads every
@@ -48,7 +48,7 @@ from edgec.isa.errors import EdgecError
 from edgec.isa.machine import dma_cycles, vector_cycles
 from edgec.isa.target import Target
 
-from .tilefit import PRIORITY, shrink, tile_fits, x_rows, y_rows
+from .tilefit import PRIORITY, mac_tile_ok, shrink, x_rows, y_rows
 
 MODES = ("greedy", "exhaustive")
 TOLERANCE = 0.01        # cycles given up (relative) for a program with fewer instructions
@@ -163,7 +163,7 @@ def search(base: str, G: dict, dims: dict, unit: dict, tg: Target, bias: bool,
     shrink heuristic; 2 = double buffering, 1 when not even the smallest tile fits
     twice)."""
     lad = {d: ladder(dims[d], unit.get(d, 1)) for d in dims}
-    fits = lambda t: tile_fits(base, G, t, tg, copies)                        # noqa: E731
+    fits = lambda t: mac_tile_ok(base, G, t, tg, copies)                      # noqa: E731
     cost = lambda t: nest_cost(base, G, dims, t, tg, bias)               # noqa: E731
     size = lambda t: nest_instructions(base, dims, t, bias)              # noqa: E731
     if mode == "exhaustive":

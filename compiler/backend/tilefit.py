@@ -1,5 +1,6 @@
 """What a tile is and whether it fits: the geometry of MAC ops, the buffer words of a tile
-(`tile_words`), the fit tests of every nest kind (`fits`, `bias_grad_fits`, `sgd_fits`),
+(`tile_words`), the group rule of MAC tiles (`group_rule_error`), the fit tests of every
+nest kind (`tile_fits`, `mac_tile_ok`, `bias_grad_fits`, `sgd_fits`),
 double or single buffering (`fitted`, `copies`) and the halving heuristic (`shrink`).  The
 tile pass (tiling.py), the schedule search (schedule.py), codegen and resume share them."""
 from __future__ import annotations
@@ -106,10 +107,43 @@ def tile_fits(op: str, G: dict, t: dict, tg: Target, copies: int = 1) -> bool:
     return all(copies * sum(u[b]) <= tg.buffer_size(b.upper()) for b in u)
 
 
+GROUP_RULE = ("a MAC tile of several groups holds their whole channels: "
+              "with g tile > 1, the co and ci tiles are the group's co and ci extents")
+
+
+def group_rule_error(G: dict, t: dict) -> str | None:
+    """None when MAC tile t obeys the group rule, else what breaks it.  Codegen's MAC nest
+    addresses the input / output channels of a tile of g groups as one run of
+    g * ci (g * co) channels from the tile's first group on, which is right only when
+    every group of the tile is whole (GROUP_RULE); a tile of one group may cut its
+    channels anywhere."""
+    cg, og = G["C"] // G["G"], G["O"] // G["G"]
+    if t["g"] > 1 and (t["ci"] != cg or t["co"] != og):
+        return (f"g tile {t['g']} with co tile {t['co']}, ci tile {t['ci']} (groups of "
+                f"co {og}, ci {cg}): {GROUP_RULE}")
+    return None
+
+
+def mac_tile_ok(op: str, G: dict, t: dict, tg: Target, copies: int = 1) -> bool:
+    """The one test every MAC tile passes (tile pass, schedule search, resume, codegen):
+    the group rule and `copies` copies in the buffers."""
+    return group_rule_error(G, t) is None and tile_fits(op, G, t, tg, copies)
+
+
 def bias_grad_fits(t: dict, hw: int, tg: Target, copies: int = 1) -> bool:
     """dY tile [n, c, hw] and the int8 result [c] in IBUF (copies of each), the int32
     sums in ABUF."""
     return copies * (t["n"] * t["c"] * hw + t["c"]) <= tg.ibuf and t["c"] <= tg.abuf
+
+
+def gate_fits(p: int, hw: int, ds: bool, tg: Target, copies: int = 1) -> bool:
+    """chmul (ds=False) / chmul_ds tile of p planes of hw: A [p, hw] and the int8 result
+    ([p, hw] / [p]) in IBUF, B ([p] / [p, hw]) in WBUF, the int32 C ([p, hw] / [p]) in
+    ABUF (copies of each); DMA and RQ extents fit 16 bits."""
+    wide, narrow = p * hw, p
+    out, b = (narrow, wide) if ds else (wide, narrow)
+    return (copies * (wide + out) <= tg.ibuf and copies * b <= tg.wbuf
+            and copies * out <= tg.abuf and wide <= 65535)
 
 
 def sgd_fits(t: dict, inner: int, tg: Target, copies: int = 1, mom: bool = False) -> bool:
@@ -134,7 +168,7 @@ def copies(fits, t) -> int:
     return 2 if fits(t, 2) else 1
 
 
-# g shrinks before ci/co: a tile of several groups always holds their whole channels;
+# g shrinks before ci/co, so the heuristic keeps the group rule (group_rule_error);
 # ("ci", "co") halves the larger of the two, keeping both wide for the MAC array
 PRIORITY = {"conv": ("n", "oh", "g", ("ci", "co")), "conv_eb": ("n", "ih", "g", ("co", "ci")),
              "conv_wg": ("n", "oh", "g", ("ci", "co"))}

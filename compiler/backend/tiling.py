@@ -12,8 +12,8 @@ from ..ir.graph import Graph
 from ..ir.loops import LoopNest
 from ..ir.ops import ELTWISE, MAC_BASE, MAC_OPS, REGISTRY as OP
 from .schedule import search as schedule_search
-from .tilefit import (PRIORITY, bias_grad_fits, copies, fitted, geometry, in_block, sgd_fits,
-                      sgd_geometry, shrink, tile_fits)
+from .tilefit import (PRIORITY, bias_grad_fits, copies, fitted, gate_fits, geometry, in_block,
+                      mac_tile_ok, sgd_fits, sgd_geometry, shrink, tile_fits)
 
 
 def _mac_tiles(g: Graph, n, tg: Target, search: str, where: str):
@@ -27,7 +27,7 @@ def _mac_tiles(g: Graph, n, tg: Target, search: str, where: str):
     blk = in_block(g, n)
     if blk > 1:
         unit["ci"] = blk
-    fits = lambda t, k: tile_fits(base, G, t, tg, k)                    # noqa: E731
+    fits = lambda t, k: mac_tile_ok(base, G, t, tg, k)                  # noqa: E731
     t = fitted(lambda f: shrink(dims, unit, f, PRIORITY[base], where), fits, where)
     t = schedule_search(base, G, dims, unit, tg, kind == "fp" and len(n.inputs) == 3,
                         search, t, where, copies(fits, t))
@@ -95,6 +95,33 @@ def _sgd_tiles(g: Graph, n, tg: Target, search: str, where: str):
     return dims, t, {}
 
 
+def _channel_copy_tiles(g: Graph, n, tg: Target, search: str, where: str):
+    """concat / slice: batch by output channels, the whole planes of each (a copy
+    through IBUF)."""
+    s = g.values[n.outputs[0]].shape
+    hw = 1
+    for d in s[2:]:
+        hw *= d
+    dims = {"n": s[0], "c": s[1]}
+    t = fitted(lambda f: shrink(dims, {}, f, ("n", "c"), where),
+               lambda t, k: k * t["n"] * t["c"] * hw <= tg.ibuf, where)
+    return dims, t, {}
+
+
+def _gate_tiles(g: Graph, n, tg: Target, search: str, where: str):
+    """chmul / chmul_ds: tiles of whole (n, c) planes; IBUF [a0 | a1 | d0 | d1], WBUF
+    [b0 | b1] (chmul: one gate value per plane), ABUF the int32 products or plane sums."""
+    s = g.values[n.inputs[0]].shape
+    hw = 1
+    for d in s[2:]:
+        hw *= d
+    dims = {"p": s[0] * s[1]}
+    ds = n.op == "chmul_ds"
+    t = fitted(lambda f: shrink(dims, {}, f, ("p",), where),
+               lambda t, k: gate_fits(t["p"], hw, ds, tg, k), where)
+    return dims, t, {}
+
+
 #: one tiling rule per materialised op (op registry stage ``tiling``):
 #: (graph, node, target, search, where) -> (dims, tile sizes, units)
 TILE_RULES = {
@@ -104,6 +131,8 @@ TILE_RULES = {
     "bias_grad": _channel_sum_tiles, "bn_adapt": _channel_sum_tiles,
     "loss_grad": _loss_tiles,
     "sgd": _sgd_tiles,
+    "concat": _channel_copy_tiles, "slice": _channel_copy_tiles,
+    "chmul": _gate_tiles, "chmul_ds": _gate_tiles,
 }
 
 

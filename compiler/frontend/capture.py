@@ -172,7 +172,23 @@ def _trace_error(e: Exception, model, N: int, called: list[str], model_file: str
             where = module_loc(tmp, name) or base_name
             return EdgecError(f"{where}: unsupported op '{t.__name__.lower()}' (layer "
                               f"'{name}', {t.__name__}); {SUPPORTED}")
+    if _data_dependent(e):
+        return EdgecError(
+            f"data-dependent control flow at {_user_where(e, model_file, base_name)} is not "
+            "supported: the step is compiled once for every batch, so forward() cannot "
+            "branch on a tensor's values (if / while / bool() / .item() / .tolist() of a "
+            "tensor); make the choice outside forward() (a constructor argument or a Python "
+            "attribute, fixed when the model is compiled), or express it without a branch "
+            "(e.g. relu / hardtanh for a clamp)")
     return _user_exc(e, model_file, base_name, "cannot trace the training step")
+
+
+def _data_dependent(e: BaseException) -> bool:
+    """Did tracing fail on Python control flow over a tensor's values?"""
+    name = type(e).__name__
+    text = str(e)
+    return (name in ("GuardOnDataDependentSymNode", "DataDependentOutputException")
+            or "data-dependent" in text or "unallocated storage" in text)
 
 
 def _new_capture(model, x, model_file: str, base_name: str, K: int) -> CaptureCtx:
@@ -258,7 +274,8 @@ def _set_outputs(ctx: CaptureCtx, env, output_node, pnames: list[str]) -> None:
     _rename(g, rename)
 
 
-def _user_exc(e: BaseException, model_file: str, base_name: str, what: str) -> EdgecError:
+def _user_where(e: BaseException, model_file: str, base_name: str) -> str:
+    """model.py:LINE of the innermost frame of the model file in e's traceback."""
     import traceback
     line = None
     for fs in traceback.extract_tb(e.__traceback__):
@@ -267,10 +284,13 @@ def _user_exc(e: BaseException, model_file: str, base_name: str, what: str) -> E
                 line = fs.lineno
         except (TypeError, ValueError):
             pass
+    return f"{base_name}:{line}" if line is not None else base_name
+
+
+def _user_exc(e: BaseException, model_file: str, base_name: str, what: str) -> EdgecError:
     msg = str(e).strip().splitlines()
     text = f"{type(e).__name__}: {msg[0]}" if msg else type(e).__name__
-    where = f"{base_name}:{line}" if line is not None else base_name
-    return EdgecError(f"{where}: {what}: {text}")
+    return EdgecError(f"{_user_where(e, model_file, base_name)}: {what}: {text}")
 
 
 def _rename(g: Graph, m: dict[str, str]) -> None:

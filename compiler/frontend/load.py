@@ -17,6 +17,7 @@ import weakref
 import torch
 
 from edgec.isa.errors import EdgecError
+from edgec.isa.filekind import PYTHON, check_kind
 
 _counter = itertools.count()
 
@@ -90,6 +91,8 @@ def load_model(path: str) -> tuple[torch.nn.Module, torch.Tensor]:
         raise EdgecError(f"{path}: no such file")
     if not os.path.isfile(apath):
         raise EdgecError(f"{path}: not a regular file")
+    check_kind(path, "a model.py (Python defining `model` and `example_input`), a "
+               "model.onnx or an IR dump (.ir / .loop)", (PYTHON,))
     try:
         with open(apath, "rb") as f:
             source = f.read()

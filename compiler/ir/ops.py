@@ -28,17 +28,23 @@ STAGES: dict[str, str] = {
 
 #: families: mac (a MAC pattern), act (clamp activation), act_bwd (its derivative mask),
 #: eltwise (two-operand vector op), pool, reshape, loss, reduce (sum over all dims but 1),
-#: view (a parameter's mask view), update (writes parameters), stat (batch statistics)
+#: view (a parameter's mask view), update (writes parameters), stat (batch statistics),
+#: chan (channel plumbing: concat / slice along dim 1, a copy at one shared format),
+#: bcast (a product with a per-channel operand broadcast over H, W: VMULC)
 FAMILIES = ("mac", "act", "act_bwd", "eltwise", "pool", "reshape", "loss", "reduce", "view",
-            "update", "stat")
+            "update", "stat", "chan", "bcast")
 PHASES = ("forward", "loss", "backward", "update")
 MAC_PATTERNS = ("FP", "EB", "WG")
 #: how the mask pass carries channel selections (dim 1) through an op: ``rows`` (a forward
 #: MAC: the output's channels are its weight rows), ``same`` (the output follows input 0),
 #: ``meet`` (add: both operands must agree), ``flatten`` (reshape: dim-1 blocks of H*W),
 #: ``eb`` (the input shape follows the weight view), ``wg`` (the weight gradient follows
-#: the operands), ``none`` (inserted after the mask pass)
-CHANNEL_RULES = ("rows", "same", "meet", "flatten", "eb", "wg", "none")
+#: the operands), ``concat`` (the operands' selections at their channel offsets: a derived
+#: index table), ``slice`` (the part of the input's selection in a channel range),
+#: ``gate`` (a product with a per-channel gate: both operands keep the same channels),
+#: ``none`` (inserted after the mask pass)
+CHANNEL_RULES = ("rows", "same", "meet", "flatten", "eb", "wg", "concat", "slice", "gate",
+                 "none")
 #: what the memory plan does with an op's outputs: act / err / grad (materialised; grad is
 #: a parameter gradient when the graph names it so), alias (shares its input's tensor),
 #: view (no tensor), in_place (writes its inputs' tensors)
@@ -92,6 +98,7 @@ def _op(name, inputs, outputs, attrs, family, phase, channels, result, nest, doc
 
 
 _E = (("e",), ())                       # element-wise vector op: one flat dim
+_CH = (("n", "c"), ())                  # channel copy: batch by output channels
 _MAC_FWD = (("n", "g", "co", "oh"), ("ci",))    # g: groups; co / ci: channels per group
 _MAC_EB = (("n", "g", "ci", "ih"), ("co",))
 _MAC_WG = (("g", "co", "ci"), ("n", "oh"))
@@ -112,6 +119,19 @@ REGISTRY: dict[str, OpDef] = {d.name: d for d in (
         "back-propagated errors of one forward value"),
     _op("maxpool", (1, 1), 1, ("kernel", "stride", "pad"), "pool", "forward", "same", "act",
         (("p",), ()), "x[N,C,H,W] -> y; floor mode, -inf padding, dilation 1"),
+    _op("concat", (2, 256), 1, ("grad", "sizes"), "chan", "forward", "concat", "act", _CH,
+        "x_0[N,C_0,H,W], x_1[N,C_1,H,W], ... -> y[N,sum C_i,H,W] (torch.cat along dim 1; "
+        "attr sizes: the operands' unmasked channel counts); with grad=true, the error of "
+        "a split (its parts' errors side by side)"),
+    _op("slice", (1, 1), 1, ("grad", "start", "stop", "c0", "c1"), "chan", "forward",
+        "slice", "act", _CH,
+        "x[N,C,H,W] -> x[:, c0:c1] (torch.split / chunk / narrow along dim 1; start, stop: "
+        "the unmasked channel range, c0, c1: the same range in the compacted tensor); with "
+        "grad=true, a part of a concat's error (attr sel: the forward value whose channels "
+        "the error has)"),
+    _op("chmul", (2, 2), 1, ("grad",), "bcast", "forward", "gate", "act", (("p",), ()),
+        "x[N,C,H,W], s[N,C,1,1] -> x * s, s broadcast over H, W (squeeze-excitation "
+        "gating); with grad=true, the error dy * s of x"),
     _op("reshape", (1, 1), 1, ("shape",), "reshape", "forward", "flatten", "alias", None,
         "row-major view, e.g. flatten [N,C,H,W] -> [N,C*H*W]", stages=_GRAPH + ("onnx",)),
     # ---- loss ----
@@ -134,6 +154,9 @@ REGISTRY: dict[str, OpDef] = {d.name: d for d in (
         "dy[N,O], x[N,F] -> dw[O,F]", mac="WG"),
     _op("bias_grad", (1, 1), 1, (), "reduce", "backward", "none", "grad", (("c",), ("n",)),
         "dy[N,O,...] -> db[O] (sum over every dim but 1)"),
+    _op("chmul_ds", (2, 2), 1, (), "bcast", "backward", "none", "err", (("p",), ()),
+        "dy[N,C,H,W], x[N,C,H,W] -> ds[N,C,1,1] = sum over H, W of dy * x (the error of "
+        "chmul's gate s)"),
     _op("relu_bwd", (2, 2), 1, (), "act_bwd", "backward", "same", "err", _E,
         "dy, y -> dy where y > 0 else 0 (y is relu's OUTPUT)"),
     _op("hardtanh_bwd", (2, 2), 1, ("lo", "hi"), "act_bwd", "backward", "same", "err", _E,
@@ -202,7 +225,9 @@ GRADIENTS = group(result="grad")                    # conv_wg, linear_wg, bias_g
 ERRORS = group(result="err")                        # back-propagated errors (and dz)
 MATERIALISED = frozenset(d.name for d in REGISTRY.values() if d.materialised)
 #: ops whose output has its input's fixed-point format (dynamic formats: one register)
-SAME_FORMAT = group(family=("act", "act_bwd", "pool", "reshape", "view"))
+SAME_FORMAT = group(family=("act", "act_bwd", "pool", "reshape", "view", "chan"))
+CHANNEL_OPS = group(family="chan")                  # concat, slice: copies at one format
+GATE_OPS = group(family="bcast")                    # chmul, chmul_ds: VMULC then RQ
 #: the MAC pattern's base op (the conv form tilefit / schedule size tiles for)
 MAC_BASE = {"FP": "conv", "EB": "conv_eb", "WG": "conv_wg"}
 

@@ -420,6 +420,13 @@ def _build(tree, kind: str) -> IRFile:
 
 # ---------------------------------------------------------------- checks
 
+def located(f: IRFile, filename: str, e: Exception) -> EdgecError:
+    """A verifier's (or codegen's) "node I (...): ..." error, located at node I's line in the file."""
+    m = re.match(r"node (\d+)", str(e))
+    ln = f.lines.get(("node", int(m.group(1)))) if m else None
+    return EdgecError(f"{filename}:{ln[0]}:{ln[1]}: {e}" if ln else f"{filename}: {e}")
+
+
 def check_ir(f: IRFile, filename: str = "<ir>") -> None:
     """Semantic checks of a parsed file: graph.verify, params/outputs refer to values,
     nests refer to matching nodes and pass LoopNest.verify.  Errors are located."""
@@ -442,9 +449,7 @@ def check_ir(f: IRFile, filename: str = "<ir>") -> None:
     try:
         g.verify()
     except ValueError as e:
-        m = re.match(r"node (\d+)", str(e))
-        loc = at(("node", int(m.group(1)))) if m else filename
-        raise EdgecError(f"{loc}: {e}") from None
+        raise located(f, filename, e) from None
     if f.nests is not None:
         for k, n in enumerate(f.nests):
             where = at(("nest", k))
@@ -497,11 +502,17 @@ def ir_diff(a: Graph, b: Graph, na=None, nb=None) -> str | None:
 
 def read_ir(path: str) -> IRFile:
     """Read, parse and check a dump; print(parse(text)) must give the text back."""
+    from edgec.isa.filekind import IR, check_kind
+    if os.path.isfile(path):
+        check_kind(path, "an edgec IR dump (a .ir / .loop file of compile --dump-ir)", (IR,))
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as e:
         raise EdgecError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise EdgecError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected "
+                         "an edgec IR dump") from None
     f = parse_ir(text, path)
     check_ir(f, path)
     return f

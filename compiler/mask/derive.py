@@ -32,7 +32,7 @@ from edgec.isa.errors import EdgecError
 
 from ..ir.graph import Graph
 from ..passes.mask import is_depthwise
-from .file import ranges
+from .file import mask_line
 
 BY = ("l1", "bn-gamma")
 _PASS = ("relu", "hardtanh", "maxpool", "reshape")
@@ -185,5 +185,5 @@ def _top(s: torch.Tensor, k: int) -> list[int]:
 
 def format_mask(mask: dict[str, list[int]], header: str) -> str:
     lines = [f"# {header}"]
-    lines += [f"{name}: {ranges(kept)}" for name, kept in mask.items()]
+    lines += [mask_line(name, kept) for name, kept in mask.items()]
     return "\n".join(lines) + "\n"

@@ -2,9 +2,15 @@
 
 ``parse_mask`` returns {layer name: sorted, deduplicated kept output channels}; layers not
 listed keep every channel.  Every problem is an :class:`EdgecError` "FILE:LINE:COL: ...".
+A layer name is written plain (letters, digits, '_', '.', and '-' after a letter or '_')
+or, whatever torch allows in a module name, double-quoted with JSON escapes
+(``mask_name`` writes the form that reads back to the same name).
 This module imports no torch: ``edgec remask`` uses it on its own.
 """
 from __future__ import annotations
+
+import json
+import re
 
 import lark
 
@@ -12,8 +18,12 @@ from edgec.isa.errors import EdgecError
 
 from ..grammars import lalr_parser, read_source
 
+#: the plain form of a layer name (the grammar's NAME)
+PLAIN_NAME = re.compile(r"([0-9][0-9.]*)?[A-Za-z_][A-Za-z_0-9.\-]*|[0-9][0-9.]*")
+
 _HUMAN = {
     "NAME": "a layer name",
+    "QNAME": "a layer name",
     "INT": "a channel index",
     "COLON": "':'",
     "COMMA": "','",
@@ -48,6 +58,31 @@ def _short(digits: str) -> str:
     return digits if len(digits) <= 20 else f"{digits[:8]}...({len(digits)} digits)"
 
 
+def mask_name(name: str) -> str:
+    """A module name as a mask file writes it: plain where the grammar's NAME reads it
+    back, else double-quoted with JSON escapes (all of them ASCII where the name holds
+    a character that is not printable)."""
+    if PLAIN_NAME.fullmatch(name):
+        return name
+    return json.dumps(name, ensure_ascii=not name.isprintable())
+
+
+def mask_line(name: str, kept: list[int]) -> str:
+    """One mask file line: the name and its kept channels as ranges."""
+    return f"{mask_name(name)}: {ranges(kept)}"
+
+
+def _name_of(path: str, tok) -> str:
+    if tok.type == "NAME":
+        return str(tok)
+    try:
+        return json.loads(str(tok))
+    except json.JSONDecodeError as e:
+        raise EdgecError(f"{path}:{tok.line}:{tok.column + e.pos}: bad quoted layer name: "
+                         f"{e.msg} (a JSON string: escapes \\\" \\\\ \\n \\t \\uXXXX ...)") \
+            from None
+
+
 class MaskSpec(dict):
     """{layer: kept channels}, plus ``where[layer]`` = "FILE:LINE:COL" of its line."""
 
@@ -75,8 +110,12 @@ def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
             lines = text.split("\n")
             line = len(lines)
             col = len(lines[-1]) + 1
+        glued = tok.type != "$END" and tok.start_pos and text[tok.start_pos - 1] not in " \t"
+        hint = ("; a layer name with other characters than letters, digits, '_', '.' "
+                "and '-' is written in double quotes" if "COLON" in e.expected and glued
+                else "")
         raise EdgecError(f"{path}:{line}:{col}: syntax error: unexpected {_tok_text(tok)}"
-                         f"{_expected(e.expected)}") from None
+                         f"{_expected(e.expected)}{hint}") from None
     except lark.exceptions.UnexpectedCharacters as e:
         ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
         raise EdgecError(f"{path}:{e.line}:{e.column}: syntax error: unexpected character "
@@ -90,7 +129,7 @@ def parse_mask(path: str, layers: dict[str, int], logits_layer: str | None,
     first_line: dict[str, int] = {}
     for entry in tree.children:
         name_tok, items = entry.children[0], entry.children[1]
-        name = str(name_tok)
+        name = _name_of(path, name_tok)
         where = f"{path}:{name_tok.line}:{name_tok.column}"
         if refuse and name in refuse:
             raise EdgecError(f"{where}: layer {name!r} cannot be masked: {refuse[name]}")
@@ -158,11 +197,17 @@ def ranges(kept: list[int]) -> str:
 
 
 def residual_error(mask: dict, names, loc: str | None, layer: str | None) -> EdgecError:
-    """The error for two differently masked tensors meeting at a residual add (layers
-    ``names``, None = keeps every channel), located at the first listed layer's line."""
+    """The error for two differently masked tensors meeting at a residual add: ``names``
+    are the layers whose channels meet there (one not in the mask keeps every channel;
+    None: the model's input), located at the first listed layer's line."""
     where = getattr(mask, "where", {})
     at = next((f"{where[k]}: " for k in names if k in where), "")
-    shown = [f"'{k}' keeps {ranges(mask[k])}" if k else "the other keeps all channels"
-             for k in names]
+    shown = [f"'{k}' keeps {ranges(mask[k])}" if k in mask else
+             f"'{k}' keeps all its channels (no line in the mask)" if k else
+             "the model's input keeps all its channels" for k in names]
+    fix = ("give both layers the same kept list" if all(names) else
+           "the add's other operand is the model's input, which cannot be masked: drop the "
+           "line")
     return EdgecError(f"{at}residual add at {loc or '?'} (layer {layer!r}): the channels that "
-                      f"meet there must be masked identically, but {shown[0]} and {shown[1]}")
+                      f"meet there must be masked identically, but {shown[0]} and {shown[1]}; "
+                      f"{fix}")

@@ -59,9 +59,27 @@ def remask(prog_path: str, mask_path: str, write) -> None:
     except OSError as e:
         raise EdgecError(f"{prog_path}: cannot read ({e.strerror})") from None
     with src:
-        h = read_head(src, prog_path)
-        meta, tables = _remasked(h, prog_path, mask_path)
-        write(lambda f: write_with_head(f, h, meta, tables, src))
+        _remask_open(src, prog_path, mask_path, write)
+
+
+def remask_blob(blob: bytes, mask_path: str, name: str = "prog.bin") -> bytes:
+    """:func:`remask` of a program held in memory (``name`` is what errors call it): the
+    bytes of the program with the mask ``mask_path``.  write_with_head copies through file
+    descriptors, so the program and the result pass through anonymous temporary files."""
+    import tempfile
+    with tempfile.TemporaryFile() as src, tempfile.TemporaryFile() as dst:
+        src.write(blob)
+        src.flush()
+        src.seek(0)
+        _remask_open(src, name, mask_path, lambda fn: fn(dst))
+        dst.seek(0)
+        return dst.read()
+
+
+def _remask_open(src, prog_path: str, mask_path: str, write) -> None:
+    h = read_head(src, prog_path)
+    meta, tables = _remasked(h, prog_path, mask_path)
+    write(lambda f: write_with_head(f, h, meta, tables, src))
 
 
 def _remasked(h: Head, prog_path: str, mask_path: str) -> tuple[dict, bytes]:

@@ -22,7 +22,7 @@ from edgec.isa.errors import EdgecError
 from edgec.isa.table import XBUF_WORDS
 
 from ..ir.graph import Graph
-from ..ir.ops import GRADIENTS, MAC_FORWARD, MAC_OPS, SAME_FORMAT
+from ..ir.ops import GATE_OPS, GRADIENTS, MAC_FORWARD, MAC_OPS, SAME_FORMAT
 
 SPAN = 4            # a dynamic exponent may move this far from its compile-time value
 CALM_STEPS = 8      # EXPUPD's M: calm steps before an exponent gets finer
@@ -129,8 +129,9 @@ def exponent_registers(g: Graph) -> Registers:
     for v in ints:
         u.find(v)
     for n in g.nodes:
-        if n.op in _ALIAS_OPS:
-            u.join(n.inputs[0], n.outputs[0])
+        if n.op in _ALIAS_OPS:          # a concat: every operand shares the register
+            for v in n.inputs if n.op == "concat" else n.inputs[:1]:
+                u.join(v, n.outputs[0])
         elif n.op == "sgd" and V[n.inputs[0]].dtype == "i8":
             u.join(n.inputs[0], n.outputs[0])
     static = _static_roots(g, u)
@@ -169,7 +170,7 @@ def _thresholds(g: Graph, R: Registers) -> None:
         r = R.of.get(out)
         if r is None or R.lo[r] == R.hi[r]:         # static: nothing to count
             continue
-        if n.op in MAC_OPS | {"add", "bias_grad"}:
+        if n.op in MAC_OPS | GATE_OPS | {"add", "bias_grad"}:
             R.stats.add(out)
             count[r] += int(np.prod(V[out].shape))
             exact[r] |= n.op in GRAD_OPS
@@ -185,7 +186,7 @@ def _constraints(g: Graph, R: Registers):
     V = g.values
     for n in g.nodes:
         o = n.outputs[0]
-        if n.op in MAC_OPS:
+        if n.op in MAC_OPS | GATE_OPS:
             regs = (R.of[o], R.of[n.inputs[0]], R.of[n.inputs[1]])      # views: aliases
             yield regs, lambda e: e[0] - e[1] - e[2], -31, 31
         elif n.op == "bias_grad":

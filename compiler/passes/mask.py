@@ -22,7 +22,7 @@ import numpy as np
 
 from edgec.isa.errors import EdgecError
 
-from ..mask.file import residual_error
+from ..mask.file import ranges, residual_error
 from ..ir.graph import Graph, Node
 from ..ir.ops import CONV_OPS, MAC_EB, MAC_FORWARD, MAC_WG
 from .shapes import infer
@@ -51,14 +51,25 @@ class MaskPass:
         return f"{where[layer]}: " if layer in where else ""
 
     def _kept(self, layer: str | None) -> list[int] | None:
-        return None if layer is None else list(self.mask[layer])
+        if layer is None:
+            return None
+        derived = getattr(self, "derived", {})
+        return list(derived[layer] if layer in derived else self.mask[layer])
 
     def apply(self, g: Graph) -> Graph:
+        self.derived = {}           # index tables of concat / slice outputs (their names)
         m = _Masking(self, g, keep={v: (None, 1) for v in g.inputs})
         for n in g.nodes:
             m.visit(n)
         g.nodes = m.new_nodes
         g.meta["mask"] = {k: list(v) for k, v in sorted(self.mask.items())}
+        g.meta.pop("tables", None)
+        if self.derived:
+            if g.meta.get("remaskable"):
+                raise EdgecError("--remaskable: a mask whose channels pass a concat or a "
+                                 "split is not supported (its derived index tables are not "
+                                 "re-derived by edgec remask); compile without --remaskable")
+            g.meta["tables"] = {k: list(v) for k, v in sorted(self.derived.items())}
         if m.ties:      # what edgec remask re-checks for another mask with the same counts
             g.meta["mask_ties"] = m.ties
         return g
@@ -158,10 +169,24 @@ def _keep_meet(m: _Masking, n) -> None:
     """add: both operands must keep the same channels (a tie when two masks meet)."""
     ka, kb = m.kept_of(n.inputs[0]), m.kept_of(n.inputs[1])
     if m.mp._kept(ka[0]) != m.mp._kept(kb[0]):
-        raise residual_error(m.mp.mask, (ka[0], kb[0]), n.loc, n.layer)
+        names = [k if k is not None else _channel_source(m.g, v)
+                 for k, v in ((ka[0], n.inputs[0]), (kb[0], n.inputs[1]))]
+        raise residual_error(m.mp.mask, names, n.loc, n.layer)
     if ka[0] is not None and kb[0] is not None and ka[0] != kb[0]:
         m.ties.append([ka[0], kb[0], n.loc, n.layer])
     m.keep[n.outputs[0]] = ka if ka[0] is not None else kb
+
+
+def _channel_source(g: Graph, v: str) -> str | None:
+    """The conv/linear layer whose output channels `v` carries (through element-wise ops,
+    pooling, BatchNorm and depthwise convs); None for the model's input."""
+    while True:
+        n = g.producer(v)
+        if n is None:
+            return None
+        if n.op in MAC_FORWARD and not is_depthwise(g, n):
+            return n.layer
+        v = n.inputs[0]
 
 
 def _keep_flatten(m: _Masking, n) -> None:
@@ -185,6 +210,79 @@ def _conv_eb_in_shape(m: _Masking, n) -> None:
     g.values[n.outputs[0]].shape = infer(g, n)
 
 
+def _keep_concat(m: _Masking, n) -> None:
+    """concat: each operand's kept channels at its channel offset in the unmasked concat
+    (attr sizes): the consumer's index table is that list, a table of its own
+    (``cat:<output>``) unless no operand is masked."""
+    kept, off, any_mask = [], 0, False
+    for v, size in zip(n.inputs, n.attrs["sizes"]):
+        lay, blk = m.kept_of(v)
+        sel = m.mp._kept(lay)
+        any_mask |= sel is not None
+        kept += [off + c for c in (sel if sel is not None else range(size))]
+        off += size
+    if any_mask and not n.attrs.get("grad"):     # an error's channels name no table
+        m.keep[n.outputs[0]] = _derived(m, f"cat:{n.outputs[0]}", kept, off)
+
+
+def _derived(m: _Masking, name: str, kept: list[int], width: int) -> tuple:
+    if kept == list(range(width)):
+        return (None, 1)
+    m.mp.derived[name] = kept
+    return (name, 1)
+
+
+def _keep_slice(m: _Masking, n) -> None:
+    """slice: the part of the input's kept channels in [start, stop), shifted to start
+    at 0; the compacted range c0, c1 follows (an error slices a concat's error: its
+    channels are those of the forward value ``sel``)."""
+    a = n.attrs
+    lay, _ = m.kept_of(a.get("sel") or n.inputs[0])
+    sel = m.mp._kept(lay)
+    start, stop = a["start"], a["stop"]
+    if sel is None:
+        a["c0"], a["c1"] = start, stop
+        m.keep[n.outputs[0]] = (None, 1)
+    else:
+        part = [c - start for c in sel if start <= c < stop]
+        if not part:
+            raise EdgecError(f"{m.mp._where(lay)}{n.loc or '?'}: layer {n.layer!r}: the "
+                             f"split part of channels {start}-{stop - 1} keeps no channel "
+                             f"of the mask (layer {lay!r}); keep at least one")
+        a["c0"] = sum(1 for c in sel if c < start)
+        a["c1"] = a["c0"] + len(part)
+        if not a.get("grad"):
+            m.keep[n.outputs[0]] = _derived(m, f"slice:{n.outputs[0]}", part, stop - start)
+    m.g.values[n.outputs[0]].shape = infer(m.g, n)
+
+
+def _keep_gate(m: _Masking, n) -> None:
+    """chmul: x and its per-channel gate s keep the same channels (an error dy * s
+    carries no selection, like every error)."""
+    if n.attrs.get("grad"):
+        return
+    kx, ks = m.kept_of(n.inputs[0]), m.kept_of(n.inputs[1])
+    if m.mp._kept(kx[0]) != m.mp._kept(ks[0]):
+        where = m.mp._where(kx[0] or ks[0])
+        shown = [f"{_selection(k[0])} keeps {ranges(m.mp._kept(k[0]))}" if k[0]
+                 else "keeps all channels" for k in (kx, ks)]
+        raise EdgecError(f"{where}{n.loc or '?'}: layer {n.layer!r}: a tensor and the "
+                         f"per-channel gate it is multiplied by must keep the same "
+                         f"channels, but the tensor ({shown[0]}) and the gate "
+                         f"({shown[1]}) differ; mask the gate's producer identically")
+    if kx[0] is not None and ks[0] is not None and kx[0] != ks[0]:
+        m.ties.append([kx[0], ks[0], n.loc, n.layer])
+    m.keep[n.outputs[0]] = kx if kx[0] is not None else ks
+
+
+def _selection(tab: str) -> str:
+    """What selects a value's channels, for a message: a layer, or a concat / split."""
+    kind, _, value = tab.partition(":")
+    if kind in ("cat", "slice") and value:
+        return f"{'concat' if kind == 'cat' else 'split part'} {value!r}"
+    return f"layer {tab!r}"
+
+
 def _no_channels(m: _Masking, n) -> None:
     """The output carries no channel selection of its own (shapes come from infer)."""
 
@@ -198,6 +296,8 @@ MASK_RULES = {
     "loss_grad": _keep_same,
     "add": _keep_meet,
     "reshape": _keep_flatten,
+    "concat": _keep_concat, "slice": _keep_slice,
+    "chmul": _keep_gate, "chmul_ds": _no_channels,
     "conv_eb": _conv_eb_in_shape, "linear_eb": _no_channels,
     "conv_wg": _no_channels, "linear_wg": _no_channels, "bias_grad": _no_channels,
 }

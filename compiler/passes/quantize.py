@@ -19,7 +19,8 @@ from edgec.isa.errors import EdgecError
 
 from ..ir.float_interp import run_float
 from ..ir.graph import Graph
-from ..ir.ops import ACTIVATIONS, GRADIENTS, MAC_EB, MAC_FORWARD, MAC_WG
+from ..ir.ops import (ACTIVATIONS, CHANNEL_OPS, GRADIENTS, MAC_EB, MAC_FORWARD, MAC_WG,
+                      SAME_FORMAT)
 from .dynfmt import SPAN
 
 MU_SHIFT = 16       # momentum mu ~ mumul / 2**MU_SHIFT
@@ -103,7 +104,7 @@ class QuantizePass:
             if not p.is_bias:
                 V[p.value].dtype = "i8"
                 V[p.value].exp = expo(self.params[p.name]) + self.headroom.get(p.name, 0)
-        q = _Quantizing(self, g, fv, N)
+        q = _Quantizing(self, g, fv, N, joint=joint_formats(g, fv, V["x"].exp))
         for n in list(g.nodes):
             if id(n) in q.fused:
                 continue
@@ -173,9 +174,14 @@ class _Quantizing:
     N: int                          # batch size
     tid: int = 0                    # last stochastic-rounding tensor id handed out
     fused: set = field(default_factory=set)     # ids of activations folded into a producer
+    joint: dict = field(default_factory=dict)   # value -> the exponent its concat group shares
 
     def e(self, v: str) -> int:
         return self.g.values[v].exp
+
+    def out_exp(self, v: str, free: int) -> int:
+        """The exponent of ``v``'s producer output: its concat group's, else ``free``."""
+        return self.joint.get(v, free)
 
     def next_tid(self) -> int:
         self.tid += 1
@@ -198,14 +204,15 @@ def _q_mac_forward_or_add(q: _Quantizing, n) -> None:
         a["sa"], a["sb"] = ea - m, eb - m
         if a["grad"]:
             a["tid"] = q.next_tid()
-        QuantizePass._set(g, n, out, QuantizePass._act_exp(a, q.fv[out]), m)
+        QuantizePass._set(g, n, out, q.out_exp(out, QuantizePass._act_exp(a, q.fv[out])), m)
     else:
         w_exp = V[QuantizePass._src(g, ins[1])].exp
         e_acc = e(ins[0]) + w_exp
         if len(ins) == 3:
             bp = g.param_of_value(QuantizePass._src(g, ins[2]))
             V[bp.value].dtype, V[bp.value].exp = "i32", e_acc
-        QuantizePass._set(g, n, out, QuantizePass._act_exp(a, q.fv[out]), e_acc)
+        QuantizePass._set(g, n, out, q.out_exp(out, QuantizePass._act_exp(a, q.fv[out])),
+                          e_acc)
     act = a.pop("act", None)
     a["clamp"] = clamp_bounds(act, V[out].exp)
     if "act_real" in a:
@@ -284,8 +291,68 @@ def _q_backward_reduction(q: _Quantizing, n) -> None:
     # headroom (the rule coarsens them further at a saturation); errors trade
     # outliers like activations
     grad = q.qp.dynamic and n.op in GRADIENTS
-    e_out = expo(q.fv[out]) + GRAD_HEADROOM if grad else expo_fit(q.fv[out])
+    e_out = expo(q.fv[out]) + GRAD_HEADROOM if grad else q.out_exp(out, expo_fit(q.fv[out]))
     QuantizePass._set(g, n, out, e_out, e_acc)
+
+
+def _q_chmul(q: _Quantizing, n) -> None:
+    """chmul (x * s) / chmul_ds (sum dy * x): the product's exponent e_a + e_b, the output
+    format and shift; an error (chmul with grad, chmul_ds) gets a stochastic tensor id."""
+    g, a, out = q.g, n.attrs, n.outputs[0]
+    if n.op == "chmul_ds" or a["grad"]:
+        a["tid"] = q.next_tid()
+    QuantizePass._set(g, n, out, q.out_exp(out, expo_fit(q.fv[out])),
+                      q.e(n.inputs[0]) + q.e(n.inputs[1]))
+    if n.op == "chmul":
+        a["clamp"] = (-127, 127)
+
+
+def _q_channels(q: _Quantizing, n) -> None:
+    """concat / slice: a copy; every operand already has the group's shared format."""
+    V = q.g.values
+    es = {q.e(v) for v in n.inputs}
+    if len(es) != 1:        # a producer's shift could not reach the shared scale
+        raise EdgecError(f"{n.loc or '?'}: layer {n.layer!r} ({n.op}): its operands are at "
+                         f"scales {', '.join(f'2^{e}' for e in sorted(es))}; tensors that "
+                         "meet at a concat share one scale, which one of their producers "
+                         "cannot reach with a shift in [-31, 31]")
+    V[n.outputs[0]].dtype, V[n.outputs[0]].exp = "i8", es.pop()
+
+
+def joint_formats(g: Graph, fv: dict, e_x: int) -> dict[str, int]:
+    """value -> exponent, for the values that must share one format because they meet at
+    a concat (its operands and output, and every value tied to one of them through a
+    same-format op: a slice, a pool, an activation, a reshape): ``fit`` of all their
+    calibration values together (numerics.md section 6), or the input's exponent when the
+    group holds the input ``x``.  Empty without concats: nothing else changes."""
+    if not any(n.op in CHANNEL_OPS for n in g.nodes):
+        return {}
+    parent: dict[str, str] = {}
+
+    def find(v):
+        while parent.setdefault(v, v) != v:
+            v = parent[v]
+        return v
+    for n in g.nodes:
+        if n.op in SAME_FORMAT and n.op != "wview":     # concat: every operand
+            for v in n.inputs if n.op == "concat" else n.inputs[:1]:
+                parent[find(v)] = find(n.outputs[0])
+    groups: dict[str, list[str]] = {}
+    for n in g.nodes:
+        if n.op == "concat":
+            groups.setdefault(find(n.outputs[0]), [])
+    for v in parent:
+        if find(v) in groups:
+            groups[find(v)].append(v)
+    out = {}
+    for members in groups.values():
+        if "x" in members:
+            e = e_x
+        else:
+            vals = [fv[v].reshape(-1) for v in members if v in fv]
+            e = expo_fit(torch.cat(vals))
+        out.update({v: e for v in members})
+    return out
 
 
 #: one rule per op of the graph the quantize pass sees (op registry stage ``quantize``);
@@ -298,6 +365,8 @@ QUANTIZE_RULES = {
     "hardtanh": _q_activation,
     "maxpool": _q_same_format,
     "reshape": _q_same_format,
+    "concat": _q_channels, "slice": _q_channels,
+    "chmul": _q_chmul, "chmul_ds": _q_chmul,
     "maxpool_bwd": _q_same_format,
     "relu_bwd": _q_relu_bwd,
     "hardtanh_bwd": _q_hardtanh_bwd,
@@ -420,6 +489,11 @@ def check_reductions(g: Graph) -> None:
             for d in (s[0][0], *s[0][2:]):
                 k *= d
             bound = k * 127
+        elif n.op == "chmul_ds":            # sum over H, W of int8 x int8 products
+            k = 1
+            for d in s[0][2:]:
+                k *= d
+            bound = k * 127 * 127
         else:
             continue
         if bound > ACC_MAX:

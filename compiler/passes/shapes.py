@@ -48,6 +48,16 @@ def _wview(sh, a):
     return (rows, cols, *full[2:])
 
 
+def _concat(sh, a):
+    N, _, *rest = sh[0]
+    return (N, sum(s[1] for s in sh), *rest)
+
+
+def _slice(sh, a):
+    N, _, *rest = sh[0]
+    return (N, a["c1"] - a["c0"], *rest)
+
+
 def _first(sh, a):
     return sh[0]
 
@@ -60,6 +70,8 @@ SHAPE_RULES = {
     "maxpool_bwd": lambda sh, a: sh[1],
     "maxpool": _maxpool,
     "reshape": _reshape,
+    "concat": _concat, "slice": _slice,
+    "chmul": _first, "chmul_ds": lambda sh, a: (sh[0][0], sh[0][1], *(1 for _ in sh[0][2:])),
     "conv_eb": _conv_eb,
     "conv_wg": lambda sh, a: (sh[0][1], sh[1][1] // a.get("groups", 1), *a["kernel"]),
     "linear_eb": lambda sh, a: (sh[0][0], sh[1][1]),
@@ -74,3 +86,31 @@ def infer(g: Graph, n: Node) -> tuple[int, ...]:
     if rule is None:
         raise ValueError(f"no shape rule for {n.op}")
     return rule([g.values[v].shape for v in n.inputs], n.attrs)
+
+
+def check_shapes(g: Graph) -> None:
+    """Every node's declared output shape must be the one its op computes from its
+    inputs (SHAPE_RULES); ValueError "node I (op in layer): ..." otherwise (Graph.verify's
+    form, so a reader of a dump can locate it)."""
+    for i, n in enumerate(g.nodes):
+        rule = SHAPE_RULES.get(n.op)
+        if rule is None or not n.outputs:
+            continue
+        where = f"node {i} ({n.op}{' in ' + n.layer if n.layer else ''})"
+        try:
+            want = tuple(rule([g.values[v].shape for v in n.inputs], n.attrs))
+        except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as e:
+            raise ValueError(f"{where}: the operand shapes "
+                             f"{[list(g.values[v].shape) for v in n.inputs]} do not fit the "
+                             f"op ({type(e).__name__}: {e})") from None
+        have = tuple(g.values[n.outputs[0]].shape)
+        if have != want:
+            raise ValueError(f"{where}: %{n.outputs[0]} is declared {list(have)}, but the op "
+                             f"computes {list(want)} from its operands")
+
+
+def verify_graph(g: Graph) -> None:
+    """The verifier run after every pass (and on a dump that resumes the pipeline):
+    Graph.verify's structural checks, then the shapes."""
+    g.verify()
+    check_shapes(g)

@@ -44,6 +44,12 @@ def progress(quiet: bool):
     return Progress(quiet)
 
 
+def warn_input(path: str, msg: str | None) -> None:
+    """One warning line on stderr about the data in `path` (nothing when msg is None)."""
+    if msg:
+        print(f"edgec: warning: {path}: {msg}", file=sys.stderr)
+
+
 def positive_int(text: str) -> int:
     """argparse type of an option that counts: an integer >= 1."""
     try:
@@ -55,35 +61,48 @@ def positive_int(text: str) -> int:
     return v
 
 
-def add_compile_options(p) -> None:
+# the options that only shape the training step (its update, seed and schedule), which
+# export-onnx (the quantized forward) has not: name -> its value when absent
+TRAINING_ONLY = {"--lr": None, "--seed": None, "--momentum": None, "--weight-decay": None,
+                 "--train": None, "--freeze": None, "--bias-only": False, "--search": "greedy"}
+
+
+def add_compile_options(p, training: bool = True) -> None:
     """The options of every command that compiles a model (compile, verify, finetune,
-    export-onnx)."""
+    export-onnx); without `training` (export-onnx) those of TRAINING_ONLY are left out (an
+    error if given) and take their defaults."""
+    def train_opt(*names, **kw):
+        if training:
+            p.add_argument(*names, **kw)
+        else:
+            p.set_defaults(**{names[0][2:].replace("-", "_"): TRAINING_ONLY[names[0]]})
     p.add_argument("model", help="model.py defining `model` (nn.Module with pretrained "
                    "weights) and `example_input` (its batch size is compiled in); or a "
                    "float model.onnx (static input shape; no Python is executed); or a "
                    "dump FILE.ir / FILE.loop from --dump-ir to resume from")
     p.add_argument("--mask", help="user.mask: kept output channels per Conv2d/Linear "
                    "layer (default: keep everything)")
-    p.add_argument("--target", help="target TOML file (default: the bundled "
-                   "edge-dpu-16x16)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--target", help="target TOML file or bundled target name: default "
+                   "(edge-dpu-16x16, 256 MiB DDR, the default) or edge-dpu-16x16-2g "
+                   "(the same with 2 GiB DDR)")
+    train_opt("--lr", type=float, default=None,
                    help="SGD learning rate (default 0.01)")
-    p.add_argument("--seed", type=int, default=None,
+    train_opt("--seed", type=int, default=None,
                    help="stochastic-rounding seed stored in the program (default 0)")
-    p.add_argument("--momentum", type=float, default=None, metavar="MU",
+    train_opt("--momentum", type=float, default=None, metavar="MU",
                    help="SGD momentum as torch.optim.SGD's (0 <= MU < 1, dampening 0, "
                    "no nesterov; default 0): each trainable parameter gets an int32 "
                    "momentum buffer mom:<name> in DDR that persists across steps")
-    p.add_argument("--weight-decay", type=float, default=None, metavar="WD",
+    train_opt("--weight-decay", type=float, default=None, metavar="WD",
                    help="SGD weight decay (L2) as torch.optim.SGD's: WD * w is added to "
                    "the gradient (default 0; uses the momentum buffer)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("--train", action="append", metavar="PATTERN", help="train only the "
+    train_opt("--train", action="append", metavar="PATTERN", help="train only the "
                    "parameters whose name matches this glob (repeatable), e.g. "
                    "'layer4.*'; the others are frozen")
-    p.add_argument("--freeze", action="append", metavar="PATTERN", help="freeze the "
+    train_opt("--freeze", action="append", metavar="PATTERN", help="freeze the "
                    "parameters matching this glob (repeatable; applied after --train)")
-    p.add_argument("--bias-only", action="store_true", help="train only biases and "
+    train_opt("--bias-only", action="store_true", help="train only biases and "
                    "BatchNorm weights (combines with --train/--freeze)")
     p.add_argument("--classes", metavar="IDS", help="fine-tune for a subset of the "
                    "classes, e.g. 0,3,7: the classifier computes only their logits; "
@@ -97,7 +116,7 @@ def add_compile_options(p) -> None:
                    "step, a label-free BatchNorm adaptation program: the forward pass, "
                    "then every BatchNorm's frozen statistics move halfway to those of "
                    "the batch (no loss, no backward, no update)")
-    p.add_argument("--search", choices=("greedy", "exhaustive"), default="greedy",
+    train_opt("--search", choices=("greedy", "exhaustive"), default="greedy",
                    help="schedule search for the tile sizes of every MAC loop nest "
                    "against the pipeline cost model: greedy (default, fast) or "
                    "exhaustive (scores every candidate; for checking on small layers)")
@@ -202,3 +221,38 @@ def program_seed(c) -> int:
     """The stochastic-rounding seed compiled into the program's data section."""
     s = c.program.symbol("rng_seed")
     return int.from_bytes(c.program.data[s["addr"]:s["addr"] + 4], "little")
+
+
+def load_data(path: str, need_y: bool = True):
+    """x and y of an npz file (raw; check_data validates them); y may be absent (None)
+    unless ``need_y``.  A file of another kind (.npy, prog.bin, ...) is an error saying
+    what it looks like."""
+    import numpy as np
+
+    from edgec.isa.errors import EdgecError
+    from edgec.isa.filekind import NPZ, check_kind
+    import os
+    want = "an .npz with arrays x (float32) and y (int64 labels)" + (
+        "" if need_y else ", y optional")
+    if not os.path.isfile(path):
+        raise EdgecError(f"{path}: no such file (expected {want})")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:
+        check_kind(path, want, (NPZ,))
+        raise EdgecError(f"{path}: cannot read data ({type(e).__name__}: {e}); expected "
+                         f"{want}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise EdgecError(f"{path}: this is a NumPy .npy file (one array of shape "
+                         f"{list(z.shape)}), not {want}: write it with numpy.savez(path, "
+                         "x=x, y=y)")
+    try:
+        with z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise EdgecError(f"{path}: cannot read data ({type(e).__name__}: {e})") from None
+    for k in ("x", "y") if need_y else ("x",):
+        if k not in arrays:
+            raise EdgecError(f"{path}: missing array {k!r} (needs x float32 (M, ...) and "
+                             f"y int64 (M,))")
+    return arrays["x"], arrays.get("y")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from .cli_common import (add_compile_options, atomic_write, compile_from_args, positive_int,
-                         program_seed, progress, pruned_summary, teacher_options)
+                         program_seed, progress, pruned_summary, teacher_options, warn_input)
 
 VERIFY_HELP = ("compile, then check emulator == reference bit for bit, and the "
                "fixed-point gradients (averaged over --sr-seeds stochastic-rounding seeds) "
@@ -43,8 +43,9 @@ def add_ir(p) -> None:
 
 
 def cmd_ir(args) -> int:
-    from ..ir.text import format_ir, read_ir
-    sys.stdout.write(format_ir(read_ir(args.file)))
+    from ..ir.text import format_ir
+    from ..resume import read_checked
+    sys.stdout.write(format_ir(read_checked(args.file)))
     return 0
 
 
@@ -74,7 +75,7 @@ def cmd_verify(args) -> int:
 
 
 def add_export_onnx(p) -> None:
-    add_compile_options(p)
+    add_compile_options(p, training=False)
     p.add_argument("-o", "--output", default="fwd.onnx", help="output file (default fwd.onnx)")
 
 
@@ -105,6 +106,8 @@ def add_mask(p) -> None:
                    help="one budget over all layers (scores normalised by each layer's "
                    "mean) instead of F per layer; every layer keeps at least 1 channel")
     p.add_argument("-o", "--output", help="output mask file (default: print to stdout)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no note on stderr of what "
+                   "was written")
 
 
 def cmd_mask(args) -> int:
@@ -128,9 +131,10 @@ def cmd_mask(args) -> int:
     text = format_mask(mask, header)
     if args.output:
         atomic_write(args.output, lambda f: f.write(text.encode("utf-8")))
+    if args.output and not args.quiet:
         print(f"wrote {args.output}: {len(mask)} layers masked, "
               f"{sum(map(len, mask.values()))} channels kept", file=sys.stderr)
-    else:
+    if not args.output:
         sys.stdout.write(text)
     return 0
 
@@ -163,7 +167,8 @@ def cmd_finetune(args) -> int:
 
     from edgec.isa.errors import EdgecError
 
-    from .finetune import accuracy, check_data, finetune, load_data
+    from .cli_common import load_data
+    from .finetune import accuracy, check_data, finetune
     teacher = teacher_options(args)             # bad flag combinations: fail early
     if (args.adapt_steps is not None or args.teacher_bn is not None) and not (
             args.adapt_bn and teacher):
@@ -186,6 +191,8 @@ def cmd_finetune(args) -> int:
     k = c.program.meta.get("class_ids") or int(c.program.meta["classes"])
     ids = c.program.meta.get("class_ids")
     x, y = check_data(x, y, shape, k, int(c.example_input.shape[0]), args.data)
+    from edgec.runtime_emu.host import input_saturation
+    warn_input(args.data, input_saturation(c.program, x))
     if ev is not None:
         ex, ey = check_data(ev[0], ev[1], shape, k, 1, args.eval)
     else:
@@ -258,7 +265,8 @@ def _finetune_adapt(args) -> int:
     import torch
 
     from .adapt import adapt_bn
-    from .finetune import accuracy, check_data, load_data
+    from .cli_common import load_data
+    from .finetune import accuracy, check_data
     from .floatmodel import prune_state_dict
     log = progress(args.quiet)
     x, _ = load_data(args.data, need_y=False)   # unreadable: fail early; labels not used

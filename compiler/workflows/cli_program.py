@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from .cli_common import atomic_write
+from .cli_common import atomic_write, load_data, warn_input
 
 
 def add_remask(p) -> None:
@@ -30,7 +30,8 @@ def add_run(p) -> None:
     p.add_argument("--input", required=True, help="batch.npz with x (float32) and y (int64; "
                    "optional for a program compiled with --labels pseudo or --loss kd)")
     p.add_argument("-o", "--output", default="out.npz", help="out.npz (default out.npz)")
-    p.add_argument("--target", help="target TOML the program was compiled for")
+    p.add_argument("--target", help="target TOML (or bundled target name) the program "
+                   "was compiled for (default: the bundled target of its fingerprint)")
     p.add_argument("--seed", type=int, default=None,
                    help="override the program's stochastic-rounding seed")
 
@@ -39,21 +40,16 @@ def cmd_run(args) -> int:
     import numpy as np
     from edgec.isa.container import load_program
     from edgec.isa.errors import EdgecError, TrapError
-    from edgec.isa.target import load_target
+    from edgec.isa.target import target_of_program
     from edgec.runtime_emu.host import run_step
     prog = load_program(args.program)
-    tg = load_target(args.target)
+    tg = target_of_program(prog.target_fp, args.target)
+    same_target(args.program, prog, tg)
+    x, y = load_data(args.input, need_y=not prog.meta.get("teacher"))
+    from edgec.runtime_emu.host import exponent_moves, initial_xtab, input_saturation
+    warn_input(args.input, input_saturation(prog, x))
     try:
-        with np.load(args.input, allow_pickle=False) as z:
-            batch = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise EdgecError(f"{args.input}: cannot read batch ({type(e).__name__}: {e})") from None
-    for k in ("x",) if prog.meta.get("teacher") else ("x", "y"):
-        if k not in batch:
-            raise EdgecError(f"{args.input}: missing array {k!r} (needs x float32 and y int64)")
-    from edgec.runtime_emu.host import exponent_moves, initial_xtab
-    try:
-        out, m = run_step(prog, tg, batch["x"], batch.get("y"), args.seed)
+        out, m = run_step(prog, tg, x, y, args.seed)
     except TrapError as e:
         raise EdgecError(f"{args.program}: {e}") from None
     atomic_write(args.output, lambda f: np.savez(f, **out))
@@ -67,6 +63,14 @@ def cmd_run(args) -> int:
             f"\n  {mv['name']}: 2^{mv['old']} -> 2^{mv['new']} ({mv['saturations']} "
             f"saturated, max |q| {mv['max_q']})" for mv in moves))
     return 0
+
+
+def same_target(path: str, prog, tg) -> None:
+    """A program runs (and is reported) only on the target it was compiled for."""
+    from edgec.isa.errors import EdgecError
+    from edgec.isa.target import mismatch
+    if bytes(prog.target_fp) != tg.fingerprint:
+        raise EdgecError(f"{path}: {mismatch(prog, tg)}")
 
 
 def add_disasm(p) -> None:
@@ -83,7 +87,8 @@ def cmd_disasm(args) -> int:
 
 def add_report(p) -> None:
     p.add_argument("program", help="prog.bin")
-    p.add_argument("--target", help="target TOML the program was compiled for")
+    p.add_argument("--target", help="target TOML (or bundled target name) the program "
+                   "was compiled for (default: the bundled target of its fingerprint)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--csv", metavar="FILE", help="also write one row per layer and pattern "
                    "as CSV (ops, channels, tiles, buffer occupancy, DDR bytes, MACs, cycles, "
@@ -96,11 +101,13 @@ def cmd_report(args) -> int:
     import json
 
     from edgec.isa.container import load_program
-    from edgec.isa.target import load_target
+    from edgec.isa.target import target_of_program
 
     from ..report import format_report, layer_csv, plot_roofline, program_report
     prog = load_program(args.program)
-    rep = program_report(prog, load_target(args.target))
+    tg = target_of_program(prog.target_fp, args.target)
+    same_target(args.program, prog, tg)
+    rep = program_report(prog, tg)
     print(format_report(rep))
     outputs = [(args.json, lambda f: f.write((json.dumps(rep, indent=1) + "\n").encode())),
                (args.csv, lambda f: f.write(layer_csv(rep).encode())),

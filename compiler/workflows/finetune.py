@@ -54,21 +54,6 @@ class FinetuneResult:
         return float(np.mean(seg))
 
 
-def load_data(path: str, need_y: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """x and y of an npz file (raw; check_data validates them); y may be absent (None)
-    unless ``need_y``."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise EdgecError(f"{path}: cannot read data ({type(e).__name__}: {e})") from None
-    for k in ("x", "y") if need_y else ("x",):
-        if k not in arrays:
-            raise EdgecError(f"{path}: missing array {k!r} (needs x float32 (M, ...) and "
-                             f"y int64 (M,))")
-    return arrays["x"], arrays.get("y")
-
-
 def check_data(x, y, sample_shape, classes, min_rows: int, what: str):
     """Validate x float32 (M, *sample_shape), y integer (M,) in [0, classes) (or, for a
     class-subset program, among the class ids ``classes``), M >= min_rows."""

@@ -27,7 +27,8 @@ def pruned_channels(c: Compiled) -> dict[str, list[int]]:
         if w is not None and w.op == "wview" and w.attrs.get("out_tab") \
                 and n.layer != w.attrs["out_tab"] and isinstance(
                     modules.get(n.layer), (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
-            out[n.layer] = list(c.mask[w.attrs["out_tab"]])
+            tab = w.attrs["out_tab"]        # a layer's kept list, or a concat's derived one
+            out[n.layer] = list(c.graph.meta.get("tables", {}).get(tab) or c.mask[tab])
     return out
 
 

@@ -85,17 +85,11 @@ def write(tmp_path, text, name="model.py"):
     return str(p)
 
 
-def test_capture_of_blocks_matches_autograd(tmp_path):
-    """The captured float graph (BN as two depthwise 1x1 convs, pools as constant-weight
-    depthwise convs, residual adds, error sums) computes PyTorch's own gradients."""
-    path = write(tmp_path, BLOCK)
+def captured_graph_matches_autograd(path: str, labels: torch.Tensor):
+    """The captured float graph of model.py ``path``, after checking that it computes
+    PyTorch's own gradients (float32 autograd) on ``example_input`` and ``labels``."""
     model, x = load_model(path)
     g = capture(model, x, path)
-    ops = {n.op for n in g.nodes}
-    assert {"add", "hardtanh", "hardtanh_bwd", "conv_eb", "conv_wg"} <= ops
-    assert any(n.op == "add" and n.attrs["grad"] for n in g.nodes)   # error fan-in
-    assert {p.kind for p in g.params.values()} >= {"bn_scale", "bn_mean", "avg"}
-    labels = torch.arange(3) % 5
     params = {k: p.detach() for k, p in model.named_parameters()}
     params.update(const_values(g, model))
     env = run_float(g, x, labels, params)
@@ -104,6 +98,28 @@ def test_capture_of_blocks_matches_autograd(tmp_path):
     for k, p in model.named_parameters():
         got = env[g.outputs[f"grad:{k}"]].reshape(p.shape)
         assert torch.allclose(got, p.grad, atol=1e-5, rtol=1e-4), k
+    return g
+
+
+def verified(tmp_path, src: str, mask, seed: int, batch_seed: int):
+    """(compiled program, verify report) of model source ``src`` with ``mask`` on the tiny
+    target, after checking that it is bit-exact."""
+    path = write(tmp_path, src)
+    model, ex = load_model(path)
+    c = compile_module(model, ex, path, mask, TINY, lr=0.05)
+    rep = verify(c, seed=seed, batch_seed=batch_seed)
+    assert rep.bit_exact, [(m.symbol, m.index, m.origin) for m in rep.mismatches]
+    return c, rep
+
+
+def test_capture_of_blocks_matches_autograd(tmp_path):
+    """The captured float graph (BN as two depthwise 1x1 convs, pools as constant-weight
+    depthwise convs, residual adds, error sums) computes PyTorch's own gradients."""
+    g = captured_graph_matches_autograd(write(tmp_path, BLOCK), torch.arange(3) % 5)
+    ops = {n.op for n in g.nodes}
+    assert {"add", "hardtanh", "hardtanh_bwd", "conv_eb", "conv_wg"} <= ops
+    assert any(n.op == "add" and n.attrs["grad"] for n in g.nodes)   # error fan-in
+    assert {p.kind for p in g.params.values()} >= {"bn_scale", "bn_mean", "avg"}
 
 
 @pytest.mark.parametrize("mask", [None, {"stem": [0, 2, 3, 5, 6], "block.conv2": [0, 2, 3, 5, 6],
@@ -244,6 +260,9 @@ def test_bias_only_trains_biases_and_bn_weights(tmp_path):
     ("x = torch.nn.functional.gelu(self.c(x))", "gelu"),
     ("x = torch.nn.functional.avg_pool2d(self.c(x), 2, ceil_mode=True)", "avgpool"),
     ("x = self.c(x) * 2.0", "mul"),
+    ("x = torch.cat([self.c(x), self.c2(x)], 2)", "cat"),
+    ("x = torch.cat([self.c(x)[:, 1:3], self.c2(x)[:, :2]], 1)", "slice"),
+    ("x = torch.split(self.c(x), 2, dim=3)[0]", "split"),
 ])
 def test_unsupported_op_names_op_and_line(tmp_path, src, op):
     text = f"""
@@ -254,6 +273,7 @@ def test_unsupported_op_names_op_and_line(tmp_path, src, op):
         def __init__(self):
             super().__init__()
             self.c = nn.Conv2d(2, 4, 3)
+            self.c2 = nn.Conv2d(2, 4, 3)
             self.fc = nn.Linear(4, 3)
 
         def forward(self, x):
@@ -267,7 +287,8 @@ def test_unsupported_op_names_op_and_line(tmp_path, src, op):
     with pytest.raises(EdgecError) as e:
         compile_model(path)
     line = [ln.strip() for ln in textwrap.dedent(text).splitlines()].index(src) + 1
-    assert f"model.py:{line}: unsupported op '{op}'" in str(e.value), str(e.value)
+    assert f"model.py:{line}: unsupported op '{op}' (layer 'forward'" in str(e.value), \
+        str(e.value)
 
 
 @pytest.mark.parametrize("seed", range(24))
@@ -280,3 +301,29 @@ def test_random_blocks_bit_exact(seed):
     for name, cos, _ in rep.fidelity:      # (gradients of a few elements are too noisy)
         if size[name] >= 16:
             assert cos > 0.5, (name, cos)
+
+
+def test_mean_without_keepdim_bit_exact(tmp_path):
+    """`x.mean((2, 3))` straight into the head (no keepdim, no flatten): its backward
+    unsqueezes the error back to (N, C, 1, 1)."""
+    path = write(tmp_path, """
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net()
+    example_input = torch.randn(4, 3, 6, 6)
+    """)
+    c = compile_model(path)
+    rep = verify(c)
+    assert rep.bit_exact and "grad:c.weight" in rep.checked, rep.mismatches
+    assert all(cos > 0.98 for _, cos, _ in rep.fidelity), rep.fidelity

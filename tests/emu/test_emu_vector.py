@@ -205,3 +205,38 @@ def test_lossg_exact_floor_with_custom_table():
                             n=1, k=4, rmul=1, shift=0))], d)
     # P = [8192, 8192, 16359, 25]; G0 = P0 - 2**15; D = sat8(G)
     assert list(m.abuf[500:504]) == [-127, 127, 127, 25]
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_vmulc_channel_broadcast_product_and_plane_dot(mode):
+    """VMULC mode 0: A[p, i] * B[p]; mode 1: sum_i A[p, i] * B[p, i]; int8 extremes."""
+    rng = np.random.default_rng(50 + mode)
+    P, HW = 5, 7
+    A = rng.integers(-127, 128, (P, HW)).astype(np.int8)
+    B = rng.integers(-127, 128, (P,) if mode == 0 else (P, HW)).astype(np.int8)
+    A[0, :] = -127
+    B.reshape(-1)[0] = -127
+    d = DDR()
+    prog = [_load_i8(d, A, IBUF, 4), _load_i8(d, B, WBUF, 9),
+            ("VMULC", dict(mode=mode, abuf=IBUF, aaddr=4, bbuf=WBUF, baddr=9, caddr=3,
+                           planes=P, hw=HW))]
+    m = run(prog, d)
+    n = P * HW if mode == 0 else P
+    got = m.bufs["ABUF"][3:3 + n]
+    for p in range(P):
+        for i in range(HW):
+            if mode == 0:
+                assert got[p * HW + i] == int(A[p, i]) * int(B[p]), (p, i)
+        if mode == 1:
+            assert got[p] == sum(int(A[p, i]) * int(B[p, i]) for i in range(HW)), p
+    if mode == 0:
+        assert got[0] == 127 * 127                  # the largest product
+    assert m.counters["cycles_vector"] == 4 + -(-(P * HW) // TARGET.vector_lanes) + 1
+
+
+def test_vmulc_traps_on_an_accumulator_buffer_operand():
+    d = DDR()
+    prog = [("VMULC", dict(mode=0, abuf=ABUF, aaddr=0, bbuf=WBUF, baddr=0, caddr=0,
+                           planes=1, hw=4))]
+    with pytest.raises(Exception, match="VMULC reads int8 tiles"):
+        run(prog, d)

@@ -96,13 +96,14 @@ def test_small_hand_written_program():
     src = """
     .target 0011223344556677   ; fingerprint
     .ddr_size 4096
-    LD buf=WBUF baddr=3 ddr=0x40 esize=1 n0=1 n1=1 n2=1 n3=4 s3=1
-    RQ saddr=0 dbuf=IBUF shift=-2 mode=stochastic
+    LD buf=WBUF baddr=3 ddr=0x40 esize=1 n0=1 n1=1 n2=1 n3=4 s0=0 s1=0 s2=0 s3=1
+    RQ saddr=0 dbuf=IBUF shift=-2 mode=stochastic RQ_REST
     END
     .data_size 0x44
     .data 0x40 01020304
     .symbol {"name":"w","kind":"param","addr":64,"shape":[4],"dtype":"i8","exp":-7}
-    """
+    """.replace("RQ_REST", " ".join(f"{f.name}=0" for f in BY_NAME["RQ"].fields if f.name
+                                    not in ("saddr", "dbuf", "shift", "mode")))
     p = read_program(assemble(src, "hand.s"))
     assert p.target_fp == bytes.fromhex("0011223344556677") and p.ddr_size == 4096
     assert p.code[:WORD_BYTES] == encode("LD", buf=1, baddr=3, ddr=64, esize=1, n0=1, n1=1,
@@ -136,6 +137,11 @@ HEAD = ".target 0011223344556677\n.ddr_size 4096\n.data_size 0\n"
     (".ddr_size 5\n", 4, 1, ["given twice"]),
     (".symbol {\"name\": }\n", 4, 18, ["bad JSON"]),
     (".word 00\n", 4, 7, ["128 hex digits"]),
+    ("RQ shift=70\n", 4, 10, ["RQ field shift=70 outside [-31, 31]", "traps"]),
+    ("SGD cbits=0\n", 4, 11, ["SGD field cbits=0 outside [1, 32]"]),
+    ("SEED\n", 4, 1, ["SEED: missing field ddr"]),
+    ("LD buf=IBUF baddr=0 ddr=0 esize=1 n0=1 n1=1 n2=1 n3=4 s3=1\n", 4, 1,
+     ["LD: missing fields s0, s1, s2", "every field but dep"]),
 ])
 def test_located_errors(body, line, col, words):
     with pytest.raises(EdgecError) as ei:

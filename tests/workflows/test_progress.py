@@ -83,3 +83,9 @@ def test_cli_in_a_pipe_prints_no_stage_lines(tmp_path):
         assert cli.main(["compile", str(ROOT / "examples/lenet/model.py"),
                          "-o", str(tmp_path / "p.bin")]) == 0
     assert err.getvalue() == ""
+
+
+def test_every_command_accepts_q():
+    for name in cli.COMMANDS:
+        sub = cli.build_parser(name).subcommands[name]
+        assert "-q" in sub._option_string_actions and "--quiet" in sub._option_string_actions, name

@@ -143,9 +143,10 @@ def test_wrong_version(lenet, version):
 def test_wrong_target_fingerprint(lenet):
     c, x, y = lenet
     tiny = load_target(ROOT / "tests" / "data" / "tiny.toml")
-    with pytest.raises(EdgecError, match="fingerprint.*recompile"):
+    with pytest.raises(EdgecError, match="compiled for target 'edge-dpu-16x16' .*but the "
+                       "target here is 'tiny-test' .*run it without --target"):
         Machine(c.program, tiny)
-    with pytest.raises(EdgecError, match="fingerprint"):
+    with pytest.raises(EdgecError, match="compiled for target 'edge-dpu-16x16'"):
         run_step(c.program, tiny, x, y)
     with pytest.raises(EdgecError, match=r"^p\.bin: compiled for target fingerprint"):
         read_program(c.blob, "p.bin", expect_target=tiny.fingerprint)

@@ -1,14 +1,18 @@
 """``sum`` of an error over every dimension but the channels: the bias gradient of the
-conv or linear that produced the forward value -> ``bias_grad``."""
+conv or linear that produced the forward value -> ``bias_grad`` (a sum over H, W of a
+gate's products: aten/gate.py)."""
 from __future__ import annotations
 
 from edgec.compiler.frontend.aten.context import (AtenCall, Desc, emit, forward_of_grad,
                                                   grad_info, shape_of)
+from edgec.compiler.frontend.aten.gate import convert_gate_sum
 
 
 def convert_bias_grad(c: AtenCall) -> Desc:
     ctx, args = c.ctx, c.args
     dy = c.val(0)
+    if dy.kind == "gateprod":           # sum over H, W of dy * x: a gate's error
+        return convert_gate_sum(c, dy)
     idy = ctx.info.get(dy.name)
     if dy.kind == "val" and not dy.T and idy is not None and idy.grad_of:
         fnode, finf = forward_of_grad(ctx, dy.name, c.op)

@@ -16,7 +16,8 @@ from edgec.compiler.frontend.load import construction_site
 
 SUPPORTED = ("edgec supports Conv2d (incl. grouped/depthwise), Linear, BatchNorm2d, ReLU, "
              "ReLU6/Hardtanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, residual add, "
-             "Dropout/Identity, flatten")
+             "torch.cat / split / chunk along channels, x * s per-channel gates "
+             "(s of shape (N, C, 1, 1)), Dropout/Identity, flatten")
 META_KEY = "edgec_module"
 
 # leaf module type -> the edgec op it owns (its name becomes the value base)
@@ -33,10 +34,11 @@ OWNS = {
     torch.nn.BatchNorm2d: "bn",
 }
 
-# aten ops that only allocate/copy: in an error, the module type names the op better
+# aten ops that only allocate/copy: in an error inside a torch.nn layer, the layer's type
+# names the op better (a user's module is no op: there the aten op is what the user wrote)
 PLUMBING = {"empty", "empty_like", "zeros", "zeros_like", "ones", "full", "bernoulli_",
             "bernoulli", "copy_", "fill_", "new_empty", "rand", "rand_like", "_to_copy",
-            "expand", "unsqueeze", "squeeze", "mul", "div"}
+            "expand", "div"}
 
 
 @dataclass
@@ -54,6 +56,7 @@ class ValueInfo:
     loc: str | None
     base: str | None
     grad_of: str | None = None   # forward value this backward value is the gradient of
+    op: str | None = None        # the aten op of the forward node (what the user wrote)
 
 
 @dataclass
@@ -157,7 +160,7 @@ def emit(ctx: CaptureCtx, op, inputs, out, shape, attrs, info: ValueInfo) -> str
 def grad_info(finf: ValueInfo, of: str) -> ValueInfo:
     """The record of a backward value: the forward op's layer, location and base, and the
     forward value ``of`` it is the gradient of."""
-    return ValueInfo(finf.layer, finf.loc, finf.base, grad_of=of)
+    return ValueInfo(finf.layer, finf.loc, finf.base, grad_of=of, op=finf.op)
 
 
 def is_grad(ctx: CaptureCtx, d: Desc) -> bool:
@@ -259,22 +262,41 @@ class AtenCall:
         """The record of this forward edgec ``op``'s output, with a fresh base
         (:func:`new_forward_base`; ``default_base`` defaults to ``op``)."""
         layer, base = new_forward_base(self.ctx, self.fxn, op, default_base or op)
-        return ValueInfo(layer, self.loc, base)
+        return ValueInfo(layer, self.loc, base, op=self.op)
+
+    def backward_of(self) -> ValueInfo | None:
+        """For a node of the backward pass (no module, no model.py line): the record of
+        the forward op whose error it consumes (the producer of the value its first
+        gradient operand is the gradient of)."""
+        if module_of(self.fxn) is not None or self.loc is not None:
+            return None
+        for a in self.fxn.args:
+            d = self.env.get(a) if isinstance(a, torch.fx.Node) else None
+            inf = self.ctx.info.get(d.name) if d is not None and d.name else None
+            if inf is not None and inf.grad_of is not None:
+                return self.ctx.info.get(inf.grad_of)
+        return None
 
     def unsupported(self, name=None, detail="") -> EdgecError:
         """The user error for this node: the op (or the torch.nn layer edgec lacks), the
-        layer, the model.py line and what edgec supports."""
+        layer, the model.py line and what edgec supports.  A backward node has neither
+        layer nor line: it is reported as the forward op whose error it consumes."""
         ctx, op = self.ctx, self.op
+        bwd = self.backward_of()
+        if bwd is not None:         # name the forward op the user wrote, its layer, line
+            return EdgecError(f"{bwd.loc or ctx.base_name}: unsupported op "
+                              f"'{bwd.op or name or op}' (layer '{bwd.layer or 'forward'}'; "
+                              f"its backward needs aten '{op}'){detail}; {SUPPORTED}")
         mod = module_of(self.fxn)
         layer = mod if mod else "forward"
         mt = ctx.module_types.get(mod) if mod else None
         extra = f", {mt.__name__}" if mt is not None and mod else ""
         where = self.loc or ctx.base_name
         shown = name or op
-        if mt is not None and mt not in OWNS and mt.__module__.startswith("torch.nn") \
-                and not any(True for _ in ctx.modules[mod].children()):
+        torch_nn = mt is not None and mt.__module__.startswith("torch.nn")
+        if torch_nn and mt not in OWNS and not any(True for _ in ctx.modules[mod].children()):
             shown, detail = mt.__name__.lower(), ""    # a torch.nn layer edgec lacks
-        elif name is None and mt is not None and op in PLUMBING:
+        elif name is None and torch_nn and op in PLUMBING:
             shown = mt.__name__.lower()
         return EdgecError(f"{where}: unsupported op '{shown}' (layer '{layer}'{extra})"
                           f"{detail}; {SUPPORTED}")

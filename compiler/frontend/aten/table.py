@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from edgec.compiler.frontend.handler_table import gather_handlers
-from edgec.compiler.frontend.aten import (activation, avgpool, batchnorm, bias, conv, linear,
-                                          loss, maxpool, plumbing, residual, shape)
+from edgec.compiler.frontend.aten import (activation, avgpool, batchnorm, bias, channels, conv,
+                                          gate, linear, loss, maxpool, plumbing, residual,
+                                          shape)
 
 HANDLERS = gather_handlers((plumbing, loss, conv, activation, maxpool, linear, shape,
-                            batchnorm, residual, avgpool, bias), "aten")
+                            batchnorm, residual, avgpool, bias, channels, gate), "aten")
 convert_getitem = plumbing.convert_getitem      # keyed by operator.getitem, not a name

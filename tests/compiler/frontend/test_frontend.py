@@ -281,6 +281,30 @@ def test_error_in_forward_has_line(tmp_path):
         capture(model, x, path)
 
 
+@pytest.mark.parametrize("cond", ["x.sum() > 0", "x.max().item() > 0", "x.tolist()[0][0] > 0",
+                                  "bool((x > 0).any())"])
+def test_data_dependent_control_flow_is_named(tmp_path, cond):
+    path = write(tmp_path, f"""
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.l = nn.Linear(4, 3)
+            def forward(self, x):
+                if {cond}:
+                    x = x * 2
+                return self.l(x)
+        model = M()
+        example_input = torch.randn(2, 4)
+    """)
+    model, x = load_model(path)
+    with pytest.raises(EdgecError) as e:
+        capture(model, x, path)
+    msg = str(e.value)
+    assert msg.startswith(f"data-dependent control flow at model.py:{line_of(path, cond)} is "
+                          "not supported: "), msg
+    assert "constructor argument" in msg and "Guard" not in msg and "\n" not in msg, msg
+
+
 def test_load_model_errors(tmp_path):
     with pytest.raises(EdgecError, match="no such file"):
         load_model(str(tmp_path / "nope.py"))

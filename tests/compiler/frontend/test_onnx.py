@@ -263,3 +263,14 @@ def test_onnx_out_block_models_bit_exact(seed):
     ops = {n.op for n in c.graph.nodes}
     assert "add" in ops and any(n.attrs.get("groups", 1) > 1 for n in c.graph.nodes)
     _ort_matches_emulator(c)
+
+
+@pytest.mark.parametrize("seed", [1, 3, 11, 19])
+def test_onnx_out_concat_split_gate_models_bit_exact(seed):
+    """The same oracle on concat / split blocks and squeeze-excitation gates (Concat,
+    Slice, and the integer Mul of a gate)."""
+    from randblocks import random_channel_block_case
+    model, x, mask = random_channel_block_case(seed)
+    c = compile_module(model, x, "rand.py", mask, load_target(None))
+    assert {n.op for n in c.graph.nodes} & {"concat", "slice", "chmul"}
+    _ort_matches_emulator(c)

@@ -80,7 +80,9 @@ def test_groups():
     assert ops.MAC_OPS == ops.MAC_FORWARD | ops.MAC_EB | ops.MAC_WG
     assert ops.MAC_FORWARD == {"conv", "linear"}
     assert ops.FORWARD == {"conv", "linear", "relu", "hardtanh", "add", "maxpool", "reshape",
-                           "wview"}
+                           "wview", "concat", "slice", "chmul"}
+    assert ops.CHANNEL_OPS == {"concat", "slice"} and ops.CHANNEL_OPS <= ops.SAME_FORMAT
+    assert ops.GATE_OPS == {"chmul", "chmul_ds"} and not ops.GATE_OPS & ops.ELTWISE
     assert ops.applies("onnx") == ops.FORWARD
     assert ops.GRADIENTS == {"conv_wg", "linear_wg", "bias_grad"}
     assert ops.MATERIALISED == set(ops.REGISTRY) - {"reshape", "wview"}

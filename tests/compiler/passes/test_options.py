@@ -15,6 +15,8 @@ MODEL = str(ROOT / "examples" / "lenet" / "model.py")
 @pytest.mark.parametrize("kw, msg", [
     ({"lr": -1.0}, "--lr -1.0: the learning rate must be a number > 0"),
     ({"lr": float("nan")}, "the learning rate must be a number > 0"),
+    ({"seed": 2**64}, "--seed 18446744073709551616: the stochastic-rounding seed must be"),
+    ({"seed": -1}, "integer in 0..4294967295"),
     ({"momentum": 1.0}, "need 0 <= momentum < 1"),
     ({"weight_decay": -0.1}, "need a weight decay >= 0"),
     ({"search": "random"}, "choose one of greedy, exhaustive"),

@@ -532,3 +532,49 @@ def test_frozen_params_need_no_master_or_sgd():
     del bad["master:bn.bias"]
     with pytest.raises(EdgecError, match="master:bn.bias"):
         run_reference(g, bad, 0)
+
+
+# ------------------------------------------------------------------ channel plumbing, gates
+
+def test_concat_and_slice_move_channels_only():
+    g = torch.Generator().manual_seed(11)
+    a, b = rint(g, (2, 3, 2, 2)), rint(g, (2, 1, 2, 2))
+    got = run1("concat", [("a", a, "i8"), ("b", b, "i8")], (2, 4, 2, 2),
+               {"grad": False, "sizes": [3, 1]})
+    for n in range(2):
+        for c in range(4):
+            want = a[n, c] if c < 3 else b[n, c - 3]
+            assert got[n, c].tolist() == want.tolist()
+    got = run1("slice", [("a", a, "i8")], (2, 2, 2, 2),
+               {"grad": False, "start": 1, "stop": 3, "c0": 1, "c1": 3})
+    assert got.tolist() == [[a[n, 1].tolist(), a[n, 2].tolist()] for n in range(2)]
+
+
+@pytest.mark.parametrize("grad,shift", [(False, 6), (False, -1), (True, 7), (True, 0)])
+def test_chmul_is_a_rounded_per_channel_product(grad, shift):
+    g = torch.Generator().manual_seed(12 + shift)
+    x, s = rint(g, (2, 3, 2, 3)), rint(g, (2, 3, 1, 1))
+    x[0, 0, 0, 0], s[0, 0, 0, 0] = -127, -127
+    seed, tid = 0x2468ACE, 5
+    got = run1("chmul", [("x", x, "i8"), ("s", s, "i8")], (2, 3, 2, 3),
+               {"grad": grad, "shift": shift, "tid": tid, "clamp": (-127, 127)}, seed=seed)
+    X, S = x.tolist(), s.tolist()
+    for idx, (n, c, i, j) in enumerate((n, c, i, j) for n in range(2) for c in range(3)
+                                       for i in range(2) for j in range(3)):
+        v = X[n][c][i][j] * S[n][c][0][0]
+        r = n_rand32(seed, tid, idx) if grad else None
+        assert int(got[n, c, i, j]) == n_sat8(n_round(v, shift, r)), (n, c, i, j)
+
+
+def test_chmul_ds_sums_products_over_the_plane():
+    g = torch.Generator().manual_seed(13)
+    dy, x = rint(g, (2, 3, 3, 2)), rint(g, (2, 3, 3, 2))
+    seed, tid, shift = 77, 9, 5
+    got = run1("chmul_ds", [("dy", dy, "i8"), ("x", x, "i8")], (2, 3, 1, 1),
+               {"shift": shift, "tid": tid}, seed=seed)
+    D, X = dy.tolist(), x.tolist()
+    for n in range(2):
+        for c in range(3):
+            v = sum(D[n][c][i][j] * X[n][c][i][j] for i in range(3) for j in range(2))
+            want = n_sat8(n_round(v, shift, n_rand32(seed, tid, n * 3 + c)))
+            assert int(got[n, c, 0, 0]) == want, (n, c)
