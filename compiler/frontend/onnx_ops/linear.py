@@ -44,7 +44,7 @@ def _matmul_bias_add(c: OnnxCall, w, out_t: str):
 def import_linear(c: OnnxCall) -> None:
     imp = c.imp
     x = c.data_in()
-    xs = c.g.values[x].shape
+    xs = c.shape(x)
     if len(xs) != 2:
         raise c.bad(f"input of shape {xs} (only (N, features); insert a Flatten)")
     wn = c.init_of(1, "weight")
@@ -63,9 +63,9 @@ def import_linear(c: OnnxCall) -> None:
     b = imp.inits[bn].reshape(-1) if bn else None
     mod = c.add_param(wn, w, b)
     ins = [x, f"param:{mod}.weight"] + ([f"param:{mod}.bias"] if b is not None else [])
-    c.emit("linear", ins, (imp.N, w.shape[0]), {}, mod, mod, out_t)
+    out = c.emit("linear", ins, (imp.N, w.shape[0]), {}, mod, mod, out_t)
     imp.mod_specs[mod] = ("linear", {})
-    imp.steps.append(("linear", mod))
+    c.step("linear", mod, [x], out)
 
 
 HANDLERS = {"Gemm": import_linear, "MatMul": import_linear}
