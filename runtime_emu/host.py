@@ -199,7 +199,10 @@ def input_saturation(program: Program, x) -> str | None:
     the range seen, the format's range and how many elements saturate."""
     xs = _sym(program, "in:x")
     e = symbol_exp(xs, initial_xtab(program), "E")
-    v = np.asarray(x, dtype=np.float64)
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        return None                       # quantize_input reports the wrong dtype
+    v = a.astype(np.float64)
     if v.size == 0 or not np.isfinite(v).all():
         return None                       # quantize_input reports non-finite values
     step = 2.0 ** e
