@@ -7,6 +7,7 @@ import torch
 
 from edgec.isa.errors import EdgecError
 from edgec.compiler.ir.graph import Node
+from edgec.compiler.frontend.windows import ceil_is_floor
 from edgec.compiler.frontend.aten.context import (AtenCall, Desc, ValueInfo, add_const_param,
                                                   arg_of, emit, forward_matching,
                                                   forward_of_grad, grad_info, is_grad, pair,
@@ -21,8 +22,10 @@ def _avg_pool2d_window(c: AtenCall):
     stride = pair(stride) if stride not in ([], (), None) else kernel
     pad = pair(arg_of(fxn, 3, "padding", 0))
     detail = []
-    if bool(arg_of(fxn, 4, "ceil_mode", False)):
-        detail.append("ceil_mode=True")
+    hw = shape_of(c.ctx, c.val(0).name)[2:]
+    if bool(arg_of(fxn, 4, "ceil_mode", False)) and not ceil_is_floor(hw, kernel, stride, pad):
+        detail.append(f"ceil_mode=True on a {hw[0]}x{hw[1]} input, where it adds a partial "
+                      "window (only where ceil and floor mode agree)")
     if not bool(arg_of(fxn, 5, "count_include_pad", True)) and pad != (0, 0):
         detail.append("count_include_pad=False")
     if arg_of(fxn, 6, "divisor_override", None) is not None:

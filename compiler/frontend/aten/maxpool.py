@@ -1,6 +1,7 @@
 """``max_pool2d_with_indices`` -> ``maxpool``; its backward -> ``maxpool_bwd``."""
 from __future__ import annotations
 
+from edgec.compiler.frontend.windows import ceil_is_floor
 from edgec.compiler.frontend.aten.context import (AtenCall, Desc, arg_of, emit,
                                                   forward_matching, grad_info, pair, shape_of)
 
@@ -18,10 +19,12 @@ def convert_maxpool(c: AtenCall) -> Desc:
     detail = []
     if dil != (1, 1):
         detail.append(f"dilation={dil}")
-    if ceil:
-        detail.append("ceil_mode=True")
     if xd.kind != "val" or len(shape_of(c.ctx, xd.name)) != 4:
         detail.append("input that is not (N, C, H, W)")
+    elif ceil and not ceil_is_floor(shape_of(c.ctx, xd.name)[2:], kernel, stride, pad):
+        hw = shape_of(c.ctx, xd.name)[2:]
+        detail.append(f"ceil_mode=True on a {hw[0]}x{hw[1]} input, where it adds a partial "
+                      "window (only where ceil and floor mode agree)")
     if detail:
         raise c.unsupported("maxpool", " with " + ", ".join(detail))
     info = c.forward_info("maxpool")

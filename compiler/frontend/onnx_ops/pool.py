@@ -9,6 +9,7 @@ import numpy as np
 
 from edgec.isa.errors import EdgecError
 from edgec.compiler.frontend.onnx_ops.context import OnnxCall
+from edgec.compiler.frontend.windows import ceil_is_floor
 
 
 def _pool_window(c: OnnxCall, k) -> tuple[tuple, tuple]:
@@ -41,8 +42,7 @@ def _window_of(c: OnnxCall) -> tuple[str, tuple, tuple, tuple, tuple]:
     ow = (xs[3] + 2 * pd[1] - k[1]) // st[1] + 1
     if oh < 1 or ow < 1:
         raise EdgecError(f"{c.loc}: the pooling window is larger than the input")
-    if int(c.at.get("ceil_mode", 0)) and any((n + 2 * p - kk) % s
-                                             for n, p, kk, s in zip(xs[2:], pd, k, st)):
+    if int(c.at.get("ceil_mode", 0)) and not ceil_is_floor(xs[2:], k, st, pd):
         raise c.bad(f"ceil_mode=1 on a {xs[2]}x{xs[3]} input, where it adds a partial "
                     "window (only where ceil and floor mode agree)")
     return x, (xs[0], xs[1], oh, ow), k, st, pd
