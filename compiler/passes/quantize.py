@@ -554,8 +554,10 @@ class UpdatePass:
             lrshift, lrmul = lr_fixed(self.lr, V[grad].exp - V[master].exp,
                                       31 - SPAN if self.dynamic else 31)
             if lrshift is None:
-                raise EdgecError(f"learning rate {self.lr} is too large for {p.name!r}: one "
-                                 "gradient step would move the weight by more than its range")
+                loc = next((n.loc for n in g.nodes if p.value in n.inputs and n.loc), "?")
+                raise EdgecError(f"{loc}: layer {p.module!r}: learning rate {self.lr} is too "
+                                 f"large for {p.name!r}: one gradient step would move the "
+                                 "weight by more than its range (use a smaller --lr)")
             newp, newm = f"new:{p.name}", f"newmaster:{p.name}"
             g.add_value(newp, V[p.value].shape, V[p.value].dtype, V[p.value].exp)
             g.add_value(newm, V[p.value].shape, "i32", V[master].exp)
