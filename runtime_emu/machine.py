@@ -32,6 +32,7 @@ from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES, XBUF_WORDS
 from edgec.isa.target import Target
 from edgec.isa.timeline import Timeline, TokenError
 
+from . import fastrun
 from .accesslog import AccessLog
 from .blas import one_blas_thread
 from .ops import OPS
@@ -42,7 +43,9 @@ COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "c
 
 
 class Machine:
-    def __init__(self, program: Program, target: Target):
+    translate = True          # run() through translation blocks; False: the interpreter
+
+    def __init__(self, program: Program, target: Target, translate: bool | None = None):
         if program.target_fp != target.fingerprint:
             raise EdgecError(
                 f"program compiled for target fingerprint {bytes(program.target_fp).hex()}, "
@@ -59,6 +62,8 @@ class Machine:
                              f"({program.ddr_size} bytes)")
         self.program = program
         self.target = target
+        if translate is not None:
+            self.translate = translate
         try:
             self.instrs = decode_all(program.code)      # [(Instr, fields)], vectorised
         except EdgecError:
@@ -129,10 +134,15 @@ class Machine:
         self._execute(1)
 
     def run(self) -> dict:
-        """Run to END; returns the counters.  Straight-line code: at most n_instr steps."""
+        """Run to END; returns the counters.  Straight-line code: at most n_instr steps.
+        From pc 0 with `translate` (the default) through the translation blocks
+        (fastrun.py: the same results, counters and traps), else the interpreter."""
         if not self.halted:
             with one_blas_thread():           # tile-sized matmuls: threads only cost
-                self._execute(len(self.instrs) + 1)
+                if self.translate and self.pc == 0:
+                    fastrun.run(self)
+                else:
+                    self._execute(len(self.instrs) + 1)
         return dict(self.counters)
 
     def _execute(self, count: int) -> None:
