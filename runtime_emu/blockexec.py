@@ -20,14 +20,15 @@ from edgec.isa.table import BUFFERS, ROUND_MODES
 from .mac import _PRODUCT, _key, _plan, product
 from .numerics import INT32_MAX, clamp
 from .state import Trap, x_stats
-from .vector import (_op_clamp, _rq_dyn_shift, _sgd_shifts, _shift, int8_counts, rq_random,
-                     rq_round, sgd_master, sgd_step)
+from .vector import (_op_clamp, _rq_dyn_shift, _sgd_shifts, _shift, rq_random, rq_round,
+                     sgd_master, sgd_step)
 
 _NATIVE = {b: np.dtype(d) for b, d in (("IBUF", "int8"), ("WBUF", "int8"),
                                        ("ABUF", "int32"), ("XBUF", "int32"))}
 # the summed axis of each pattern: (field, axis of the A tile, axis of the B tile)
 _FOLD = {"FP": ("ci", 1, 1), "EB": ("co", 1, 0), "WG": ("n", 0, 0)}
 _KEY_POS = {"n": 1, "ci": 2, "co": 3}
+CHUNK = 1 << 15               # elements per batch of RQ / SGD tiles
 
 
 class Refuse(Exception):
@@ -70,7 +71,10 @@ def _cat(arrs, vals, shapes, axis):
                           axis=axis).reshape(-1)
 
 
-def _mac(m, ops, arrs, stats) -> None:
+def _chain_terms(m, ops, arrs) -> list:
+    """Per chain: (its fold groups, C0 or None), after the bound check (Refuse unless
+    max|C0| + terms * 2**14 <= 2**31 - 1: no partial sum of the chain leaves int32)."""
+    out = []
     for op in ops:
         init, members = op.info
         if op.plan is None:
@@ -83,15 +87,62 @@ def _mac(m, ops, arrs, stats) -> None:
             bound += max(int(c0.max()), -int(c0.min()))
         if bound > INT32_MAX:
             raise Refuse("MAC chain bound")
-        total = None
+        out.append((groups, c0))
+    return out
+
+
+def _mac(m, ops, arrs, stats) -> None:
+    """Every chain's C.  Chains of one fold group of pattern FP or EB with the same
+    geometry and the same B tiles run as one product over their A tiles stacked along
+    the image axis (A and C are images-first: each chain's part is contiguous)."""
+    chains = _chain_terms(m, ops, arrs)
+    stacks: dict = {}
+    partial: list = [None] * len(ops)
+    for k, (op, (groups, c0)) in enumerate(zip(ops, chains)):
+        members = op.info[1]
+        if len(groups) == 1 and groups[0][2].pat != "WG":
+            g = groups[0]
+            sk = (g[1], tuple(id(members[i][2]) for i in g[3]))
+            stacks.setdefault(sk, []).append(k)
+            continue
         for ff, fk, fp, idx, a_sh, b_sh, ax_a, ax_b in groups:
             A = _cat(arrs, [members[i][1] for i in idx], a_sh, ax_a)
             B = _cat(arrs, [members[i][2] for i in idx], b_sh, ax_b)
             res = product(ff, fk, fp, A, B)
-            total = res.astype(np.int64) if total is None else total + res
-        if c0 is not None:
-            total = total + c0
+            partial[k] = res.astype(np.int64) if partial[k] is None else partial[k] + res
+    for ks in stacks.values():
+        g0 = chains[ks[0]][0][0]
+        ff, fk, fp, idx, a_sh, b_sh, ax_a, ax_b = g0
+        members0 = ops[ks[0]].info[1]
+        B = _cat(arrs, [members0[i][2] for i in idx], b_sh, ax_b)
+        As = [_cat(arrs, [ops[k].info[1][i][1] for i in chains[k][0][0][3]], a_sh, ax_a)
+              for k in ks]
+        if len(ks) > 1:
+            ff = dict(ff, n=ff["n"] * len(ks))
+            fk = _key(ff)
+            fp = _plan(fk)
+        res = product(ff, fk, fp, np.concatenate(As) if len(As) > 1 else As[0], B)
+        c_n = res.size // len(ks)
+        for j, k in enumerate(ks):
+            partial[k] = res[j * c_n:(j + 1) * c_n].astype(np.int64)
+    for k, (op, (groups, c0)) in enumerate(zip(ops, chains)):
+        total = partial[k] if c0 is None else partial[k] + c0
         arrs[op.outs[0].idx] = total.astype(np.int32)
+
+
+def _chunks(groups: dict):
+    """(parameters, ops) runs of each group of at most about CHUNK elements: elementwise
+    work on concatenated tiles stays in cache."""
+    for key, ops in groups.items():
+        run, size = [], 0
+        for op in ops:
+            run.append(op)
+            size += op.outs[0].n
+            if size >= CHUNK:
+                yield key, run
+                run, size = [], 0
+        if run:
+            yield key, run
 
 
 def _split(ops, sizes):
@@ -109,7 +160,7 @@ def _rq(m, ops, arrs, stats) -> None:
         except Trap:
             raise Refuse("RQ parameters") from None
         groups.setdefault((s, ROUND_MODES[f["mode"]], lo, hi), []).append(op)
-    for (s, mode, lo, hi), g in groups.items():
+    for (s, mode, lo, hi), g in _chunks(groups):
         v = np.concatenate([arrs[op.info[1].idx] for op in g]) if len(g) > 1 \
             else arrs[g[0].info[1].idx]
         r = None
@@ -117,11 +168,30 @@ def _rq(m, ops, arrs, stats) -> None:
             r = np.concatenate([rq_random(m, op.info[0]) for op in g])
         q = rq_round(v, s, mode, r)
         res = clamp(q, lo, hi)
-        for op, a, b in _split(g, [op.outs[0].n for op in g]):
-            f = op.info[0]
-            arrs[op.outs[0].idx] = res[a:b].astype(_NATIVE[BUFFERS[f["dbuf"]]])
-            if f["st"]:
-                stats[id(op)] = int8_counts(q[a:b], res[a:b], lo, hi)
+        spans = _split(g, [op.outs[0].n for op in g])
+        cast = {}
+        for op, a, b in spans:
+            dt = _NATIVE[BUFFERS[op.info[0]["dbuf"]]]
+            if dt not in cast:
+                cast[dt] = res.astype(dt)
+            arrs[op.outs[0].idx] = cast[dt][a:b]
+        if any(op.info[0]["st"] for op in g):
+            _rq_stats(spans, q, res, lo, hi, stats)
+
+
+def _rq_stats(spans, q, res, lo: int, hi: int, stats: dict) -> None:
+    """int8_counts of every st=1 word of a batch, by segment reductions."""
+    sat = np.zeros(q.shape, dtype=np.int32)
+    if hi == 127:
+        sat += q > 127
+    if lo == -127:
+        sat += q < -127
+    starts = [a for _, a, _ in spans]
+    n = np.add.reduceat(sat, starts)
+    mx = np.maximum.reduceat(np.abs(res), starts)
+    for k, (op, _a, _b) in enumerate(spans):
+        if op.info[0]["st"]:
+            stats[id(op)] = (int(n[k]), int(mx[k]))
 
 
 def _sgd(m, ops, arrs, stats) -> None:
@@ -136,7 +206,7 @@ def _sgd(m, ops, arrs, stats) -> None:
             raise Refuse("SGD parameters") from None
         groups.setdefault((f["lrmul"], lr, cs, bound, f["cbits"], f["dyn"], f["ng"]),
                           []).append(op)
-    for (lrmul, lr, cs, bound, cbits, dyn, ng), g in groups.items():
+    for (lrmul, lr, cs, bound, cbits, dyn, ng), g in _chunks(groups):
         Mv = np.concatenate([arrs[op.info[1].idx] for op in g]).astype(np.int64)
         step = None
         if not ng:

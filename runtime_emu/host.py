@@ -270,14 +270,16 @@ class Session:
         for i in range(steps):
             out = s.step(x_i, y_i, seed=seed + i)   # the same out dict as run_step
 
-    Each step starts from the DDR the previous step left (parameters and masters updated
+    `translate` (default): the machine runs through translation blocks
+    (runtime_emu/translate.py), translated once per program and process; False: the
+    interpreter alone.  Each step starts from the DDR the previous step left (parameters and masters updated
     in place by its SGD); per-run state is reset (`_begin_run`), so `s.machine.counters`
     are the latest step's and `s.totals` accumulates them over all steps.
     """
 
-    def __init__(self, program: Program, target: Target):
+    def __init__(self, program: Program, target: Target, translate: bool = True):
         self.program = program
-        self.machine = Machine(program, target)
+        self.machine = Machine(program, target, translate)
         self._fresh = True
         self.steps = 0
         self.totals = dict(self.machine.counters)
@@ -295,9 +297,11 @@ class Session:
         return out
 
 
-def run_step(program: Program, target: Target, x, labels, seed: int | None = None):
-    """One training step on the emulator.  Returns (out dict for out.npz, machine)."""
-    s = Session(program, target)
+def run_step(program: Program, target: Target, x, labels, seed: int | None = None,
+             translate: bool = True):
+    """One training step on the emulator.  Returns (out dict for out.npz, machine).
+    translate=False runs the interpreter alone (the results are the same)."""
+    s = Session(program, target, translate)
     return s.step(x, labels, seed), s.machine
 
 

@@ -33,6 +33,8 @@ def add_run(p) -> None:
     p.add_argument("--target", help="target TOML the program was compiled for")
     p.add_argument("--seed", type=int, default=None,
                    help="override the program's stochastic-rounding seed")
+    p.add_argument("--interpret", action="store_true", help="run the emulator's "
+                   "interpreter alone, without translation blocks (the same results)")
 
 
 def cmd_run(args) -> int:
@@ -53,7 +55,8 @@ def cmd_run(args) -> int:
             raise EdgecError(f"{args.input}: missing array {k!r} (needs x float32 and y int64)")
     from edgec.runtime_emu.host import exponent_moves, initial_xtab
     try:
-        out, m = run_step(prog, tg, batch["x"], batch.get("y"), args.seed)
+        out, m = run_step(prog, tg, batch["x"], batch.get("y"), args.seed,
+                          translate=not args.interpret)
     except TrapError as e:
         raise EdgecError(f"{args.program}: {e}") from None
     atomic_write(args.output, lambda f: np.savez(f, **out))
