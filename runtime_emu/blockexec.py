@@ -91,43 +91,98 @@ def _chain_terms(m, ops, arrs) -> list:
     return out
 
 
+# grids: (A axis, its field, B axis, its field) along which products of one geometry
+# stack, the other operand's tiles shared; C is then [nA, X, nB, rest]
+_GRID = {"FP": (0, "n", 0, "co"), "EB": (0, "n", 1, "ci"), "WG": (1, "co", 1, "ci")}
+
+
+def _operands(op, group, arrs):
+    """A chain's (A, B) of one fold group, concatenated along the summed axis."""
+    ff, fk, fp, idx, a_sh, b_sh, ax_a, ax_b = group
+    members = op.info[1]
+    return (_cat(arrs, [members[i][1] for i in idx], a_sh, ax_a),
+            _cat(arrs, [members[i][2] for i in idx], b_sh, ax_b))
+
+
+def _grid(ops, items, arrs, partial) -> bool:
+    """Products of one geometry (G = 1) that pair every one of nA A operands with every
+    one of nB B operands exactly once: one product over the A tiles stacked along
+    _GRID's A axis and the B tiles along its B axis, each chain's part cut out of it.
+    False (nothing done) when they do not form such a grid."""
+    ff, fk, fp = items[0][1][:3]
+    if ff["g"] != 1:
+        return False
+    ids = [tuple(tuple(id(ops[k].info[1][i][j]) for i in g[3]) for j in (1, 2))
+           for k, g in items]
+    a_ids = list(dict.fromkeys(a for a, _ in ids))
+    b_ids = list(dict.fromkeys(b for _, b in ids))
+    nA, nB = len(a_ids), len(b_ids)
+    if nA * nB != len(items) or len(set(ids)) != len(items):
+        return False
+    first_a = {a: it for it, (a, _) in zip(items, ids)}
+    first_b = {b: it for it, (_, b) in zip(items, ids)}
+    ax_a, f_a, ax_b, f_b = _GRID[fp.pat]
+    A = np.concatenate([_operands(ops[k], g, arrs)[0].reshape(fp.a_shape)
+                        for k, g in (first_a[a] for a in a_ids)], axis=ax_a)
+    B = np.concatenate([_operands(ops[k], g, arrs)[1].reshape(fp.b_shape)
+                        for k, g in (first_b[b] for b in b_ids)], axis=ax_b)
+    gf = dict(ff)
+    gf[f_a] = ff[f_a] * nA
+    gf[f_b] = ff[f_b] * nB
+    gk = _key(gf)
+    res = product(gf, gk, _plan(gk), A.reshape(-1), B.reshape(-1))
+    res = res.reshape(nA, ff[f_a], nB, -1)
+    ai = {a: j for j, a in enumerate(a_ids)}
+    bi = {b: j for j, b in enumerate(b_ids)}
+    for (k, _), (a, b) in zip(items, ids):
+        part = res[ai[a], :, bi[b]].astype(np.int64).reshape(-1)
+        partial[k] = part if partial[k] is None else partial[k] + part
+    return True
+
+
+def _stacked(ops, run, arrs, partial) -> None:
+    """Products of one geometry and the same B tiles (one alone, or FP/EB with their A
+    tiles stacked along the images: C images-first, each one's part contiguous)."""
+    ff, fk, fp = run[0][1][:3]
+    As = []
+    for k, g in run:
+        A, B = _operands(ops[k], g, arrs)
+        As.append(A)
+    if len(run) > 1:
+        ff = dict(ff, n=ff["n"] * len(run))
+        fk = _key(ff)
+        fp = _plan(fk)
+    res = product(ff, fk, fp, np.concatenate(As) if len(As) > 1 else As[0], B)
+    c_n = res.size // len(run)
+    for j, (k, _) in enumerate(run):
+        part = res[j * c_n:(j + 1) * c_n].astype(np.int64)
+        partial[k] = part if partial[k] is None else partial[k] + part
+
+
 def _mac(m, ops, arrs, stats) -> None:
-    """Every chain's C.  Chains of one fold group of pattern FP or EB with the same
-    geometry and the same B tiles run as one product over their A tiles stacked along
-    the image axis (A and C are images-first: each chain's part is contiguous)."""
+    """Every chain's C: its fold groups' products, those of one geometry across the
+    level's chains as one product (`_grid`) where they form a grid, else each alone."""
     chains = _chain_terms(m, ops, arrs)
-    stacks: dict = {}
+    buckets: dict = {}
+    for k, (groups, _) in enumerate(chains):
+        for g in groups:
+            buckets.setdefault(g[1], []).append((k, g))
     partial: list = [None] * len(ops)
-    for k, (op, (groups, c0)) in enumerate(zip(ops, chains)):
-        members = op.info[1]
-        if len(groups) == 1 and groups[0][2].pat != "WG":
-            g = groups[0]
-            sk = (g[1], tuple(id(members[i][2]) for i in g[3]))
-            stacks.setdefault(sk, []).append(k)
+    for items in buckets.values():
+        if len(items) > 1 and _grid(ops, items, arrs, partial):
             continue
-        for ff, fk, fp, idx, a_sh, b_sh, ax_a, ax_b in groups:
-            A = _cat(arrs, [members[i][1] for i in idx], a_sh, ax_a)
-            B = _cat(arrs, [members[i][2] for i in idx], b_sh, ax_b)
-            res = product(ff, fk, fp, A, B)
-            partial[k] = res.astype(np.int64) if partial[k] is None else partial[k] + res
-    for ks in stacks.values():
-        g0 = chains[ks[0]][0][0]
-        ff, fk, fp, idx, a_sh, b_sh, ax_a, ax_b = g0
-        members0 = ops[ks[0]].info[1]
-        B = _cat(arrs, [members0[i][2] for i in idx], b_sh, ax_b)
-        As = [_cat(arrs, [ops[k].info[1][i][1] for i in chains[k][0][0][3]], a_sh, ax_a)
-              for k in ks]
-        if len(ks) > 1:
-            ff = dict(ff, n=ff["n"] * len(ks))
-            fk = _key(ff)
-            fp = _plan(fk)
-        res = product(ff, fk, fp, np.concatenate(As) if len(As) > 1 else As[0], B)
-        c_n = res.size // len(ks)
-        for j, k in enumerate(ks):
-            partial[k] = res[j * c_n:(j + 1) * c_n].astype(np.int64)
-    for k, (op, (groups, c0)) in enumerate(zip(ops, chains)):
-        total = partial[k] if c0 is None else partial[k] + c0
-        arrs[op.outs[0].idx] = total.astype(np.int32)
+        if items[0][1][2].pat == "WG":
+            runs = [[it] for it in items]
+        else:                            # FP, EB: A and C images-first, B shared
+            by_b: dict = {}
+            for k, g in items:
+                by_b.setdefault(tuple(id(ops[k].info[1][i][2]) for i in g[3]), []).append(
+                    (k, g))
+            runs = list(by_b.values())
+        for run in runs:
+            _stacked(ops, run, arrs, partial)
+    for op, (_, c0), total in zip(ops, chains, partial):
+        arrs[op.outs[0].idx] = (total if c0 is None else total + c0).astype(np.int32)
 
 
 def _chunks(groups: dict):
