@@ -2,7 +2,7 @@
 
 `execute(m, block)` computes every value of the block's dataflow graph level by level
 (loads first: no load of a block reads what the block stores), through the emulator's
-own kernels: mac.product for MAC chains, vector.rq_round / rq_random / sgd_step /
+own kernels: mac.product for MAC chains, vector.rq_round / rng.rand32_rows / sgd_step /
 sgd_master and the handlers' own parameter checks (_rq_dyn_shift, _op_clamp,
 _sgd_shifts) for RQ and SGD, grouped by their parameters and run on the concatenated
 tiles.  Only then does it commit: the stores in program order, the buffer contents at
@@ -19,8 +19,9 @@ from edgec.isa.table import BUFFERS, ROUND_MODES
 
 from .mac import _PRODUCT, _key, _plan, product
 from .numerics import INT32_MAX, clamp
+from .rng import rand32_rows
 from .state import Trap, x_stats
-from .vector import (_op_clamp, _rq_dyn_shift, _sgd_shifts, _shift, rq_random, rq_round,
+from .vector import (_op_clamp, _rq_dyn_shift, _sgd_shifts, _shift, _tile_hash, rq_round,
                      sgd_master, sgd_step)
 
 _NATIVE = {b: np.dtype(d) for b, d in (("IBUF", "int8"), ("WBUF", "int8"),
@@ -218,9 +219,7 @@ def _rq(m, ops, arrs, stats) -> None:
     for (s, mode, lo, hi), g in _chunks(groups):
         v = np.concatenate([arrs[op.info[1].idx] for op in g]) if len(g) > 1 \
             else arrs[g[0].info[1].idx]
-        r = None
-        if s > 0 and mode == "stochastic":
-            r = np.concatenate([rq_random(m, op.info[0]) for op in g])
+        r = _rq_random(m, g) if s > 0 and mode == "stochastic" else None
         q = rq_round(v, s, mode, r)
         res = clamp(q, lo, hi)
         spans = _split(g, [op.outs[0].n for op in g])
@@ -232,6 +231,24 @@ def _rq(m, ops, arrs, stats) -> None:
             arrs[op.outs[0].idx] = cast[dt][a:b]
         if any(op.info[0]["st"] for op in g):
             _rq_stats(spans, q, res, lo, hi, stats)
+
+
+def _rq_random(m, g) -> np.ndarray:
+    """The random words of a batch of stochastic RQ words, concatenated: rand32_rows
+    over each run of equal tile shapes and index strides (vector._tile_hash)."""
+    parts, run, shape = [], [], None
+    for op in g + [None]:
+        f = None if op is None else op.info[0]
+        sh = None if f is None else (tuple(f[k] for k in ("n0", "n1", "n2", "n3")),
+                                     tuple(f[k] for k in ("g0", "g1", "g2", "g3")))
+        if run and sh != shape:
+            fs = [o.info[0] for o in run]
+            parts.append(rand32_rows(m.seed, [x["tid"] for x in fs], [x["gbase"] for x in fs],
+                                     _tile_hash(*shape)).reshape(-1))
+            run = []
+        run.append(op)
+        shape = sh
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _rq_stats(spans, q, res, lo: int, hi: int, stats: dict) -> None:
