@@ -17,10 +17,12 @@ import numpy as np
 
 from edgec.isa.table import BUFFERS, ROUND_MODES
 
+from .dma import gather_addr
 from .mac import _PRODUCT, _key, _plan, product
 from .numerics import INT32_MAX, clamp
 from .rng import rand32_rows
 from .state import Trap, x_stats
+from .translate import _GATHER_KEY, Dyn, _Extents
 from .vector import (_op_clamp, _rq_dyn_shift, _sgd_shifts, _shift, _tile_hash, rq_round,
                      sgd_master, sgd_step)
 
@@ -309,7 +311,86 @@ def _live(m, ops, arrs, stats) -> None:
         arrs[v.idx] = m.bufs[buf][a:a + v.n].copy()
 
 
-KERNELS = {"ld": _ld, "live": _live, "mac": _mac, "rq": _rq, "sgd": _sgd}
+_ADDR: dict = {}              # (fields, index tables' bytes) -> element addresses
+_ADDR_MAX = 1 << 14
+
+
+def _gather(m, f) -> np.ndarray:
+    """gather_addr(m, f), cached on the word's fields and its tables' current bytes
+    (Refuse where the tables make the word fault)."""
+    key = (m.ddr.size, tuple(f[k] for k in _GATHER_KEY)) + tuple(
+        m.ddr[f[f"tab{d}"]:f[f"tab{d}"] + 4 * f[f"n{d}"]].tobytes()
+        for d in (0, 1) if f["gather"] >> d & 1)
+    addr = _ADDR.get(key)
+    if addr is None:
+        addr = gather_addr(m, f)
+        if addr is None:
+            raise Refuse("index tables")
+        if len(_ADDR) >= _ADDR_MAX:
+            _ADDR.clear()
+        addr.flags.writeable = False
+        _ADDR[key] = addr
+    return addr
+
+
+def _ldch(m, ops, arrs, stats) -> None:
+    """Gathered loads: element addresses from the index tables now (gather_addr; the
+    block proved no earlier store of it wrote the tables, `_dma_order` checks the data)."""
+    ddr = m.ddr
+    for op in ops:
+        f, dt = op.info
+        addr = _gather(m, f)
+        idx = addr[:, None] + np.arange(f["esize"], dtype=np.int64)
+        arrs[op.outs[0].idx] = np.ascontiguousarray(ddr[idx]).view(dt).reshape(-1)
+        stats[id(op)] = idx
+
+
+KERNELS = {"ld": _ld, "live": _live, "mac": _mac, "rq": _rq, "sgd": _sgd, "ldch": _ldch}
+
+
+def _gathered_stores(m, blk, stats) -> dict:
+    """k -> (DDR bytes, their values) of every STCH store, as `dma._store` resolves
+    them (repeated bytes: the last element in row-major order wins)."""
+    out = {}
+    for k, (_pc, a, f, _, dt, v) in enumerate(blk.stores):
+        if a is not None:
+            continue
+        out[k] = (_gather(m, f), dt, v)
+    return out
+
+
+def _dma_order(blk, stats, gathered) -> None:
+    """Refuse unless no DMA read of the block overlaps the bytes an earlier store wrote
+    (the extents of gathered words known now)."""
+    written = _Extents()
+    for write, lo, hi, ref in blk.events:
+        if ref is not None:
+            if write:
+                addr = gathered[ref][0]
+                esize = gathered[ref][1].itemsize
+            else:
+                addr = stats[id(ref)][:, 0]
+                esize = ref.info[1].itemsize
+            lo, hi = int(addr.min()), int(addr.max()) + esize
+        if write:
+            written.add(lo, hi)
+        elif written.overlaps(lo, hi):
+            raise Refuse("DMA read after a store of the block")
+
+
+def _store_gathered(m, pc, addr, dt, vals) -> np.ndarray:
+    raw = np.ascontiguousarray(vals.astype(dt)).view(np.uint8).reshape(-1)
+    dst = (addr[:, None] + np.arange(dt.itemsize, dtype=np.int64)).reshape(-1)
+    if addr.size < 2 or np.diff(addr).min() >= dt.itemsize:    # increasing: no byte twice
+        m.ddr[dst] = raw
+        return dst
+    rev = dst[::-1]
+    uniq, first_in_rev = np.unique(rev, return_index=True)
+    if uniq.size != dst.size:
+        keep = dst.size - 1 - first_in_rev
+        dst, raw = dst[keep], raw[keep]
+    m.ddr[dst] = raw
+    return dst
 
 
 def execute(m, blk) -> bool:
@@ -320,17 +401,31 @@ def execute(m, blk) -> bool:
         for level in blk.levels:
             for kind, ops in level:
                 KERNELS[kind](m, ops, arrs, stats)
+        gathered = {}
+        if blk.dynamic:
+            gathered = _gathered_stores(m, blk, stats)
+            _dma_order(blk, stats, gathered)
     except Refuse:
         return False
     ddr = m.ddr
-    for _pc, a, shape, strides, dt, v in blk.stores:
-        np.ndarray(shape, dt, ddr, a, strides)[...] = arrs[v.idx].reshape(shape)
+    written = {}
+    for k, (pc, a, shape, strides, dt, v) in enumerate(blk.stores):
+        if a is None:
+            written[k] = _store_gathered(m, pc, gathered[k][0], dt, arrs[v.idx])
+        else:
+            np.ndarray(shape, dt, ddr, a, strides)[...] = arrs[v.idx].reshape(shape)
     bufs = m.bufs
     for buf, lo, hi, v, off in blk.segs:
         bufs[buf][lo:hi] = arrs[v.idx][off:off + hi - lo]
     for op, _xs in blk.stats:
         x_stats(m, op.info[0], *stats[id(op)])
-    m.log.extend(blk.log_r, blk.log_w)
+    if blk.dynamic:
+        m.log.extend([(stats[id(e.ref)].reshape(-1),) if isinstance(e, Dyn) else e
+                      for e in blk.log_r],
+                     [(blk.stores[e.ref][0], written[e.ref]) if isinstance(e, Dyn) else e
+                      for e in blk.log_w])
+    else:
+        m.log.extend(blk.log_r, blk.log_w)
     c = m.counters
     c["macs"] += blk.macs
     c["ddr_read_bytes"] += blk.rbytes

@@ -44,7 +44,7 @@ from edgec.isa.machine import mac_count
 from edgec.isa.table import BUFFERS, INSTRS, XBUF_WORDS
 from edgec.isa.timeline import Timeline
 
-from .dma import _DT, _fast_box
+from .dma import _DT, _ESIZE, _fast_box
 from .mac import _key, _plan
 
 MIN_BLOCK = 6                 # shorter runs are interpreted (a block costs ~50 us to enter)
@@ -75,6 +75,15 @@ class Val:
         op.outs.append(self)
 
 
+_GATHER_KEY = ("ddr", "esize", "n0", "n1", "n2", "n3", "s0", "s1", "s2", "s3", "gather",
+               "tab0", "tab1")
+
+
+class Dyn(NamedTuple):
+    """An access-log entry known at run time: of the LDCH op, or of the k-th store."""
+    ref: object
+
+
 class Block(NamedTuple):
     start: int
     stop: int
@@ -88,6 +97,8 @@ class Block(NamedTuple):
     macs: int
     rbytes: int
     wbytes: int
+    events: list          # (write?, lo, hi, ref): DMA extents, ref an LDCH op / store index
+    dynamic: bool         # gathered words: `events` checked at run time
 
 
 class _Extents:
@@ -125,6 +136,8 @@ class _Builder:
         self.stores, self.stats, self.log_r, self.log_w = [], [], [], []
         self.macs = self.rbytes = self.wbytes = 0
         self.heavy = 0                                # MAC / RQ / SGD words
+        self.events: list = []      # DMA extents in program order (write?, lo, hi, ref)
+        self.dynamic = False        # a gathered word: run-time checks of `events`
 
     # ---- buffer ranges
     def _over(self, buf, a, b):
@@ -215,6 +228,7 @@ class _Builder:
                                                          _DT[f["esize"]]))
             Val(op, 0, p.count)
         self.write(buf, f["baddr"], op.outs[0])
+        self.events.append((False, a, a + p.extent, None))
         self.log_r.append((a, p.byte_shape, p.byte_strides))
         self.rbytes += p.count * f["esize"]
         return True
@@ -230,9 +244,72 @@ class _Builder:
         v.read = True
         a = f["ddr"]
         self.written.add(a, a + p.extent)
+        self.events.append((True, a, a + p.extent, None))
         self.stores.append((pc, a, p.shape, p.strides, _DT[f["esize"]], v))
         self.log_w.append((pc, a, p.byte_shape, p.byte_strides))
         self.wbytes += p.count * f["esize"]
+        return True
+
+    def _gathered(self, pc, f):
+        """(plan-like (buffer, count, tables)) of an LDCH/STCH word none of whose static
+        checks can fail, or None; the tables' bytes must not have been stored earlier
+        in the block."""
+        b = f["buf"]
+        if b > 2 or not 1 <= f["gather"] <= 3 or f["esize"] != _ESIZE[BUFFERS[b]]:
+            return None
+        ns = [f[k] for k in ("n0", "n1", "n2", "n3")]
+        count = ns[0] * ns[1] * ns[2] * ns[3]
+        if not self._fits(BUFFERS[b], f["baddr"], count) or 0 in ns:
+            return None
+        tabs = []
+        for d in (0, 1):
+            if f["gather"] >> d & 1:
+                t, n = f[f"tab{d}"], 4 * ns[d]
+                if t + n > self.m.ddr.size or self.written.overlaps(t, t + n):
+                    return None
+                tabs.append((t, n))
+        return BUFFERS[b], count, tabs
+
+    def _tables(self, tabs) -> None:
+        for t, n in tabs:
+            self.log_r.append((t, (n,), (1,)))
+            self.events.append((False, t, t + n, None))
+            self.rbytes += n
+
+    def _LDCH(self, pc, f):
+        g = self._gathered(pc, f)
+        if g is None:
+            return False
+        buf, count, tabs = g
+        key = ("ch", tuple(f[k] for k in _GATHER_KEY))
+        op = self.ld_cse.get(key)
+        if op is None:
+            op = self.ld_cse[key] = self._op("ldch", [], (f, _DT[f["esize"]]))
+            Val(op, 0, count)
+        self._tables(tabs)
+        self.log_r.append(Dyn(op))
+        self.events.append((False, 0, 0, op))
+        self.write(buf, f["baddr"], op.outs[0])
+        self.rbytes += count * f["esize"]
+        self.dynamic = True
+        return True
+
+    def _STCH(self, pc, f):
+        g = self._gathered(pc, f)
+        if g is None:
+            return False
+        buf, count, tabs = g
+        v = self.read(buf, f["baddr"], count)
+        if v is None:
+            return False
+        v.read = True
+        self._tables(tabs)
+        k = len(self.stores)
+        self.stores.append((pc, None, f, None, _DT[f["esize"]], v))
+        self.log_w.append(Dyn(k))
+        self.events.append((True, 0, 0, k))
+        self.wbytes += count * f["esize"]
+        self.dynamic = True
         return True
 
     def _MAC(self, pc, f):
@@ -327,7 +404,7 @@ class _Builder:
                 for lo, hi, v, off in ss]
         return Block(self.start, stop, [list(levels[k].items()) for k in sorted(levels)],
                      vals, self.stores, segs, self.stats, self.log_r, self.log_w,
-                     self.macs, self.rbytes, self.wbytes)
+                     self.macs, self.rbytes, self.wbytes, self.events, self.dynamic)
 
 
 class Translation(NamedTuple):

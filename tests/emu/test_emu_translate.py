@@ -96,10 +96,10 @@ def lenet():
 
 
 def test_lenet_steps_equal(lenet):
-    """The masked program: its channel-gathering LDCH/STCH words are interpreted."""
+    """The masked program: channel gathers (LDCH/STCH) through its index tables."""
     c, x, y = lenet
     tr = compare_steps(c.program, c.target, x, y, steps=3, seed=5)
-    assert tr.lifted > 0
+    assert tr.lifted / tr.limit > 0.8
 
 
 def test_lenet_unmasked_lifted():
@@ -289,3 +289,52 @@ def test_cli_run_interpret_flag(tmp_path, lenet):
     assert outs[0].keys() == outs[1].keys()
     for k in outs[0]:
         assert np.array_equal(outs[0][k], outs[1][k]), k
+
+
+def _gather_prog(d, table):
+    """A lifted MAC block, then LDCH of the rows `table` of a [4, 4] int8 matrix and
+    STCH of them by the same table into another matrix."""
+    src = d.put(np.arange(16, dtype=np.int8).reshape(4, 4))
+    tab = d.put(np.array(table, np.int32), "i32")
+    dst = d.reserve(16)
+    n = len(table)
+    prog, _ = _conv_block(d, 7)
+    prog += [("LDCH", ld(IBUF, 400, src, (n, 1, 1, 4), (4, 0, 0, 1), gather=1, tab0=tab)),
+             ("STCH", ld(IBUF, 400, dst, (n, 1, 1, 4), (4, 0, 0, 1), gather=1, tab0=tab))]
+    return prog, src, dst
+
+
+def test_gathered_rows_lifted_and_exact(small_blocks):
+    d = DDR()
+    prog, src, dst = _gather_prog(d, [3, 1, 2])
+    p = build(prog, d)
+    tr = T.translate(Machine(p, TARGET))
+    assert tr.plan[0][2] is not None and tr.plan[0][1] == len(prog)
+    compare_machine(p)
+    m = Machine(p, TARGET)
+    m.run()
+    got = ddr_read(m, dst, (4, 4))
+    assert (got[[3, 1, 2]] == np.arange(16).reshape(4, 4)[[3, 1, 2]]).all()
+    assert (got[0] == 0).all()
+
+
+def test_gathered_store_repeated_rows_last_wins(small_blocks):
+    """A table naming one row twice: both writes land on the same bytes, the later
+    element wins, and last_writer names the STCH, as in the interpreter."""
+    d = DDR()
+    prog, src, dst = _gather_prog(d, [2, 2, 0])
+    prog.insert(7, ("LD", ld(IBUF, 400, src, (1, 1, 1, 12), (0, 0, 0, 1))))  # 12 values
+    p = build(prog, d)
+    assert T.translate(Machine(p, TARGET)).plan[0][1] == len(prog)
+    compare_machine(p)
+    m = Machine(p, TARGET)
+    m.run()
+    got = ddr_read(m, dst, (4, 4))
+    assert list(got[2]) == [4, 5, 6, 7] and list(got[0]) == [8, 9, 10, 11]
+
+
+def test_gathered_negative_entry_traps_inside_a_block(small_blocks):
+    d = DDR()
+    prog, src, dst = _gather_prog(d, [1, -1])
+    t = compare_machine(build(prog, d))
+    assert t[:2] == (6, "LDCH") and "negative" in t[2]
