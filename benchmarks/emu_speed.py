@@ -8,8 +8,10 @@ All in one run, on this machine (timings on a shared host are noisy: read the ra
                                 translation cached: what `edgec finetune` sees) / PyTorch's
                                 float32 training step of the same model (median)
     emu_over_torch_interpreted  the same for the interpreter alone (Machine translate=False)
-    first_step_s                a one-shot run: translation + one step (`edgec run`), beside
-                                the interpreter's one step (interpreted_step_s)
+    first_step_s                translation + one step, beside the interpreter's one step
+                                (interpreted_step_s): why a one-shot run (`edgec run`: the
+                                default translate=None) interprets, and Sessions translate
+                                from their second step
     coverage                    share of the executed instructions inside translation blocks;
                                 lifted_by_mnemonic: per mnemonic, lifted / executed
     split_s                     CPU seconds of one translated step by part: each block
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
 
     log("translated: first step (translation included), then the steps")
     translate._CACHE.clear()
-    st = Session(prog, tg)
+    st = Session(prog, tg, translate=True)
     t, cpu = time.perf_counter(), time.process_time()
     st.step(x, y, seed=1)
     first_s, first_cpu = time.perf_counter() - t, time.process_time() - cpu

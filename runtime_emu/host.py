@@ -270,14 +270,16 @@ class Session:
         for i in range(steps):
             out = s.step(x_i, y_i, seed=seed + i)   # the same out dict as run_step
 
-    `translate` (default): the machine runs through translation blocks
-    (runtime_emu/translate.py), translated once per program and process; False: the
-    interpreter alone.  Each step starts from the DDR the previous step left (parameters and masters updated
+    `translate`: True runs every step through translation blocks (runtime_emu/
+    translate.py, translated once per program and process), False the interpreter alone,
+    None (default) translates from the process's second run of the same code on (the
+    first step of a Session is interpreted: one step does not repay the translation).
+    Each step starts from the DDR the previous step left (parameters and masters updated
     in place by its SGD); per-run state is reset (`_begin_run`), so `s.machine.counters`
     are the latest step's and `s.totals` accumulates them over all steps.
     """
 
-    def __init__(self, program: Program, target: Target, translate: bool = True):
+    def __init__(self, program: Program, target: Target, translate: bool | None = None):
         self.program = program
         self.machine = Machine(program, target, translate)
         self._fresh = True
@@ -298,9 +300,9 @@ class Session:
 
 
 def run_step(program: Program, target: Target, x, labels, seed: int | None = None,
-             translate: bool = True):
+             translate: bool | None = None):
     """One training step on the emulator.  Returns (out dict for out.npz, machine).
-    translate=False runs the interpreter alone (the results are the same)."""
+    `translate` as in Session (the results are the same either way)."""
     s = Session(program, target, translate)
     return s.step(x, labels, seed), s.machine
 

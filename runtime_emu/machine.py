@@ -32,7 +32,7 @@ from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES, XBUF_WORDS
 from edgec.isa.target import Target
 from edgec.isa.timeline import Timeline, TokenError
 
-from . import fastrun
+from . import fastrun, translate
 from .accesslog import AccessLog
 from .blas import one_blas_thread
 from .ops import OPS
@@ -43,7 +43,9 @@ COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "c
 
 
 class Machine:
-    translate = True          # run() through translation blocks; False: the interpreter
+    # run() through translation blocks: True always, False never (the interpreter), None
+    # (default) once the process has run the same code before (translate.hot)
+    translate: bool | None = None
 
     def __init__(self, program: Program, target: Target, translate: bool | None = None):
         if program.target_fp != target.fingerprint:
@@ -135,11 +137,12 @@ class Machine:
 
     def run(self) -> dict:
         """Run to END; returns the counters.  Straight-line code: at most n_instr steps.
-        From pc 0 with `translate` (the default) through the translation blocks
-        (fastrun.py: the same results, counters and traps), else the interpreter."""
+        From pc 0 through the translation blocks (fastrun.py: the same results, counters
+        and traps) when `translate` says so, else the interpreter."""
         if not self.halted:
             with one_blas_thread():           # tile-sized matmuls: threads only cost
-                if self.translate and self.pc == 0:
+                if self.pc == 0 and (self.translate or (self.translate is None
+                                                        and translate.hot(self))):
                     fastrun.run(self)
                 else:
                     self._execute(len(self.instrs) + 1)

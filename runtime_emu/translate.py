@@ -476,12 +476,32 @@ _CACHE: dict = {}
 _CACHE_MAX = 4
 
 
+_SEEN: set = set()
+
+
+def _code_key(m) -> tuple:
+    """The code section's digest, the DDR size and the target (what the proofs depend
+    on), computed once per machine."""
+    key = getattr(m, "_code_key", None)
+    if key is None:
+        key = m._code_key = (hashlib.sha256(m.program.code).digest(), m.ddr.size,
+                             m.target.fingerprint, tuple(b.size for b in m.bufs.values()))
+    return key
+
+
+def hot(m) -> bool:
+    """True once this process has run the same code before (translation then pays:
+    a one-shot run interprets, since translating costs more than it saves on one run)."""
+    key = _code_key(m)
+    if key in _CACHE or key in _SEEN:
+        return True
+    _SEEN.add(key)
+    return False
+
+
 def cached(m) -> Translation:
-    """translate(m), memoised per process on the code section's digest, the DDR size and
-    the target (what the proofs depend on)."""
-    tg = m.target
-    key = (hashlib.sha256(m.program.code).digest(), m.ddr.size, tg.fingerprint,
-           tuple(b.size for b in m.bufs.values()))
+    """translate(m), memoised per process on `_code_key`."""
+    key = _code_key(m)
     t = _CACHE.get(key)
     if t is None:
         if len(_CACHE) >= _CACHE_MAX:

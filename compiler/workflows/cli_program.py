@@ -56,7 +56,7 @@ def cmd_run(args) -> int:
     from edgec.runtime_emu.host import exponent_moves, initial_xtab
     try:
         out, m = run_step(prog, tg, batch["x"], batch.get("y"), args.seed,
-                          translate=not args.interpret)
+                          translate=False if args.interpret else None)
     except TrapError as e:
         raise EdgecError(f"{args.program}: {e}") from None
     atomic_write(args.output, lambda f: np.savez(f, **out))

@@ -338,3 +338,19 @@ def test_gathered_negative_entry_traps_inside_a_block(small_blocks):
     prog, src, dst = _gather_prog(d, [1, -1])
     t = compare_machine(build(prog, d))
     assert t[:2] == (6, "LDCH") and "negative" in t[2]
+
+
+def test_default_translates_from_the_second_run(small_blocks):
+    """translate=None: a one-shot run interprets (nothing translated), the process's
+    next run of the same code translates; True and False force either."""
+    d = DDR()
+    prog, _ = _conv_block(d, 11)
+    p = build(prog, d)
+    T._SEEN.clear()
+    Machine(p, TARGET).run()
+    assert not T._CACHE
+    Machine(p, TARGET).run()
+    assert len(T._CACHE) == 1
+    T._CACHE.clear()
+    Machine(p, TARGET, False).run()
+    assert not T._CACHE
