@@ -7,7 +7,8 @@ All in one run, on this machine (timings on a shared host are noisy: read the ra
     emu_over_torch              translated step (median of --steps steps of one Session, the
                                 translation cached: what `edgec finetune` sees) / PyTorch's
                                 float32 training step of the same model (median)
-    emu_over_torch_interpreted  the same for the interpreter alone (Machine translate=False)
+    emu_over_torch_interpreted  the same for the interpreter alone (Machine translate=False);
+                                *_1thread: against PyTorch's step on one thread
     first_step_s                translation + one step, beside the interpreter's one step
                                 (interpreted_step_s): why a one-shot run (`edgec run`: the
                                 default translate=None) interprets, and Sessions translate
@@ -161,7 +162,16 @@ def main(argv=None) -> int:
         "interpreted words"]
 
     log(f"PyTorch float32 step x {args.torch_runs}, {torch.get_num_threads()} threads")
+    cpu = time.process_time()
     torch_s = statistics.median(torch_step_times(model, example, y, args.torch_runs, 0.01))
+    torch_cpu = (time.process_time() - cpu) / (args.torch_runs + 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch_1t = statistics.median(torch_step_times(model, example, y, args.torch_runs,
+                                                      0.01))
+    finally:
+        torch.set_num_threads(threads)
     emu_s = statistics.median(walls)
     cov, by = coverage(tr)
     res = {
@@ -175,7 +185,10 @@ def main(argv=None) -> int:
         "interpreted_step_s": interp_s, "interpreted_step_cpu_s": interp_cpu,
         "first_step_s": first_s, "first_step_cpu_s": first_cpu,
         "translate_s": translate_s,
-        "torch_step_s": torch_s, "torch_threads": torch.get_num_threads(),
+        "torch_step_s": torch_s, "torch_threads": threads,
+        "torch_step_cpu_s": torch_cpu, "torch_step_1thread_s": torch_1t,
+        "emu_over_torch_1thread": emu_s / torch_1t,
+        "emu_over_torch_1thread_interpreted": interp_s / torch_1t,
         "speedup": interp_s / emu_s,
         "coverage": cov, "lifted_by_mnemonic": by,
         "blocks": sum(1 for _, _, b in tr.plan if b is not None),
@@ -186,7 +199,9 @@ def main(argv=None) -> int:
     }
     print(f"emu_over_torch {res['emu_over_torch']:.2f} translated (step {emu_s:.3f} s), "
           f"{res['emu_over_torch_interpreted']:.2f} interpreted (step {interp_s:.3f} s); "
-          f"torch {torch_s:.3f} s")
+          f"torch {torch_s:.3f} s ({threads} threads, CPU {torch_cpu:.3f} s); vs torch on "
+          f"one thread ({torch_1t:.3f} s): {res['emu_over_torch_1thread']:.2f} translated, "
+          f"{res['emu_over_torch_1thread_interpreted']:.2f} interpreted")
     print(f"one-shot: translation + step {first_s:.3f} s (translation {translate_s:.3f} s) "
           f"vs interpreted step {interp_s:.3f} s")
     print(f"coverage {cov:.4f} of {tr.limit} instructions in {res['blocks']} blocks; "
