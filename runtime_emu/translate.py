@@ -3,9 +3,9 @@ that run as a few whole-array operations instead of one numpy call per instructi
 
 `translate(machine)` (cached per code digest, `cached`) splits the code into blocks and
 runs the timing model over it once; `blockexec.py` executes a block; `fastrun.py` is the
-run loop.  A block is a maximal run of LD, ST, MAC, RQ, SGD and SYNC words for which the
-translation PROVES, from the instruction words alone, that executing its dataflow graph
-gives the interpreter's state:
+run loop.  A block is a maximal run of LD, LDCH, ST, STCH, MAC, RQ, SGD and SYNC words
+for which the translation PROVES, from the instruction words alone, that executing its
+dataflow graph gives the interpreter's state:
 
 * every buffer read names exactly one earlier write of the block (the whole range that
   one instruction wrote, not overwritten since), or a range no instruction of the block
@@ -13,8 +13,11 @@ gives the interpreter's state:
   block.  The graph's values are these ranges (SSA): a buffer address reused by double
   buffering is a new value;
 * an LD reads no DDR byte that an earlier ST of the block wrote (checked on the boxes'
-  byte extents), so every load can run before every store; stores run in program order;
-* LD and ST words take the DMA fast path (no fault possible, ST boxes injective); MAC,
+  byte extents), so every load can run before every store; stores run in program order.
+  The rows of LDCH/STCH come from index tables in DDR: the tables must not be stored
+  earlier in the block, and the executor checks the data's extents at run time;
+* LD and ST words take the DMA fast path (no fault possible, ST boxes injective), LDCH and
+  STCH pass every check that does not read their tables; MAC,
   RQ and SGD words name operands that fit their buffers; SGD has no momentum; no LD
   writes XBUF;
 * no exponent-table word an instruction reads (RQ/SGD dyn, dcl) was written earlier in
