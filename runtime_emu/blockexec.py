@@ -17,7 +17,7 @@ import numpy as np
 
 from edgec.isa.table import BUFFERS, ROUND_MODES
 
-from .dma import gather_addr
+from .dma import gather_addr, store_bytes
 from .mac import _PRODUCT, _key, _plan, product
 from .numerics import INT32_MAX, clamp
 from .rng import rand32_rows
@@ -378,21 +378,6 @@ def _dma_order(blk, stats, gathered) -> None:
             raise Refuse("DMA read after a store of the block")
 
 
-def _store_gathered(m, pc, addr, dt, vals) -> np.ndarray:
-    raw = np.ascontiguousarray(vals.astype(dt)).view(np.uint8).reshape(-1)
-    dst = (addr[:, None] + np.arange(dt.itemsize, dtype=np.int64)).reshape(-1)
-    if addr.size < 2 or np.diff(addr).min() >= dt.itemsize:    # increasing: no byte twice
-        m.ddr[dst] = raw
-        return dst
-    rev = dst[::-1]
-    uniq, first_in_rev = np.unique(rev, return_index=True)
-    if uniq.size != dst.size:
-        keep = dst.size - 1 - first_in_rev
-        dst, raw = dst[keep], raw[keep]
-    m.ddr[dst] = raw
-    return dst
-
-
 def execute(m, blk) -> bool:
     """Run the block on `m`; False (m untouched) when a run-time check refuses it."""
     arrs: list = [None] * blk.nvals
@@ -411,7 +396,7 @@ def execute(m, blk) -> bool:
     written = {}
     for k, (pc, a, shape, strides, dt, v) in enumerate(blk.stores):
         if a is None:
-            written[k] = _store_gathered(m, pc, gathered[k][0], dt, arrs[v.idx])
+            written[k] = store_bytes(m, gathered[k][0], dt, arrs[v.idx])
         else:
             np.ndarray(shape, dt, ddr, a, strides)[...] = arrs[v.idx].reshape(shape)
     bufs = m.bufs

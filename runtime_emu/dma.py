@@ -116,19 +116,26 @@ def _load(m, f, mnemonic, gathered):
     m.counters["ddr_read_bytes"] += count * esize
 
 
+def store_bytes(m, addr: np.ndarray, dt, vals) -> np.ndarray:
+    """Write the elements `vals` (dtype dt) to DDR at the element addresses `addr`;
+    returns the DDR bytes written, in the order the access log records them.  Several
+    elements may map to the same DDR byte (stride 0, overlapping strides, repeated table
+    entries): the LAST one in row-major box order wins, deterministically."""
+    raw = np.ascontiguousarray(vals.astype(dt)).view(np.uint8).reshape(-1)
+    dst = (addr[:, None] + np.arange(dt.itemsize, dtype=np.int64)).reshape(-1)
+    if addr.size > 1 and np.diff(addr).min() < dt.itemsize:   # else no byte twice
+        rev = dst[::-1]
+        uniq, first_in_rev = np.unique(rev, return_index=True)
+        if uniq.size != dst.size:
+            keep = dst.size - 1 - first_in_rev
+            dst, raw = dst[keep], raw[keep]
+    m.ddr[dst] = raw
+    return dst
+
+
 def _store(m, f, mnemonic, gathered):
     buf, esize, count, addr, tab_bytes = _box(m, f, mnemonic, gathered)
-    vals = m.bufs[buf][f["baddr"]:f["baddr"] + count]
-    raw = np.ascontiguousarray(vals.astype(_DT[esize])).view(np.uint8).reshape(-1)
-    dst = (addr[:, None] + np.arange(esize, dtype=np.int64)).reshape(-1)
-    # Several box elements may map to the same DDR byte (stride 0, overlapping strides,
-    # repeated table entries): the LAST one in row-major box order wins, deterministically.
-    rev = dst[::-1]
-    uniq, first_in_rev = np.unique(rev, return_index=True)
-    if uniq.size != dst.size:
-        keep = dst.size - 1 - first_in_rev
-        dst, raw = dst[keep], raw[keep]
-    m.ddr[dst] = raw
+    dst = store_bytes(m, addr, _DT[esize], m.bufs[buf][f["baddr"]:f["baddr"] + count])
     m.log.write_bytes(m.pc, dst)
     m.counters["ddr_write_bytes"] += count * esize
 
