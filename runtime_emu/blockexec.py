@@ -76,7 +76,8 @@ def _cat(arrs, vals, shapes, axis):
 
 def _chain_terms(m, ops, arrs) -> list:
     """Per chain: (its fold groups, C0 or None), after the bound check (Refuse unless
-    max|C0| + terms * 2**14 <= 2**31 - 1: no partial sum of the chain leaves int32)."""
+    max|C0| + terms * 2**14 <= 2**31 - 1: no partial sum of the chain leaves int32, so
+    the exact products and their sums are formed in int32)."""
     out = []
     for op in ops:
         init, members = op.info
@@ -138,7 +139,7 @@ def _grid(ops, items, arrs, partial) -> bool:
     ai = {a: j for j, a in enumerate(a_ids)}
     bi = {b: j for j, b in enumerate(b_ids)}
     for (k, _), (a, b) in zip(items, ids):
-        part = res[ai[a], :, bi[b]].astype(np.int64).reshape(-1)
+        part = res[ai[a], :, bi[b]].astype(np.int32).reshape(-1)
         partial[k] = part if partial[k] is None else partial[k] + part
     return True
 
@@ -158,7 +159,7 @@ def _stacked(ops, run, arrs, partial) -> None:
     res = product(ff, fk, fp, np.concatenate(As) if len(As) > 1 else As[0], B)
     c_n = res.size // len(run)
     for j, (k, _) in enumerate(run):
-        part = res[j * c_n:(j + 1) * c_n].astype(np.int64)
+        part = res[j * c_n:(j + 1) * c_n].astype(np.int32)
         partial[k] = part if partial[k] is None else partial[k] + part
 
 
@@ -185,7 +186,9 @@ def _mac(m, ops, arrs, stats) -> None:
         for run in runs:
             _stacked(ops, run, arrs, partial)
     for op, (_, c0), total in zip(ops, chains, partial):
-        arrs[op.outs[0].idx] = (total if c0 is None else total + c0).astype(np.int32)
+        if c0 is not None:
+            total += c0
+        arrs[op.outs[0].idx] = total
 
 
 def _chunks(groups: dict):
