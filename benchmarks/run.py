@@ -4,12 +4,15 @@
 
 Everything is measured in this one run, on this machine:
 
-    emu_over_torch         emulator wall time of one training step (runtime_emu.host.run_step,
-                           batch 8) / PyTorch's own float32 training step of the same model
+    emu_over_torch         emulator wall time of one training step (a runtime_emu.host.Session
+                           step through the translation blocks, translated by the step
+                           before, as `edgec finetune` runs; batch 8; benchmarks/
+                           emu_speed.py compares it with the interpreter) / PyTorch's own
+                           float32 training step of the same model
                            (forward, cross-entropy, backward, SGD step; median of several);
                            the "emulator" entry adds its CPU time and the load average
                            before it (wall times on a busy host say little alone);
-                           emu_seconds_by_instruction times a second emulated step per
+                           emu_seconds_by_instruction times an interpreted step per
                            mnemonic, and emu_over_torch_1thread compares with PyTorch's
                            step on one thread (the emulator computes on one core)
     cycles_over_roofline   modeled cycles of the step / sum of the per-operator roofline
@@ -112,7 +115,7 @@ def seconds_by_instruction(prog, tg, x, y) -> dict[str, float]:
     mac._exact_matmul = timed("MAC matmuls", exact_matmul)
     try:
         t = time.perf_counter()
-        run_step(prog, tg, x, y)
+        run_step(prog, tg, x, y, translate=False)       # the interpreter: per mnemonic
         total = time.perf_counter() - t
     finally:
         OPS.update(table)
@@ -213,7 +216,7 @@ def run(quick: bool, torch_runs: int) -> dict:
 
     from edgec.compiler.driver import compile_model, compile_module
     from edgec.compiler.report import program_report
-    from edgec.runtime_emu.host import run_step
+    from edgec.runtime_emu.host import Session
 
     name = "mobilenet" if quick else "resnet18"
     path = str(ROOT / "examples" / name / "model.py")
@@ -231,12 +234,15 @@ def run(quick: bool, torch_runs: int) -> dict:
     batch, classes = int(prog.meta["batch"]), int(prog.meta["classes"])
     x = np.asarray(c.example_input, dtype=np.float32)
     y = np.random.default_rng(0).integers(0, classes, batch)
-    log(f"emulating one training step (batch {batch})")
+    log(f"emulating one training step (batch {batch}): translated once, then timed")
+    sess = Session(prog, tg, translate=True)
+    sess.step(x, y)
     load_before = list(os.getloadavg())
     t, cpu = time.perf_counter(), time.process_time()
-    _out, m = run_step(prog, tg, x, y)
+    sess.step(x, y)
     emu_s = time.perf_counter() - t
     emu_cpu_s = time.process_time() - cpu
+    m = sess.machine
     cnt = m.counters
     log(f"emulator: {emu_s:.1f}s, {cnt['cycles']:,} cycles")
 

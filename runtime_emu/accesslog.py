@@ -40,6 +40,16 @@ class AccessLog:
         self.writes.append((pc, np.array(idx, dtype=np.int64).reshape(-1)))
         self._writer = None
 
+    def extend(self, reads: list, writes: list) -> None:
+        """Append entries recorded ahead of time (a translation block's, in program
+        order: the same entries its words would record one by one)."""
+        if reads:
+            self.reads.extend(reads)
+            self._read = None
+        if writes:
+            self.writes.extend(writes)
+            self._writer = None
+
     # replayed maps
     def read_map(self) -> np.ndarray:
         """uint8 per DDR byte: 1 if any logged read touched it."""

@@ -63,10 +63,7 @@ def _box(m, f: dict, mnemonic: str, gathered: bool):
     if gathered and f["gather"] & 2:
         j1 = _read_table(m, f["tab1"], n1, "tab1")
         tab_bytes += 4 * n1
-    off = (j0[:, None, None, None] * f["s0"] + j1[None, :, None, None] * f["s1"]
-           + np.arange(n2, dtype=np.int64)[None, None, :, None] * f["s2"]
-           + np.arange(n3, dtype=np.int64)[None, None, None, :] * f["s3"])
-    addr = (f["ddr"] + esize * off).reshape(-1)
+    addr = _element_addr(f, j0, j1)
     hi = int(addr.max()) + esize
     if hi > m.ddr.size:
         k = int(np.flatnonzero(addr + esize > m.ddr.size)[0])
@@ -75,6 +72,38 @@ def _box(m, f: dict, mnemonic: str, gathered: bool):
                    f"[{int(addr[k])}, {int(addr[k]) + esize}) lies outside DDR "
                    f"(size {m.ddr.size})")
     return buf, esize, count, addr, tab_bytes
+
+
+def _element_addr(f: dict, j0: np.ndarray, j1: np.ndarray) -> np.ndarray:
+    """DDR byte address of every box element (row-major), rows j0 and j1 (int64)."""
+    n2, n3 = f["n2"], f["n3"]
+    off = (j0[:, None, None, None] * f["s0"] + j1[None, :, None, None] * f["s1"]
+           + np.arange(n2, dtype=np.int64)[None, None, :, None] * f["s2"]
+           + np.arange(n3, dtype=np.int64)[None, None, None, :] * f["s3"])
+    return (f["ddr"] + f["esize"] * off).reshape(-1)
+
+
+def gather_addr(m, f: dict) -> np.ndarray | None:
+    """The element addresses of a gathered (LDCH/STCH) word whose fields the caller
+    checked, from its index tables in DDR now; None where `_box` would trap on them (a
+    negative entry, an element outside DDR).  Reads without recording anything."""
+    rows = []
+    for d in (0, 1):
+        n = f[f"n{d}"]
+        if f["gather"] >> d & 1:
+            t = f[f"tab{d}"]
+            if t < 0 or t + 4 * n > m.ddr.size:
+                return None
+            tab = m.ddr[t:t + 4 * n].view("<i4").astype(np.int64)
+            if tab.min() < 0:
+                return None
+            rows.append(tab)
+        else:
+            rows.append(np.arange(n, dtype=np.int64))
+    addr = _element_addr(f, *rows)
+    if int(addr.max()) + f["esize"] > m.ddr.size:
+        return None
+    return addr
 
 
 def _load(m, f, mnemonic, gathered):
@@ -87,19 +116,26 @@ def _load(m, f, mnemonic, gathered):
     m.counters["ddr_read_bytes"] += count * esize
 
 
+def store_bytes(m, addr: np.ndarray, dt, vals) -> np.ndarray:
+    """Write the elements `vals` (dtype dt) to DDR at the element addresses `addr`;
+    returns the DDR bytes written, in the order the access log records them.  Several
+    elements may map to the same DDR byte (stride 0, overlapping strides, repeated table
+    entries): the LAST one in row-major box order wins, deterministically."""
+    raw = np.ascontiguousarray(vals.astype(dt)).view(np.uint8).reshape(-1)
+    dst = (addr[:, None] + np.arange(dt.itemsize, dtype=np.int64)).reshape(-1)
+    if addr.size > 1 and np.diff(addr).min() < dt.itemsize:   # else no byte twice
+        rev = dst[::-1]
+        uniq, first_in_rev = np.unique(rev, return_index=True)
+        if uniq.size != dst.size:
+            keep = dst.size - 1 - first_in_rev
+            dst, raw = dst[keep], raw[keep]
+    m.ddr[dst] = raw
+    return dst
+
+
 def _store(m, f, mnemonic, gathered):
     buf, esize, count, addr, tab_bytes = _box(m, f, mnemonic, gathered)
-    vals = m.bufs[buf][f["baddr"]:f["baddr"] + count]
-    raw = np.ascontiguousarray(vals.astype(_DT[esize])).view(np.uint8).reshape(-1)
-    dst = (addr[:, None] + np.arange(esize, dtype=np.int64)).reshape(-1)
-    # Several box elements may map to the same DDR byte (stride 0, overlapping strides,
-    # repeated table entries): the LAST one in row-major box order wins, deterministically.
-    rev = dst[::-1]
-    uniq, first_in_rev = np.unique(rev, return_index=True)
-    if uniq.size != dst.size:
-        keep = dst.size - 1 - first_in_rev
-        dst, raw = dst[keep], raw[keep]
-    m.ddr[dst] = raw
+    dst = store_bytes(m, addr, _DT[esize], m.bufs[buf][f["baddr"]:f["baddr"] + count])
     m.log.write_bytes(m.pc, dst)
     m.counters["ddr_write_bytes"] += count * esize
 

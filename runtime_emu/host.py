@@ -294,15 +294,19 @@ class Session:
         for i in range(steps):
             out = s.step(x_i, y_i, seed=seed + i)   # the same out dict as run_step
 
+    `translate`: True runs every step through translation blocks (runtime_emu/
+    translate.py, translated once per program and process), False the interpreter alone,
+    None (default) translates from the process's second run of the same code on (the
+    first step of a Session is interpreted: one step does not repay the translation).
     Each step starts from the DDR the previous step left (parameters and masters updated
     in place by its SGD); per-run state is reset (`_begin_run`), so `s.machine.counters`
     are the latest step's and `s.totals` accumulates them over all steps.
     """
 
-    def __init__(self, program: Program, target: Target):
+    def __init__(self, program: Program, target: Target, translate: bool | None = None):
         check_interface(program)         # the symbols and meta entries a step needs
         self.program = program
-        self.machine = Machine(program, target)
+        self.machine = Machine(program, target, translate)
         self._fresh = True
         self.steps = 0
         self.totals = dict(self.machine.counters)
@@ -320,9 +324,11 @@ class Session:
         return out
 
 
-def run_step(program: Program, target: Target, x, labels, seed: int | None = None):
-    """One training step on the emulator.  Returns (out dict for out.npz, machine)."""
-    s = Session(program, target)
+def run_step(program: Program, target: Target, x, labels, seed: int | None = None,
+             translate: bool | None = None):
+    """One training step on the emulator.  Returns (out dict for out.npz, machine).
+    `translate` as in Session (the results are the same either way)."""
+    s = Session(program, target, translate)
     return s.step(x, labels, seed), s.machine
 
 

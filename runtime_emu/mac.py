@@ -367,6 +367,18 @@ def _fits_int32(res: np.ndarray, p: MacPlan, f, c0: int) -> None:
                    f"[-(2**31-1), 2**31-1] (pattern {p.pat}, acc={f['acc']}, ABUF {c0 + k})")
 
 
+def product(f, key: tuple, p: MacPlan, A, B) -> np.ndarray:
+    """The exact products of one MAC word summed into its C tile (flat, as stored), from
+    the A and B tiles (flat int8), in the cheapest exact dtype (`_dtype` of its terms and
+    acc): the path depends on the tile geometry alone."""
+    dt = _dtype(p.terms, f["acc"])
+    if p.pointwise:
+        return _pointwise(p, A, B)
+    if p.window <= _WINDOW_MAX:
+        return _WINDOWED[p.pat](key, A, B, dt)
+    return _by_taps(f, p, A, B, dt)
+
+
 def op_mac(m, f):
     key = _key(f)
     p = _plan(key)
@@ -378,13 +390,7 @@ def op_mac(m, f):
         raise AssertionError("MAC: the fast checks and _check disagree")
     A = m.bufs[BUFFERS[ab]][f["aaddr"]:f["aaddr"] + p.a_n]
     B = m.bufs[BUFFERS[bb]][f["baddr"]:f["baddr"] + p.b_n]
-    dt = _dtype(p.terms, f["acc"])
-    if p.pointwise:
-        res = _pointwise(p, A, B)
-    elif p.window <= _WINDOW_MAX:
-        res = _WINDOWED[p.pat](key, A, B, dt)
-    else:
-        res = _by_taps(f, p, A, B, dt)
+    res = product(f, key, p, A, B)
     cs = m.bufs["ABUF"][c0:c0 + p.c_n]
     room = INT32_MAX - p.terms * _PRODUCT         # |products| <= terms * 2**14
     if not f["acc"]:

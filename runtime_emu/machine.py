@@ -32,6 +32,7 @@ from edgec.isa.table import BY_OPCODE, INSTRS, WORD_BYTES, XBUF_WORDS
 from edgec.isa.target import Target, ddr_error, mismatch
 from edgec.isa.timeline import Timeline, TokenError
 
+from . import fastrun, translate
 from .accesslog import AccessLog
 from .blas import one_blas_thread
 from .ops import OPS
@@ -42,7 +43,11 @@ COUNTER_NAMES = ("instructions", "macs", "ddr_read_bytes", "ddr_write_bytes", "c
 
 
 class Machine:
-    def __init__(self, program: Program, target: Target):
+    # run() through translation blocks: True always, False never (the interpreter), None
+    # (default) once the process has run the same code before (translate.hot)
+    translate: bool | None = None
+
+    def __init__(self, program: Program, target: Target, translate: bool | None = None):
         if program.target_fp != target.fingerprint:
             raise EdgecError(mismatch(program, target))
         if len(program.code) % WORD_BYTES:
@@ -55,6 +60,8 @@ class Machine:
                              f"({program.ddr_size} bytes)")
         self.program = program
         self.target = target
+        if translate is not None:
+            self.translate = translate
         try:
             self.instrs = decode_all(program.code)      # [(Instr, fields)], vectorised
         except EdgecError:
@@ -125,10 +132,16 @@ class Machine:
         self._execute(1)
 
     def run(self) -> dict:
-        """Run to END; returns the counters.  Straight-line code: at most n_instr steps."""
+        """Run to END; returns the counters.  Straight-line code: at most n_instr steps.
+        From pc 0 through the translation blocks (fastrun.py: the same results, counters
+        and traps) when `translate` says so, else the interpreter."""
         if not self.halted:
             with one_blas_thread():           # tile-sized matmuls: threads only cost
-                self._execute(len(self.instrs) + 1)
+                if self.pc == 0 and (self.translate or (self.translate is None
+                                                        and translate.hot(self))):
+                    fastrun.run(self)
+                else:
+                    self._execute(len(self.instrs) + 1)
         return dict(self.counters)
 
     def _execute(self, count: int) -> None:

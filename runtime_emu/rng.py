@@ -31,9 +31,23 @@ def index_hash(idx) -> np.ndarray:
 def rand32_at(seed: int, tid: int, offset: int, hashed: np.ndarray) -> np.ndarray:
     """rand32(seed, tid, offset + idx) for hashed = index_hash(idx): since h is linear
     in idx mod 2**32, the offset joins the seed and tid terms as one constant."""
-    base = ((int(seed) & _M32) * _K_SEED + (int(tid) & _M32) * _K_TID
+    return _finalise(hashed + np.uint32(_base(seed, tid, offset)))
+
+
+def _base(seed: int, tid: int, offset: int) -> int:
+    """(seed*0x9E3779B1 + tid*0x85EBCA77 + offset*0xC2B2AE3D) mod 2**32."""
+    return ((int(seed) & _M32) * _K_SEED + (int(tid) & _M32) * _K_TID
             + (int(offset) & _M32) * int(_K_IDX)) & _M32
-    h = hashed + np.uint32(base)
+
+
+def rand32_rows(seed: int, tids, offsets, hashed: np.ndarray) -> np.ndarray:
+    """rand32_at(seed, tids[i], offsets[i], hashed) for every i, as rows [len, hashed]."""
+    base = np.array([_base(seed, t, o) for t, o in zip(tids, offsets)], dtype=np.uint32)
+    return _finalise(hashed[None, :] + base[:, None])
+
+
+def _finalise(h: np.ndarray) -> np.ndarray:
+    """The xor-shift / multiply finaliser of numerics.md section 3, in place on h."""
     h ^= h >> _S16
     h *= _K_MIX1
     h ^= h >> _S15

@@ -88,12 +88,17 @@ def _vadd_dyn_shifts(m, f) -> tuple[int, int, int]:
 def _int8_stats(m, f, r, q, lo: int, hi: int) -> None:
     """st=1 of RQ/VADD: saturations of the rounded values r (r > 127 while hi = 127, r <
     -127 while lo = -127; other clamps are not saturations), largest |q| stored."""
+    x_stats(m, f, *int8_counts(r, q, lo, hi))
+
+
+def int8_counts(r, q, lo: int, hi: int) -> tuple[int, int]:
+    """(saturations, largest |q|) of `_int8_stats`."""
     n = 0
     if hi == 127:
         n += int(np.count_nonzero(r > 127))
     if lo == -127:
         n += int(np.count_nonzero(r < -127))
-    x_stats(m, f, n, int(np.abs(q).max()))
+    return n, int(np.abs(q).max())
 
 
 @lru_cache(maxsize=1024)
@@ -108,6 +113,21 @@ def _tile_hash(n: tuple, g: tuple) -> np.ndarray:
     return h
 
 
+def rq_random(m, f) -> np.ndarray:
+    """The uint32 random words of a stochastic RQ word's tile (flat)."""
+    return rand32_at(m.seed, f["tid"], f["gbase"],
+                     _tile_hash((f["n0"], f["n1"], f["n2"], f["n3"]),
+                                (f["g0"], f["g1"], f["g2"], f["g3"])))
+
+
+def rq_round(v: np.ndarray, s: int, mode: str, r) -> np.ndarray:
+    """RQ's rounding of the int32 source v: rshift(v, s, mode, r) (r: the random words
+    of a stochastic RQ with s > 0, else None)."""
+    if s > 0:
+        return rshift32(v, s, r)
+    return rshift(v.astype(np.int64), s, mode)
+
+
 def op_rq(m, f):
     nonzero(f, "n0", "n1", "n2", "n3")
     n0, n1, n2, n3 = f["n0"], f["n1"], f["n2"], f["n3"]
@@ -120,14 +140,8 @@ def op_rq(m, f):
         x_check(f["xs"], 2, "xs")
     check_range(m, dbuf, f["daddr"], count, f"RQ result tile [{n0},{n1},{n2},{n3}] at daddr")
     v = read_buf(m, "ABUF", f["saddr"], count, f"RQ source tile [{n0},{n1},{n2},{n3}] at saddr")
-    if s > 0:
-        r = None
-        if mode == "stochastic":
-            r = rand32_at(m.seed, f["tid"], f["gbase"],
-                          _tile_hash((n0, n1, n2, n3), (f["g0"], f["g1"], f["g2"], f["g3"])))
-        q = rshift32(v, s, r)
-    else:
-        q = rshift(v.astype(np.int64), s, mode)
+    r = rq_random(m, f) if s > 0 and mode == "stochastic" else None
+    q = rq_round(v, s, mode, r)
     # -127 <= lo <= hi <= 127: clamping to [lo, hi] includes sat8, and the result fits
     res = clamp(q, lo, hi)
     write_buf(m, dbuf, f["daddr"], res, "RQ result", fits=True)
@@ -395,6 +409,22 @@ def _momentum(m, f, Mv, u):
     return Vn
 
 
+def sgd_step(G, lrmul: int, lrshift: int) -> np.ndarray:
+    """SGD's step rshift(G * lrmul, lrshift, nearest) of the gradient G (any int dtype)."""
+    return rshift(G.astype(np.int64) * np.int64(lrmul), lrshift, "nearest")
+
+
+def sgd_master(Mv, step, bound: int, cshift: int, cbits: int, dyn: int):
+    """(new master Mn, r = its rounding to the copy's exponent, the copy C) from the
+    master Mv (int64) and the step (None: no gradient)."""
+    Mn = clamp(Mv if step is None else Mv - step, -bound, bound)
+    r = rshift(Mn, cshift, "nearest")
+    # static: |Mn| <= bound, a multiple of 2**cshift, so |r| <= 2**(cbits-1) - 1; dyn: the
+    # copy saturates.  Either way C fits an int8 buffer when cbits <= 8 and ABUF always;
+    # otherwise write_buf checks it first
+    return Mn, r, (sat(r, cbits) if dyn else r)
+
+
 def op_sgd(m, f):
     c = f["count"]
     db = buf_name(f["dbuf"], "dbuf")
@@ -407,20 +437,14 @@ def op_sgd(m, f):
     check_range(m, "ABUF", f["maddr"], c, f"SGD master [{c}] at maddr")
     check_range(m, db, f["daddr"], c, f"SGD compute copy [{c}] at daddr")
     Mv = m.bufs["ABUF"][f["maddr"]:f["maddr"] + c].astype(np.int64)
-    if f["ng"]:                                   # no gradient: gbuf is not read
-        Mn = clamp(Mv, -bound, bound)
-    else:
+    step = None                                   # ng: no gradient, gbuf is not read
+    if not f["ng"]:
         gb = buf_name(f["gbuf"], "gbuf")
-        G = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr").astype(np.int64)
-        step = rshift(G * np.int64(f["lrmul"]), lrshift, "nearest")
+        G = read_buf(m, gb, f["gaddr"], c, f"SGD gradient [{c}] at gaddr")
+        step = sgd_step(G, f["lrmul"], lrshift)
         if f["mom"]:
             step = _momentum(m, f, Mv, step)
-        Mn = clamp(Mv - step, -bound, bound)
-    r = rshift(Mn, cshift, "nearest")
-    # static: |Mn| <= bound, a multiple of 2**cshift, so |r| <= 2**(cbits-1) - 1; dyn: the
-    # copy saturates.  Either way C fits an int8 buffer when cbits <= 8 and ABUF always;
-    # otherwise write_buf checks it first
-    C = sat(r, cbits) if f["dyn"] else r
+    Mn, r, C = sgd_master(Mv, step, bound, cshift, cbits, f["dyn"])
     write_buf(m, db, f["daddr"], C, "SGD compute copy", fits=cbits <= 8 or db == "ABUF")
     m.bufs["ABUF"][f["maddr"]:f["maddr"] + c] = Mn
     if f["st"]:

@@ -34,6 +34,8 @@ def add_run(p) -> None:
                    "was compiled for (default: the bundled target of its fingerprint)")
     p.add_argument("--seed", type=int, default=None,
                    help="override the program's stochastic-rounding seed")
+    p.add_argument("--interpret", action="store_true", help="run the emulator's "
+                   "interpreter alone, without translation blocks (the same results)")
 
 
 def cmd_run(args) -> int:
@@ -49,7 +51,8 @@ def cmd_run(args) -> int:
     from edgec.runtime_emu.host import exponent_moves, initial_xtab, input_saturation
     warn_input(args.input, input_saturation(prog, x))
     try:
-        out, m = run_step(prog, tg, x, y, args.seed)
+        out, m = run_step(prog, tg, x, y, args.seed,
+                          translate=False if args.interpret else None)
     except TrapError as e:
         raise EdgecError(f"{args.program}: {e}") from None
     atomic_write(args.output, lambda f: np.savez(f, **out))
