@@ -258,7 +258,7 @@ def test_bias_only_trains_biases_and_bn_weights(tmp_path):
 
 @pytest.mark.parametrize("src,op", [
     ("x = torch.nn.functional.gelu(self.c(x))", "gelu"),
-    ("x = torch.nn.functional.avg_pool2d(self.c(x), 2, ceil_mode=True)", "avgpool"),
+    ("x = torch.nn.functional.avg_pool2d(self.c(x), 3, 2, ceil_mode=True)", "avgpool"),
     ("x = self.c(x) * 2.0", "mul"),
     ("x = torch.cat([self.c(x), self.c2(x)], 2)", "cat"),
     ("x = torch.cat([self.c(x)[:, 1:3], self.c2(x)[:, :2]], 1)", "slice"),

@@ -205,11 +205,11 @@ def test_conv_eb_attrs(tmp_path):
 
 @pytest.mark.parametrize("layer,op,detail", [
     ("nn.Sigmoid()", "sigmoid", ""),
-    ("nn.AvgPool2d(2, ceil_mode=True)", "avgpool", "ceil_mode"),
+    ("nn.AvgPool2d(3, 2, ceil_mode=True)", "avgpool", "ceil_mode"),
     ("nn.InstanceNorm2d(4)", "instancenorm2d", ""),
     ("nn.ConvTranspose2d(4, 4, 3, padding=1)", "convtranspose2d", ""),
     ("nn.Conv2d(4, 4, 3, padding=2, dilation=2)", "conv", "dilation"),
-    ("nn.MaxPool2d(2, ceil_mode=True)", "maxpool", "ceil_mode"),
+    ("nn.MaxPool2d(3, 2, ceil_mode=True)", "maxpool", "ceil_mode"),
 ])
 def test_unsupported_op_names_op_and_line(tmp_path, layer, op, detail):
     path = write(tmp_path, f"""
