@@ -58,20 +58,13 @@ def _timed_kernels(spent: dict):
     """Wrap the block kernels, the commit-less part of execute and the interpreter loop
     with CPU timers; returns a function that undoes it."""
     from edgec.runtime_emu import blockexec, fastrun
+    from run import timed
     saved = dict(blockexec.KERNELS), fastrun.execute, fastrun._interpret
-
-    def timed(name, fn):
-        def run(*a):
-            t = time.process_time()
-            try:
-                return fn(*a)
-            finally:
-                spent[name] = spent.get(name, 0.0) + time.process_time() - t
-        return run
+    cpu = time.process_time
     for k, fn in saved[0].items():
-        blockexec.KERNELS[k] = timed(k, fn)
-    fastrun.execute = timed("blocks", saved[1])
-    fastrun._interpret = timed("interpreted words", saved[2])
+        blockexec.KERNELS[k] = timed(spent, k, fn, cpu)
+    fastrun.execute = timed(spent, "blocks", saved[1], cpu)
+    fastrun._interpret = timed(spent, "interpreted words", saved[2], cpu)
 
     def undo():
         blockexec.KERNELS.update(saved[0])

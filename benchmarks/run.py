@@ -91,6 +91,17 @@ def torch_step_times(model, x, y, runs: int, lr: float) -> list[float]:
     return out
 
 
+def timed(spent: dict, name: str, fn, clock=time.perf_counter):
+    """fn, adding the seconds each call takes (by `clock`) to spent[name]."""
+    def run(*args):
+        t = clock()
+        try:
+            return fn(*args)
+        finally:
+            spent[name] = spent.get(name, 0.0) + clock() - t
+    return run
+
+
 def seconds_by_instruction(prog, tg, x, y) -> dict[str, float]:
     """Wall seconds of one more emulated step, per mnemonic (each instruction's function
     timed), plus "timing+dispatch+host": the rest (timing model, decode, the host's
@@ -103,16 +114,8 @@ def seconds_by_instruction(prog, tg, x, y) -> dict[str, float]:
     table = dict(OPS)
     exact_matmul = mac._exact_matmul
 
-    def timed(name, fn):
-        def run(*args):
-            t = time.perf_counter()
-            try:
-                return fn(*args)
-            finally:
-                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
-        return run
-    OPS.update({k: timed(k, fn) for k, fn in table.items()})
-    mac._exact_matmul = timed("MAC matmuls", exact_matmul)
+    OPS.update({k: timed(spent, k, fn) for k, fn in table.items()})
+    mac._exact_matmul = timed(spent, "MAC matmuls", exact_matmul)
     try:
         t = time.perf_counter()
         run_step(prog, tg, x, y, translate=False)       # the interpreter: per mnemonic
